@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Installs the Debian packages kiln builds against (and, for the end-to-end
+# tests, the Python packages they use). Safe to run twice.
+set -euo pipefail
+packages=(build-essential cmake ninja-build pkg-config libdnnl-dev nlohmann-json3-dev zlib1g-dev
+          libgtest-dev python3 python3-pip python3-venv)
+missing=()
+for p in "${packages[@]}"; do
+  dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  sudo_cmd=""
+  [ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+  $sudo_cmd apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends "${missing[@]}"
+fi

@@ -1,0 +1,154 @@
+// The interface every compute backend implements: one method per op, each taking
+// an Args struct whose tensors were validated and whose output was allocated by
+// ops/ (ops.cpp). A backend only computes. Optional tensors are left undefined.
+//
+// CPU is the reference (fp32); CUDA (backend/cuda) is the fast path.
+#pragma once
+
+#include <limits>
+#include <vector>
+
+#include "core/tensor.h"
+
+namespace kiln {
+
+enum class Activation : uint8_t { None, SiLU, GELU, GELUTanh, QuickGELU };
+
+struct LinearArgs {
+  Tensor x;         // [M, K] (leading dims flattened)
+  Tensor weight;    // [N, K]
+  Tensor bias;      // [N] or undefined
+  Tensor residual;  // [M, N] or undefined: out = act(x W^T + b) + residual
+  Activation act = Activation::None;
+  Tensor out;  // [M, N]
+};
+
+struct Conv2dArgs {
+  Tensor x;         // [B, H, W, C]
+  Tensor weight;    // [O, KH, KW, C]  (OHWI)
+  Tensor bias;      // [O] or undefined
+  Tensor residual;  // [B, HO, WO, O] or undefined: added after the bias
+  int stride = 1;
+  int pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+  Tensor out;  // [B, HO, WO, O]
+};
+
+struct GroupNormArgs {
+  Tensor x;  // [B, N, C]: statistics per (batch, group) over N positions and C/groups channels
+  Tensor gamma, beta;  // [C]
+  int groups = 32;
+  float eps = 1e-5f;
+  Activation act = Activation::None;  // applied after the affine transform (GroupNorm+SiLU)
+  Tensor out;                         // like x
+};
+
+struct LayerNormArgs {
+  Tensor x;            // [M, C]
+  Tensor gamma, beta;  // [C]
+  float eps = 1e-5f;
+  Tensor out;  // [M, C]
+};
+
+struct AttentionArgs {
+  Tensor q;  // [B, Sq, heads * D]
+  Tensor k;  // [B, Sk, heads * D]
+  Tensor v;  // [B, Sk, heads * D]
+  int heads = 1;
+  float scale = 1.0f;
+  bool causal = false;  // query i sees keys 0..i
+  Tensor out;           // [B, Sq, heads * D]
+};
+
+// Elementwise a (op) b where b broadcasts against a: b's shape, right-aligned, has
+// each dim equal to a's or 1.
+enum class BinaryOp : uint8_t { Add, Mul };
+struct BinaryArgs {
+  Tensor a, b;
+  BinaryOp op = BinaryOp::Add;
+  Tensor out;  // like a
+};
+
+struct UnaryArgs {
+  Tensor x;
+  Activation act = Activation::None;
+  float scale = 1.0f;  // out = clamp(act(x) * scale, lo, hi)
+  float lo = -std::numeric_limits<float>::infinity();
+  float hi = std::numeric_limits<float>::infinity();
+  Tensor out;
+};
+
+// out = sum_i coeffs[i] * terms[i]; all terms share a shape. Used by the samplers.
+struct LinearCombinationArgs {
+  std::vector<Tensor> terms;
+  std::vector<float> coeffs;
+  Tensor out;
+};
+
+struct GegluArgs {
+  Tensor x;    // [M, 2N]: hidden = x[:, :N], gate = x[:, N:]
+  Tensor out;  // [M, N] = hidden * gelu(gate)
+};
+
+struct ConcatArgs {
+  std::vector<Tensor> parts;  // [outer, inner_i] each
+  Tensor out;                 // [outer, sum inner_i]
+};
+
+struct UpsampleArgs {
+  Tensor x;    // [B, H, W, C]
+  Tensor out;  // [B, HO, WO, C], nearest: source index floor(dst * in / out)
+};
+
+struct TimestepEmbeddingArgs {
+  Tensor timesteps;  // [B] f32
+  int dim = 0;
+  bool flip_sin_to_cos = false;
+  float downscale_freq_shift = 1.0f;
+  float scale = 1.0f;
+  float max_period = 10000.0f;
+  Tensor out;  // [B, dim] f32
+};
+
+struct EmbeddingArgs {
+  Tensor ids;    // [N] i32
+  Tensor table;  // [V, C]
+  Tensor out;    // [N, C]
+};
+
+struct SliceLastArgs {
+  Tensor x;  // [M, C]
+  int64_t begin = 0;
+  Tensor out;  // [M, end - begin]
+};
+
+struct CastArgs {
+  Tensor x, out;  // same shape, any floating dtypes
+};
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual Device device() const = 0;
+  // The dtype activations are kept in (CPU: f32; CUDA: f16 or bf16).
+  virtual DType activation_dtype() const = 0;
+
+  virtual void linear(const LinearArgs& a) = 0;
+  virtual void conv2d(const Conv2dArgs& a) = 0;
+  virtual void group_norm(const GroupNormArgs& a) = 0;
+  virtual void layer_norm(const LayerNormArgs& a) = 0;
+  virtual void attention(const AttentionArgs& a) = 0;
+  virtual void binary(const BinaryArgs& a) = 0;
+  virtual void unary(const UnaryArgs& a) = 0;
+  virtual void linear_combination(const LinearCombinationArgs& a) = 0;
+  virtual void geglu(const GegluArgs& a) = 0;
+  virtual void concat(const ConcatArgs& a) = 0;
+  virtual void upsample_nearest(const UpsampleArgs& a) = 0;
+  virtual void timestep_embedding(const TimestepEmbeddingArgs& a) = 0;
+  virtual void embedding(const EmbeddingArgs& a) = 0;
+  virtual void slice_last(const SliceLastArgs& a) = 0;
+  virtual void cast(const CastArgs& a) = 0;
+};
+
+Backend& backend_for(Device device);
+
+}  // namespace kiln

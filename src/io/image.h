@@ -1,0 +1,40 @@
+// 8-bit images and the PNG codec.
+#pragma once
+
+#include <cstdint>
+#include <filesystem>
+#include <map>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+namespace kiln::io {
+
+struct Image {
+  int width = 0;
+  int height = 0;
+  int channels = 3;             // 1 (gray), 3 (RGB) or 4 (RGBA)
+  std::vector<uint8_t> pixels;  // row-major, channels interleaved
+};
+
+// PNG bytes of `image`, with text chunks (key → value). A value that Latin-1
+// can hold goes in a tEXt chunk, any other in an iTXt chunk (UTF-8), as PIL and
+// A1111 write them; A1111 and the tools that read its images look for the key
+// "parameters".
+std::string encode_png(const Image& image,
+                       const std::vector<std::pair<std::string, std::string>>& text = {});
+
+// Decodes 8-bit gray, gray+alpha, RGB, RGBA and palette PNGs (non-interlaced);
+// anything else, or a damaged file, is a kiln::Error saying what is wrong.
+Image decode_png(std::string_view bytes);
+
+// tEXt/iTXt/zTXt chunks of a PNG, as UTF-8.
+std::map<std::string, std::string> png_text(std::string_view bytes);
+
+// Writes `bytes` to `path` through a temporary file and a rename, so a reader
+// never sees half a file.
+void write_file_atomic(const std::filesystem::path& path, std::string_view bytes);
+std::string read_file(const std::filesystem::path& path);
+
+}  // namespace kiln::io

@@ -1,0 +1,346 @@
+#include "ops/ops.h"
+
+namespace kiln::ops {
+namespace {
+
+void check_same_device(const Tensor& a, const Tensor& b, const char* op) {
+  KILN_CHECK(a.device() == b.device(), op, ": operands on different devices: ", a.describe(),
+             " and ", b.describe());
+}
+
+void check_float_like(const Tensor& ref, const Tensor& t, const char* op, const char* what) {
+  KILN_CHECK(t.defined(), op, ": ", what, " is missing");
+  check_same_device(ref, t, op);
+  KILN_CHECK(t.dtype() == ref.dtype(), op, ": ", what, " is ", t.describe(), ", expected ",
+             dtype_name(ref.dtype()));
+}
+
+void check_optional_vector(const Tensor& ref, const Tensor& t, int64_t n, const char* op,
+                           const char* what) {
+  if (!t.defined()) return;
+  check_float_like(ref, t, op, what);
+  KILN_CHECK(t.numel() == n, op, ": ", what, " has ", t.numel(), " elements, expected ", n);
+}
+
+Tensor like(const Tensor& x, Shape shape) { return Tensor::empty(shape, x.dtype(), x.device()); }
+
+}  // namespace
+
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activation act,
+              const Tensor& residual) {
+  KILN_CHECK(x.ndim() >= 1 && weight.ndim() == 2, "linear: x ", x.describe(), ", weight ",
+             weight.describe());
+  check_float_like(x, weight, "linear", "weight");
+  const int64_t k = x.dim(-1), n = weight.dim(0);
+  KILN_CHECK(weight.dim(1) == k, "linear: x has ", k, " features, weight expects ",
+             weight.dim(1));
+  check_optional_vector(x, bias, n, "linear", "bias");
+  const Shape out_shape = x.shape().with_last(n);
+  const int64_t m = x.numel() / std::max<int64_t>(k, 1);
+  LinearArgs a;
+  a.x = x.reshape({m, k});
+  a.weight = weight;
+  a.bias = bias;
+  if (residual.defined()) {
+    check_float_like(x, residual, "linear", "residual");
+    KILN_CHECK(residual.shape() == out_shape, "linear: residual ", residual.shape().str(),
+               " does not match output ", out_shape.str());
+    a.residual = residual.reshape({m, n});
+  }
+  a.act = act;
+  Tensor out = like(x, out_shape);
+  a.out = out.reshape({m, n});
+  backend_for(x.device()).linear(a);
+  return out;
+}
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dGeometry g,
+              const Tensor& residual) {
+  KILN_CHECK(x.ndim() == 4 && weight.ndim() == 4, "conv2d: x ", x.describe(), ", weight ",
+             weight.describe(), " (expected NHWC input and OHWI weight)");
+  check_float_like(x, weight, "conv2d", "weight");
+  KILN_CHECK(weight.dim(3) == x.dim(3), "conv2d: input has ", x.dim(3),
+             " channels, weight expects ", weight.dim(3));
+  KILN_CHECK(g.stride >= 1 && g.pad_top >= 0 && g.pad_left >= 0 && g.pad_bottom >= 0 &&
+                 g.pad_right >= 0,
+             "conv2d: bad geometry");
+  const int64_t kh = weight.dim(1), kw = weight.dim(2), o = weight.dim(0);
+  const int64_t hp = x.dim(1) + g.pad_top + g.pad_bottom, wp = x.dim(2) + g.pad_left + g.pad_right;
+  KILN_CHECK(hp >= kh && wp >= kw, "conv2d: input ", x.shape().str(), " smaller than kernel");
+  const int64_t ho = (hp - kh) / g.stride + 1, wo = (wp - kw) / g.stride + 1;
+  check_optional_vector(x, bias, o, "conv2d", "bias");
+  Conv2dArgs a;
+  a.x = x;
+  a.weight = weight;
+  a.bias = bias;
+  a.stride = g.stride;
+  a.pad_top = g.pad_top;
+  a.pad_left = g.pad_left;
+  a.pad_bottom = g.pad_bottom;
+  a.pad_right = g.pad_right;
+  a.out = like(x, {x.dim(0), ho, wo, o});
+  if (residual.defined()) {
+    check_float_like(x, residual, "conv2d", "residual");
+    KILN_CHECK(residual.shape() == a.out.shape(), "conv2d: residual ", residual.shape().str(),
+               " does not match output ", a.out.shape().str());
+    a.residual = residual;
+  }
+  backend_for(x.device()).conv2d(a);
+  return a.out;
+}
+
+Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
+                  Activation act) {
+  KILN_CHECK(x.ndim() >= 2, "group_norm: x ", x.describe());
+  const int64_t c = x.dim(-1), b = x.dim(0);
+  KILN_CHECK(groups > 0 && c % groups == 0, "group_norm: ", c, " channels in ", groups,
+             " groups");
+  check_optional_vector(x, gamma, c, "group_norm", "gamma");
+  check_optional_vector(x, beta, c, "group_norm", "beta");
+  KILN_CHECK(gamma.defined() && beta.defined(), "group_norm: gamma and beta are required");
+  GroupNormArgs a;
+  a.x = x.reshape({b, x.numel() / std::max<int64_t>(b * c, 1), c});
+  a.gamma = gamma;
+  a.beta = beta;
+  a.groups = groups;
+  a.eps = eps;
+  a.act = act;
+  Tensor out = like(x, x.shape());
+  a.out = out.reshape(a.x.shape());
+  backend_for(x.device()).group_norm(a);
+  return out;
+}
+
+Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps) {
+  const int64_t c = x.dim(-1);
+  check_optional_vector(x, gamma, c, "layer_norm", "gamma");
+  check_optional_vector(x, beta, c, "layer_norm", "beta");
+  KILN_CHECK(gamma.defined() && beta.defined(), "layer_norm: gamma and beta are required");
+  LayerNormArgs a;
+  a.x = x.reshape({x.numel() / std::max<int64_t>(c, 1), c});
+  a.gamma = gamma;
+  a.beta = beta;
+  a.eps = eps;
+  Tensor out = like(x, x.shape());
+  a.out = out.reshape(a.x.shape());
+  backend_for(x.device()).layer_norm(a);
+  return out;
+}
+
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale,
+                 bool causal) {
+  KILN_CHECK(q.ndim() == 3 && k.ndim() == 3 && v.ndim() == 3, "attention: q ", q.describe(),
+             ", k ", k.describe(), ", v ", v.describe(), " (expected [B, S, heads*D])");
+  check_float_like(q, k, "attention", "k");
+  check_float_like(q, v, "attention", "v");
+  KILN_CHECK(heads > 0 && q.dim(2) % heads == 0, "attention: ", q.dim(2), " features in ", heads,
+             " heads");
+  KILN_CHECK(k.dim(0) == q.dim(0) && v.dim(0) == q.dim(0) && k.dim(1) == v.dim(1) &&
+                 k.dim(2) == q.dim(2) && v.dim(2) == q.dim(2),
+             "attention: q ", q.shape().str(), ", k ", k.shape().str(), ", v ", v.shape().str(),
+             " do not agree");
+  KILN_CHECK(!causal || k.dim(1) == q.dim(1), "attention: causal needs Sq == Sk");
+  AttentionArgs a;
+  a.q = q;
+  a.k = k;
+  a.v = v;
+  a.heads = heads;
+  a.scale = scale;
+  a.causal = causal;
+  a.out = like(q, q.shape());
+  backend_for(q.device()).attention(a);
+  return a.out;
+}
+
+static Tensor binary(const Tensor& a, const Tensor& b, BinaryOp op) {
+  check_float_like(a, b, "add/mul", "second operand");
+  KILN_CHECK(b.ndim() <= a.ndim(), "broadcast of ", b.shape().str(), " against ", a.shape().str());
+  for (int i = 1; i <= b.ndim(); ++i)
+    KILN_CHECK(b.dim(-i) == a.dim(-i) || b.dim(-i) == 1, "cannot broadcast ", b.shape().str(),
+               " against ", a.shape().str());
+  BinaryArgs args;
+  args.a = a;
+  args.b = b;
+  args.op = op;
+  args.out = like(a, a.shape());
+  backend_for(a.device()).binary(args);
+  return args.out;
+}
+
+Tensor add(const Tensor& a, const Tensor& b) { return binary(a, b, BinaryOp::Add); }
+Tensor mul(const Tensor& a, const Tensor& b) { return binary(a, b, BinaryOp::Mul); }
+
+Tensor activate(const Tensor& x, Activation act) {
+  UnaryArgs a;
+  a.x = x;
+  a.act = act;
+  a.out = like(x, x.shape());
+  backend_for(x.device()).unary(a);
+  return a.out;
+}
+
+Tensor scale(const Tensor& x, float s) {
+  UnaryArgs a;
+  a.x = x;
+  a.scale = s;
+  a.out = like(x, x.shape());
+  backend_for(x.device()).unary(a);
+  return a.out;
+}
+
+Tensor clamp(const Tensor& x, float lo, float hi) {
+  KILN_CHECK(lo <= hi, "clamp to [", lo, ", ", hi, "]");
+  UnaryArgs a;
+  a.x = x;
+  a.lo = lo;
+  a.hi = hi;
+  a.out = like(x, x.shape());
+  backend_for(x.device()).unary(a);
+  return a.out;
+}
+
+Tensor linear_combination(const std::vector<std::pair<float, Tensor>>& terms) {
+  KILN_CHECK(!terms.empty(), "linear_combination of nothing");
+  LinearCombinationArgs a;
+  const Tensor& first = terms[0].second;
+  for (const auto& [c, t] : terms) {
+    check_float_like(first, t, "linear_combination", "term");
+    KILN_CHECK(t.shape() == first.shape(), "linear_combination: ", t.shape().str(), " vs ",
+               first.shape().str());
+    a.coeffs.push_back(c);
+    a.terms.push_back(t);
+  }
+  a.out = like(first, first.shape());
+  backend_for(first.device()).linear_combination(a);
+  return a.out;
+}
+
+Tensor geglu(const Tensor& x) {
+  const int64_t c = x.dim(-1);
+  KILN_CHECK(c % 2 == 0, "geglu: odd feature count ", c);
+  GegluArgs a;
+  a.x = x.reshape({x.numel() / std::max<int64_t>(c, 1), c});
+  Tensor out = like(x, x.shape().with_last(c / 2));
+  a.out = out.reshape({a.x.dim(0), c / 2});
+  backend_for(x.device()).geglu(a);
+  return out;
+}
+
+Tensor concat_last(const std::vector<Tensor>& parts) {
+  KILN_CHECK(!parts.empty(), "concat of nothing");
+  const Tensor& first = parts[0];
+  const int64_t outer = first.numel() / std::max<int64_t>(first.dim(-1), 1);
+  ConcatArgs a;
+  int64_t total = 0;
+  for (const Tensor& p : parts) {
+    check_float_like(first, p, "concat_last", "part");
+    KILN_CHECK(p.ndim() == first.ndim(), "concat_last: ", p.shape().str(), " vs ",
+               first.shape().str());
+    for (int i = 0; i + 1 < p.ndim(); ++i)
+      KILN_CHECK(p.dim(i) == first.dim(i), "concat_last: ", p.shape().str(), " vs ",
+                 first.shape().str());
+    total += p.dim(-1);
+    a.parts.push_back(p.reshape({outer, p.dim(-1)}));
+  }
+  Tensor out = like(first, first.shape().with_last(total));
+  a.out = out.reshape({outer, total});
+  backend_for(first.device()).concat(a);
+  return out;
+}
+
+Tensor concat_rows(const std::vector<Tensor>& parts) {
+  KILN_CHECK(!parts.empty(), "concat of nothing");
+  const Tensor& first = parts[0];
+  int64_t rows = 0;
+  for (const Tensor& p : parts) {
+    KILN_CHECK(p.ndim() == first.ndim() && p.dtype() == first.dtype() &&
+                   p.device() == first.device(),
+               "concat_rows: ", p.describe(), " vs ", first.describe());
+    for (int i = 1; i < p.ndim(); ++i)
+      KILN_CHECK(p.dim(i) == first.dim(i), "concat_rows: ", p.shape().str(), " vs ",
+                 first.shape().str());
+    rows += p.dim(0);
+  }
+  Tensor out = like(first, first.shape().with(0, rows));
+  int64_t at = 0;
+  for (const Tensor& p : parts) {
+    out.rows(at, at + p.dim(0)).copy_from(p);
+    at += p.dim(0);
+  }
+  return out;
+}
+
+Tensor slice_last(const Tensor& x, int64_t begin, int64_t end) {
+  const int64_t c = x.dim(-1);
+  KILN_CHECK(0 <= begin && begin <= end && end <= c, "slice_last [", begin, ", ", end, ") of ",
+             x.shape().str());
+  SliceLastArgs a;
+  a.x = x.reshape({x.numel() / std::max<int64_t>(c, 1), c});
+  a.begin = begin;
+  Tensor out = like(x, x.shape().with_last(end - begin));
+  a.out = out.reshape({a.x.dim(0), end - begin});
+  backend_for(x.device()).slice_last(a);
+  return out;
+}
+
+Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w) {
+  KILN_CHECK(x.ndim() == 4 && out_h > 0 && out_w > 0, "upsample_nearest: x ", x.describe());
+  UpsampleArgs a;
+  a.x = x;
+  a.out = like(x, {x.dim(0), out_h, out_w, x.dim(3)});
+  backend_for(x.device()).upsample_nearest(a);
+  return a.out;
+}
+
+Tensor timestep_embedding(const Tensor& timesteps, int dim, bool flip_sin_to_cos,
+                          float downscale_freq_shift, float scale, float max_period) {
+  KILN_CHECK(timesteps.ndim() == 1 && timesteps.dtype() == DType::F32,
+             "timestep_embedding: timesteps ", timesteps.describe(), " (expected f32 [B])");
+  KILN_CHECK(dim >= 2, "timestep_embedding: dim ", dim);
+  TimestepEmbeddingArgs a;
+  a.timesteps = timesteps;
+  a.dim = dim;
+  a.flip_sin_to_cos = flip_sin_to_cos;
+  a.downscale_freq_shift = downscale_freq_shift;
+  a.scale = scale;
+  a.max_period = max_period;
+  a.out = Tensor::empty({timesteps.dim(0), dim}, DType::F32, timesteps.device());
+  backend_for(timesteps.device()).timestep_embedding(a);
+  return a.out;
+}
+
+Tensor embedding(const Tensor& ids, const Tensor& table) {
+  KILN_CHECK(ids.dtype() == DType::I32 && table.ndim() == 2, "embedding: ids ", ids.describe(),
+             ", table ", table.describe());
+  check_same_device(ids, table, "embedding");
+  EmbeddingArgs a;
+  a.ids = ids.reshape({ids.numel()});
+  a.table = table;
+  Shape out_shape = ids.shape();
+  std::vector<int64_t> dims = out_shape.vec();
+  dims.push_back(table.dim(1));
+  Tensor out = like(table, Shape(dims));
+  a.out = out.reshape({ids.numel(), table.dim(1)});
+  backend_for(table.device()).embedding(a);
+  return out;
+}
+
+Tensor cast(const Tensor& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  KILN_CHECK(is_floating(x.dtype()) && is_floating(dtype), "cast from ", dtype_name(x.dtype()),
+             " to ", dtype_name(dtype));
+  CastArgs a;
+  a.x = x;
+  a.out = Tensor::empty(x.shape(), dtype, x.device());
+  backend_for(x.device()).cast(a);
+  return a.out;
+}
+
+Tensor to(const Tensor& x, Device device, DType dtype) {
+  if (x.device() == device) return cast(x, dtype);
+  // Convert where the data is, so that only the final dtype crosses the bus.
+  if (x.device() == Device::CPU) return cast(x, dtype).to(device);
+  return cast(x.to(device), dtype);
+}
+
+}  // namespace kiln::ops

@@ -1,0 +1,75 @@
+// The op set: one function per op. Each validates its inputs (shapes, dtypes,
+// devices), allocates the output on the inputs' device and dispatches to that
+// device's backend. Shapes in the comments; images are NHWC.
+#pragma once
+
+#include <utility>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace kiln::ops {
+
+// x [..., K], weight [N, K], bias [N] → [..., N] = act(x W^T + bias) (+ residual [..., N]).
+Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias = {},
+              Activation act = Activation::None, const Tensor& residual = {});
+
+struct Conv2dGeometry {
+  int stride = 1;
+  int pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
+  static Conv2dGeometry same(int kernel, int stride = 1) {
+    const int p = kernel / 2;
+    return {stride, p, p, p, p};
+  }
+};
+// x [B, H, W, C], weight [O, KH, KW, C] → [B, HO, WO, O] (+ residual, same shape).
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dGeometry g,
+              const Tensor& residual = {});
+
+// x [B, ..., C]: normalised per (batch, group of C/groups channels); then act.
+Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
+                  Activation act = Activation::None);
+// x [..., C] normalised over C.
+Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps);
+
+// q [B, Sq, H*D], k and v [B, Sk, H*D] → [B, Sq, H*D]; softmax(q k^T * scale) v per head.
+Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale,
+                 bool causal = false);
+
+// Elementwise with b broadcast against a (b's dims right-aligned, each equal to a's or 1).
+Tensor add(const Tensor& a, const Tensor& b);
+Tensor mul(const Tensor& a, const Tensor& b);
+Tensor activate(const Tensor& x, Activation act);
+Tensor scale(const Tensor& x, float s);
+Tensor clamp(const Tensor& x, float lo, float hi);
+// Σ coeff_i * term_i over same-shaped tensors.
+Tensor linear_combination(const std::vector<std::pair<float, Tensor>>& terms);
+
+// x [..., 2N] → [..., N] = x[..., :N] * gelu(x[..., N:]).
+Tensor geglu(const Tensor& x);
+
+// Concatenation along the last dim (channels, for UNet skip connections).
+Tensor concat_last(const std::vector<Tensor>& parts);
+// Concatenation along dim 0 (batch rows).
+Tensor concat_rows(const std::vector<Tensor>& parts);
+// x [..., C] → [..., end - begin], a copy of the channel range.
+Tensor slice_last(const Tensor& x, int64_t begin, int64_t end);
+
+// x [B, H, W, C] → [B, out_h, out_w, C], nearest neighbour.
+Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w);
+
+// timesteps [B] (f32, any device) → [B, dim] sinusoidal embedding, as diffusers'
+// get_timestep_embedding.
+Tensor timestep_embedding(const Tensor& timesteps, int dim, bool flip_sin_to_cos,
+                          float downscale_freq_shift, float scale = 1.0f,
+                          float max_period = 10000.0f);
+
+// ids [...] (i32) → [..., C] rows of table [V, C].
+Tensor embedding(const Tensor& ids, const Tensor& table);
+
+// Same values in another floating dtype (a no-op view when it already is).
+Tensor cast(const Tensor& x, DType dtype);
+// Copy to a device and dtype, as a model's weights are at load.
+Tensor to(const Tensor& x, Device device, DType dtype);
+
+}  // namespace kiln::ops

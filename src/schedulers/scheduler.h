@@ -1,0 +1,67 @@
+// Samplers ("schedulers" in diffusers): the timestep/sigma tables and the update
+// that turns the denoiser's output into the next sample.
+//
+// A sampler named X behaves as diffusers' XScheduler.from_config(<the model's
+// scheduler_config.json>): keys present in the config override, absent keys take
+// that scheduler class's own defaults (which differ between classes).
+//
+// One Scheduler object serves one request: multistep samplers keep history.
+// Tensors are NHWC latents [B, H, W, C] on any device; all arithmetic goes
+// through ops/, so the updates run where the latents live.
+#pragma once
+
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include <nlohmann/json_fwd.hpp>
+
+#include "core/random.h"
+#include "core/tensor.h"
+
+namespace kiln {
+
+enum class SamplerKind { Euler, EulerAncestral, DDIM, DPMPP2M, LCM };
+enum class SigmaSchedule { Default, Karras };
+
+// "euler", "euler_a", "ddim", "dpmpp_2m", "lcm".
+std::optional<SamplerKind> parse_sampler(std::string_view name);
+std::string_view sampler_name(SamplerKind kind);
+// The name A1111 shows for it ("Euler a", "DPM++ 2M Karras", ...).
+std::string a1111_sampler_name(SamplerKind kind, SigmaSchedule schedule);
+
+class Scheduler {
+ public:
+  virtual ~Scheduler() = default;
+
+  // diffusers' set_timesteps(num_inference_steps). Must be called before use.
+  virtual void set_timesteps(int num_inference_steps) = 0;
+
+  // The timestep value fed to the denoiser at each step, in order (exactly the
+  // float32 values of diffusers' scheduler.timesteps).
+  const std::vector<float>& timesteps() const { return timesteps_; }
+  int num_steps() const { return int(timesteps_.size()); }
+
+  // Factor the initial N(0, 1) latents are multiplied by.
+  virtual float init_noise_sigma() const = 0;
+
+  // The denoiser's input at step `step` (diffusers' scale_model_input).
+  virtual Tensor scale_model_input(const Tensor& sample, int step) const { return sample; }
+
+  // The sample for step + 1 from the denoiser's (guided) output at `step`.
+  // Samplers that add noise draw it from `generator` in diffusers' order.
+  virtual Tensor step(const Tensor& model_output, int step, const Tensor& sample,
+                      TorchGenerator& generator) = 0;
+
+ protected:
+  std::vector<float> timesteps_;
+};
+
+// Throws kiln::Error when the config asks for something this sampler cannot do
+// (an unknown beta_schedule or prediction_type, karras sigmas on DDIM, ...).
+std::unique_ptr<Scheduler> make_scheduler(SamplerKind kind, SigmaSchedule schedule,
+                                          const nlohmann::json& scheduler_config);
+
+}  // namespace kiln
