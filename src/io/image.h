@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <filesystem>
 #include <map>
+#include <span>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -25,8 +26,13 @@ struct Image {
 std::string encode_png(const Image& image,
                        const std::vector<std::pair<std::string, std::string>>& text = {});
 
-// Decodes 8-bit gray, gray+alpha, RGB, RGBA and palette PNGs (non-interlaced);
-// anything else, or a damaged file, is a kiln::Error saying what is wrong.
+// Decodes 8-bit gray, gray+alpha, RGB, RGBA and palette PNGs (non-interlaced;
+// gray and palette also at 1, 2 and 4 bits, as PIL writes small palettes).
+// Gray stays 1 channel, RGB and palette become 3; gray+alpha, RGBA and any
+// image with a tRNS chunk become RGBA. Anything else (16-bit, interlaced,
+// larger than kMaxPngDimension on a side), or a damaged file, is a kiln::Error
+// saying what is wrong.
+inline constexpr int kMaxPngDimension = 16384;
 Image decode_png(std::string_view bytes);
 
 // tEXt/iTXt/zTXt chunks of a PNG, as UTF-8.
@@ -35,6 +41,9 @@ std::map<std::string, std::string> png_text(std::string_view bytes);
 // Writes `bytes` to `path` through a temporary file and a rename, so a reader
 // never sees half a file.
 void write_file_atomic(const std::filesystem::path& path, std::string_view bytes);
+// The same for a file written in pieces (a header, then tensors' bytes) that
+// need not be joined in memory first.
+void write_file_atomic(const std::filesystem::path& path, std::span<const std::string_view> pieces);
 std::string read_file(const std::filesystem::path& path);
 
 }  // namespace kiln::io

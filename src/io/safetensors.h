@@ -21,6 +21,12 @@ namespace kiln::io {
 
 struct TensorEntry {
   std::string name;
+  // The header's dtype string ("F16", "I8", "F8_E4M3", ...). A dtype kiln has no
+  // DType for still parses, so a file holding one odd tensor (an unused int8
+  // buffer) opens; such an entry has dtype_supported == false, `dtype` means
+  // nothing, and view() / WeightSet::load() refuse it (load() converts F64).
+  std::string stored_dtype;
+  bool dtype_supported = true;
   DType dtype = DType::F32;
   Shape shape;
   uint64_t data_begin = 0;  // offsets into the data area, as in the header
@@ -45,7 +51,12 @@ class SafetensorsFile {
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
 
   // A CPU tensor over the mapped bytes (no copy); it keeps the mapping alive.
+  // The mapping is read-only: writing through the tensor faults. Data that
+  // another writer left misaligned for its element type is copied instead.
   Tensor view(const TensorEntry& entry) const;
+  // The entry's stored bytes, whatever its dtype (for loaders of types that
+  // have no DType, such as fp8 or int8 weights); valid while this file lives.
+  std::string_view bytes(const TensorEntry& entry) const;
   // Drops the entry's pages from memory once they have been converted, so a
   // loaded model is not held twice.
   void release(const TensorEntry& entry) const;
@@ -53,6 +64,7 @@ class SafetensorsFile {
  private:
   SafetensorsFile() = default;
   void parse_header(std::string_view file);
+  void check_owned(const TensorEntry& entry) const;
 
   std::string label_;
   std::vector<TensorEntry> entries_;
@@ -75,6 +87,9 @@ class WeightSet {
   static WeightSet open(const std::filesystem::path& dir, std::string_view stem,
                         std::string_view variant = "");
   static WeightSet open_file(const std::filesystem::path& file);
+  // A sharded set: `<stem>.safetensors.index[.<variant>].json` and the files
+  // its weight_map names, which must lie beside it.
+  static WeightSet open_index(const std::filesystem::path& index_file);
 
   bool contains(std::string_view name) const;
   const TensorEntry& entry(std::string_view name) const;  // throws naming the tensor
@@ -82,7 +97,9 @@ class WeightSet {
   std::string describe() const;  // the file(s), for messages
 
   // An owned CPU tensor of `dtype` holding the named weight; the mapped pages
-  // are released after the copy.
+  // are released after the copy. Floats (F32, F16, BF16, F64) convert among
+  // f32/f16/bf16 rounding to nearest even; I32 and I64 load as i32 or i64 (to
+  // i32 only when every value fits); anything else is a kiln::Error.
   Tensor load(std::string_view name, DType dtype = DType::F32) const;
 
  private:
@@ -91,12 +108,17 @@ class WeightSet {
     const TensorEntry* entry;
   };
   const Located& locate(std::string_view name) const;
+  void add_file(std::shared_ptr<const SafetensorsFile> file);
 
+  std::string description_;
   std::vector<std::shared_ptr<const SafetensorsFile>> files_;
   std::map<std::string, Located, std::less<>> tensors_;
 };
 
-// Writes tensors (CPU, any supported dtype) as a safetensors file.
+// Writes tensors (any supported dtype and device) as a safetensors file, laid
+// out as the reference implementation does (header padded with spaces to a
+// multiple of 8, data ordered by dtype then name), through a temporary file
+// and a rename.
 void write_safetensors(const std::filesystem::path& path,
                        const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
