@@ -1,12 +1,15 @@
 // CLIP's byte-level BPE tokenizer, giving the ids of transformers' CLIPTokenizer.
 //
-// Pipeline: NFC normalisation, runs of whitespace to one space, Unicode
-// lowercase; split into words (<|startoftext|>, <|endoftext|>, contractions 's 't
-// 're 've 'm 'll 'd, runs of letters, single digits, runs of other non-space
-// characters); bytes of each word mapped to the byte-level alphabet; BPE merges
-// by rank with "</w>" marking the end of a word.
+// Pipeline: special tokens typed in the text (such as "<|endoftext|>") become their
+// ids, matched before or after normalisation as the folder's configs say; the rest
+// is normalised (NFC, runs of whitespace to one space, Unicode lowercase) and split
+// into words (contractions 's 't 're 've 'm 'll 'd, runs of letters, single digits,
+// runs of other non-space characters; a "<|endoftext|>" left in normalised text
+// becomes "<|", "endoftext", "|>"); bytes of each word are mapped to the byte-level
+// alphabet and merged by BPE rank, "</w>" marking the end of a word.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <filesystem>
 #include <string>
@@ -24,8 +27,8 @@ class ClipTokenizer {
   // present; model_max_length likewise (77 otherwise).
   static ClipTokenizer load(const std::filesystem::path& dir);
 
-  // Ids of `text` without special tokens or truncation. Text that is not valid
-  // UTF-8 is a kiln::Error.
+  // Ids of `text` without added start/end tokens or truncation. Text that is not
+  // valid UTF-8 is a kiln::Error.
   std::vector<int32_t> encode(std::string_view text) const;
 
   // What the Stable Diffusion pipelines feed the text encoder:
@@ -40,10 +43,33 @@ class ClipTokenizer {
   size_t vocab_size() const { return vocab_.size(); }
 
  private:
-  std::vector<int32_t> bpe(const std::string& word) const;  // word in byte-level alphabet
+  // A token matched in the text before BPE: typed special tokens such as "<|endoftext|>".
+  struct AddedToken {
+    std::u32string content;  // normalised already when it is matched in normalised text
+    int32_t id;
+  };
+  struct Merge {
+    int32_t rank;  // lower merges first
+    int32_t merged_id;
+  };
+
+  // Splits `text` at the added tokens found in it (leftmost, then longest), appending their
+  // ids; each stretch between them goes to `encode_stretch`.
+  template <class EncodeStretch>
+  static void split_at_added_tokens(std::u32string_view text,
+                                    const std::vector<AddedToken>& added_tokens,
+                                    std::vector<int32_t>& ids, EncodeStretch&& encode_stretch);
+  void encode_raw_stretch(std::u32string_view text, std::vector<int32_t>& ids) const;
+  void encode_normalized_stretch(std::u32string_view text, std::vector<int32_t>& ids) const;
+  void append_bpe(std::string_view word_utf8, std::vector<int32_t>& ids) const;
 
   std::unordered_map<std::string, int32_t> vocab_;
-  std::unordered_map<std::string, int32_t> merge_rank_;  // "left right" → rank
+  std::unordered_map<uint64_t, Merge> merges_;  // key: left id << 32 | right id
+  // Id of each byte's byte-level symbol, alone and as the last of a word ("</w>" appended);
+  // the unknown token's id where the vocabulary lacks it.
+  std::array<int32_t, 256> byte_ids_{}, final_byte_ids_{};
+  std::vector<AddedToken> raw_added_tokens_;         // matched in the text as typed
+  std::vector<AddedToken> normalized_added_tokens_;  // matched after normalisation
   int32_t bos_id_ = 0, eos_id_ = 0, pad_id_ = 0;
   int max_length_ = 77;
 };
