@@ -44,7 +44,8 @@ void TorchGenerator::randn(float* out, int64_t n) {
       const float u1 = 1.0f - d[j];
       const float u2 = d[j + 8];
       const float radius = std::sqrt(-2.0f * std::log(u1));
-      const float theta = float(2.0 * M_PI * double(u2));
+      // torch's AVX2 path (the one x86 machines take) multiplies in float.
+      const float theta = 2.0f * float(M_PI) * u2;
       d[j] = radius * std::cos(theta);
       d[j + 8] = radius * std::sin(theta);
     }

@@ -14,6 +14,7 @@
 #include <optional>
 #include <string>
 #include <string_view>
+#include <utility>
 #include <vector>
 
 #include <nlohmann/json_fwd.hpp>
@@ -31,6 +32,8 @@ std::optional<SamplerKind> parse_sampler(std::string_view name);
 std::string_view sampler_name(SamplerKind kind);
 // The name A1111 shows for it ("Euler a", "DPM++ 2M Karras", ...).
 std::string a1111_sampler_name(SamplerKind kind, SigmaSchedule schedule);
+// The inverse of a1111_sampler_name: "DPM++ 2M Karras" -> {DPMPP2M, Karras}.
+std::optional<std::pair<SamplerKind, SigmaSchedule>> parse_a1111_sampler(std::string_view name);
 
 class Scheduler {
  public:
@@ -44,6 +47,10 @@ class Scheduler {
   const std::vector<float>& timesteps() const { return timesteps_; }
   int num_steps() const { return int(timesteps_.size()); }
 
+  // The noise level of each step and, last, of the result (diffusers' scheduler.sigmas,
+  // float32); empty for samplers that have none (DDIM, LCM).
+  const std::vector<float>& sigmas() const { return sigmas_; }
+
   // Factor the initial N(0, 1) latents are multiplied by.
   virtual float init_noise_sigma() const = 0;
 
@@ -51,15 +58,19 @@ class Scheduler {
   virtual Tensor scale_model_input(const Tensor& sample, int step) const { return sample; }
 
   // The sample for step + 1 from the denoiser's (guided) output at `step`.
-  // Samplers that add noise draw it from `generator` in diffusers' order.
+  // Samplers that add noise draw it from `generator` in diffusers' order. Steps run in
+  // order, 0 to num_steps() - 1: multistep samplers keep the outputs of earlier steps.
   virtual Tensor step(const Tensor& model_output, int step, const Tensor& sample,
                       TorchGenerator& generator) = 0;
 
  protected:
   std::vector<float> timesteps_;
+  std::vector<float> sigmas_;
 };
 
-// Throws kiln::Error when the config asks for something this sampler cannot do
+// SigmaSchedule::Karras is from_config(..., use_karras_sigmas=True); a config that sets
+// use_karras_sigmas itself gets Karras sigmas with SigmaSchedule::Default too, as from_config
+// keeps it. Throws kiln::Error when the config asks for something this sampler cannot do
 // (an unknown beta_schedule or prediction_type, karras sigmas on DDIM, ...).
 std::unique_ptr<Scheduler> make_scheduler(SamplerKind kind, SigmaSchedule schedule,
                                           const nlohmann::json& scheduler_config);
