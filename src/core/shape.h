@@ -83,6 +83,8 @@ class Shape {
   int ndim_ = 0;
 };
 
-inline std::ostream& operator<<(std::ostream& os, const Shape& s) { return os << s.str(); }
+inline std::ostream& operator<<(std::ostream& os, const Shape& s) {
+  return os << s.str();
+}
 
 }  // namespace kiln

@@ -25,13 +25,17 @@ Allocator* g_allocators[2] = {&g_host, nullptr};
 
 }  // namespace
 
-std::string_view device_name(Device d) { return d == Device::CPU ? "cpu" : "cuda"; }
+std::string_view device_name(Device d) {
+  return d == Device::CPU ? "cpu" : "cuda";
+}
 
 void register_allocator(Device device, Allocator* allocator) {
   g_allocators[int(device)] = allocator;
 }
 
-bool device_available(Device device) { return g_allocators[int(device)] != nullptr; }
+bool device_available(Device device) {
+  return g_allocators[int(device)] != nullptr;
+}
 
 Allocator& allocator_for(Device device) {
   Allocator* a = g_allocators[int(device)];
@@ -68,8 +72,8 @@ Tensor Tensor::reshape(Shape shape) const {
 }
 
 Tensor Tensor::rows(int64_t begin, int64_t end) const {
-  KILN_CHECK(ndim() >= 1 && 0 <= begin && begin <= end && end <= dim(0), "rows [", begin, ", ",
-             end, ") of ", shape_.str());
+  KILN_CHECK(ndim() >= 1 && 0 <= begin && begin <= end && end <= dim(0), "rows [", begin, ", ", end,
+             ") of ", shape_.str());
   const size_t row_bytes = size_t(shape_.span(1, ndim())) * dtype_size(dtype_);
   return Tensor(shape_.with(0, end - begin), dtype_, buffer_, offset_ + size_t(begin) * row_bytes);
 }
@@ -80,7 +84,9 @@ Tensor Tensor::to(Device device) const {
   return out;
 }
 
-Tensor Tensor::clone() const { return to(device()); }
+Tensor Tensor::clone() const {
+  return to(device());
+}
 
 void Tensor::copy_from(const Tensor& src) {
   KILN_CHECK(src.shape() == shape_ && src.dtype() == dtype_, "copy of ", src.describe(), " into ",

@@ -106,11 +106,11 @@ class Tensor {
 
 template <class T>
 void Tensor::check_element() const {
-  constexpr DType want = std::is_same_v<T, float>      ? DType::F32
-                         : std::is_same_v<T, f16>      ? DType::F16
-                         : std::is_same_v<T, bf16>     ? DType::BF16
-                         : std::is_same_v<T, int32_t>  ? DType::I32
-                                                       : DType::I64;
+  constexpr DType want = std::is_same_v<T, float>     ? DType::F32
+                         : std::is_same_v<T, f16>     ? DType::F16
+                         : std::is_same_v<T, bf16>    ? DType::BF16
+                         : std::is_same_v<T, int32_t> ? DType::I32
+                                                      : DType::I64;
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, f16> || std::is_same_v<T, bf16> ||
                     std::is_same_v<T, int32_t> || std::is_same_v<T, int64_t>,
                 "unsupported element type");

@@ -22,7 +22,9 @@ void check_optional_vector(const Tensor& ref, const Tensor& t, int64_t n, const 
   KILN_CHECK(t.numel() == n, op, ": ", what, " has ", t.numel(), " elements, expected ", n);
 }
 
-Tensor like(const Tensor& x, Shape shape) { return Tensor::empty(shape, x.dtype(), x.device()); }
+Tensor like(const Tensor& x, Shape shape) {
+  return Tensor::empty(shape, x.dtype(), x.device());
+}
 
 }  // namespace
 
@@ -32,8 +34,7 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activat
              weight.describe());
   check_float_like(x, weight, "linear", "weight");
   const int64_t k = x.dim(-1), n = weight.dim(0);
-  KILN_CHECK(weight.dim(1) == k, "linear: x has ", k, " features, weight expects ",
-             weight.dim(1));
+  KILN_CHECK(weight.dim(1) == k, "linear: x has ", k, " features, weight expects ", weight.dim(1));
   check_optional_vector(x, bias, n, "linear", "bias");
   const Shape out_shape = x.shape().with_last(n);
   const int64_t m = x.numel() / std::max<int64_t>(k, 1);
@@ -61,9 +62,9 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dG
   check_float_like(x, weight, "conv2d", "weight");
   KILN_CHECK(weight.dim(3) == x.dim(3), "conv2d: input has ", x.dim(3),
              " channels, weight expects ", weight.dim(3));
-  KILN_CHECK(g.stride >= 1 && g.pad_top >= 0 && g.pad_left >= 0 && g.pad_bottom >= 0 &&
-                 g.pad_right >= 0,
-             "conv2d: bad geometry");
+  KILN_CHECK(
+      g.stride >= 1 && g.pad_top >= 0 && g.pad_left >= 0 && g.pad_bottom >= 0 && g.pad_right >= 0,
+      "conv2d: bad geometry");
   const int64_t kh = weight.dim(1), kw = weight.dim(2), o = weight.dim(0);
   const int64_t hp = x.dim(1) + g.pad_top + g.pad_bottom, wp = x.dim(2) + g.pad_left + g.pad_right;
   KILN_CHECK(hp >= kh && wp >= kw, "conv2d: input ", x.shape().str(), " smaller than kernel");
@@ -93,8 +94,7 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int 
                   Activation act) {
   KILN_CHECK(x.ndim() >= 2, "group_norm: x ", x.describe());
   const int64_t c = x.dim(-1), b = x.dim(0);
-  KILN_CHECK(groups > 0 && c % groups == 0, "group_norm: ", c, " channels in ", groups,
-             " groups");
+  KILN_CHECK(groups > 0 && c % groups == 0, "group_norm: ", c, " channels in ", groups, " groups");
   check_optional_vector(x, gamma, c, "group_norm", "gamma");
   check_optional_vector(x, beta, c, "group_norm", "beta");
   KILN_CHECK(gamma.defined() && beta.defined(), "group_norm: gamma and beta are required");
@@ -129,8 +129,8 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
 
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale,
                  bool causal) {
-  KILN_CHECK(q.ndim() == 3 && k.ndim() == 3 && v.ndim() == 3, "attention: q ", q.describe(),
-             ", k ", k.describe(), ", v ", v.describe(), " (expected [B, S, heads*D])");
+  KILN_CHECK(q.ndim() == 3 && k.ndim() == 3 && v.ndim() == 3, "attention: q ", q.describe(), ", k ",
+             k.describe(), ", v ", v.describe(), " (expected [B, S, heads*D])");
   check_float_like(q, k, "attention", "k");
   check_float_like(q, v, "attention", "v");
   KILN_CHECK(heads > 0 && q.dim(2) % heads == 0, "attention: ", q.dim(2), " features in ", heads,
@@ -167,8 +167,12 @@ static Tensor binary(const Tensor& a, const Tensor& b, BinaryOp op) {
   return args.out;
 }
 
-Tensor add(const Tensor& a, const Tensor& b) { return binary(a, b, BinaryOp::Add); }
-Tensor mul(const Tensor& a, const Tensor& b) { return binary(a, b, BinaryOp::Mul); }
+Tensor add(const Tensor& a, const Tensor& b) {
+  return binary(a, b, BinaryOp::Add);
+}
+Tensor mul(const Tensor& a, const Tensor& b) {
+  return binary(a, b, BinaryOp::Mul);
+}
 
 Tensor activate(const Tensor& x, Activation act) {
   UnaryArgs a;
@@ -253,9 +257,9 @@ Tensor concat_rows(const std::vector<Tensor>& parts) {
   const Tensor& first = parts[0];
   int64_t rows = 0;
   for (const Tensor& p : parts) {
-    KILN_CHECK(p.ndim() == first.ndim() && p.dtype() == first.dtype() &&
-                   p.device() == first.device(),
-               "concat_rows: ", p.describe(), " vs ", first.describe());
+    KILN_CHECK(
+        p.ndim() == first.ndim() && p.dtype() == first.dtype() && p.device() == first.device(),
+        "concat_rows: ", p.describe(), " vs ", first.describe());
     for (int i = 1; i < p.ndim(); ++i)
       KILN_CHECK(p.dim(i) == first.dim(i), "concat_rows: ", p.shape().str(), " vs ",
                  first.shape().str());

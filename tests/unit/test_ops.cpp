@@ -27,7 +27,9 @@ double max_abs_diff(const Tensor& a, const std::vector<double>& b) {
   return m;
 }
 
-double gelu(double x) { return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0))); }
+double gelu(double x) {
+  return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
+}
 
 TEST(Ops, LinearWithBiasGeluAndResidualMatchesNaiveLoop) {
   const int64_t m = 37, k = 19, n = 23;
@@ -50,8 +52,9 @@ TEST(Ops, Conv2dNhwcMatchesNaiveLoopWithStrideAndAsymmetricPadding) {
   const int64_t batch = 2, h = 9, w = 7, c = 5, o = 6, kh = 3, kw = 3;
   Tensor x = random_tensor({batch, h, w, c}, 5), wt = random_tensor({o, kh, kw, c}, 6);
   Tensor bias = random_tensor({o}, 7);
-  for (ops::Conv2dGeometry g : {ops::Conv2dGeometry{1, 1, 1, 1, 1}, ops::Conv2dGeometry{2, 0, 0, 1, 1},
-                                ops::Conv2dGeometry{2, 1, 1, 1, 1}}) {
+  for (ops::Conv2dGeometry g :
+       {ops::Conv2dGeometry{1, 1, 1, 1, 1}, ops::Conv2dGeometry{2, 0, 0, 1, 1},
+        ops::Conv2dGeometry{2, 1, 1, 1, 1}}) {
     Tensor y = ops::conv2d(x, wt, bias, g);
     const int64_t ho = y.dim(1), wo = y.dim(2);
     EXPECT_EQ(ho, (h + g.pad_top + g.pad_bottom - kh) / g.stride + 1);

@@ -19,7 +19,7 @@ void attention(const AttentionArgs& a) {
   const float* v = a.v.data<float>();
   float* out = a.out.data<float>();
 
-#pragma omp parallel
+#pragma omp parallel if (batch * heads * sq * sk * d >= kParallelWork * 16)
   {
     std::vector<float> scores(size_t(kBlock * sk));
 #pragma omp for collapse(3) schedule(dynamic)

@@ -8,14 +8,18 @@ namespace kiln::cpu {
 
 float apply_activation(Activation act, float x) {
   switch (act) {
-    case Activation::None: return x;
-    case Activation::SiLU: return x / (1.0f + std::exp(-x));
-    case Activation::GELU: return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f));
+    case Activation::None:
+      return x;
+    case Activation::SiLU:
+      return x / (1.0f + std::exp(-x));
+    case Activation::GELU:
+      return 0.5f * x * (1.0f + std::erf(x * 0.70710678118654752f));
     case Activation::GELUTanh: {
       const float inner = 0.7978845608028654f * (x + 0.044715f * x * x * x);
       return 0.5f * x * (1.0f + std::tanh(inner));
     }
-    case Activation::QuickGELU: return x / (1.0f + std::exp(-1.702f * x));
+    case Activation::QuickGELU:
+      return x / (1.0f + std::exp(-1.702f * x));
   }
   return x;
 }
@@ -29,7 +33,7 @@ void binary(const BinaryArgs& a) {
   const int64_t n = a.a.numel();
   const bool add = a.op == BinaryOp::Add;
   if (a.b.numel() == n) {
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelWork)
     for (int64_t i = 0; i < n; ++i) out[i] = add ? x[i] + y[i] : x[i] * y[i];
     return;
   }
@@ -44,7 +48,7 @@ void binary(const BinaryArgs& a) {
   }
   const int64_t inner = a.a.dim(-1), rows = n / std::max<int64_t>(inner, 1);
   const int64_t inner_stride = bstride[nd - 1];
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelWork)
   for (int64_t r = 0; r < rows; ++r) {
     int64_t rem = r, bi = 0;
     for (int i = nd - 2; i >= 0; --i) {
@@ -65,7 +69,7 @@ void unary(const UnaryArgs& a) {
   const float* x = a.x.data<float>();
   float* out = a.out.data<float>();
   const int64_t n = a.x.numel();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelWork)
   for (int64_t i = 0; i < n; ++i)
     out[i] = std::clamp(apply_activation(a.act, x[i]) * a.scale, a.lo, a.hi);
 }
@@ -76,7 +80,7 @@ void linear_combination(const LinearCombinationArgs& a) {
   std::vector<const float*> terms;
   for (const Tensor& t : a.terms) terms.push_back(t.data<float>());
   const size_t count = terms.size();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelWork)
   for (int64_t i = 0; i < n; ++i) {
     float v = 0.0f;
     for (size_t t = 0; t < count; ++t) v += a.coeffs[t] * terms[t][i];
@@ -88,7 +92,7 @@ void geglu(const GegluArgs& a) {
   const int64_t m = a.out.dim(0), n = a.out.dim(1);
   const float* x = a.x.data<float>();
   float* out = a.out.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (m * n >= kParallelWork)
   for (int64_t i = 0; i < m; ++i) {
     const float* hidden = x + i * 2 * n;
     const float* gate = hidden + n;
@@ -101,7 +105,7 @@ void concat(const ConcatArgs& a) {
   const int64_t outer = a.out.dim(0), total = a.out.dim(1);
   const size_t elem = dtype_size(a.out.dtype());
   char* out = static_cast<char*>(a.out.raw());
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (outer * total >= kParallelWork)
   for (int64_t i = 0; i < outer; ++i) {
     int64_t at = 0;
     for (const Tensor& p : a.parts) {
@@ -120,7 +124,7 @@ void upsample_nearest(const UpsampleArgs& a) {
   float* out = a.out.data<float>();
   // torch's 'nearest': source = floor(dst * (in / out)), the ratio in float.
   const float sy = float(h) / float(ho), sx = float(w) / float(wo);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (a.out.numel() >= kParallelWork)
   for (int64_t b = 0; b < batch; ++b) {
     for (int64_t y = 0; y < ho; ++y) {
       const int64_t iy = std::min(int64_t(float(y) * sy), h - 1);
@@ -168,24 +172,36 @@ void slice_last(const SliceLastArgs& a) {
   const int64_t m = a.x.dim(0), c = a.x.dim(1), w = a.out.dim(1);
   const float* x = a.x.data<float>();
   float* out = a.out.data<float>();
-  for (int64_t i = 0; i < m; ++i) std::copy(x + i * c + a.begin, x + i * c + a.begin + w, out + i * w);
+  for (int64_t i = 0; i < m; ++i)
+    std::copy(x + i * c + a.begin, x + i * c + a.begin + w, out + i * w);
 }
 
 float load(DType t, const void* p, int64_t i) {
   switch (t) {
-    case DType::F32: return static_cast<const float*>(p)[i];
-    case DType::F16: return f16_to_float(static_cast<const uint16_t*>(p)[i]);
-    case DType::BF16: return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
-    default: KILN_CHECK(false, "cast of ", dtype_name(t));
+    case DType::F32:
+      return static_cast<const float*>(p)[i];
+    case DType::F16:
+      return f16_to_float(static_cast<const uint16_t*>(p)[i]);
+    case DType::BF16:
+      return bf16_to_float(static_cast<const uint16_t*>(p)[i]);
+    default:
+      KILN_CHECK(false, "cast of ", dtype_name(t));
   }
 }
 
 void store(DType t, void* p, int64_t i, float v) {
   switch (t) {
-    case DType::F32: static_cast<float*>(p)[i] = v; break;
-    case DType::F16: static_cast<uint16_t*>(p)[i] = float_to_f16(v); break;
-    case DType::BF16: static_cast<uint16_t*>(p)[i] = float_to_bf16(v); break;
-    default: KILN_CHECK(false, "cast to ", dtype_name(t));
+    case DType::F32:
+      static_cast<float*>(p)[i] = v;
+      break;
+    case DType::F16:
+      static_cast<uint16_t*>(p)[i] = float_to_f16(v);
+      break;
+    case DType::BF16:
+      static_cast<uint16_t*>(p)[i] = float_to_bf16(v);
+      break;
+    default:
+      KILN_CHECK(false, "cast to ", dtype_name(t));
   }
 }
 
@@ -194,7 +210,7 @@ void cast(const CastArgs& a) {
   const DType from = a.x.dtype(), to = a.out.dtype();
   const void* x = a.x.raw();
   void* out = a.out.raw();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n >= kParallelWork)
   for (int64_t i = 0; i < n; ++i) store(to, out, i, load(from, x, i));
 }
 
@@ -209,15 +225,11 @@ class CpuBackend final : public Backend {
   void attention(const AttentionArgs& a) override { cpu::attention(a); }
   void binary(const BinaryArgs& a) override { cpu::binary(a); }
   void unary(const UnaryArgs& a) override { cpu::unary(a); }
-  void linear_combination(const LinearCombinationArgs& a) override {
-    cpu::linear_combination(a);
-  }
+  void linear_combination(const LinearCombinationArgs& a) override { cpu::linear_combination(a); }
   void geglu(const GegluArgs& a) override { cpu::geglu(a); }
   void concat(const ConcatArgs& a) override { cpu::concat(a); }
   void upsample_nearest(const UpsampleArgs& a) override { cpu::upsample_nearest(a); }
-  void timestep_embedding(const TimestepEmbeddingArgs& a) override {
-    cpu::timestep_embedding(a);
-  }
+  void timestep_embedding(const TimestepEmbeddingArgs& a) override { cpu::timestep_embedding(a); }
   void embedding(const EmbeddingArgs& a) override { cpu::embedding(a); }
   void slice_last(const SliceLastArgs& a) override { cpu::slice_last(a); }
   void cast(const CastArgs& a) override { cpu::cast(a); }

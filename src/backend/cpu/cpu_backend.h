@@ -23,6 +23,10 @@ void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
              int64_t ldb, float* c, int64_t ldc);
 
+// Loops over fewer elements than this run on one thread: waking the pool costs
+// more than the work, and far more when other processes hold the other cores.
+constexpr int64_t kParallelWork = int64_t(1) << 15;
+
 // Activation functions as torch computes them in f32.
 float apply_activation(Activation act, float x);
 

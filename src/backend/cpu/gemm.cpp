@@ -1,5 +1,6 @@
 // Linear and 2-D convolution on the CPU: both are GEMMs.
 #include <dnnl.h>
+#include <omp.h>
 
 #include <algorithm>
 #include <cmath>
@@ -9,18 +10,33 @@
 
 namespace kiln::cpu {
 
+namespace {
+
+// Products below this many multiply-adds run on one thread: oneDNN would still
+// start its OpenMP team, which costs more than such a product takes.
+constexpr double kSerialGemmWork = double(1 << 21);
+
+void sgemm(char transb, int64_t m, int64_t n, int64_t k, const float* a, int64_t lda,
+           const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  if (m == 0 || n == 0) return;
+  const bool serial = double(m) * double(n) * double(k) < kSerialGemmWork && !omp_in_parallel();
+  const int threads = omp_get_max_threads();
+  if (serial) omp_set_num_threads(1);
+  const dnnl_status_t s = dnnl_sgemm('N', transb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
+  if (serial) omp_set_num_threads(threads);
+  KILN_CHECK(s == dnnl_success, "oneDNN sgemm failed with status ", int(s));
+}
+
+}  // namespace
+
 void gemm_nt(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
              int64_t ldb, float beta, float* c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  const dnnl_status_t s = dnnl_sgemm('N', 'T', m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
-  KILN_CHECK(s == dnnl_success, "oneDNN sgemm failed with status ", int(s));
+  sgemm('T', m, n, k, a, lda, b, ldb, beta, c, ldc);
 }
 
 void gemm_nn(int64_t m, int64_t n, int64_t k, const float* a, int64_t lda, const float* b,
              int64_t ldb, float* c, int64_t ldc) {
-  if (m == 0 || n == 0) return;
-  const dnnl_status_t s = dnnl_sgemm('N', 'N', m, n, k, 1.0f, a, lda, b, ldb, 0.0f, c, ldc);
-  KILN_CHECK(s == dnnl_success, "oneDNN sgemm failed with status ", int(s));
+  sgemm('N', m, n, k, a, lda, b, ldb, 0.0f, c, ldc);
 }
 
 namespace {
@@ -29,7 +45,7 @@ namespace {
 void epilogue(float* out, int64_t m, int64_t n, const float* bias, Activation act,
               const float* residual) {
   if (!bias && act == Activation::None && !residual) return;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (m * n >= kParallelWork)
   for (int64_t i = 0; i < m; ++i) {
     float* row = out + i * n;
     const float* res = residual ? residual + i * n : nullptr;
@@ -43,7 +59,9 @@ void epilogue(float* out, int64_t m, int64_t n, const float* bias, Activation ac
   }
 }
 
-const float* optional(const Tensor& t) { return t.defined() ? t.data<float>() : nullptr; }
+const float* optional(const Tensor& t) {
+  return t.defined() ? t.data<float>() : nullptr;
+}
 
 }  // namespace
 
@@ -63,21 +81,21 @@ void conv2d(const Conv2dArgs& a) {
   float* out = a.out.data<float>();
   const int64_t patch = kh * kw * c;
 
-  const bool pointwise = kh == 1 && kw == 1 && a.stride == 1 && a.pad_top == 0 &&
-                         a.pad_left == 0 && a.pad_bottom == 0 && a.pad_right == 0;
+  const bool pointwise = kh == 1 && kw == 1 && a.stride == 1 && a.pad_top == 0 && a.pad_left == 0 &&
+                         a.pad_bottom == 0 && a.pad_right == 0;
   if (pointwise) {
     gemm_nt(batch * h * w, o, c, x, c, weight, c, 0.0f, out, o);
   } else {
     // im2col over bands of output rows, so the column buffer stays near 32 MB
     // however large the image.
-    const int64_t band = std::clamp<int64_t>((int64_t(8) << 20) / std::max<int64_t>(wo * patch, 1),
-                                             1, ho);
+    const int64_t band =
+        std::clamp<int64_t>((int64_t(8) << 20) / std::max<int64_t>(wo * patch, 1), 1, ho);
     std::vector<float> col(size_t(band * wo * patch));
     for (int64_t b = 0; b < batch; ++b) {
       const float* xb = x + b * h * w * c;
       for (int64_t y0 = 0; y0 < ho; y0 += band) {
         const int64_t rows = std::min(band, ho - y0);
-#pragma omp parallel for collapse(2) schedule(static)
+#pragma omp parallel for collapse(2) schedule(static) if (rows * wo * patch >= kParallelWork)
         for (int64_t yy = 0; yy < rows; ++yy) {
           for (int64_t xo = 0; xo < wo; ++xo) {
             float* dst = col.data() + (yy * wo + xo) * patch;

@@ -21,7 +21,7 @@ void group_norm(const GroupNormArgs& a) {
     const float* xb = x + b * n * c;
     // Per-channel sums over positions, each thread over its own rows, then reduced.
     std::vector<double> sum(static_cast<size_t>(c), 0.0), sumsq(static_cast<size_t>(c), 0.0);
-#pragma omp parallel
+#pragma omp parallel if (n * c >= kParallelWork)
     {
       std::vector<double> s(static_cast<size_t>(c), 0.0), ss(static_cast<size_t>(c), 0.0);
 #pragma omp for schedule(static)
@@ -57,7 +57,7 @@ void group_norm(const GroupNormArgs& a) {
       }
     }
     float* ob = out + b * n * c;
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (n * c >= kParallelWork)
     for (int64_t i = 0; i < n; ++i) {
       const float* row = xb + i * c;
       float* orow = ob + i * c;
@@ -73,7 +73,7 @@ void layer_norm(const LayerNormArgs& a) {
   const float* gamma = a.gamma.data<float>();
   const float* beta = a.beta.data<float>();
   float* out = a.out.data<float>();
-#pragma omp parallel for schedule(static)
+#pragma omp parallel for schedule(static) if (m * c >= kParallelWork)
   for (int64_t i = 0; i < m; ++i) {
     const float* row = x + i * c;
     double s = 0.0;
@@ -83,8 +83,7 @@ void layer_norm(const LayerNormArgs& a) {
     for (int64_t j = 0; j < c; ++j) ss += (row[j] - mean) * (row[j] - mean);
     const double rstd = 1.0 / std::sqrt(ss / double(c) + double(a.eps));
     float* orow = out + i * c;
-    for (int64_t j = 0; j < c; ++j)
-      orow[j] = float((row[j] - mean) * rstd) * gamma[j] + beta[j];
+    for (int64_t j = 0; j < c; ++j) orow[j] = float((row[j] - mean) * rstd) * gamma[j] + beta[j];
   }
 }
 
