@@ -3,7 +3,7 @@
 # tests, the Python packages they use). Safe to run twice.
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config libdnnl-dev nlohmann-json3-dev zlib1g-dev
-          libgtest-dev python3 python3-pip python3-venv)
+          libgtest-dev python3 python3-pytest)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

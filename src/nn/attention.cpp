@@ -1,0 +1,49 @@
+#include "nn/attention.h"
+
+#include <cmath>
+
+namespace kiln::nn {
+
+void Attention::load(const WeightLoader& w, const std::string& prefix, int64_t query_dim,
+                     int64_t context_dim, int h, int64_t dim_head, bool qkv_bias, bool out_bias) {
+  const int64_t inner = h * dim_head;
+  to_q.load(w, prefix + ".to_q", query_dim, inner, qkv_bias);
+  to_k.load(w, prefix + ".to_k", context_dim, inner, qkv_bias);
+  to_v.load(w, prefix + ".to_v", context_dim, inner, qkv_bias);
+  to_out.load(w, prefix + ".to_out.0", inner, query_dim, out_bias);
+  heads = h;
+  scale = float(1.0 / std::sqrt(double(dim_head)));
+}
+
+Tensor Attention::operator()(const Tensor& x, const Tensor& context, const Tensor& residual) const {
+  const Tensor& kv = context.defined() ? context : x;
+  const Tensor q = to_q(x);   // [B, S, heads * dim_head]
+  const Tensor k = to_k(kv);  // [B, T, heads * dim_head]
+  const Tensor v = to_v(kv);  // [B, T, heads * dim_head]
+  const Tensor o = ops::attention(q, k, v, heads, scale);
+  return to_out(o, Activation::None, residual);  // [B, S, query_dim]
+}
+
+void FeedForward::load(const WeightLoader& w, const std::string& prefix, int64_t dim,
+                       const std::string& activation_fn, int mult) {
+  const int64_t inner = dim * mult;
+  if (activation_fn == "geglu") {
+    gated = true;
+    proj_in.load(w, prefix + ".net.0.proj", dim, 2 * inner);
+  } else if (activation_fn == "gelu" || activation_fn == "gelu-approximate") {
+    gated = false;
+    act = activation_fn == "gelu" ? Activation::GELU : Activation::GELUTanh;
+    proj_in.load(w, prefix + ".net.0.proj", dim, inner);
+  } else {
+    KILN_FAIL(prefix, ": feed-forward activation \"", activation_fn, "\" is not supported");
+  }
+  proj_out.load(w, prefix + ".net.2", inner, dim);
+}
+
+Tensor FeedForward::operator()(const Tensor& x, const Tensor& residual) const {
+  // x: [B, S, dim] → hidden [B, S, inner] → [B, S, dim]
+  const Tensor hidden = gated ? ops::geglu(proj_in(x)) : proj_in(x, act);
+  return proj_out(hidden, Activation::None, residual);
+}
+
+}  // namespace kiln::nn

@@ -1,0 +1,91 @@
+// The building blocks diffusers' UNet2DConditionModel and AutoencoderKL share:
+// ResnetBlock2D, Downsample2D, Upsample2D, Transformer2DModel (with its
+// BasicTransformerBlocks) and TimestepEmbedding. Members are named as the
+// checkpoint keys; activations are NHWC.
+#pragma once
+
+#include <optional>
+#include <vector>
+
+#include "nn/attention.h"
+
+namespace kiln::nn {
+
+struct ResnetBlock2D {
+  GroupNorm norm1, norm2;
+  Conv2d conv1, conv2;
+  std::optional<Linear> time_emb_proj;  // absent in the VAE
+  std::optional<Linear> conv_shortcut;  // 1×1, when in != out
+  float output_scale_factor = 1.0f;
+
+  struct Options {
+    int groups = 32;
+    float eps = 1e-6f;
+    int64_t temb_channels = 0;  // 0: no time embedding
+    float output_scale_factor = 1.0f;
+  };
+  void load(const WeightLoader& w, const std::string& prefix, int64_t in, int64_t out,
+            const Options& options);
+  // x: [B, H, W, in], temb_act: [B, temb_channels] with the nonlinearity already
+  // applied (the same for every block, so computed once per forward).
+  Tensor operator()(const Tensor& x, const Tensor& temb_act = {}) const;
+};
+
+// Stride-2 3×3 convolution. padding 0 means diffusers' (0, 1, 0, 1) zero pad.
+struct Downsample2D {
+  Conv2d conv;
+  void load(const WeightLoader& w, const std::string& prefix, int64_t channels, int padding);
+  Tensor operator()(const Tensor& x) const { return conv(x); }
+};
+
+// Nearest ×2 (or to an explicit size) followed by a 3×3 convolution.
+struct Upsample2D {
+  Conv2d conv;
+  void load(const WeightLoader& w, const std::string& prefix, int64_t channels);
+  Tensor operator()(const Tensor& x, int64_t out_h = 0, int64_t out_w = 0) const;
+};
+
+struct BasicTransformerBlock {
+  LayerNorm norm1, norm2, norm3;
+  Attention attn1, attn2;
+  FeedForward ff;
+  bool only_cross_attention = false;
+
+  struct Options {
+    int heads = 8;
+    int64_t dim_head = 64;
+    int64_t cross_attention_dim = 768;
+    bool only_cross_attention = false;
+    bool attention_bias = false;
+    std::string activation_fn = "geglu";
+    float norm_eps = 1e-5f;
+  };
+  void load(const WeightLoader& w, const std::string& prefix, int64_t dim, const Options& o);
+  // x: [B, S, dim], context: [B, T, cross_attention_dim]
+  Tensor operator()(const Tensor& x, const Tensor& context) const;
+};
+
+struct Transformer2DModel {
+  GroupNorm norm;
+  Linear proj_in, proj_out;  // Linear or 1×1 conv in the checkpoint: the same map on NHWC
+  std::vector<BasicTransformerBlock> transformer_blocks;
+
+  void load(const WeightLoader& w, const std::string& prefix, int64_t channels, int layers,
+            int groups, const BasicTransformerBlock::Options& o);
+  // x: [B, H, W, C], context: [B, T, cross_attention_dim] → [B, H, W, C]
+  Tensor operator()(const Tensor& x, const Tensor& context) const;
+};
+
+// linear_1 → act → linear_2, with an optional cond_proj added to the input.
+struct TimestepEmbedding {
+  Linear linear_1, linear_2;
+  std::optional<Linear> cond_proj;
+  Activation act = Activation::SiLU;
+
+  void load(const WeightLoader& w, const std::string& prefix, int64_t in, int64_t dim,
+            int64_t cond_proj_dim = 0);
+  // sample: [B, in], condition: [B, cond_proj_dim] or undefined → [B, dim]
+  Tensor operator()(const Tensor& sample, const Tensor& condition = {}) const;
+};
+
+}  // namespace kiln::nn

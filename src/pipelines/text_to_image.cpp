@@ -1,0 +1,311 @@
+#include "pipelines/text_to_image.h"
+
+#include <algorithm>
+#include <cmath>
+#include <sstream>
+
+#include "io/safetensors.h"
+#include "ops/ops.h"
+
+namespace kiln {
+namespace {
+
+Tensor ids_tensor(const std::vector<std::vector<int32_t>>& rows) {
+  const int64_t seq = int64_t(rows.at(0).size());
+  Tensor t = Tensor::empty({int64_t(rows.size()), seq}, DType::I32);
+  int32_t* p = t.data<int32_t>();
+  for (const auto& r : rows) {
+    KILN_CHECK(int64_t(r.size()) == seq, "token rows of different lengths");
+    p = std::copy(r.begin(), r.end(), p);
+  }
+  return t;
+}
+
+Tensor filled(int64_t rows, int64_t cols, const std::vector<float>& row_values) {
+  Tensor t = Tensor::empty({rows, cols}, DType::F32);
+  for (int64_t r = 0; r < rows; ++r)
+    std::copy(row_values.begin(), row_values.end(), t.data<float>() + r * cols);
+  return t;
+}
+
+std::string format_number(double v) {
+  std::ostringstream os;
+  os << v;
+  return os.str();
+}
+
+void require_component(const io::ModelFolder& f, const std::string& name, const std::string& cls1,
+                       const std::string& cls2 = "") {
+  const io::ComponentRef& c = f.component(name);
+  if (c.class_name != cls1 && c.class_name != cls2)
+    KILN_FAIL(f.dir().string(), ": component ", name, " is a ", c.class_name, ", kiln supports ",
+              cls1, cls2.empty() ? "" : " and " + cls2);
+}
+
+}  // namespace
+
+std::optional<SamplerKind> sampler_for_scheduler_class(const std::string& class_name) {
+  if (class_name == "EulerDiscreteScheduler") return SamplerKind::Euler;
+  if (class_name == "EulerAncestralDiscreteScheduler") return SamplerKind::EulerAncestral;
+  if (class_name == "DDIMScheduler") return SamplerKind::DDIM;
+  if (class_name == "DPMSolverMultistepScheduler") return SamplerKind::DPMPP2M;
+  if (class_name == "LCMScheduler") return SamplerKind::LCM;
+  return std::nullopt;
+}
+
+std::unique_ptr<TextToImagePipeline> TextToImagePipeline::load(const std::filesystem::path& dir,
+                                                               const Placement& placement) {
+  const io::ModelFolder folder = io::ModelFolder::open(dir);
+  auto p = std::unique_ptr<TextToImagePipeline>(new TextToImagePipeline());
+  p->name_ = folder.name();
+  p->dir_ = dir;
+  p->placement_ = placement;
+  const std::string& cls = folder.pipeline_class();
+  if (cls == "StableDiffusionXLPipeline") {
+    p->xl_ = true;
+  } else if (cls != "StableDiffusionPipeline") {
+    KILN_FAIL(dir.string(), ": pipeline class ", cls,
+              " is not supported (StableDiffusionPipeline and StableDiffusionXLPipeline are)");
+  }
+  const auto& force = folder.index().find("force_zeros_for_empty_prompt");
+  if (force != folder.index().end() && force->is_boolean())
+    p->force_zeros_for_empty_prompt_ = force->get<bool>();
+
+  require_component(folder, "unet", "UNet2DConditionModel");
+  require_component(folder, "vae", "AutoencoderKL");
+  require_component(folder, "text_encoder", "CLIPTextModel", "CLIPTextModelWithProjection");
+  require_component(folder, "tokenizer", "CLIPTokenizer", "CLIPTokenizerFast");
+  const io::ComponentRef& sched = folder.component("scheduler");
+  p->scheduler_class_ = sched.class_name;
+  p->scheduler_config_ = io::read_json(sched.dir / "scheduler_config.json");
+  if (!p->scheduler_config_.is_object())
+    KILN_FAIL((sched.dir / "scheduler_config.json").string(), " is not a JSON object");
+
+  p->tokenizer_ = std::make_unique<text::ClipTokenizer>(
+      text::ClipTokenizer::load(folder.component("tokenizer").dir));
+  p->text_encoder_ = ClipTextModel::load(folder.component("text_encoder").dir, placement);
+  if (p->xl_) {
+    require_component(folder, "text_encoder_2", "CLIPTextModelWithProjection");
+    require_component(folder, "tokenizer_2", "CLIPTokenizer", "CLIPTokenizerFast");
+    p->tokenizer_2_ = std::make_unique<text::ClipTokenizer>(
+        text::ClipTokenizer::load(folder.component("tokenizer_2").dir));
+    p->text_encoder_2_ = ClipTextModel::load(folder.component("text_encoder_2").dir, placement);
+  }
+  p->unet_ = UNet2DConditionModel::load(folder.component("unet").dir, placement);
+  p->vae_ = AutoencoderKL::load(folder.component("vae").dir, placement);
+
+  const int64_t context_dim =
+      p->xl_ ? p->text_encoder_->config().hidden_size + p->text_encoder_2_->config().hidden_size
+             : p->text_encoder_->config().hidden_size;
+  for (int64_t d : p->unet_->config().cross_attention_dim)
+    if (d != context_dim)
+      KILN_FAIL(dir.string(), ": the UNet attends to ", d,
+                "-wide text states but the text "
+                "encoder",
+                p->xl_ ? "s give " : " gives ", context_dim);
+  if (p->unet_->config().in_channels != p->vae_->config().latent_channels)
+    KILN_FAIL(dir.string(), ": the UNet takes ", p->unet_->config().in_channels,
+              " channels but the VAE's latents have ", p->vae_->config().latent_channels);
+  p->native_size_ = int(p->unet_->config().sample_size * p->vae_->config().scale_factor());
+  return p;
+}
+
+ResolvedRequest TextToImagePipeline::resolve(const TextToImageRequest& request) const {
+  ResolvedRequest r;
+  r.request = request;
+  TextToImageRequest& q = r.request;
+  if (q.width == 0) q.width = native_size_;
+  if (q.height == 0) q.height = native_size_;
+  if (q.width < 8 || q.height < 8 || q.width % 8 != 0 || q.height % 8 != 0)
+    KILN_FAIL("width and height must be positive multiples of 8, got ", q.width, "x", q.height);
+  const int factor = int(vae_->config().scale_factor());
+  if (q.width % factor != 0 || q.height % factor != 0)
+    KILN_FAIL("width and height must be multiples of the VAE's factor ", factor, ", got ", q.width,
+              "x", q.height);
+  if (int64_t(q.width) * q.height > int64_t(4096) * 4096)
+    KILN_FAIL("image size ", q.width, "x", q.height, " is larger than 4096x4096");
+  if (q.num_inference_steps < 1 || q.num_inference_steps > 1000)
+    KILN_FAIL("steps must be between 1 and 1000, got ", q.num_inference_steps);
+  r.guidance_scale = q.guidance_scale.value_or(xl_ ? 5.0f : 7.5f);
+  if (!std::isfinite(r.guidance_scale) || r.guidance_scale < 0.0f || r.guidance_scale > 100.0f)
+    KILN_FAIL("guidance scale must be between 0 and 100, got ", r.guidance_scale);
+  q.guidance_scale = r.guidance_scale;
+  if (q.sampler) {
+    r.sampler = *q.sampler;
+  } else {
+    r.sampler = sampler_for_scheduler_class(scheduler_class_).value_or(SamplerKind::Euler);
+    q.sampler = r.sampler;
+  }
+  return r;
+}
+
+TextToImagePipeline::Conditioning TextToImagePipeline::encode_prompts(const ResolvedRequest& r,
+                                                                      bool cfg) const {
+  const TextToImageRequest& q = r.request;
+  const std::string negative = q.negative_prompt.value_or("");
+  Conditioning c;
+  if (!xl_) {
+    // SD 1.x/2.x: the final hidden states; rows (negative, prompt) with CFG.
+    std::vector<std::vector<int32_t>> rows;
+    if (cfg) rows.push_back(tokenizer_->encode_for_model(negative));
+    rows.push_back(tokenizer_->encode_for_model(q.prompt));
+    c.context = text_encoder_->forward(ids_tensor(rows)).last_hidden_state;  // [rows, 77, D]
+    return c;
+  }
+  // SDXL: both encoders' penultimate states side by side; pooled projection of
+  // the second. A negative prompt left unset is all zeros when the model says so.
+  const bool zero_negative = cfg && !q.negative_prompt && force_zeros_for_empty_prompt_;
+  std::vector<std::string> texts;
+  if (cfg && !zero_negative) texts.push_back(negative);
+  texts.push_back(q.prompt);
+  std::vector<std::vector<int32_t>> rows1, rows2;
+  for (const std::string& t : texts) {
+    rows1.push_back(tokenizer_->encode_for_model(t));
+    rows2.push_back(tokenizer_2_->encode_for_model(t));
+  }
+  const ClipTextModel::Output a = text_encoder_->forward(ids_tensor(rows1));
+  const ClipTextModel::Output b = text_encoder_2_->forward(ids_tensor(rows2));
+  Tensor context = ops::concat_last({a.penultimate, b.penultimate});  // [n, 77, D1 + D2]
+  Tensor pooled = b.text_embeds;                                      // [n, P]
+  if (zero_negative) {
+    context = ops::concat_rows(
+        {Tensor::zeros(context.shape(), context.dtype(), context.device()), context});
+    pooled =
+        ops::concat_rows({Tensor::zeros(pooled.shape(), pooled.dtype(), pooled.device()), pooled});
+  }
+  c.context = context;
+  c.text_embeds = pooled;
+  return c;
+}
+
+io::Image TextToImagePipeline::generate(const ResolvedRequest& r,
+                                        const ProgressFn& progress) const {
+  const TextToImageRequest& q = r.request;
+  const UNetConfig& uc = unet_->config();
+  // Guidance-distilled (LCM) UNets take the guidance as an embedding instead of CFG.
+  const bool distilled = uc.time_cond_proj_dim > 0;
+  const bool cfg = r.guidance_scale > 1.0f && !distilled;
+  const int64_t rows = cfg ? 2 : 1;
+
+  const Conditioning cond = encode_prompts(r, cfg);
+  std::unique_ptr<Scheduler> scheduler = make_scheduler(r.sampler, q.schedule, scheduler_config_);
+  scheduler->set_timesteps(q.num_inference_steps);
+
+  const int64_t factor = vae_->config().scale_factor();
+  const int64_t lh = q.height / factor, lw = q.width / factor;
+  TorchGenerator generator(q.seed);
+  Tensor latents = generator.randn_nhwc(1, uc.in_channels, lh, lw).to(placement_.device);
+  latents = ops::cast(ops::scale(latents, scheduler->init_noise_sigma()), DType::F32);
+
+  UNet2DConditionModel::Inputs in;
+  in.encoder_hidden_states = cond.context;
+  if (xl_) {
+    in.text_embeds = cond.text_embeds;
+    const float h = float(q.height), w = float(q.width);
+    in.time_ids = filled(rows, 6, {h, w, 0.0f, 0.0f, h, w});  // original, crop, target
+  }
+  if (distilled) {
+    const std::vector<float> w(size_t(rows), (r.guidance_scale - 1.0f) * 1000.0f);
+    in.timestep_cond = ops::timestep_embedding(Tensor::from_floats({rows}, w.data()),
+                                               int(uc.time_cond_proj_dim), false, 1.0f);
+  }
+
+  const int total = scheduler->num_steps();
+  for (int i = 0; i < total; ++i) {
+    const Tensor batch = cfg ? ops::concat_rows({latents, latents}) : latents;
+    in.sample = scheduler->scale_model_input(batch, i);
+    const std::vector<float> t(size_t(rows), scheduler->timesteps()[size_t(i)]);
+    in.timesteps = Tensor::from_floats({rows}, t.data());
+    Tensor noise_pred = ops::cast(unet_->forward(in), DType::F32);  // [rows, h, w, C]
+    if (cfg) {
+      // uncond + g · (cond − uncond)
+      noise_pred = ops::linear_combination({{1.0f - r.guidance_scale, noise_pred.rows(0, 1)},
+                                            {r.guidance_scale, noise_pred.rows(1, 2)}});
+    }
+    latents = scheduler->step(noise_pred, i, latents, generator);
+    if (progress && !progress({i + 1, total})) throw Cancelled();
+  }
+
+  // Latents → VAE input: SDXL-style per-channel statistics when the VAE has them.
+  const VaeConfig& vc = vae_->config();
+  Tensor z;
+  if (xl_ && !vc.latents_mean.empty()) {
+    std::vector<float> mul, add;
+    for (size_t ch = 0; ch < vc.latents_mean.size(); ++ch) {
+      mul.push_back(float(vc.latents_std[ch] / vc.scaling_factor));
+      add.push_back(float(vc.latents_mean[ch]));
+    }
+    const int64_t n = int64_t(mul.size());
+    z = ops::add(ops::mul(latents, ops::to(Tensor::from_floats({n}, mul.data()), latents.device(),
+                                           DType::F32)),
+                 ops::to(Tensor::from_floats({n}, add.data()), latents.device(), DType::F32));
+  } else {
+    z = ops::scale(latents, float(1.0 / vc.scaling_factor));
+  }
+  const Tensor decoded = ops::cast(vae_->decode(z), DType::F32).to(Device::CPU);  // [1, H, W, 3]
+
+  // diffusers' postprocess: (x / 2 + 0.5) clamped to [0, 1], × 255, rounded half to even.
+  io::Image image;
+  image.width = int(decoded.dim(2));
+  image.height = int(decoded.dim(1));
+  image.channels = int(decoded.dim(3));
+  image.pixels.resize(size_t(decoded.numel()));
+  const float* px = decoded.data<float>();
+  for (size_t i = 0; i < image.pixels.size(); ++i) {
+    const float v = std::clamp(px[i] / 2.0f + 0.5f, 0.0f, 1.0f);
+    image.pixels[i] = uint8_t(std::nearbyint(v * 255.0f));
+  }
+  return image;
+}
+
+std::string TextToImagePipeline::a1111_parameters(const ResolvedRequest& r) const {
+  const TextToImageRequest& q = r.request;
+  std::ostringstream os;
+  os << q.prompt << "\n";
+  if (q.negative_prompt && !q.negative_prompt->empty())
+    os << "Negative prompt: " << *q.negative_prompt << "\n";
+  os << "Steps: " << q.num_inference_steps
+     << ", Sampler: " << a1111_sampler_name(r.sampler, q.schedule)
+     << ", CFG scale: " << format_number(r.guidance_scale) << ", Seed: " << q.seed
+     << ", Size: " << q.width << "x" << q.height << ", Model: " << name_ << ", Version: kiln "
+     << KILN_VERSION;
+  return os.str();
+}
+
+std::string TextToImagePipeline::describe() const {
+  std::ostringstream os;
+  const UNetConfig& u = unet_->config();
+  const VaeConfig& v = vae_->config();
+  os << "model: " << dir_.string() << "\n";
+  os << "pipeline: " << (xl_ ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline") << "\n";
+  auto encoder = [&](const char* label, const ClipTextModel& m, const text::ClipTokenizer& t) {
+    const ClipTextConfig& c = m.config();
+    os << label << ": CLIPText" << (c.projection_dim ? "ModelWithProjection" : "Model") << ", "
+       << c.num_hidden_layers << " layers, hidden " << c.hidden_size << ", "
+       << c.num_attention_heads << " heads"
+       << (c.projection_dim ? ", projection " + std::to_string(c.projection_dim) : "")
+       << "; tokenizer vocab " << t.vocab_size() << ", max length " << t.max_length() << "\n";
+  };
+  encoder("text_encoder", *text_encoder_, *tokenizer_);
+  if (xl_) encoder("text_encoder_2", *text_encoder_2_, *tokenizer_2_);
+  os << "unet: UNet2DConditionModel, channels";
+  for (int64_t c : u.block_out_channels) os << " " << c;
+  os << ", cross-attention " << u.cross_attention_dim[0] << ", sample size " << u.sample_size
+     << (u.addition_text_time ? ", text_time conditioning" : "")
+     << (u.time_cond_proj_dim ? ", guidance embedding" : "") << "\n";
+  os << "vae: AutoencoderKL, channels";
+  for (int64_t c : v.block_out_channels) os << " " << c;
+  os << ", latent channels " << v.latent_channels << ", factor " << v.scale_factor()
+     << ", scaling factor " << format_number(v.scaling_factor) << "\n";
+  const auto own = sampler_for_scheduler_class(scheduler_class_);
+  os << "scheduler: " << scheduler_class_ << " (prediction "
+     << scheduler_config_.value("prediction_type", std::string("epsilon")) << "); default sampler "
+     << sampler_name(own.value_or(SamplerKind::Euler))
+     << (own ? "" : " (kiln does not implement " + scheduler_class_ + ")") << "\n";
+  os << "native size: " << native_size_ << "x" << native_size_ << ", default guidance "
+     << (xl_ ? "5" : "7.5") << ", default steps 50\n";
+  os << "device: " << device_name(placement_.device) << ", dtype " << dtype_name(placement_.dtype);
+  return os.str();
+}
+
+}  // namespace kiln

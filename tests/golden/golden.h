@@ -1,0 +1,70 @@
+// Helpers for the golden tests: reference tensors written by
+// tools/py/make_goldens.py (NCHW, as torch produces them) are converted to
+// kiln's NHWC here, at the test boundary, and compared by normalised MSE.
+#pragma once
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <string>
+
+#include "io/safetensors.h"
+
+namespace kiln::golden {
+
+inline std::filesystem::path data_dir() {
+  return KILN_GOLDEN_DATA;
+}
+
+// [B, C, H, W] → [B, H, W, C]; other ranks unchanged (as f32).
+inline Tensor to_nhwc(const Tensor& t) {
+  const Tensor src = t.dtype() == DType::F32 ? t : Tensor();
+  KILN_CHECK(src.defined(), "golden tensor ", t.describe(), " is not f32");
+  if (t.ndim() != 4) return t.clone();
+  const int64_t b = t.dim(0), c = t.dim(1), h = t.dim(2), w = t.dim(3);
+  Tensor out = Tensor::empty({b, h, w, c}, DType::F32);
+  const float* s = t.data<float>();
+  float* d = out.data<float>();
+  for (int64_t n = 0; n < b; ++n)
+    for (int64_t ch = 0; ch < c; ++ch)
+      for (int64_t p = 0; p < h * w; ++p) d[(n * h * w + p) * c + ch] = s[(n * c + ch) * h * w + p];
+  return out;
+}
+
+class References {
+ public:
+  explicit References(const std::string& model)
+      : weights_(io::WeightSet::open_file(data_dir() / model / "components.safetensors")) {}
+  // The named reference, NHWC when 4-D.
+  Tensor get(const std::string& name) const { return to_nhwc(weights_.load(name, DType::F32)); }
+  Tensor ids(const std::string& name) const { return weights_.load(name, DType::I32); }
+  bool has(const std::string& name) const { return weights_.contains(name); }
+
+ private:
+  io::WeightSet weights_;
+};
+
+// ‖actual − expected‖² / ‖expected‖²; shapes must agree.
+inline double nmse(const Tensor& actual, const Tensor& expected) {
+  const Tensor a = actual.dtype() == DType::F32 && actual.is_cpu() ? actual : Tensor();
+  EXPECT_TRUE(a.defined()) << "compare on CPU f32, got " << actual.describe();
+  EXPECT_EQ(actual.shape(), expected.shape());
+  if (!a.defined() || actual.shape() != expected.shape()) return INFINITY;
+  double err = 0.0, ref = 0.0;
+  const float* x = a.data<float>();
+  const float* y = expected.data<float>();
+  for (int64_t i = 0; i < expected.numel(); ++i) {
+    const double d = double(x[i]) - double(y[i]);
+    if (!std::isfinite(x[i])) return INFINITY;
+    err += d * d;
+    ref += double(y[i]) * y[i];
+  }
+  return ref > 0.0 ? err / ref : err;
+}
+
+// DESIGN.md's numerics contract for CPU fp32 against the fp32 reference.
+constexpr double kComponentNmse = 1e-8;
+constexpr double kImagePsnr = 40.0;
+
+}  // namespace kiln::golden
