@@ -58,7 +58,10 @@ void AutoencoderKL::load_mid(const nn::WeightLoader& w, const std::string& prefi
     mid.attention_norm.emplace();
     mid.attention_norm->load(w, a + ".group_norm", ch, config_.norm_num_groups, 1e-6f);
     mid.attention.emplace();
-    mid.attention->load(w, a, ch, ch, /*heads=*/1, /*dim_head=*/ch, /*qkv_bias=*/true);
+    const bool legacy = !w.has(a + ".to_q.weight") && w.has(a + ".query.weight");
+    mid.attention->load(w, a, ch, ch, /*heads=*/1, /*dim_head=*/ch, /*qkv_bias=*/true,
+                        /*out_bias=*/true,
+                        legacy ? nn::AttentionNames::legacy_vae() : nn::AttentionNames{});
   }
   mid.resnet_1.load(w, prefix + ".resnets.1", ch, ch, o);
 }

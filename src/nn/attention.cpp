@@ -5,12 +5,13 @@
 namespace kiln::nn {
 
 void Attention::load(const WeightLoader& w, const std::string& prefix, int64_t query_dim,
-                     int64_t context_dim, int h, int64_t dim_head, bool qkv_bias, bool out_bias) {
+                     int64_t context_dim, int h, int64_t dim_head, bool qkv_bias, bool out_bias,
+                     const AttentionNames& names) {
   const int64_t inner = h * dim_head;
-  to_q.load(w, prefix + ".to_q", query_dim, inner, qkv_bias);
-  to_k.load(w, prefix + ".to_k", context_dim, inner, qkv_bias);
-  to_v.load(w, prefix + ".to_v", context_dim, inner, qkv_bias);
-  to_out.load(w, prefix + ".to_out.0", inner, query_dim, out_bias);
+  to_q.load(w, prefix + "." + names.q, query_dim, inner, qkv_bias);
+  to_k.load(w, prefix + "." + names.k, context_dim, inner, qkv_bias);
+  to_v.load(w, prefix + "." + names.v, context_dim, inner, qkv_bias);
+  to_out.load(w, prefix + "." + names.out, inner, query_dim, out_bias);
   heads = h;
   scale = float(1.0 / std::sqrt(double(dim_head)));
 }

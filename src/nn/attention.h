@@ -5,6 +5,13 @@
 
 namespace kiln::nn {
 
+// Checkpoint names of an attention's four projections under its prefix.
+struct AttentionNames {
+  std::string q = "to_q", k = "to_k", v = "to_v", out = "to_out.0";
+  // VAE attention as saved before diffusers 0.14 (still found in older folders).
+  static AttentionNames legacy_vae() { return {"query", "key", "value", "proj_attn"}; }
+};
+
 struct Attention {
   Linear to_q, to_k, to_v, to_out;
   int heads = 1;
@@ -12,7 +19,8 @@ struct Attention {
 
   // query_dim → heads × dim_head; keys and values from context_dim features.
   void load(const WeightLoader& w, const std::string& prefix, int64_t query_dim,
-            int64_t context_dim, int heads, int64_t dim_head, bool qkv_bias, bool out_bias = true);
+            int64_t context_dim, int heads, int64_t dim_head, bool qkv_bias, bool out_bias = true,
+            const AttentionNames& names = {});
   // x: [B, S, query_dim], context: [B, T, context_dim] (x itself when undefined)
   // → [B, S, query_dim], plus `residual` when given.
   Tensor operator()(const Tensor& x, const Tensor& context = {}, const Tensor& residual = {}) const;

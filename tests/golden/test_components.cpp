@@ -3,6 +3,8 @@
 // different timesteps, and a latent size the UNet's levels do not divide), VAE
 // decode and encode.
 #include <string>
+#include <utility>
+#include <vector>
 
 #include "golden.h"
 #include "models/autoencoder_kl.h"
@@ -77,6 +79,32 @@ TEST_P(Components, VaeDecodeAndEncodeMatchDiffusers) {
   EXPECT_LE(nmse(p.mean, ref.get("vae.encode.mean")), kComponentNmse);
   EXPECT_LE(nmse(p.logvar, ref.get("vae.encode.logvar")), kComponentNmse);
   std::printf("[ %s ] vae decode nmse %.3g\n", GetParam().c_str(), decode);
+}
+
+TEST(ComponentsLegacy, VaeWithPre014AttentionNamesDecodesTheSame) {
+  // Older folders name the VAE mid-block attention query/key/value/proj_attn.
+  const std::filesystem::path src = data_dir() / "sd1" / "model" / "vae";
+  const std::filesystem::path dst = std::filesystem::temp_directory_path() / "kiln-legacy-vae";
+  std::filesystem::remove_all(dst);
+  std::filesystem::create_directories(dst);
+  std::filesystem::copy_file(src / "config.json", dst / "config.json");
+  const io::WeightSet weights = io::WeightSet::open(src, "diffusion_pytorch_model");
+  std::vector<std::pair<std::string, Tensor>> renamed;
+  for (const std::string& name : weights.names()) {
+    std::string n = name;
+    for (const auto& [from, to] : {std::pair<std::string, std::string>{".to_q.", ".query."},
+                                   {".to_k.", ".key."},
+                                   {".to_v.", ".value."},
+                                   {".to_out.0.", ".proj_attn."}})
+      if (auto at = n.find(from); at != std::string::npos) n.replace(at, from.size(), to);
+    renamed.emplace_back(n, weights.load(name, DType::F16));
+  }
+  io::write_safetensors(dst / "diffusion_pytorch_model.safetensors", renamed);
+  const References ref("sd1");
+  const auto vae = AutoencoderKL::load(dst, Placement{});
+  EXPECT_LE(nmse(vae->decode(ref.get("vae.decode.latents")), ref.get("vae.decode.out")),
+            kComponentNmse);
+  std::filesystem::remove_all(dst);
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, Components, ::testing::Values("sd1", "sd2v", "sdxl"));

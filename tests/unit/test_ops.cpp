@@ -81,3 +81,210 @@ TEST(Ops, Conv2dNhwcMatchesNaiveLoopWithStrideAndAsymmetricPadding) {
 
 }  // namespace
 }  // namespace kiln
+
+namespace kiln {
+namespace {
+
+const float* f(const Tensor& t) {
+  return t.data<float>();
+}
+
+TEST(Ops, AttentionMatchesNaiveSoftmaxPerHeadIncludingCausalMask) {
+  const int64_t batch = 2, sq = 70, sk = 70, heads = 3, d = 5, width = heads * d;
+  Tensor q = random_tensor({batch, sq, width}, 11, -2, 2),
+         k = random_tensor({batch, sk, width}, 12, -2, 2);
+  Tensor v = random_tensor({batch, sk, width}, 13);
+  const float scale = 0.37f;
+  for (bool causal : {false, true}) {
+    Tensor y = ops::attention(q, k, v, int(heads), scale, causal);
+    std::vector<double> ref(size_t(y.numel()));
+    for (int64_t b = 0; b < batch; ++b)
+      for (int64_t h = 0; h < heads; ++h)
+        for (int64_t i = 0; i < sq; ++i) {
+          const int64_t visible = causal ? i + 1 : sk;
+          std::vector<double> s(static_cast<size_t>(visible));
+          double mx = -1e300, sum = 0.0;
+          for (int64_t j = 0; j < visible; ++j) {
+            double dot = 0.0;
+            for (int64_t e = 0; e < d; ++e)
+              dot += double(f(q)[(b * sq + i) * width + h * d + e]) *
+                     f(k)[(b * sk + j) * width + h * d + e];
+            s[size_t(j)] = dot * scale;
+            mx = std::max(mx, s[size_t(j)]);
+          }
+          for (double& x : s) sum += (x = std::exp(x - mx));
+          for (int64_t e = 0; e < d; ++e) {
+            double o = 0.0;
+            for (int64_t j = 0; j < visible; ++j)
+              o += s[size_t(j)] / sum * f(v)[(b * sk + j) * width + h * d + e];
+            ref[size_t((b * sq + i) * width + h * d + e)] = o;
+          }
+        }
+    EXPECT_LT(max_abs_diff(y, ref), 1e-5) << "causal " << causal;
+  }
+}
+
+TEST(Ops, CrossAttentionWithFewerKeysThanQueries) {
+  const int64_t sq = 9, sk = 4, width = 8;
+  Tensor q = random_tensor({1, sq, width}, 21), k = random_tensor({1, sk, width}, 22);
+  Tensor v = random_tensor({1, sk, width}, 23);
+  Tensor y = ops::attention(q, k, v, 2, 0.5f);
+  // Every output row is a convex combination of value rows: within their range per column.
+  for (int64_t i = 0; i < sq; ++i)
+    for (int64_t e = 0; e < width; ++e) {
+      float lo = 1e9f, hi = -1e9f;
+      for (int64_t j = 0; j < sk; ++j) {
+        lo = std::min(lo, f(v)[j * width + e]);
+        hi = std::max(hi, f(v)[j * width + e]);
+      }
+      EXPECT_GE(f(y)[i * width + e], lo - 1e-6f);
+      EXPECT_LE(f(y)[i * width + e], hi + 1e-6f);
+    }
+}
+
+TEST(Ops, GroupNormWithSiluMatchesNaiveStatistics) {
+  const int64_t batch = 2, h = 5, w = 3, c = 12;
+  const int groups = 4;
+  Tensor x = random_tensor({batch, h, w, c}, 31, -3, 5), g = random_tensor({c}, 32),
+         bt = random_tensor({c}, 33);
+  Tensor y = ops::group_norm(x, g, bt, groups, 1e-5f, Activation::SiLU);
+  std::vector<double> ref(size_t(x.numel()));
+  const int64_t cg = c / groups, n = h * w;
+  for (int64_t b = 0; b < batch; ++b)
+    for (int64_t grp = 0; grp < groups; ++grp) {
+      double s = 0, ss = 0;
+      for (int64_t p = 0; p < n; ++p)
+        for (int64_t ch = grp * cg; ch < (grp + 1) * cg; ++ch) s += f(x)[(b * n + p) * c + ch];
+      const double mean = s / double(n * cg);
+      for (int64_t p = 0; p < n; ++p)
+        for (int64_t ch = grp * cg; ch < (grp + 1) * cg; ++ch) {
+          const double dlt = f(x)[(b * n + p) * c + ch] - mean;
+          ss += dlt * dlt;
+        }
+      const double rstd = 1.0 / std::sqrt(ss / double(n * cg) + 1e-5);
+      for (int64_t p = 0; p < n; ++p)
+        for (int64_t ch = grp * cg; ch < (grp + 1) * cg; ++ch) {
+          const size_t i = size_t((b * n + p) * c + ch);
+          const double v = (f(x)[i] - mean) * rstd * f(g)[ch] + f(bt)[ch];
+          ref[i] = v / (1.0 + std::exp(-v));
+        }
+    }
+  EXPECT_LT(max_abs_diff(y, ref), 1e-5);
+}
+
+TEST(Ops, LayerNormMatchesNaiveLoop) {
+  const int64_t m = 7, c = 33;
+  Tensor x = random_tensor({m, c}, 41, -4, 4), g = random_tensor({c}, 42),
+         b = random_tensor({c}, 43);
+  Tensor y = ops::layer_norm(x, g, b, 1e-5f);
+  std::vector<double> ref(size_t(x.numel()));
+  for (int64_t i = 0; i < m; ++i) {
+    double s = 0, ss = 0;
+    for (int64_t j = 0; j < c; ++j) s += f(x)[i * c + j];
+    const double mean = s / double(c);
+    for (int64_t j = 0; j < c; ++j) ss += (f(x)[i * c + j] - mean) * (f(x)[i * c + j] - mean);
+    const double rstd = 1.0 / std::sqrt(ss / double(c) + 1e-5);
+    for (int64_t j = 0; j < c; ++j)
+      ref[size_t(i * c + j)] = (f(x)[i * c + j] - mean) * rstd * f(g)[j] + f(b)[j];
+  }
+  EXPECT_LT(max_abs_diff(y, ref), 1e-5);
+}
+
+TEST(Ops, UpsampleNearestPicksTorchSourceIndices) {
+  Tensor x = random_tensor({1, 3, 5, 2}, 51);
+  // Twice the size, and a size the ratio does not divide (torch: floor(dst * in / out)).
+  for (auto [oh, ow] : {std::pair<int64_t, int64_t>{6, 10}, {7, 9}}) {
+    Tensor y = ops::upsample_nearest(x, oh, ow);
+    std::vector<double> ref(size_t(y.numel()));
+    for (int64_t yy = 0; yy < oh; ++yy)
+      for (int64_t xx = 0; xx < ow; ++xx)
+        for (int64_t ch = 0; ch < 2; ++ch) {
+          const int64_t sy = int64_t(std::floor(float(yy) * (3.0f / float(oh))));
+          const int64_t sx = int64_t(std::floor(float(xx) * (5.0f / float(ow))));
+          ref[size_t((yy * ow + xx) * 2 + ch)] = f(x)[(sy * 5 + sx) * 2 + ch];
+        }
+    EXPECT_EQ(max_abs_diff(y, ref), 0.0) << oh << "x" << ow;
+  }
+}
+
+TEST(Ops, TimestepEmbeddingFollowsDiffusersFormula) {
+  const float t[2] = {999.0f, 0.5f};
+  Tensor ts = Tensor::from_floats({2}, t);
+  for (bool flip : {true, false}) {
+    Tensor y = ops::timestep_embedding(ts, 8, flip, 1.0f);
+    std::vector<double> ref(16);
+    for (int b = 0; b < 2; ++b)
+      for (int i = 0; i < 4; ++i) {
+        const double freq = std::exp(-std::log(10000.0) * i / (4 - 1.0));
+        const double s = std::sin(t[b] * freq), c = std::cos(t[b] * freq);
+        ref[size_t(b * 8 + (flip ? 4 + i : i))] = s;
+        ref[size_t(b * 8 + (flip ? i : 4 + i))] = c;
+      }
+    EXPECT_LT(max_abs_diff(y, ref), 2e-4) << "flip " << flip;  // f32 argument rounding near 1000
+  }
+}
+
+TEST(Ops, GegluConcatSliceAndBroadcastAdd) {
+  Tensor x = random_tensor({3, 8}, 61, -3, 3);
+  Tensor g = ops::geglu(x);
+  std::vector<double> ref(12);
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 4; ++j)
+      ref[size_t(i * 4 + j)] = f(x)[i * 8 + j] * gelu(f(x)[i * 8 + 4 + j]);
+  EXPECT_LT(max_abs_diff(g, ref), 1e-6);
+
+  Tensor a = random_tensor({2, 3, 2}, 62), b = random_tensor({2, 3, 5}, 63);
+  Tensor cat = ops::concat_last({a, b});
+  ASSERT_EQ(cat.shape(), Shape({2, 3, 7}));
+  Tensor back = ops::slice_last(cat, 2, 7);
+  EXPECT_EQ(max_abs_diff(back, std::vector<double>(f(b), f(b) + b.numel())), 0.0);
+
+  // [B, H, W, C] + [B, 1, 1, C]: the per-channel time embedding of a resnet.
+  Tensor h = random_tensor({2, 3, 4, 5}, 64), t = random_tensor({2, 1, 1, 5}, 65);
+  Tensor sum = ops::add(h, t);
+  std::vector<double> want(size_t(h.numel()));
+  for (int64_t i = 0; i < h.numel(); ++i) want[size_t(i)] = f(h)[i] + f(t)[(i / 60) * 5 + i % 5];
+  EXPECT_EQ(max_abs_diff(sum, want), 0.0);
+}
+
+TEST(Ops, LinearCombinationClampAndCastRoundTrip) {
+  Tensor a = random_tensor({100}, 71, -10, 10), b = random_tensor({100}, 72, -10, 10);
+  Tensor lc = ops::linear_combination({{0.25f, a}, {-2.0f, b}});
+  Tensor cl = ops::clamp(a, -1.0f, 1.5f);
+  Tensor half = ops::cast(ops::cast(a, DType::F16), DType::F32);
+  Tensor bf = ops::cast(ops::cast(a, DType::BF16), DType::F32);
+  for (int64_t i = 0; i < 100; ++i) {
+    EXPECT_FLOAT_EQ(f(lc)[i], 0.25f * f(a)[i] + -2.0f * f(b)[i]);
+    EXPECT_EQ(f(cl)[i], std::clamp(f(a)[i], -1.0f, 1.5f));
+    EXPECT_NEAR(f(half)[i], f(a)[i], std::abs(f(a)[i]) * 1e-3 + 1e-7);
+    EXPECT_NEAR(f(bf)[i], f(a)[i], std::abs(f(a)[i]) * 8e-3 + 1e-7);
+  }
+}
+
+TEST(Ops, HalfConversionsRoundToNearestEvenLikeTorch) {
+  // Values torch.tensor(x).half() rounds: ties to even, overflow to inf, subnormals.
+  EXPECT_EQ(float_to_f16(1.0f), 0x3c00);
+  EXPECT_EQ(float_to_f16(65504.0f), 0x7bff);
+  EXPECT_EQ(float_to_f16(65520.0f), 0x7c00);
+  EXPECT_EQ(float_to_f16(1.0f + 1.0f / 2048.0f), 0x3c00);  // tie → even
+  EXPECT_EQ(float_to_f16(1.0f + 3.0f / 2048.0f), 0x3c02);  // tie → even (up)
+  EXPECT_EQ(float_to_f16(5.9604645e-08f), 0x0001);         // smallest subnormal
+  EXPECT_EQ(float_to_f16(-2.0f), 0xc000);
+  EXPECT_EQ(f16_to_float(0x0001), 5.9604644775390625e-08f);
+  EXPECT_EQ(float_to_bf16(1.00390625f), 0x3f80);  // tie → even
+  EXPECT_EQ(bf16_to_float(0x3f81), 1.0078125f);
+}
+
+TEST(Ops, ShapeMismatchesAreErrorsNotCrashes) {
+  Tensor x = random_tensor({2, 3}, 81), w = random_tensor({4, 5}, 82);
+  EXPECT_THROW(ops::linear(x, w), Error);
+  EXPECT_THROW(
+      ops::conv2d(random_tensor({1, 4, 4, 3}, 83), random_tensor({2, 3, 3, 2}, 84), {}, {}), Error);
+  EXPECT_THROW(ops::add(random_tensor({2, 3}, 85), random_tensor({4}, 86)), Error);
+  EXPECT_THROW(ops::group_norm(random_tensor({1, 2, 6}, 87), random_tensor({6}, 88),
+                               random_tensor({6}, 89), 4, 1e-5f),
+               Error);
+}
+
+}  // namespace
+}  // namespace kiln
