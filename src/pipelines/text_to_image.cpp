@@ -50,6 +50,7 @@ std::optional<SamplerKind> sampler_for_scheduler_class(const std::string& class_
   if (class_name == "DDIMScheduler") return SamplerKind::DDIM;
   if (class_name == "DPMSolverMultistepScheduler") return SamplerKind::DPMPP2M;
   if (class_name == "LCMScheduler") return SamplerKind::LCM;
+  if (class_name == "PNDMScheduler") return SamplerKind::PNDM;
   return std::nullopt;
 }
 

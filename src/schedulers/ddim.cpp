@@ -74,9 +74,10 @@ class DDIMScheduler final : public Scheduler {
     check_step_index(*this, step);
     const int timestep = int(timesteps_[size_t(step)]);
     const int prev_timestep = timestep - training_.num_train_timesteps / num_inference_steps_;
-    const double alpha_prod_t = alpha_cumprod_at(timestep);
-    const double alpha_prod_t_prev =
-        prev_timestep >= 0 ? alpha_cumprod_at(prev_timestep) : double(final_alpha_cumprod_);
+    const double alpha_prod_t = training_.alpha_cumprod_at(timestep, kClassName);
+    const double alpha_prod_t_prev = prev_timestep >= 0
+                                         ? training_.alpha_cumprod_at(prev_timestep, kClassName)
+                                         : double(final_alpha_cumprod_);
 
     const LinearForm x0 = original_sample_from_alpha(prediction_type_, alpha_prod_t);
     const LinearForm epsilon = epsilon_from_alpha(prediction_type_, alpha_prod_t);
@@ -96,15 +97,6 @@ class DDIMScheduler final : public Scheduler {
   }
 
  private:
-  // Python indexing: -1 is the last entry.
-  double alpha_cumprod_at(int timestep) const {
-    const int n = int(training_.alphas_cumprod.size());
-    const int index = timestep < 0 ? timestep + n : timestep;
-    KILN_CHECK(index >= 0 && index < n, kClassName, ": timestep ", timestep,
-               " outside the training schedule");
-    return training_.alphas_cumprod[size_t(index)];
-  }
-
   TrainingSchedule training_;
   float final_alpha_cumprod_;
   PredictionType prediction_type_;

@@ -22,12 +22,14 @@ struct SamplerNames {
   std::string_view diffusers_class;
 };
 
-constexpr std::array<SamplerNames, 5> kSamplers = {{
+constexpr std::array<SamplerNames, 6> kSamplers = {{
     {SamplerKind::Euler, "euler", "Euler", "EulerDiscreteScheduler"},
     {SamplerKind::EulerAncestral, "euler_a", "Euler a", "EulerAncestralDiscreteScheduler"},
     {SamplerKind::DDIM, "ddim", "DDIM", "DDIMScheduler"},
     {SamplerKind::DPMPP2M, "dpmpp_2m", "DPM++ 2M", "DPMSolverMultistepScheduler"},
     {SamplerKind::LCM, "lcm", "LCM", "LCMScheduler"},
+    // A1111 calls the PLMS update that SD's configs select (skip_prk_steps) "PLMS".
+    {SamplerKind::PNDM, "pndm", "PLMS", "PNDMScheduler"},
 }};
 
 const SamplerNames& names_of(SamplerKind kind) {
@@ -91,6 +93,8 @@ std::unique_ptr<Scheduler> make_scheduler(SamplerKind kind, SigmaSchedule schedu
       return schedulers::make_dpm_solver_multistep(config, karras);
     case SamplerKind::LCM:
       return schedulers::make_lcm(config);
+    case SamplerKind::PNDM:
+      return schedulers::make_pndm(config);
   }
   KILN_FAIL("unknown sampler kind ", int(kind));
 }
@@ -253,7 +257,7 @@ std::vector<float> rescale_zero_terminal_snr(const std::vector<float>& betas) {
 }  // namespace
 
 TrainingSchedule read_training_schedule(const SchedulerConfig& config, const BetaDefaults& defaults,
-                                        ZeroSnrFloor floor) {
+                                        std::optional<ZeroSnrFloor> floor) {
   TrainingSchedule schedule;
   schedule.num_train_timesteps = config.integer("num_train_timesteps", 1000);
   if (schedule.num_train_timesteps < 2)
@@ -282,7 +286,7 @@ TrainingSchedule read_training_schedule(const SchedulerConfig& config, const Bet
   } else {
     betas = squaredcos_cap_v2_betas(n);
   }
-  const bool zero_snr = config.flag("rescale_betas_zero_snr", false);
+  const bool zero_snr = floor && config.flag("rescale_betas_zero_snr", false);
   if (zero_snr) betas = rescale_zero_terminal_snr(betas);
 
   schedule.alphas_cumprod = cumulative_product(one_minus(betas));

@@ -24,10 +24,10 @@
 
 namespace kiln {
 
-enum class SamplerKind { Euler, EulerAncestral, DDIM, DPMPP2M, LCM };
+enum class SamplerKind { Euler, EulerAncestral, DDIM, DPMPP2M, LCM, PNDM };
 enum class SigmaSchedule { Default, Karras };
 
-// "euler", "euler_a", "ddim", "dpmpp_2m", "lcm".
+// "euler", "euler_a", "ddim", "dpmpp_2m", "lcm", "pndm".
 std::optional<SamplerKind> parse_sampler(std::string_view name);
 std::string_view sampler_name(SamplerKind kind);
 // The name A1111 shows for it ("Euler a", "DPM++ 2M Karras", ...).
@@ -71,7 +71,7 @@ class Scheduler {
 // SigmaSchedule::Karras is from_config(..., use_karras_sigmas=True); a config that sets
 // use_karras_sigmas itself gets Karras sigmas with SigmaSchedule::Default too, as from_config
 // keeps it. Throws kiln::Error when the config asks for something this sampler cannot do
-// (an unknown beta_schedule or prediction_type, karras sigmas on DDIM, ...).
+// (an unknown beta_schedule or prediction_type, karras sigmas on DDIM or PNDM, ...).
 std::unique_ptr<Scheduler> make_scheduler(SamplerKind kind, SigmaSchedule schedule,
                                           const nlohmann::json& scheduler_config);
 

@@ -72,16 +72,28 @@ struct TrainingSchedule {
   int num_train_timesteps = 0;
   std::string beta_schedule;
   std::vector<float> alphas_cumprod;  // float32, as diffusers keeps it; index = timestep
+
+  // alphas_cumprod[timestep] with Python indexing (-1 is the last entry), as
+  // diffusers indexes it; a timestep off the table names the scheduler class.
+  double alpha_cumprod_at(int timestep, std::string_view scheduler) const {
+    const int n = int(alphas_cumprod.size());
+    const int index = timestep < 0 ? timestep + n : timestep;
+    if (index < 0 || index >= n)
+      KILN_FAIL(scheduler, ": timestep ", timestep, " is outside the training schedule (0 to ",
+                n - 1, "); use fewer steps or a smaller steps_offset");
+    return alphas_cumprod[size_t(index)];
+  }
 };
 
 // Euler, Euler a and DPM-Solver raise alphas_cumprod's last entry from 0 to 2^-24 after a
 // zero-terminal-SNR rescale, so that their sigmas stay finite; DDIM and LCM keep the 0.
 enum class ZeroSnrFloor { Raise, Keep };
 
-// Reads num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas and
-// rescale_betas_zero_snr.
+// Reads num_train_timesteps, beta_start, beta_end, beta_schedule, trained_betas and, for
+// the classes that have the option (floor given), rescale_betas_zero_snr. Without a floor
+// the key is ignored, as from_config ignores keys a class does not take (PNDM).
 TrainingSchedule read_training_schedule(const SchedulerConfig& config, const BetaDefaults& defaults,
-                                        ZeroSnrFloor floor);
+                                        std::optional<ZeroSnrFloor> floor);
 
 // sqrt((1 - alphas_cumprod) / alphas_cumprod) in float32, as torch computes it; index = timestep.
 std::vector<float> sigmas_from_alphas_cumprod(const std::vector<float>& alphas_cumprod);
@@ -127,5 +139,6 @@ std::unique_ptr<Scheduler> make_euler_ancestral_discrete(const SchedulerConfig& 
 std::unique_ptr<Scheduler> make_ddim(const SchedulerConfig& config);
 std::unique_ptr<Scheduler> make_dpm_solver_multistep(const SchedulerConfig& config, bool karras);
 std::unique_ptr<Scheduler> make_lcm(const SchedulerConfig& config);
+std::unique_ptr<Scheduler> make_pndm(const SchedulerConfig& config);
 
 }  // namespace kiln::schedulers

@@ -66,5 +66,6 @@ inline double nmse(const Tensor& actual, const Tensor& expected) {
 // DESIGN.md's numerics contract for CPU fp32 against the fp32 reference.
 constexpr double kComponentNmse = 1e-8;
 constexpr double kImagePsnr = 40.0;
+constexpr double kRegressionPsnr = 60.0;
 
 }  // namespace kiln::golden

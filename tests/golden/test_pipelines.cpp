@@ -39,8 +39,11 @@ TEST_P(Pipelines, ImagesMatchDiffusers) {
     r.height = c["height"];
     r.num_inference_steps = c["steps"];
     r.guidance_scale = c["guidance_scale"].get<float>();
-    r.sampler = parse_sampler(c["sampler"].get<std::string>());
-    ASSERT_TRUE(r.sampler.has_value());
+    // "default" cases leave the sampler to the folder's own scheduler_config.json.
+    if (c["sampler_case"] != "default") {
+      r.sampler = parse_sampler(c["sampler"].get<std::string>());
+      ASSERT_TRUE(r.sampler.has_value());
+    }
     r.schedule = c["scheduler"] == "karras" ? SigmaSchedule::Karras : SigmaSchedule::Default;
     r.seed = c["seed"];
     const io::Image got = pipeline->generate(pipeline->resolve(r));
@@ -53,6 +56,10 @@ TEST_P(Pipelines, ImagesMatchDiffusers) {
                 c["name"].get<std::string>().c_str(), got.width, got.height, r.num_inference_steps,
                 p);
     EXPECT_GE(p, kImagePsnr);
+    // kiln matches diffusers far more closely than the contract asks (most images
+    // are bit-identical); a sampler with a wrong coefficient still scores ~50 dB, so
+    // hold the goldens to a tighter bound that catches such regressions.
+    EXPECT_GE(p, kRegressionPsnr);
   }
 }
 

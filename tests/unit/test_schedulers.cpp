@@ -364,7 +364,7 @@ INSTANTIATE_TEST_SUITE_P(Diffusers, SchedulerGolden, ::testing::ValuesIn(golden_
 TEST(SchedulerGoldenFiles, CoverTheConfigsTheSamplersMustMatch) {
   const std::vector<std::string> names = golden_config_names();
   for (const char* required : {"sd15", "sd21", "sdxl_base", "lcm_dreamshaper_v7", "trailing",
-                               "linspace", "zero_snr", "sparse"})
+                               "linspace", "zero_snr", "sparse", "pndm_prk"})
     EXPECT_NE(std::find(names.begin(), names.end(), required), names.end())
         << "missing " << (golden_dir() / required).string()
         << ".json; run tools/py/make_scheduler_goldens.py";
@@ -374,8 +374,9 @@ TEST(SchedulerGoldenFiles, CoverTheConfigsTheSamplersMustMatch) {
 
 TEST(SchedulerNames, ParseSamplerAcceptsEachNameItPrints) {
   for (SamplerKind kind : {SamplerKind::Euler, SamplerKind::EulerAncestral, SamplerKind::DDIM,
-                           SamplerKind::DPMPP2M, SamplerKind::LCM})
+                           SamplerKind::DPMPP2M, SamplerKind::LCM, SamplerKind::PNDM})
     EXPECT_EQ(parse_sampler(sampler_name(kind)), kind) << sampler_name(kind);
+  EXPECT_EQ(parse_sampler("pndm"), SamplerKind::PNDM);
   EXPECT_EQ(parse_sampler("euler_a"), SamplerKind::EulerAncestral);
   EXPECT_EQ(parse_sampler("dpmpp_2m"), SamplerKind::DPMPP2M);
   EXPECT_EQ(parse_sampler("Euler"), std::nullopt);
@@ -390,6 +391,7 @@ TEST(SchedulerNames, A1111NamesRoundTrip) {
   EXPECT_EQ(a1111_sampler_name(SamplerKind::DPMPP2M, SigmaSchedule::Default), "DPM++ 2M");
   EXPECT_EQ(a1111_sampler_name(SamplerKind::DPMPP2M, SigmaSchedule::Karras), "DPM++ 2M Karras");
   EXPECT_EQ(a1111_sampler_name(SamplerKind::LCM, SigmaSchedule::Default), "LCM");
+  EXPECT_EQ(a1111_sampler_name(SamplerKind::PNDM, SigmaSchedule::Default), "PLMS");
   using Parsed = std::optional<std::pair<SamplerKind, SigmaSchedule>>;
   EXPECT_EQ(parse_a1111_sampler("DPM++ 2M Karras"),
             Parsed({SamplerKind::DPMPP2M, SigmaSchedule::Karras}));
@@ -397,7 +399,9 @@ TEST(SchedulerNames, A1111NamesRoundTrip) {
             Parsed({SamplerKind::EulerAncestral, SigmaSchedule::Default}));
   EXPECT_EQ(parse_a1111_sampler("Euler Karras"),
             Parsed({SamplerKind::Euler, SigmaSchedule::Karras}));
+  EXPECT_EQ(parse_a1111_sampler("PLMS"), Parsed({SamplerKind::PNDM, SigmaSchedule::Default}));
   EXPECT_EQ(parse_a1111_sampler("DDIM Karras"), std::nullopt);
+  EXPECT_EQ(parse_a1111_sampler("PLMS Karras"), std::nullopt);
   EXPECT_EQ(parse_a1111_sampler("DPM++ 2M SDE"), std::nullopt);
 }
 
@@ -436,6 +440,8 @@ TEST(SchedulerConfig, RejectsOptionsKilnDoesNotImplementNamingTheKey) {
       {SamplerKind::Euler, {{"interpolation_type", "cubic"}}, "interpolation_type"},
       {SamplerKind::Euler, {{"prediction_type", "flow_prediction"}}, "prediction_type"},
       {SamplerKind::EulerAncestral, {{"prediction_type", "sample"}}, "prediction_type"},
+      {SamplerKind::PNDM, {{"prediction_type", "sample"}}, "prediction_type"},
+      {SamplerKind::PNDM, {{"timestep_spacing", "uniform"}}, "timestep_spacing"},
       {SamplerKind::Euler, {{"final_sigmas_type", "sigma_max"}}, "final_sigmas_type"},
       {SamplerKind::DDIM, {{"num_train_timesteps", "1000"}}, "num_train_timesteps"},
       {SamplerKind::DDIM,
@@ -452,7 +458,8 @@ TEST(SchedulerConfig, RejectsOptionsKilnDoesNotImplementNamingTheKey) {
 }
 
 TEST(SchedulerConfig, KarrasOnlyForSamplersWhoseClassSupportsIt) {
-  for (SamplerKind kind : {SamplerKind::EulerAncestral, SamplerKind::DDIM, SamplerKind::LCM}) {
+  for (SamplerKind kind :
+       {SamplerKind::EulerAncestral, SamplerKind::DDIM, SamplerKind::LCM, SamplerKind::PNDM}) {
     const std::string message = make_error(kind, json::object(), SigmaSchedule::Karras);
     EXPECT_NE(message.find("use_karras_sigmas"), std::string::npos)
         << sampler_name(kind) << ": got " << (message.empty() ? "no error" : message);
@@ -508,6 +515,22 @@ TEST(SchedulerStep, RejectsOutOfRangeAndOutOfOrderSteps) {
   EXPECT_THROW(scheduler->step(sample, 1, sample, generator), Error);  // skips step 0
   EXPECT_NO_THROW(scheduler->step(sample, 0, sample, generator));
   EXPECT_THROW(scheduler->set_timesteps(0), Error);
+}
+
+TEST(SchedulerStep, PndmRejectsOutOfOrderStepsAndTimestepsPastTheSchedule) {
+  // PNDM keeps the Runge-Kutta start and the multistep history between steps.
+  auto scheduler = make_scheduler(SamplerKind::PNDM, SigmaSchedule::Default,
+                                  {{"skip_prk_steps", true}, {"steps_offset", 1}});
+  TorchGenerator generator(0);
+  const Tensor sample = generator.randn_nhwc(1, 4, 2, 2);
+  scheduler->set_timesteps(4);
+  EXPECT_THROW(scheduler->step(sample, 1, sample, generator), Error);  // skips step 0
+  EXPECT_NO_THROW(scheduler->step(sample, 0, sample, generator));
+  // 1000 steps with steps_offset 1 reach timestep 1000, past alphas_cumprod (diffusers
+  // raises IndexError there).
+  scheduler->set_timesteps(1000);
+  EXPECT_EQ(scheduler->timesteps().front(), 1000.0f);
+  EXPECT_THROW(scheduler->step(sample, 0, sample, generator), Error);
 }
 
 }  // namespace

@@ -21,7 +21,8 @@ const char* kHelp =
     "  --width W, --height H   image size, multiples of 8 (default: the model's native size)\n"
     "  --steps N               denoising steps (default 50)\n"
     "  --cfg-scale F           classifier-free guidance (default 7.5; SDXL 5)\n"
-    "  --sampler NAME          euler | euler_a | ddim | dpmpp_2m | lcm (default: the model's)\n"
+    "  --sampler NAME          euler | euler_a | ddim | dpmpp_2m | lcm | pndm\n"
+    "                          (default: the model's)\n"
     "  --scheduler NAME        default | karras (sigma schedule)\n"
     "  --seed N                seed; the same seed gives diffusers' picture (default: random)\n"
     "  --batch-count N         images to make, with seeds N, N+1, ... (default 1)\n"
@@ -97,7 +98,8 @@ int generate(const std::vector<std::string>& argv) {
   if (auto s = args.get("sampler")) {
     request.sampler = parse_sampler(*s);
     if (!request.sampler)
-      throw UsageError("unknown sampler \"" + *s + "\" (euler, euler_a, ddim, dpmpp_2m, lcm)");
+      throw UsageError("unknown sampler \"" + *s +
+                       "\" (euler, euler_a, ddim, dpmpp_2m, lcm, pndm)");
   }
   const std::string schedule = args.get_or("scheduler", "default");
   if (schedule == "karras")

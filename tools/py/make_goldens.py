@@ -47,7 +47,11 @@ SAMPLERS = {
     "dpmpp_2m": (DPMSolverMultistepScheduler, {}),
     "dpmpp_2m_karras": (DPMSolverMultistepScheduler, {"use_karras_sigmas": True}),
     "lcm": (LCMScheduler, {}),
+    "pndm": (PNDMScheduler, {}),
 }
+# The sampler_case "default" keeps the folder's own scheduler (no from_config swap); its
+# case names the sampler that scheduler is, for kiln to run.
+DEFAULT_SAMPLER_CASE = "default"
 
 SD15_SCHEDULER = {
     "_class_name": "PNDMScheduler", "beta_end": 0.012, "beta_schedule": "scaled_linear",
@@ -203,11 +207,15 @@ def image_goldens(name, pipe_cls, cases):
     folder = os.path.join(ROOT, name)
     pipe = pipe_cls.from_pretrained(os.path.join(folder, "model"), torch_dtype=torch.float32)
     pipe.set_progress_bar_config(disable=True)
-    base_config = pipe.scheduler.config
+    own_scheduler = pipe.scheduler
+    base_config = own_scheduler.config
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     for case in cases:
-        cls, extra = SAMPLERS[case["sampler_case"]]
-        pipe.scheduler = cls.from_config(base_config, **extra)
+        if case["sampler_case"] == DEFAULT_SAMPLER_CASE:
+            pipe.scheduler = own_scheduler
+        else:
+            cls, extra = SAMPLERS[case["sampler_case"]]
+            pipe.scheduler = cls.from_config(base_config, **extra)
         kwargs = dict(prompt=case["prompt"], num_inference_steps=case["steps"],
                       guidance_scale=case["guidance_scale"],
                       generator=torch.Generator("cpu").manual_seed(case["seed"]))
@@ -226,8 +234,10 @@ def image_goldens(name, pipe_cls, cases):
 
 
 def case(name, sampler_case, prompt, seed, steps, guidance_scale, negative_prompt=None, width=0,
-         height=0):
-    sampler, _, karras = sampler_case.partition("_karras")
+         height=0, sampler=None):
+    """sampler: kiln's name for it, when sampler_case (a SAMPLERS key) does not say it."""
+    if sampler is None:
+        sampler = sampler_case.partition("_karras")[0]
     return dict(name=name, sampler_case=sampler_case, sampler=sampler,
                 scheduler="karras" if sampler_case.endswith("_karras") else "default",
                 prompt=prompt, seed=seed, steps=steps, guidance_scale=guidance_scale,
@@ -259,6 +269,10 @@ def build_sd1():
              4.0, negative_prompt=""),
         case("lcm", "lcm", "a small green square at the top", 11, 4, 1.0),
         case("euler_no_cfg", "euler", "a star", 3, 5, 1.0, width=64, height=40),
+        case("pndm", "pndm", "a yellow triangle on a grey floor", 21, 8, 7.5, width=56, height=72),
+        # The folder's own PNDMScheduler, as `kiln generate` without --sampler runs it.
+        case("pndm_default", DEFAULT_SAMPLER_CASE, "a watercolor of a harbor", 13, 6, 6.5,
+             negative_prompt="text", sampler="pndm"),
     ])
 
 
@@ -280,6 +294,8 @@ def build_sd2v():
              height=64),
         case("euler_a", "euler_a", "Ein Hund im Schnee, ÄÖÜ ß", 31, 7, 7.5),
         case("dpmpp_2m_karras", "dpmpp_2m_karras", "a spaceship", 64, 8, 7.5, width=64, height=96),
+        # The DDIM config sets no skip_prk_steps, so PNDM warms up with Runge-Kutta steps.
+        case("pndm", "pndm", "a field of sunflowers", 40, 5, 7.5),
     ])
 
 

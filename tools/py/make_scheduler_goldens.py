@@ -4,8 +4,9 @@ scheduler tests (tests/unit/test_schedulers.cpp).
 
 For each scheduler config below (the published scheduler_config.json of SD 1.5, SD 2.1,
 SDXL base and an LCM model, plus configs that exercise one option each), each sampler
-kiln implements (euler, euler_a, ddim, dpmpp_2m, lcm), with and without karras sigmas
-where the class supports them, and several step counts, a case records:
+kiln implements (euler, euler_a, ddim, dpmpp_2m, lcm, pndm; a config may name the few it
+is meant for), with and without karras sigmas where the class supports them, and several
+step counts, a case records:
 
   * `XScheduler.from_config(config[, use_karras_sigmas=True])` then `set_timesteps(n)`:
     the timesteps, the sigmas (where the class has them) and init_noise_sigma;
@@ -13,7 +14,8 @@ where the class supports them, and several step counts, a case records:
     random tensors standing in for the UNet: latents = randn(shape, gen(LATENTS_SEED)) *
     init_noise_sigma; at each step model_input = scale_model_input(latents, t),
     model_output = randn(shape, gen(MODEL_OUTPUT_SEED)) (one draw per step, in order),
-    latents = step(model_output, t, latents, generator=gen(NOISE_SEED)). It records the
+    latents = step(model_output, t, latents, generator=gen(NOISE_SEED)) (without the
+    generator for classes whose step takes none: PNDM). It records the
     initial latents, each scaled model input (only where scale_model_input is not the
     identity), each step's output, and four values drawn from the noise generator after
     the loop, which show whether the sampler drew as many numbers as diffusers;
@@ -29,6 +31,7 @@ Run with the project's Python environment:
 """
 
 import argparse
+import inspect
 import json
 import platform
 from pathlib import Path
@@ -42,6 +45,7 @@ from diffusers import (
     EulerAncestralDiscreteScheduler,
     EulerDiscreteScheduler,
     LCMScheduler,
+    PNDMScheduler,
 )
 
 SAMPLERS = {
@@ -50,6 +54,7 @@ SAMPLERS = {
     "ddim": (DDIMScheduler, False),
     "dpmpp_2m": (DPMSolverMultistepScheduler, True),
     "lcm": (LCMScheduler, False),
+    "pndm": (PNDMScheduler, False),
 }
 
 # 61 is one of the step counts for which numpy's arange(1000, 0, -1000 / n) has n + 1
@@ -57,7 +62,7 @@ SAMPLERS = {
 TABLE_STEPS = [1, 2, 4, 7, 20, 50, 61]
 SEQUENCE_STEPS = [1, 2, 4, 7]
 LONG_SEQUENCE_STEPS = 20  # also run for the configs in LONG_SEQUENCE_CONFIGS
-LONG_SEQUENCE_CONFIGS = {"sd15", "sdxl_base"}
+LONG_SEQUENCE_CONFIGS = {"sd15", "sdxl_base", "pndm_prk"}
 SHAPE = (2, 4, 3, 2)  # NCHW
 LATENTS_SEED, MODEL_OUTPUT_SEED, NOISE_SEED = 0, 1, 2
 
@@ -171,7 +176,17 @@ CONFIGS = {
         "timestep_spacing": "trailing",
         "original_inference_steps": 20,
     },
+    # PNDM's Runge-Kutta warm-up (skip_prk_steps false) with v-prediction and "linspace",
+    # where the moves miss the next timestep.
+    "pndm_prk": {
+        **SD15,
+        "skip_prk_steps": False,
+        "prediction_type": "v_prediction",
+        "timestep_spacing": "linspace",
+    },
 }
+# Configs that only the listed samplers run (the others ignore what the config varies).
+CONFIG_SAMPLERS = {"pndm_prk": {"pndm"}}
 
 
 def f32_list(values):
@@ -229,9 +244,9 @@ def run_case(scheduler_class, config, karras, num_steps, with_sequence):
                 sequence["model_inputs"].append(number_list(model_input))
             model_output = torch.randn(SHAPE, generator=model_gen, dtype=torch.float32)
             extra = {"eta": 0.0} if isinstance(scheduler, DDIMScheduler) else {}
-            latents = scheduler.step(
-                model_output, t, latents, generator=noise_gen, return_dict=False, **extra
-            )[0]
+            if "generator" in inspect.signature(scheduler.step).parameters:
+                extra["generator"] = noise_gen
+            latents = scheduler.step(model_output, t, latents, return_dict=False, **extra)[0]
             sequence["prev_samples"].append(number_list(latents))
     except Exception as error:  # noqa: BLE001
         case["error"] = {"phase": "step", "message": error_text(error)}
@@ -248,6 +263,8 @@ def run_case(scheduler_class, config, karras, num_steps, with_sequence):
 def make_file(name, config):
     cases = []
     for sampler, (scheduler_class, supports_karras) in SAMPLERS.items():
+        if sampler not in CONFIG_SAMPLERS.get(name, SAMPLERS):
+            continue
         for karras in [False, True] if supports_karras else [False]:
             steps = list(TABLE_STEPS)
             if name in LONG_SEQUENCE_CONFIGS and LONG_SEQUENCE_STEPS not in steps:
