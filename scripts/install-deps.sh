@@ -3,7 +3,7 @@
 # tests, the Python packages they use). Safe to run twice.
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config libdnnl-dev nlohmann-json3-dev zlib1g-dev
-          libgtest-dev python3 python3-pytest)
+          libgtest-dev python3 python3-pytest python3-numpy python3-pil)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
