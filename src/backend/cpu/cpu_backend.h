@@ -1,6 +1,7 @@
 // The CPU backend: the numerical reference. Computes in f32 with OpenMP over the
 // machine's cores; GEMMs go to oneDNN's sgemm (measured faster than OpenBLAS on
-// every shape the models use, most of all the small-K ones; see docs/cpu-gemm.md).
+// every shape the models use, most of all the small-K ones; see docs/cpu-gemm.md),
+// or to a CBLAS where oneDNN is not installed.
 #pragma once
 
 #include "backend/backend.h"

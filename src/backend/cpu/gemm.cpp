@@ -1,6 +1,11 @@
 // Linear and 2-D convolution on the CPU: both are GEMMs.
-#include <dnnl.h>
 #include <omp.h>
+
+#if defined(KILN_GEMM_ONEDNN)
+#include <dnnl.h>
+#else
+#include <cblas.h>
+#endif
 
 #include <algorithm>
 #include <cmath>
@@ -22,9 +27,15 @@ void sgemm(char transb, int64_t m, int64_t n, int64_t k, const float* a, int64_t
   const bool serial = double(m) * double(n) * double(k) < kSerialGemmWork && !omp_in_parallel();
   const int threads = omp_get_max_threads();
   if (serial) omp_set_num_threads(1);
+#if defined(KILN_GEMM_ONEDNN)
   const dnnl_status_t s = dnnl_sgemm('N', transb, m, n, k, 1.0f, a, lda, b, ldb, beta, c, ldc);
   if (serial) omp_set_num_threads(threads);
   KILN_CHECK(s == dnnl_success, "oneDNN sgemm failed with status ", int(s));
+#else
+  cblas_sgemm(CblasRowMajor, CblasNoTrans, transb == 'T' ? CblasTrans : CblasNoTrans, int(m), int(n),
+              int(k), 1.0f, a, int(lda), b, int(ldb), beta, c, int(ldc));
+  if (serial) omp_set_num_threads(threads);
+#endif
 }
 
 }  // namespace
