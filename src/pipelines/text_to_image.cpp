@@ -140,24 +140,22 @@ ResolvedRequest TextToImagePipeline::resolve(const TextToImageRequest& request) 
   return r;
 }
 
-TextToImagePipeline::Conditioning TextToImagePipeline::encode_prompts(const ResolvedRequest& r,
-                                                                      bool cfg) const {
-  const TextToImageRequest& q = r.request;
+void TextToImagePipeline::encode_prompts(Generation& g) const {
+  const TextToImageRequest& q = g.request_.request;
   const std::string negative = q.negative_prompt.value_or("");
-  Conditioning c;
   if (!xl_) {
     // SD 1.x/2.x: the final hidden states; rows (negative, prompt) with CFG.
     std::vector<std::vector<int32_t>> rows;
-    if (cfg) rows.push_back(tokenizer_->encode_for_model(negative));
+    if (g.cfg_) rows.push_back(tokenizer_->encode_for_model(negative));
     rows.push_back(tokenizer_->encode_for_model(q.prompt));
-    c.context = text_encoder_->forward(ids_tensor(rows)).last_hidden_state;  // [rows, 77, D]
-    return c;
+    g.context_ = text_encoder_->forward(ids_tensor(rows)).last_hidden_state;  // [rows, 77, D]
+    return;
   }
   // SDXL: both encoders' penultimate states side by side; pooled projection of
   // the second. A negative prompt left unset is all zeros when the model says so.
-  const bool zero_negative = cfg && !q.negative_prompt && force_zeros_for_empty_prompt_;
+  const bool zero_negative = g.cfg_ && !q.negative_prompt && force_zeros_for_empty_prompt_;
   std::vector<std::string> texts;
-  if (cfg && !zero_negative) texts.push_back(negative);
+  if (g.cfg_ && !zero_negative) texts.push_back(negative);
   texts.push_back(q.prompt);
   std::vector<std::vector<int32_t>> rows1, rows2;
   for (const std::string& t : texts) {
@@ -174,61 +172,96 @@ TextToImagePipeline::Conditioning TextToImagePipeline::encode_prompts(const Reso
     pooled =
         ops::concat_rows({Tensor::zeros(pooled.shape(), pooled.dtype(), pooled.device()), pooled});
   }
-  c.context = context;
-  c.text_embeds = pooled;
-  return c;
+  g.context_ = context;
+  g.text_embeds_ = pooled;
 }
 
-io::Image TextToImagePipeline::generate(const ResolvedRequest& r,
-                                        const ProgressFn& progress) const {
+std::unique_ptr<Generation> TextToImagePipeline::start(const ResolvedRequest& r) const {
   const TextToImageRequest& q = r.request;
   const UNetConfig& uc = unet_->config();
+  auto g = std::unique_ptr<Generation>(new Generation(r));
   // Guidance-distilled (LCM) UNets take the guidance as an embedding instead of CFG.
   const bool distilled = uc.time_cond_proj_dim > 0;
-  const bool cfg = r.guidance_scale > 1.0f && !distilled;
-  const int64_t rows = cfg ? 2 : 1;
+  g->cfg_ = r.guidance_scale > 1.0f && !distilled;
+  const int64_t rows = g->rows();
 
-  const Conditioning cond = encode_prompts(r, cfg);
-  std::unique_ptr<Scheduler> scheduler = make_scheduler(r.sampler, q.schedule, scheduler_config_);
-  scheduler->set_timesteps(q.num_inference_steps);
-
-  const int64_t factor = vae_->config().scale_factor();
-  const int64_t lh = q.height / factor, lw = q.width / factor;
-  TorchGenerator generator(q.seed);
-  Tensor latents = generator.randn_nhwc(1, uc.in_channels, lh, lw).to(placement_.device);
-  latents = ops::cast(ops::scale(latents, scheduler->init_noise_sigma()), DType::F32);
-
-  UNet2DConditionModel::Inputs in;
-  in.encoder_hidden_states = cond.context;
+  encode_prompts(*g);
+  g->scheduler_ = make_scheduler(r.sampler, q.schedule, scheduler_config_);
+  g->scheduler_->set_timesteps(q.num_inference_steps);
   if (xl_) {
-    in.text_embeds = cond.text_embeds;
     const float h = float(q.height), w = float(q.width);
-    in.time_ids = filled(rows, 6, {h, w, 0.0f, 0.0f, h, w});  // original, crop, target
+    g->time_ids_ = filled(rows, 6, {h, w, 0.0f, 0.0f, h, w});  // original, crop, target
   }
   if (distilled) {
     const std::vector<float> w(size_t(rows), (r.guidance_scale - 1.0f) * 1000.0f);
-    in.timestep_cond = ops::timestep_embedding(Tensor::from_floats({rows}, w.data()),
-                                               int(uc.time_cond_proj_dim), false, 1.0f);
+    g->timestep_cond_ = ops::timestep_embedding(Tensor::from_floats({rows}, w.data()),
+                                                int(uc.time_cond_proj_dim), false, 1.0f);
   }
+  // The initial noise: the generator's first draws, as diffusers' prepare_latents.
+  const int64_t factor = vae_->config().scale_factor();
+  const Tensor noise =
+      g->generator_.randn_nhwc(1, uc.in_channels, q.height / factor, q.width / factor);
+  g->latents_ = ops::cast(
+      ops::scale(noise.to(placement_.device), g->scheduler_->init_noise_sigma()), DType::F32);
+  return g;
+}
 
-  const int total = scheduler->num_steps();
-  for (int i = 0; i < total; ++i) {
-    const Tensor batch = cfg ? ops::concat_rows({latents, latents}) : latents;
-    in.sample = scheduler->scale_model_input(batch, i);
-    const std::vector<float> t(size_t(rows), scheduler->timesteps()[size_t(i)]);
-    in.timesteps = Tensor::from_floats({rows}, t.data());
-    Tensor noise_pred = ops::cast(unet_->forward(in), DType::F32);  // [rows, h, w, C]
-    if (cfg) {
-      // uncond + g · (cond − uncond)
-      noise_pred = ops::linear_combination({{1.0f - r.guidance_scale, noise_pred.rows(0, 1)},
-                                            {r.guidance_scale, noise_pred.rows(1, 2)}});
+void TextToImagePipeline::step(const std::vector<Generation*>& batch) const {
+  if (batch.empty()) return;
+  const Generation& first = *batch.front();
+  std::vector<Tensor> samples, contexts, text_embeds, time_ids, conds;
+  std::vector<float> timesteps;
+  for (Generation* g : batch) {
+    KILN_CHECK(!g->done(), "step() on a finished generation");
+    KILN_CHECK(
+        g->latent_height() == first.latent_height() && g->latent_width() == first.latent_width(),
+        "a denoiser batch mixes latent sizes ", first.latent_height(), "x", first.latent_width(),
+        " and ", g->latent_height(), "x", g->latent_width());
+    const Tensor rows = g->cfg_ ? ops::concat_rows({g->latents_, g->latents_}) : g->latents_;
+    samples.push_back(g->scheduler_->scale_model_input(rows, g->step_));
+    timesteps.insert(timesteps.end(), size_t(g->rows()),
+                     g->scheduler_->timesteps()[size_t(g->step_)]);
+    contexts.push_back(g->context_);
+    if (xl_) {
+      text_embeds.push_back(g->text_embeds_);
+      time_ids.push_back(g->time_ids_);
     }
-    latents = scheduler->step(noise_pred, i, latents, generator);
-    if (progress && !progress({i + 1, total})) throw Cancelled();
+    if (g->timestep_cond_.defined()) conds.push_back(g->timestep_cond_);
   }
+  // One denoiser call over every row; each row carries its own timestep.
+  UNet2DConditionModel::Inputs in;
+  auto join = [](const std::vector<Tensor>& parts) {
+    return parts.size() == 1 ? parts[0] : ops::concat_rows(parts);
+  };
+  in.sample = join(samples);
+  in.timesteps = Tensor::from_floats({int64_t(timesteps.size())}, timesteps.data());
+  in.encoder_hidden_states = join(contexts);
+  if (xl_) {
+    in.text_embeds = join(text_embeds);
+    in.time_ids = join(time_ids);
+  }
+  if (!conds.empty()) in.timestep_cond = join(conds);
+  const Tensor out = ops::cast(unet_->forward(in), DType::F32);  // [rows, h, w, C]
 
+  int64_t row = 0;
+  for (Generation* g : batch) {
+    Tensor noise_pred = out.rows(row, row + g->rows());
+    row += g->rows();
+    if (g->cfg_) {
+      // uncond + g · (cond − uncond)
+      const float w = g->request_.guidance_scale;
+      noise_pred =
+          ops::linear_combination({{1.0f - w, noise_pred.rows(0, 1)}, {w, noise_pred.rows(1, 2)}});
+    }
+    g->latents_ = g->scheduler_->step(noise_pred, g->step_, g->latents_, g->generator_);
+    ++g->step_;
+  }
+}
+
+io::Image TextToImagePipeline::decode(const Generation& g) const {
   // Latents → VAE input: SDXL-style per-channel statistics when the VAE has them.
   const VaeConfig& vc = vae_->config();
+  const Tensor& latents = g.latents_;
   Tensor z;
   if (xl_ && !vc.latents_mean.empty()) {
     std::vector<float> mul, add;
@@ -257,6 +290,16 @@ io::Image TextToImagePipeline::generate(const ResolvedRequest& r,
     image.pixels[i] = uint8_t(std::nearbyint(v * 255.0f));
   }
   return image;
+}
+
+io::Image TextToImagePipeline::generate(const ResolvedRequest& r,
+                                        const ProgressFn& progress) const {
+  const std::unique_ptr<Generation> g = start(r);
+  while (!g->done()) {
+    step({g.get()});
+    if (progress && !progress({g->steps_done(), g->total_steps()})) throw Cancelled();
+  }
+  return decode(*g);
 }
 
 std::string TextToImagePipeline::a1111_parameters(const ResolvedRequest& r) const {

@@ -51,6 +51,39 @@ class Cancelled : public Error {
   Cancelled() : Error("generation cancelled") {}
 };
 
+class TextToImagePipeline;
+
+// One request on its way through the denoiser: its conditioning, sampler state,
+// random generator and latents. Made by TextToImagePipeline::start, advanced by
+// step() alone or batched with other generations of the same latent size, turned
+// into an image by decode(). Not thread-safe: one worker drives it.
+class Generation {
+ public:
+  const ResolvedRequest& request() const { return request_; }
+  int steps_done() const { return step_; }
+  int total_steps() const { return scheduler_->num_steps(); }
+  bool done() const { return step_ >= scheduler_->num_steps(); }
+  // Rows this generation adds to a denoiser batch: 2 with classifier-free guidance.
+  int64_t rows() const { return cfg_ ? 2 : 1; }
+  int64_t latent_height() const { return latents_.dim(1); }
+  int64_t latent_width() const { return latents_.dim(2); }
+
+ private:
+  friend class TextToImagePipeline;
+  Generation(const ResolvedRequest& r) : request_(r), generator_(r.request.seed) {}
+
+  ResolvedRequest request_;
+  bool cfg_ = false;
+  Tensor context_;        // [rows, 77, D]: (negative, prompt) with CFG
+  Tensor text_embeds_;    // [rows, P]      SDXL pooled embeddings
+  Tensor time_ids_;       // [rows, 6]      SDXL size conditioning
+  Tensor timestep_cond_;  // [rows, Dc]     guidance embedding of distilled UNets
+  std::unique_ptr<Scheduler> scheduler_;
+  TorchGenerator generator_;
+  Tensor latents_;  // [1, h, w, C] f32 on the pipeline's device
+  int step_ = 0;
+};
+
 class TextToImagePipeline {
  public:
   // Loads every component of a diffusers folder whose pipeline class is
@@ -62,7 +95,19 @@ class TextToImagePipeline {
   // throwing kiln::Error with a message naming the bad field.
   ResolvedRequest resolve(const TextToImageRequest& request) const;
 
+  // A whole image: start(), step() until done, decode(). Throws Cancelled when
+  // `progress` returns false.
   io::Image generate(const ResolvedRequest& request, const ProgressFn& progress = {}) const;
+
+  // The same in parts, for a scheduler that batches many requests step by step.
+  // start() encodes the prompts and draws the initial latents (diffusers' order
+  // of draws). step() advances every generation in `batch` by one step with a
+  // single denoiser call; all must share a latent size, each row keeps its own
+  // timestep, guidance and sampler, so a generation's image does not depend on
+  // what it was batched with. decode() works at any step (a preview mid-way).
+  std::unique_ptr<Generation> start(const ResolvedRequest& request) const;
+  void step(const std::vector<Generation*>& batch) const;
+  io::Image decode(const Generation& generation) const;
 
   // The A1111 "parameters" text for an image made from `request`.
   std::string a1111_parameters(const ResolvedRequest& request) const;
@@ -76,12 +121,7 @@ class TextToImagePipeline {
   const std::string& name() const { return name_; }
 
  private:
-  struct Conditioning {
-    Tensor context;      // [rows, 77, D]: (uncond, cond) with CFG
-    Tensor text_embeds;  // [rows, P]      SDXL pooled
-  };
-  Conditioning encode_prompts(const ResolvedRequest& r, bool cfg) const;
-  Tensor sd_embeddings(const std::string& text) const;
+  void encode_prompts(Generation& g) const;
 
   std::string name_;
   std::filesystem::path dir_;
