@@ -29,14 +29,14 @@ namespace {
 
 constexpr std::string_view kClassName = "EulerDiscreteScheduler";
 
-class EulerDiscreteScheduler final : public Scheduler {
+class EulerDiscreteScheduler final : public SigmaScaledScheduler {
  public:
   EulerDiscreteScheduler(const SchedulerConfig& config, bool karras)
-      : training_(read_training_schedule(config, BetaDefaults{}, ZeroSnrFloor::Raise)),
+      : SigmaScaledScheduler(kClassName, read_timestep_spacing(config, "linspace")),
+        training_(read_training_schedule(config, BetaDefaults{}, ZeroSnrFloor::Raise)),
         training_sigmas_(sigmas_from_alphas_cumprod(training_.alphas_cumprod)),
         prediction_type_(
             read_prediction_type(config, {"epsilon", "v_prediction", "sample", "original_sample"})),
-        spacing_(read_timestep_spacing(config, "linspace")),
         steps_offset_(config.integer("steps_offset", 0)),
         log_linear_(config.choice("interpolation_type", "linear", {"linear", "log_linear"}) ==
                     "log_linear"),
@@ -90,19 +90,6 @@ class EulerDiscreteScheduler final : public Scheduler {
                timesteps_.size(), " timesteps");
   }
 
-  float init_noise_sigma() const override {
-    KILN_CHECK(!sigmas_.empty(), kClassName, ": call set_timesteps first");
-    const float sigma_max = *std::max_element(sigmas_.begin(), sigmas_.end());
-    return spacing_ == TimestepSpacing::Leading ? sqrt_sigma_squared_plus_one(sigma_max)
-                                                : sigma_max;
-  }
-
-  // Scales the input to unit variance: the sample holds signal plus sigma-scaled noise.
-  Tensor scale_model_input(const Tensor& sample, int step) const override {
-    check_step_index(*this, step);
-    return ops::scale(sample, 1.0f / sqrt_sigma_squared_plus_one(sigmas_[size_t(step)]));
-  }
-
   Tensor step(const Tensor& model_output, int step, const Tensor& sample,
               TorchGenerator& generator) override {
     check_step_index(*this, step);
@@ -130,7 +117,6 @@ class EulerDiscreteScheduler final : public Scheduler {
   TrainingSchedule training_;
   std::vector<float> training_sigmas_;  // index = training timestep
   PredictionType prediction_type_;
-  TimestepSpacing spacing_;
   int steps_offset_;
   bool log_linear_;
   bool karras_;

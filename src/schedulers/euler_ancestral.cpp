@@ -20,13 +20,13 @@ namespace {
 
 constexpr std::string_view kClassName = "EulerAncestralDiscreteScheduler";
 
-class EulerAncestralDiscreteScheduler final : public Scheduler {
+class EulerAncestralDiscreteScheduler final : public SigmaScaledScheduler {
  public:
   explicit EulerAncestralDiscreteScheduler(const SchedulerConfig& config)
-      : training_(read_training_schedule(config, BetaDefaults{}, ZeroSnrFloor::Raise)),
+      : SigmaScaledScheduler(kClassName, read_timestep_spacing(config, "linspace")),
+        training_(read_training_schedule(config, BetaDefaults{}, ZeroSnrFloor::Raise)),
         training_sigmas_(sigmas_from_alphas_cumprod(training_.alphas_cumprod)),
         prediction_type_(read_prediction_type(config, {"epsilon", "v_prediction"})),
-        spacing_(read_timestep_spacing(config, "linspace")),
         steps_offset_(config.integer("steps_offset", 0)) {}
 
   void set_timesteps(int num_inference_steps) override {
@@ -37,18 +37,6 @@ class EulerAncestralDiscreteScheduler final : public Scheduler {
     sigmas_.clear();
     for (float t : timesteps_) sigmas_.push_back(float(interp_by_timestep(t, training_sigmas_)));
     sigmas_.push_back(0.0f);
-  }
-
-  float init_noise_sigma() const override {
-    KILN_CHECK(!sigmas_.empty(), kClassName, ": call set_timesteps first");
-    const float sigma_max = *std::max_element(sigmas_.begin(), sigmas_.end());
-    return spacing_ == TimestepSpacing::Leading ? sqrt_sigma_squared_plus_one(sigma_max)
-                                                : sigma_max;
-  }
-
-  Tensor scale_model_input(const Tensor& sample, int step) const override {
-    check_step_index(*this, step);
-    return ops::scale(sample, 1.0f / sqrt_sigma_squared_plus_one(sigmas_[size_t(step)]));
   }
 
   Tensor step(const Tensor& model_output, int step, const Tensor& sample,
@@ -75,7 +63,6 @@ class EulerAncestralDiscreteScheduler final : public Scheduler {
   TrainingSchedule training_;
   std::vector<float> training_sigmas_;  // index = training timestep
   PredictionType prediction_type_;
-  TimestepSpacing spacing_;
   int steps_offset_;
 };
 

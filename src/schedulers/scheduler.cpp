@@ -373,5 +373,17 @@ LinearForm epsilon_from_alpha(PredictionType type, double alpha_prod_t) {
   KILN_FAIL("unknown prediction type");
 }
 
+float SigmaScaledScheduler::init_noise_sigma() const {
+  KILN_CHECK(!sigmas_.empty(), class_name_, ": call set_timesteps first");
+  const float sigma_max = *std::max_element(sigmas_.begin(), sigmas_.end());
+  return spacing_ == TimestepSpacing::Leading ? sqrt_sigma_squared_plus_one(sigma_max) : sigma_max;
+}
+
+// Scales the input to unit variance: the sample holds signal plus sigma-scaled noise.
+Tensor SigmaScaledScheduler::scale_model_input(const Tensor& sample, int step) const {
+  check_step_index(*this, step);
+  return ops::scale(sample, 1.0f / sqrt_sigma_squared_plus_one(sigmas_[size_t(step)]));
+}
+
 }  // namespace schedulers
 }  // namespace kiln

@@ -108,6 +108,23 @@ void check_num_inference_steps(std::string_view class_name, int num_inference_st
 // Throws unless 0 <= step < scheduler.num_steps().
 void check_step_index(const Scheduler& scheduler, int step);
 
+// Base of the samplers whose sample is signal plus sigma-scaled noise (diffusers'
+// Euler family): the model input is scaled to unit variance, and the initial
+// noise is sigma_max wide, or sqrt(sigma_max² + 1) with "leading" spacing, as
+// diffusers computes it. Subclasses fill sigmas_ in set_timesteps.
+class SigmaScaledScheduler : public Scheduler {
+ public:
+  float init_noise_sigma() const override;
+  Tensor scale_model_input(const Tensor& sample, int step) const override;
+
+ protected:
+  SigmaScaledScheduler(std::string_view class_name, TimestepSpacing spacing)
+      : class_name_(class_name), spacing_(spacing) {}
+
+  std::string_view class_name_;
+  TimestepSpacing spacing_;
+};
+
 // diffusers finds the first step's place in the schedule by looking its timestep up and,
 // when the value occurs twice, takes the second occurrence (meant for img2img, which starts
 // mid-schedule). Where the first timestep repeats, diffusers thus skips a step and runs

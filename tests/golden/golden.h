@@ -9,6 +9,7 @@
 #include <filesystem>
 #include <string>
 
+#include "io/image.h"
 #include "io/safetensors.h"
 
 namespace kiln::golden {
@@ -61,6 +62,16 @@ inline double nmse(const Tensor& actual, const Tensor& expected) {
     ref += double(y[i]) * y[i];
   }
   return ref > 0.0 ? err / ref : err;
+}
+
+// Peak signal-to-noise ratio of two 8-bit images of one size, in dB (inf when equal).
+inline double psnr(const io::Image& a, const io::Image& b) {
+  double se = 0.0;
+  for (size_t i = 0; i < a.pixels.size(); ++i) {
+    const double d = double(a.pixels[i]) - double(b.pixels[i]);
+    se += d * d;
+  }
+  return se == 0.0 ? INFINITY : 10.0 * std::log10(255.0 * 255.0 * double(a.pixels.size()) / se);
 }
 
 // DESIGN.md's numerics contract for CPU fp32 against the fp32 reference.

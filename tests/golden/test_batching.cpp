@@ -9,15 +9,6 @@
 namespace kiln::golden {
 namespace {
 
-double psnr(const io::Image& a, const io::Image& b) {
-  double se = 0.0;
-  for (size_t i = 0; i < a.pixels.size(); ++i) {
-    const double d = double(a.pixels[i]) - double(b.pixels[i]);
-    se += d * d;
-  }
-  return se == 0.0 ? INFINITY : 10.0 * std::log10(255.0 * 255.0 * double(a.pixels.size()) / se);
-}
-
 struct Case {
   const char* prompt;
   const char* sampler;

@@ -11,16 +11,6 @@
 namespace kiln::golden {
 namespace {
 
-double psnr(const io::Image& a, const io::Image& b) {
-  double se = 0.0;
-  for (size_t i = 0; i < a.pixels.size(); ++i) {
-    const double d = double(a.pixels[i]) - double(b.pixels[i]);
-    se += d * d;
-  }
-  const double mse = se / double(a.pixels.size());
-  return mse == 0.0 ? INFINITY : 10.0 * std::log10(255.0 * 255.0 / mse);
-}
-
 class Pipelines : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(Pipelines, ImagesMatchDiffusers) {

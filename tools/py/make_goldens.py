@@ -203,9 +203,10 @@ def component_goldens(name, pipe, xl):
               os.path.join(ROOT, name, "components.safetensors"))
 
 
-def image_goldens(name, pipe_cls, cases):
+def image_goldens(name, pipe_cls, cases, variant=None):
     folder = os.path.join(ROOT, name)
-    pipe = pipe_cls.from_pretrained(os.path.join(folder, "model"), torch_dtype=torch.float32)
+    pipe = pipe_cls.from_pretrained(os.path.join(folder, "model"), torch_dtype=torch.float32,
+                                    variant=variant)
     pipe.set_progress_bar_config(disable=True)
     own_scheduler = pipe.scheduler
     base_config = own_scheduler.config
@@ -317,41 +318,12 @@ def build_sdxl():
         os.remove(os.path.join(folder, "tokenizer_2", f))
     pipe = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32, variant="fp16")
     component_goldens("sdxl", pipe, xl=True)
-    image_goldens_xl(folder)
-
-
-def image_goldens_xl(folder):
-    name = "sdxl"
-    cases = [
+    image_goldens("sdxl", StableDiffusionXLPipeline, [
         case("euler", "euler", "a red fox in a snowy forest", 1, 8, 5.0),
         case("euler_a_negative", "euler_a", "a vase of flowers", 2, 7, 6.0, negative_prompt="wilted"),
         case("dpmpp_2m", "dpmpp_2m", "an isometric city, 東京", 3, 8, 5.0, width=96, height=64),
         case("ddim_empty_negative", "ddim", "a robot", 4, 6, 7.0, negative_prompt=""),
-    ]
-    # from_pretrained with the variant, then the same path as the others.
-    pipe = StableDiffusionXLPipeline.from_pretrained(folder, torch_dtype=torch.float32, variant="fp16")
-    pipe.set_progress_bar_config(disable=True)
-    base_config = pipe.scheduler.config
-    out_folder = os.path.join(ROOT, name)
-    os.makedirs(os.path.join(out_folder, "images"), exist_ok=True)
-    for c in cases:
-        cls, extra = SAMPLERS[c["sampler_case"]]
-        pipe.scheduler = cls.from_config(base_config, **extra)
-        kwargs = dict(prompt=c["prompt"], num_inference_steps=c["steps"],
-                      guidance_scale=c["guidance_scale"],
-                      generator=torch.Generator("cpu").manual_seed(c["seed"]))
-        if c.get("negative_prompt") is not None:
-            kwargs["negative_prompt"] = c["negative_prompt"]
-        if c.get("width"):
-            kwargs["width"] = c["width"]
-            kwargs["height"] = c["height"]
-        with torch.no_grad():
-            image = pipe(**kwargs).images[0]
-        image.save(os.path.join(out_folder, "images", c["name"] + ".png"))
-        c["image"] = "images/" + c["name"] + ".png"
-        c["size"] = list(image.size)
-    with open(os.path.join(out_folder, "cases.json"), "w", encoding="utf-8") as f:
-        json.dump(cases, f, indent=1, ensure_ascii=False)
+    ], variant="fp16")
 
 
 def main():
