@@ -1,9 +1,14 @@
 #!/usr/bin/env bash
 # Installs the Debian packages kiln builds against (and, for the end-to-end
-# tests, the Python packages they use). Safe to run twice.
+# tests, the Python packages they use). Safe to run twice. kiln serve needs
+# cpp-httplib (JPEG and WebP answers need libjpeg and libwebp); its tests drive a
+# headless Chromium through selenium and create a venv (python3-venv) for the
+# pinned PyPI clients (scripts/test.sh).
 set -euo pipefail
 packages=(build-essential cmake ninja-build pkg-config libdnnl-dev nlohmann-json3-dev zlib1g-dev
-          libgtest-dev python3 python3-pytest python3-numpy python3-pil)
+          libgtest-dev python3 python3-pytest python3-numpy python3-pil
+          libcpp-httplib-dev libjpeg-dev libwebp-dev
+          python3-venv python3-requests python3-selenium chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")

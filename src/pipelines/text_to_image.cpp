@@ -259,9 +259,12 @@ void TextToImagePipeline::step(const std::vector<Generation*>& batch) const {
 }
 
 io::Image TextToImagePipeline::decode(const Generation& g) const {
+  return decode_latents(g.latents_);
+}
+
+io::Image TextToImagePipeline::decode_latents(const Tensor& latents) const {
   // Latents → VAE input: SDXL-style per-channel statistics when the VAE has them.
   const VaeConfig& vc = vae_->config();
-  const Tensor& latents = g.latents_;
   Tensor z;
   if (xl_ && !vc.latents_mean.empty()) {
     std::vector<float> mul, add;

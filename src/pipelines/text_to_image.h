@@ -67,6 +67,9 @@ class Generation {
   int64_t rows() const { return cfg_ ? 2 : 1; }
   int64_t latent_height() const { return latents_.dim(1); }
   int64_t latent_width() const { return latents_.dim(2); }
+  // The current latents. step() replaces them and never writes them in place, so
+  // a copy of this handle stays valid for decode_latents() on another thread.
+  const Tensor& latents() const { return latents_; }
 
  private:
   friend class TextToImagePipeline;
@@ -108,6 +111,7 @@ class TextToImagePipeline {
   std::unique_ptr<Generation> start(const ResolvedRequest& request) const;
   void step(const std::vector<Generation*>& batch) const;
   io::Image decode(const Generation& generation) const;
+  io::Image decode_latents(const Tensor& latents) const;
 
   // The A1111 "parameters" text for an image made from `request`.
   std::string a1111_parameters(const ResolvedRequest& request) const;

@@ -2,6 +2,7 @@
 // boolean --flag, and positional words. Unknown flags are usage errors.
 #pragma once
 
+#include <cstdint>
 #include <map>
 #include <optional>
 #include <set>

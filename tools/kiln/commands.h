@@ -10,6 +10,7 @@ namespace kiln::cli {
 
 int generate(const std::vector<std::string>& args);
 int info(const std::vector<std::string>& args);
+int serve(const std::vector<std::string>& args);
 
 // The model used when --model is not given: the embedded kiln-tiny.
 std::filesystem::path default_model_dir();

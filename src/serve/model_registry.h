@@ -1,0 +1,36 @@
+// The models a server offers, by name, loaded once at start-up.
+#pragma once
+
+#include <atomic>
+#include <map>
+#include <memory>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "pipelines/text_to_image.h"
+#include "serve/config.h"
+
+namespace kiln::serve {
+
+class ModelRegistry {
+ public:
+  explicit ModelRegistry(std::vector<ModelSpec> specs);
+
+  // Loads every model (kiln::Error on failure), then ready() turns true.
+  void load_all(const Placement& placement);
+  bool ready() const { return ready_.load(std::memory_order_acquire); }
+
+  const std::vector<ModelSpec>& specs() const { return specs_; }
+  const std::string& default_model() const { return specs_.front().name; }
+  bool known(std::string_view name) const;
+  // The loaded pipeline, or null while loading or for an unknown name.
+  const TextToImagePipeline* find(std::string_view name) const;
+
+ private:
+  std::vector<ModelSpec> specs_;
+  std::map<std::string, std::unique_ptr<TextToImagePipeline>, std::less<>> pipelines_;
+  std::atomic<bool> ready_{false};
+};
+
+}  // namespace kiln::serve

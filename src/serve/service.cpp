@@ -1,0 +1,126 @@
+#include "serve/service.h"
+
+#include <pthread.h>
+#include <signal.h>
+
+#include <chrono>
+#include <cstdio>
+#include <exception>
+#include <thread>
+
+#include "serve/http_server.h"
+
+namespace kiln::serve {
+namespace {
+
+void log_job_end(const Job& job, const Job::Times& t) {
+  const nlohmann::json j = job.to_json(-1);
+  nlohmann::json line = {{"event", "job_end"},        {"job_id", job.id()},
+                         {"key_id", job.key_id()},    {"api", api_name(job.spec().api)},
+                         {"model", job.spec().model}, {"status", j["status"]},
+                         {"reason", j["reason"]},     {"images", job.images()},
+                         {"queued_s", t.queued},      {"compute_s", t.compute},
+                         {"total_s", t.total}};
+  const std::string text = line.dump(-1, ' ', false, nlohmann::json::error_handler_t::replace);
+  std::printf("%s\n", text.c_str());
+  std::fflush(stdout);
+}
+
+}  // namespace
+
+int run_server(const ServeConfig& config) {
+  // Every thread started from here on inherits this mask; the main thread takes the
+  // signals with sigwait. Writes to a closed connection fail instead of killing us.
+  std::signal(SIGPIPE, SIG_IGN);
+  sigset_t stop_signals;
+  sigemptyset(&stop_signals);
+  sigaddset(&stop_signals, SIGTERM);
+  sigaddset(&stop_signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &stop_signals, nullptr);
+
+  for (const std::string& line : describe(config))
+    std::fprintf(stderr, "kiln serve: %s\n", line.c_str());
+  const ApiKeys keys =
+      config.api_keys_file.empty() ? ApiKeys() : ApiKeys::load(config.api_keys_file);
+  if (keys.enabled()) std::fprintf(stderr, "kiln serve: %zu API keys loaded\n", keys.size());
+
+  ModelRegistry models(config.models);
+  JobStore store(config);
+  Metrics metrics;
+  RateLimiter limiter(config.rate_limit_per_minute);
+  WebhookSender webhooks(config.webhook_retries, std::chrono::milliseconds(1000));
+  BatchScheduler scheduler(config, models, store, metrics);
+  std::atomic<bool> draining{false}, stopping{false};
+
+  auto on_job_end = [&](Job& job) {
+    const Job::Times t = job.times();
+    int made = 0;
+    for (int i = 0; i < job.images(); ++i) made += job.image(i).has_value();
+    const std::string status(state_name(job.state()));
+    metrics.observe_job(job.spec().model, std::string(api_name(job.spec().api)), status, t.queued,
+                        t.compute, t.total, made);
+    log_job_end(job, t);
+    if (!job.spec().webhook_url.empty())
+      webhooks.send(job.spec().webhook_url, "job." + status,
+                    nlohmann::json{{"event", "job." + status}, {"job", job.to_json(-1)}}.dump(
+                        -1, ' ', false, nlohmann::json::error_handler_t::replace));
+  };
+  ServerParts parts{config, models,  store,    scheduler, metrics,
+                    keys,   limiter, draining, stopping,  on_job_end};
+  HttpServer http(parts, [&] {
+    Gauges g;
+    g.queue_depth = scheduler.queued_images();
+    g.running = scheduler.running_generations();
+    g.memory_bytes = resident_memory_bytes();
+    g.ready = models.ready();
+    g.draining = draining;
+    return g;
+  });
+
+  const int port = http.bind(config.host, config.port);
+  std::fprintf(stderr, "kiln serve: listening on http://%s:%d\n", config.host.c_str(), port);
+  std::thread http_thread([&] { http.run(); });
+  http.wait_until_running();
+
+  const auto load_start = std::chrono::steady_clock::now();
+  // Loaded on a thread of its own that then ends, taking its OpenMP team with it (see
+  // BatchScheduler::start on why idle teams slow the step loop).
+  std::exception_ptr load_error;
+  std::thread([&] {
+    try {
+      models.load_all(Placement{});
+    } catch (...) {
+      load_error = std::current_exception();
+    }
+  }).join();
+  if (load_error) {
+    http.stop();
+    http_thread.join();
+    std::rethrow_exception(load_error);
+  }
+  scheduler.start();
+  std::fprintf(
+      stderr, "kiln serve: ready: %zu model%s loaded in %.2f s\n", config.models.size(),
+      config.models.size() == 1 ? "" : "s",
+      std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
+
+  int signal_number = 0;
+  sigwait(&stop_signals, &signal_number);
+  draining = true;
+  std::fprintf(stderr, "kiln serve: %s: no new jobs; draining for up to %d s\n",
+               signal_number == SIGINT ? "SIGINT" : "SIGTERM", config.drain_timeout_s);
+  const auto deadline =
+      std::chrono::steady_clock::now() + std::chrono::seconds(config.drain_timeout_s);
+  scheduler.drain(deadline, str("server shutting down: not finished within the drain timeout (",
+                                config.drain_timeout_s, " s)"));
+  webhooks.stop(std::chrono::steady_clock::now() + std::chrono::seconds(5));
+  // Waiting requests have their answers now; event streams end; then the socket closes.
+  stopping = true;
+  store.wake_all();
+  http.stop();
+  http_thread.join();
+  std::fprintf(stderr, "kiln serve: stopped\n");
+  return 0;
+}
+
+}  // namespace kiln::serve
