@@ -4,18 +4,33 @@
 // nothing looks weights up by string while a model runs.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 #include "io/safetensors.h"
 
 namespace kiln::nn {
 
+// Weights with each tensor's real shape and random values, for measuring speed
+// and memory (which do not depend on the values) with no checkpoint at hand:
+// while one of these lives, every WeightLoader draws the tensors a model asks
+// for instead of reading them, and has() says yes to every name. Values are
+// uniform with variance 1/fan_in (norm scales near 1, biases near 0), so that
+// activations stay in range through a whole network. Not thread-safe.
+class RandomWeights {
+ public:
+  explicit RandomWeights(uint64_t seed = 0);
+  ~RandomWeights();
+  RandomWeights(const RandomWeights&) = delete;
+  RandomWeights& operator=(const RandomWeights&) = delete;
+};
+
 class WeightLoader {
  public:
   WeightLoader(const io::WeightSet& weights, Device device, DType dtype)
       : weights_(weights), device_(device), dtype_(dtype) {}
 
-  bool has(const std::string& name) const { return weights_.contains(name); }
+  bool has(const std::string& name) const;
   Device device() const { return device_; }
   DType dtype() const { return dtype_; }
 

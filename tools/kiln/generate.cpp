@@ -28,7 +28,8 @@ const char* kHelp =
     "  --batch-count N         images to make, with seeds N, N+1, ... (default 1)\n"
     "  --output FILE.png       where to write (default kiln-<seed>.png); with a batch\n"
     "                          count above 1, FILE-1.png, FILE-2.png, ...\n"
-    "  --device cpu            where to run (default cpu)\n"
+    "  --device cuda|cpu       where to run (default: cuda when a GPU is present)\n"
+    "  --dtype fp16|bf16|fp32  the model's precision (default: fp16 on cuda, fp32 on cpu)\n"
     "  --quiet                 no progress bar\n";
 
 std::filesystem::path numbered(const std::filesystem::path& out, int index, int count) {
@@ -69,10 +70,40 @@ class ProgressBar {
 
 }  // namespace
 
+Placement placement_from_flags(const std::optional<std::string>& device,
+                               const std::optional<std::string>& dtype) {
+  Placement p;
+  const bool gpu = device_available(Device::CUDA);
+  const std::string dev = device.value_or(gpu ? "cuda" : "cpu");
+  if (dev == "cuda") {
+    if (!gpu)
+#if defined(KILN_WITH_CUDA)
+      throw Error("no CUDA device is available; use --device cpu");
+#else
+      throw Error("this build of kiln has no CUDA backend; use --device cpu");
+#endif
+    p.device = Device::CUDA;
+  } else if (dev != "cpu") {
+    throw UsageError("unknown device \"" + dev + "\" (cpu, cuda)");
+  }
+  const std::string type = dtype.value_or(p.device == Device::CUDA ? "fp16" : "fp32");
+  if (type == "fp16" || type == "f16" || type == "float16")
+    p.dtype = DType::F16;
+  else if (type == "bf16" || type == "bfloat16")
+    p.dtype = DType::BF16;
+  else if (type == "fp32" || type == "f32" || type == "float32")
+    p.dtype = DType::F32;
+  else
+    throw UsageError("unknown dtype \"" + type + "\" (fp16, bf16, fp32)");
+  if (p.device == Device::CPU && p.dtype != DType::F32)
+    throw UsageError("the CPU backend computes in fp32; --dtype " + type + " needs --device cuda");
+  return p;
+}
+
 int generate(const std::vector<std::string>& argv) {
   const Args args(argv,
                   {"model", "prompt", "negative-prompt", "width", "height", "steps", "cfg-scale",
-                   "sampler", "scheduler", "seed", "batch-count", "output", "device"},
+                   "sampler", "scheduler", "seed", "batch-count", "output", "device", "dtype"},
                   {"quiet", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
@@ -107,11 +138,7 @@ int generate(const std::vector<std::string>& argv) {
   else if (schedule != "default")
     throw UsageError("unknown scheduler \"" + schedule + "\" (default, karras)");
   const int count = int(args.integer("batch-count", 1, 10000).value_or(1));
-  const std::string device = args.get_or("device", "cpu");
-  if (device != "cpu") {
-    if (device == "cuda") throw Error("this build of kiln has no CUDA backend; use --device cpu");
-    throw UsageError("unknown device \"" + device + "\" (cpu, cuda)");
-  }
+  const Placement placement = placement_from_flags(args.get("device"), args.get("dtype"));
   uint64_t seed;
   if (auto s = args.unsigned_integer("seed")) {
     seed = *s;
@@ -130,7 +157,7 @@ int generate(const std::vector<std::string>& argv) {
   const std::filesystem::path model =
       model_flag ? std::filesystem::path(*model_flag) : default_model_dir();
   const auto start = std::chrono::steady_clock::now();
-  const auto pipeline = TextToImagePipeline::load(model, Placement{});
+  const auto pipeline = TextToImagePipeline::load(model, placement);
   const bool show_progress = !args.has("quiet") && isatty(STDERR_FILENO);
   for (int i = 0; i < count; ++i) {
     request.seed = seed + uint64_t(i);

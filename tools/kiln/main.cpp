@@ -16,6 +16,7 @@ const char* kUsage =
     "commands:\n"
     "  generate   make images from a prompt      kiln generate \"a red circle\" --output out.png\n"
     "  info       show what a model folder holds  kiln info --model DIR\n"
+    "  bench      time the models on this GPU     kiln bench --arch sd15 --what unet\n"
     "  serve      HTTP API server and web page     kiln serve --port 8080\n"
     "\n"
     "Run kiln <command> --help for its options.\n";
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
   try {
     if (command == "generate") return kiln::cli::generate(args);
     if (command == "info") return kiln::cli::info(args);
+    if (command == "bench") return kiln::cli::bench(args);
     if (command == "serve") return kiln::cli::serve(args);
     std::fprintf(stderr, "kiln: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
     return 2;

@@ -1,0 +1,291 @@
+#!/usr/bin/env bash
+# One command for the GPU machine: builds kiln with the CUDA backend, runs the
+# backend-op tests and the goldens on CUDA, times kiln and the diffusers peer
+# (.peer/bench_diffusers.py, a copy of shared/peer/) on the same shapes in the
+# same run, and prints one markdown table with the ratios. Fits in one
+# 10-minute run: every stage has a time limit and the table comes last either way.
+#
+#   scripts/gpu-check.sh                          everything
+#   STAGES=build,test scripts/gpu-check.sh        a subset (build,test,bench,peer)
+#   PEER_MODES=eager,compile,graphs ...           the peer's modes (default below)
+#
+# Logs, JSON and the table go to $OUT (default out/gpu-check). The peer needs
+# diffusers: carry its wheel in .whl/ (installed into /tmp/site here). What the
+# GPU machine's image lacks is made up here: without a system CBLAS, cblas_sgemm
+# is forwarded to the OpenBLAS inside numpy's wheel; an optional .peer/deps.tar.xz
+# (headers and static libraries of nlohmann-json, GoogleTest, zlib, cuDNN's
+# headers) covers the rest if a later image drops them.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+OUT=${OUT:-$ROOT/out/gpu-check}
+LOGS=$OUT/logs  # with PACK_LOGS=1, packed into logs.tgz at the end
+mkdir -p "$LOGS"
+STAGES=${STAGES:-build,test,bench,peer}
+BUDGET=${BUDGET:-570}   # seconds for the whole script, table included
+BUILD=${BUILD_DIR:-$ROOT/build-gpu}
+JOBS=${JOBS:-$(nproc)}
+has_stage() { [[ ",$STAGES," == *",$1,"* ]]; }
+log() { echo "[gpu-check +${SECONDS}s] $*"; }
+left() { echo $((BUDGET - SECONDS)); }
+command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
+COMMIT=${COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || cat .peer/COMMIT 2>/dev/null || echo unknown)}
+
+log "commit $COMMIT; output in $OUT"
+nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
+  --format=csv,noheader 2>&1 | sed 's/^/  gpu: /'
+echo "  $(nvcc --version 2>&1 | tail -1); $(cmake --version | head -1); $(nproc) cores"
+
+# --- dependencies -----------------------------------------------------------
+# What the image lacks comes from .peer/deps.tar.xz (headers and static
+# libraries of nlohmann-json, GoogleTest, zlib and cuDNN's headers).
+DEPS=/tmp/kiln-deps/prefix
+PREFIXES=()
+if [ -f .peer/deps.tar.xz ]; then
+  mkdir -p /tmp/kiln-deps && tar -C /tmp/kiln-deps -xJf .peer/deps.tar.xz
+fi
+# kiln serve is not part of this check (and cpp-httplib is not on the GPU machine).
+CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DKILN_CPU_GEMM=cblas -DCMAKE_CUDA_ARCHITECTURES=90
+            -DKILN_CUDA=ON -DKILN_SERVE=OFF
+            # GCC 13 there no longer brings <cstdint> in with other headers, and
+            # tools/kiln/args.h relies on that; until it includes it itself:
+            "-DCMAKE_CXX_FLAGS=-include cstdint")
+if [ ! -f /usr/include/nlohmann/json.hpp ] || [ ! -f /usr/include/gtest/gtest.h ]; then
+  log "using carried nlohmann-json/GoogleTest"; PREFIXES+=("$DEPS")
+fi
+if [ ! -f /usr/include/zlib.h ]; then
+  log "using carried zlib"; CMAKE_ARGS+=(-DZLIB_ROOT="$DEPS")
+  PREFIXES+=("$DEPS")
+fi
+[ ${#PREFIXES[@]} -gt 0 ] && CMAKE_ARGS+=(-DCMAKE_PREFIX_PATH="$DEPS")
+if ls /usr/include/cblas.h /usr/include/*/cblas.h /usr/include/openblas/cblas.h >/dev/null 2>&1; then
+  echo "  cblas: system"
+else
+  # No CBLAS headers: forward cblas_sgemm to the OpenBLAS inside numpy's wheel.
+  NP_BLAS=$(python3 -c "import numpy, glob, os; d = os.path.dirname(numpy.__file__); print((glob.glob(d + '.libs/*openblas*.so*') + glob.glob(d + '/../scipy_openblas*/lib/*.so*'))[0])" 2>/dev/null)
+  SYM=$(nm -D --defined-only "$NP_BLAS" 2>/dev/null | awk '{print $NF}' |
+    grep -E '^(scipy_)?cblas_sgemm(64_?)?$' | head -1)
+  if [ -n "$SYM" ]; then
+    log "no system CBLAS: using $SYM from $NP_BLAS"
+    INT=int; [[ "$SYM" == *64* ]] && INT=long
+    mkdir -p /tmp/kiln-cblas/include /tmp/kiln-cblas/lib
+    cat >/tmp/kiln-cblas/include/cblas.h <<EOF
+#pragma once
+#ifdef __cplusplus
+extern "C" {
+#endif
+enum CBLAS_ORDER { CblasRowMajor = 101, CblasColMajor = 102 };
+enum CBLAS_TRANSPOSE { CblasNoTrans = 111, CblasTrans = 112, CblasConjTrans = 113 };
+void cblas_sgemm(enum CBLAS_ORDER o, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int m, int n,
+                 int k, float alpha, const float* a, int lda, const float* b, int ldb, float beta,
+                 float* c, int ldc);
+#ifdef __cplusplus
+}
+#endif
+EOF
+    cat >/tmp/kiln-cblas/shim.c <<EOF
+#include "cblas.h"
+void $SYM(int, int, int, $INT, $INT, $INT, float, const float*, $INT, const float*, $INT, float, float*, $INT);
+void cblas_sgemm(enum CBLAS_ORDER o, enum CBLAS_TRANSPOSE ta, enum CBLAS_TRANSPOSE tb, int m, int n,
+                 int k, float alpha, const float* a, int lda, const float* b, int ldb, float beta,
+                 float* c, int ldc) {
+  $SYM(o, ta, tb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc);
+}
+EOF
+    cc -O2 -shared -fPIC -I/tmp/kiln-cblas/include /tmp/kiln-cblas/shim.c "$NP_BLAS" \
+      -Wl,-rpath,"$(dirname "$NP_BLAS")" -o /tmp/kiln-cblas/lib/libopenblas.so &&
+      CMAKE_ARGS+=(-DCBLAS_INCLUDE_DIR=/tmp/kiln-cblas/include
+                   -DCBLAS_LIBRARY=/tmp/kiln-cblas/lib/libopenblas.so)
+    # That OpenBLAS runs its own threads and warns (and may hang) when called
+    # inside kiln's OpenMP loops, as the CPU reference does: one thread.
+    export OPENBLAS_NUM_THREADS=1
+  else
+    log "no CBLAS found (the build will fail at configure)"
+  fi
+fi
+# cuDNN: only inside torch's wheel on the GPU machine.
+CUDNN_ROOT=$(python3 - <<'EOF' 2>/dev/null
+import importlib, os
+m = importlib.import_module("nvidia.cudnn")
+print(list(m.__path__)[0])
+EOF
+)
+if [ -n "$CUDNN_ROOT" ] && [ -d "$CUDNN_ROOT/lib" ]; then
+  if [ ! -f "$CUDNN_ROOT/include/cudnn.h" ] && [ -d "$DEPS/cudnn/include" ]; then
+    mkdir -p /tmp/kiln-cudnn && ln -sfn "$DEPS/cudnn/include" /tmp/kiln-cudnn/include &&
+      ln -sfn "$CUDNN_ROOT/lib" /tmp/kiln-cudnn/lib && CUDNN_ROOT=/tmp/kiln-cudnn
+  fi
+  export LD_LIBRARY_PATH="$CUDNN_ROOT/lib:${LD_LIBRARY_PATH:-}"
+  CMAKE_ARGS+=(-DKILN_CUDNN_ROOT="$CUDNN_ROOT")
+  echo "  cudnn: $CUDNN_ROOT ($(ls "$CUDNN_ROOT"/lib | grep -c so) libraries)"
+fi
+
+# --- build ------------------------------------------------------------------
+KILN=$BUILD/bin/kiln
+TESTS=$BUILD/bin/kiln_backend_tests
+if has_stage build; then
+  log "configure and build ($JOBS jobs)"
+  if cmake -S . -B "$BUILD" -G Ninja "${CMAKE_ARGS[@]}" >"$LOGS/configure.log" 2>&1 &&
+    timeout $(($(left) - 120)) cmake --build "$BUILD" -j "$JOBS" --target kiln kiln_backend_tests \
+      >"$LOGS/build.log" 2>&1; then
+    log "built"
+  else
+    log "BUILD FAILED"; tail -30 "$LOGS/configure.log" "$LOGS/build.log"
+  fi
+  grep -E "kiln:|CUDA" "$LOGS/configure.log" | sed 's/^/  /'
+fi
+
+# --- tests ------------------------------------------------------------------
+summarize_tests() {  # log file, label
+  local passed failed
+  passed=$(grep -c '^\[       OK \]' "$1"); failed=$(grep -cE '^\[  FAILED  \].*\([0-9]+ ms\)$' "$1")
+  echo "$2: $passed passed, $failed failed" | tee -a "$OUT/summary.txt"
+  grep -E '^\[  FAILED  \].*\([0-9]+ ms\)$' "$1" | head -20
+}
+if has_stage test && [ -x "$TESTS" ]; then
+  # One process per suite, so that a crash (a bad address, say) costs one suite.
+  run_suites() {  # log, time limit, filters...
+    local log=$1 limit=$2; shift 2
+    local start=$SECONDS
+    touch "$log"
+    for f in "$@"; do
+      local t=$((limit - (SECONDS - start))); [ "$t" -lt 5 ] && { echo "no time for $f" >>"$log"; continue; }
+      local before; before=$(wc -l <"$log")
+      timeout "$t" "$TESTS" --gtest_filter="$f" >>"$log" 2>&1 || echo "suite $f: exit $?" >>"$log"
+      # A bad address poisons the context: find the kernel with compute-sanitizer.
+      if tail -n +"$before" "$log" | grep -q "illegal\|misaligned\|exit 13[4-9]"; then
+        echo "suite $f under compute-sanitizer:" >>"$log"
+        timeout 90 compute-sanitizer --print-limit 5 "$TESTS" --gtest_filter="$f" 2>&1 |
+          grep -v "^\[" | head -60 >>"$log"
+      fi
+    done
+  }
+  log "backend ops against the CPU reference"
+  run_suites "$LOGS/backend-ops.log" $(( $(left) > 300 ? 150 : $(left) / 3 )) 'Elementwise.*' \
+    'Runtime.*' 'Shapes/Linear.*' 'Shapes/Conv2d.*' 'Shapes/Attention.*' 'Shapes/GroupNorm.*' \
+    'Shapes/LayerNorm.*'
+  summarize_tests "$LOGS/backend-ops.log" "backend ops"
+  grep -E "nmse [0-9.e+-]+$|: Failure|^suite |exception|error|=====.*(Invalid|Address|at 0x)" "$LOGS/backend-ops.log" | head -40
+  log "goldens on CUDA (f16, bf16)"
+  run_suites "$LOGS/golden-cuda.log" $(( $(left) > 300 ? 120 : $(left) / 3 )) '*sd1_*' '*sd2v_*' \
+    '*sdxl_*'
+  summarize_tests "$LOGS/golden-cuda.log" "goldens on CUDA"
+  grep -E "^\[ (sd1|sd2v|sdxl) " "$LOGS/golden-cuda.log" | sort -t' ' -k2,3 | awk '
+    /nmse/ {n[$2" "$3]++; v=$NF+0; if (v > worst[$2" "$3]) worst[$2" "$3]=v}
+    /PSNR/ {p[$2" "$3]++; v=$(NF-1)+0; if (!($2" "$3 in lo) || v < lo[$2" "$3]) lo[$2" "$3]=v}
+    END {for (k in n) printf "  %s: %d components, worst nmse %.3g; %d images, lowest PSNR %.1f dB\n", k, n[k], worst[k], p[k], lo[k]}'
+fi
+
+# --- kiln bench ---------------------------------------------------------------
+if has_stage bench && [ -x "$KILN" ]; then
+  log "kiln bench"
+  run_bench() {  # name, then kiln bench arguments
+    local name=$1; shift
+    timeout $(( $(left) > 200 ? 150 : $(left) / 2 )) "$KILN" bench --commit "$COMMIT" \
+      "--${PER_OP:-per-op}" \
+      --json "$LOGS/kiln-$name.json" "$@" >>"$LOGS/kiln-bench.log" 2>&1 || log "kiln bench $name failed"
+  }
+  run_bench sd15 --arch sd15 --what unet,vae,text --size 512
+  run_bench sdxl --arch sdxl --what unet --size 1024
+  run_bench vae1024 --arch sd15 --what vae --size 1024 --reps 5
+  run_bench e2e --arch sd15 --what e2e --size 512 --steps 30 --reps 3
+  grep -E "^\|" "$LOGS/kiln-bench.log" | grep -v "^| op\|^|---" | grep -E "eager|graph|e2e" | head -20
+fi
+
+# --- the peer -----------------------------------------------------------------
+if has_stage peer; then
+  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+  if ! python3 -c "import diffusers" 2>/dev/null; then
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
+  fi
+  run_peer() {  # modes, workloads...  (rows are read from stdout: a timeout keeps what finished)
+    local modes=$1; shift
+    local t=$(( $(left) - 25 ))
+    if [ "$t" -lt 30 ]; then log "no time left for the peer's $modes on $*"; return; fi
+    log "peer: $* ($modes, up to ${t}s)"
+    timeout "$t" python3 .peer/bench_diffusers.py "$@" --modes "$modes" >>"$LOGS/peer.log" 2>&1 ||
+      log "peer stopped (time limit or error): $*"
+  }
+  run_peer "${PEER_EAGER_MODES:-eager}" sd15-unet sdxl-unet vae-512 vae-1024 clip-l
+  # The peer's peak device memory for one eager forward (weights included), as
+  # kiln's peak column counts it.
+  if [ "$(left)" -gt 120 ]; then
+    log "peer: peak memory"
+    timeout 90 python3 - .peer sd15-unet sdxl-unet vae-1024 >>"$LOGS/peer.log" 2>&1 <<'EOF'
+import sys
+sys.path.insert(0, sys.argv[1])
+import torch, bench_diffusers as peer
+for name in sys.argv[2:]:
+    batch = 2 if name.endswith("unet") else 1
+    torch.manual_seed(0)
+    module, call = peer.workload(name, batch, torch.float16, "")
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        call(module)
+    torch.cuda.synchronize()
+    print(f"| {name} | {batch} | peak | {torch.cuda.max_memory_reserved() / 2**20:.0f} |", flush=True)
+    del module
+    torch.cuda.empty_cache()
+EOF
+  fi
+  # compile + CUDA graphs is the peer to beat; torch.compile takes about a minute a model.
+  run_peer "${PEER_MODES:-graphs}" sd15-unet
+  run_peer "${PEER_MODES:-graphs}" sdxl-unet
+  run_peer "${PEER_VAE_MODES:-compile}" vae-512
+  run_peer "${PEER_VAE_MODES:-compile}" vae-1024
+fi
+
+# --- the table ----------------------------------------------------------------
+python3 - "$LOGS" "$COMMIT" <<'EOF' | tee "$OUT/table.md"
+import glob, json, os, re, sys
+out, commit = sys.argv[1], sys.argv[2]
+kiln = {}
+gpu = "?"
+for f in sorted(glob.glob(os.path.join(out, "kiln-*.json"))):
+    for r in json.load(open(f))["rows"]:
+        gpu = r["gpu"]
+        name = r["workload"] if not r["mode"].startswith("e2e") else f'{r["workload"]}-{r["size"]}-{r["steps"]}steps'
+        kiln.setdefault((name, r["batch"]), {})[r["mode"]] = r
+peer = {}
+peer_peak = {}
+peer_gpu = ""
+if os.path.exists(os.path.join(out, "peer.log")):
+    for line in open(os.path.join(out, "peer.log")):
+        m = re.match(r"\| (\S+) \| (\d+) \| peak \| (\d+) \|", line)
+        if m:
+            peer_peak[(m[1], int(m[2]))] = float(m[3])
+            continue
+        m = re.match(r"\| (\S+) \| (\d+) \| (\w+) \| ([\d.]+) \| ([\d.]+) \|", line)
+        if m:
+            peer.setdefault((m[1], int(m[2])), {})[m[3]] = float(m[4])
+        m = re.search(r"\((.*), torch (.*)\)", line)
+        if m and line.startswith("| workload"):
+            peer_gpu = f"{m[1]}, torch {m[2]}"
+targets = {"sd15-unet": "≤ 3.4 ms, ≥ 2.0× graphs", "sdxl-unet": "≤ 22 ms, ≥ 1.5× graphs",
+           "vae-512": "≤ 4.5 ms, ≥ 1.75× compile", "vae-1024": "≤ 20 ms, ≥ 1.75× compile",
+           "sd15-e2e-512-30steps": "≤ 120 ms"}
+print(f"\nkiln vs diffusers, same run: {gpu} (peer: {peer_gpu or 'not run'}), fp16, commit {commit}\n")
+print("| workload | batch | kiln eager ms | kiln graph ms | GFLOP | kiln TFLOP/s | kiln peak MiB | peer eager | peer compile | peer graphs | peer peak MiB | speed-up vs peer's best | target |")
+print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+def fmt(v):
+    return f"{v:.2f}" if isinstance(v, float) else "–"
+for key in sorted(set(kiln) | set(peer)):
+    k, p = kiln.get(key, {}), peer.get(key, {})
+    eager = k.get("eager", k.get("e2e", {})).get("ms")
+    graph = k.get("graph", k.get("e2e-graph", {})).get("ms")
+    best_k = min([v for v in (eager, graph) if v is not None], default=None)
+    best_p = min(p.values(), default=None)
+    row = k.get("eager") or k.get("e2e") or {}
+    gflop = row.get("gflop", 0.0)
+    ratio = f"{best_p / best_k:.2f}× (vs {min(p, key=p.get)})" if best_k and best_p else "–"
+    peak_p = f"{peer_peak[key]:.0f}" if key in peer_peak else "–"
+    cells = [key[0], str(key[1]), fmt(eager), fmt(graph), f"{gflop:.0f}",
+             f"{(gflop / best_k if best_k and gflop else 0):.0f}", f"{row.get('peak_mib', 0):.0f}",
+             fmt(p.get("eager")), fmt(p.get("compile")), fmt(p.get("graphs")), peak_p, ratio,
+             targets.get(key[0], "")]
+    print("| " + " | ".join(cells) + " |")
+EOF
+[ -f "$OUT/summary.txt" ] && cat "$OUT/summary.txt"
+if [ -n "${PACK_LOGS:-}" ]; then tar -C "$OUT" -czf "$OUT/logs.tgz" logs && rm -rf "$LOGS"; fi
+log "done"

@@ -1,0 +1,240 @@
+// The caching allocator for Device::CUDA. After the first forward pass of a shape
+// no op calls cudaMalloc: freed blocks wait in per-size free lists and are handed
+// out again. All kernels run on one stream, so a block freed on the host can be
+// reused at once: the next use is queued behind the last.
+//
+// Sizes round up to a class (512-byte steps below 1 MiB, then four classes per
+// power of two, at most 25% slack) and a request takes only a block of its own
+// class, so that the same sequence of requests maps to the same blocks run after
+// run. A pool (CapturedForward's arena) keeps its blocks apart from everyone
+// else's, so the addresses a captured graph writes are never handed to anyone else.
+#include <algorithm>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "backend/cuda/context.h"
+
+namespace kiln::cuda {
+namespace {
+
+size_t size_class(size_t bytes) {
+  constexpr size_t kSmall = size_t(1) << 20;
+  if (bytes <= kSmall) return std::max<size_t>(512, (bytes + 511) / 512 * 512);
+  size_t power = kSmall;
+  while (power * 2 < bytes) power *= 2;  // power < bytes <= 2 * power
+  const size_t step = power / 4;
+  return (bytes + step - 1) / step * step;
+}
+
+thread_local int t_pool = 0;  // 0: the shared pool
+
+class CachingAllocator final : public Allocator {
+ public:
+  std::shared_ptr<Buffer> allocate(size_t bytes) override {
+    if (bytes == 0) return std::make_shared<Buffer>(Device::CUDA, nullptr, 0, nullptr);
+    context();  // the device is set up before the first cudaMalloc
+    const size_t size = size_class(bytes);
+    void* ptr = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      const int pool = t_pool;
+      auto& free_list = free_[pool];
+      auto it = free_list.find(size);
+      if (it != free_list.end()) {
+        ptr = it->second;
+        free_list.erase(it);
+      } else {
+        ptr = device_malloc(size);
+        blocks_[ptr] = Block{size, pool};
+      }
+      in_use_ += size;
+      peak_in_use_ = std::max(peak_in_use_, in_use_);
+      if (poison_) CUDA_CHECK(cudaMemsetAsync(ptr, 0xFF, size, stream()));
+    }
+    return std::make_shared<Buffer>(Device::CUDA, ptr, bytes, [this](void* p) { release(p); });
+  }
+
+  void copy(void* dst, Device dst_device, const void* src, Device src_device,
+            size_t bytes) override {
+    if (bytes == 0) return;
+    if (dst_device == Device::CPU && src_device == Device::CPU) {
+      std::memcpy(dst, src, bytes);
+      return;
+    }
+    const cudaStream_t s = stream();
+    if (dst_device == Device::CUDA && src_device == Device::CUDA) {
+      // Stream-ordered, like every kernel: readers and writers on the device see it in order.
+      CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToDevice, s));
+    } else if (dst_device == Device::CUDA) {
+      KILN_CHECK(!context().capturing,
+                 "a host-to-device copy inside a captured forward pass (its inputs must already "
+                 "be on the device)");
+      // From pageable memory the call returns once the bytes are staged, so the
+      // host buffer may be freed right after.
+      CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));
+    } else {
+      KILN_CHECK(!context().capturing, "a device-to-host copy inside a captured forward pass");
+      CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, s));
+      CUDA_CHECK(cudaStreamSynchronize(s));
+    }
+  }
+
+  int create_pool() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return ++last_pool_;
+  }
+
+  // The pool's free blocks join the shared pool; its live ones do when freed.
+  void release_pool(int pool) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = free_.find(pool);
+    if (it != free_.end()) {
+      for (auto& [size, ptr] : it->second) {
+        blocks_[ptr].pool = 0;
+        free_[0].emplace(size, ptr);
+      }
+      free_.erase(pool);
+    }
+    for (auto& [ptr, block] : blocks_)
+      if (block.pool == pool) block.pool = 0;
+  }
+
+  size_t pool_bytes(int pool) {
+    std::lock_guard<std::mutex> lock(mu_);
+    size_t total = 0;
+    for (const auto& [ptr, block] : blocks_)
+      if (block.pool == pool) total += block.size;
+    return total;
+  }
+
+  MemoryStats stats() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return {in_use_, peak_in_use_, reserved_, peak_reserved_, mallocs_};
+  }
+
+  void reset_peak() {
+    std::lock_guard<std::mutex> lock(mu_);
+    peak_in_use_ = in_use_;
+    peak_reserved_ = reserved_;
+  }
+
+  void release_cached() {
+    std::lock_guard<std::mutex> lock(mu_);
+    free_cached_locked();
+  }
+
+  void set_poison(bool on) {
+    std::lock_guard<std::mutex> lock(mu_);
+    poison_ = on;
+  }
+
+ private:
+  struct Block {
+    size_t size = 0;
+    int pool = 0;
+  };
+
+  void* device_malloc(size_t size) {
+    void* ptr = nullptr;
+    cudaError_t e = cudaMalloc(&ptr, size);
+    if (e == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();  // clear it, then retry with the cache emptied
+      free_cached_locked();
+      e = cudaMalloc(&ptr, size);
+    }
+    if (e != cudaSuccess) {
+      (void)cudaGetLastError();
+      size_t free_bytes = 0, total = 0;
+      (void)cudaMemGetInfo(&free_bytes, &total);
+      KILN_FAIL("out of GPU memory allocating ", size >> 20, " MiB (kiln holds ", reserved_ >> 20,
+                " MiB, ", in_use_ >> 20, " MiB in use; the device has ", free_bytes >> 20,
+                " MiB free of ", total >> 20, " MiB): ", cudaGetErrorString(e));
+    }
+    reserved_ += size;
+    peak_reserved_ = std::max(peak_reserved_, reserved_);
+    ++mallocs_;
+    return ptr;
+  }
+
+  // Frees every cached block of every pool except those a live graph owns.
+  void free_cached_locked() {
+    bool any = false;
+    for (auto& [pool, list] : free_) {
+      if (pool != 0) continue;
+      for (auto& [size, ptr] : list) {
+        if (!any) CUDA_CHECK(cudaDeviceSynchronize());  // queued work may still read them
+        any = true;
+        CUDA_CHECK(cudaFree(ptr));
+        reserved_ -= size;
+        blocks_.erase(ptr);
+      }
+      list.clear();
+    }
+  }
+
+  void release(void* ptr) {
+    std::lock_guard<std::mutex> lock(mu_);
+    auto it = blocks_.find(ptr);
+    if (it == blocks_.end()) return;  // cannot happen; never throw from a destructor
+    in_use_ -= it->second.size;
+    free_[it->second.pool].emplace(it->second.size, ptr);
+  }
+
+  std::mutex mu_;
+  std::unordered_map<void*, Block> blocks_;
+  std::map<int, std::multimap<size_t, void*>> free_;
+  size_t in_use_ = 0, peak_in_use_ = 0, reserved_ = 0, peak_reserved_ = 0, mallocs_ = 0;
+  int last_pool_ = 0;
+  bool poison_ = false;
+};
+
+CachingAllocator& the_allocator() {
+  // Never destroyed: tensors held in static objects may be freed after main returns.
+  static CachingAllocator* instance = new CachingAllocator();
+  return *instance;
+}
+
+}  // namespace
+
+void register_cuda_allocator() {
+  register_allocator(Device::CUDA, &the_allocator());
+}
+
+std::shared_ptr<Buffer> scratch(size_t bytes) {
+  return the_allocator().allocate(bytes);
+}
+
+int create_pool() {
+  return the_allocator().create_pool();
+}
+void release_pool(int pool) {
+  the_allocator().release_pool(pool);
+}
+size_t pool_bytes(int pool) {
+  return the_allocator().pool_bytes(pool);
+}
+
+PoolScope::PoolScope(int pool) : previous_(t_pool) {
+  t_pool = pool;
+}
+PoolScope::~PoolScope() {
+  t_pool = previous_;
+}
+
+MemoryStats memory_stats() {
+  return the_allocator().stats();
+}
+void reset_peak_memory() {
+  the_allocator().reset_peak();
+}
+void release_cached_memory() {
+  the_allocator().release_cached();
+}
+void set_poison_allocations(bool on) {
+  the_allocator().set_poison(on);
+}
+
+}  // namespace kiln::cuda

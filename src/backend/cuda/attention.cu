@@ -1,0 +1,503 @@
+// Scaled dot-product attention.
+//
+// The fast path is a fused flash-attention kernel (FlashAttention-2's scheme) on
+// the tensor cores' mma.sync m16n8k16 (f16/bf16 operands, f32 accumulators): a
+// block takes 64 query rows of one (batch, head), four warps of 16 rows each;
+// K and V stream through shared memory in 64-key tiles, double-buffered with
+// cp.async; the scores stay in registers, softmax runs online in f32 and the
+// probabilities go back to the tensor cores as f16/bf16 for P·V. The score
+// matrix never exists in memory. Head dims are padded to a multiple of 16 (one
+// kernel per padded size up to 160); causal masking for CLIP; self and cross
+// attention alike.
+//
+// Larger head dims (the VAE's single 512-wide head) and f32 take the general
+// path: cuBLAS products over bands of query rows with an f32 softmax between
+// them, so that only one band's scores exist at a time.
+#include <algorithm>
+#include <cfloat>
+#include <cmath>
+
+#include "backend/cuda/device.cuh"
+#include "backend/cuda/ops.h"
+
+// Built for GPUs older than sm_80 the kernel body below is compiled out (it needs
+// cp.async and bf16 MMA), which leaves its helpers unreferenced on that pass.
+#pragma nv_diag_suppress 177
+
+namespace kiln::cuda {
+namespace {
+
+struct AttentionParams {
+  const void* q;
+  const void* k;
+  const void* v;
+  void* out;
+  int64_t q_stride, kv_stride, o_stride;  // elements from one token to the next
+  int sq, sk, d;
+  float scale_log2;  // softmax scale × log2(e): the kernel works in powers of two
+  bool causal;
+  bool vec;  // 16-byte loads: d a multiple of 8 and the bases aligned
+};
+
+constexpr int kBlockN = 64;  // keys per tile; a block has WARPS × 16 query rows
+
+// 2^x on the special-function unit (what exp2f becomes, without its range fix-ups).
+__device__ __forceinline__ float fast_exp2(float x) {
+  float y;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(y) : "f"(x));
+  return y;
+}
+
+__device__ __forceinline__ uint32_t smem_address(const void* p) {
+  return uint32_t(__cvta_generic_to_shared(p));
+}
+
+__device__ __forceinline__ void cp_async_16(void* dst, const void* src, int src_bytes) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_address(dst)), "l"(src),
+               "r"(src_bytes));
+}
+__device__ __forceinline__ void cp_async_commit() {
+  asm volatile("cp.async.commit_group;\n" ::);
+}
+template <int N>
+__device__ __forceinline__ void cp_async_wait() {
+  asm volatile("cp.async.wait_group %0;\n" ::"n"(N));
+}
+
+__device__ __forceinline__ void ldmatrix_x4(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+__device__ __forceinline__ void ldmatrix_x4_trans(uint32_t (&r)[4], const void* p) {
+  asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
+               : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
+               : "r"(smem_address(p)));
+}
+
+// d[16×8] += a[16×16] · b[16×8], f32 accumulators.
+template <class T>
+__device__ __forceinline__ void mma_16816(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                          uint32_t b1);
+template <>
+__device__ __forceinline__ void mma_16816<half>(float (&d)[4], const uint32_t (&a)[4], uint32_t b0,
+                                                uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.f16.f16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+template <>
+__device__ __forceinline__ void mma_16816<bfloat16>(float (&d)[4], const uint32_t (&a)[4],
+                                                    uint32_t b0, uint32_t b1) {
+  asm volatile(
+      "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
+      "{%8, %9}, {%0, %1, %2, %3};\n"
+      : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+      : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+template <class T>
+__device__ __forceinline__ uint32_t pack2(float lo, float hi);
+template <>
+__device__ __forceinline__ uint32_t pack2<half>(float lo, float hi) {
+  const __half2 h = __floats2half2_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+template <>
+__device__ __forceinline__ uint32_t pack2<bfloat16>(float lo, float hi) {
+  const __nv_bfloat162 h = __floats2bfloat162_rn(lo, hi);
+  return *reinterpret_cast<const uint32_t*>(&h);
+}
+
+// rows × DP tile into shared memory (pitch DP + 8), zeros outside [valid rows, d).
+template <class T, int DP, int ROWS, int THREADS>
+__device__ __forceinline__ void load_tile(T* s, const T* g, int valid_rows, int64_t stride, int d,
+                                          bool vec) {
+  constexpr int kPitch = DP + 8, kChunks = DP / 8;
+  if (vec) {
+    for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
+      const int r = i / kChunks, c = i - r * kChunks;
+      const bool ok = r < valid_rows && c * 8 < d;
+      cp_async_16(s + r * kPitch + c * 8, ok ? g + r * stride + c * 8 : g, ok ? 16 : 0);
+    }
+  } else {
+    for (int i = threadIdx.x; i < ROWS * DP; i += THREADS) {
+      const int r = i / DP, c = i - r * DP;
+      s[r * kPitch + c] = r < valid_rows && c < d ? g[r * stride + c] : from_float<T>(0.0f);
+    }
+  }
+}
+
+// WARPS warps, each with MT m-tiles of 16 query rows: a block takes
+// WARPS × MT × 16 rows. With MT = 2 every K and V fragment a warp loads from
+// shared memory feeds two MMAs, which halves the shared-memory traffic per
+// FLOP (the limit with one m-tile per warp).
+template <class T, int DP, int WARPS, int MT>
+__global__ void __launch_bounds__(WARPS * 32, 2) flash_attention_kernel(AttentionParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // cp.async and bf16 MMA need sm_80; attention() routes older GPUs elsewhere
+#else
+  constexpr int kWarpRows = 16 * MT, kBlockM = WARPS * kWarpRows, kThreads = WARPS * 32;
+  constexpr int kPitch = DP + 8, kTilesD = DP / 8, kStepsD = DP / 16;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sq = reinterpret_cast<T*>(smem);  // [kBlockM][kPitch]
+  T* sk = sq + kBlockM * kPitch;       // [2][kBlockN][kPitch]
+  T* sv = sk + 2 * kBlockN * kPitch;   // [2][kBlockN][kPitch]
+
+  const int m0 = blockIdx.x * kBlockM, head = blockIdx.y, batch = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane >> 2, quad = lane & 3;   // mma fragment coordinates
+  const int mat = lane >> 3, mat_row = lane & 7;  // ldmatrix coordinates
+
+  const T* qg =
+      static_cast<const T*>(p.q) + (int64_t(batch) * p.sq + m0) * p.q_stride + int64_t(head) * p.d;
+  const T* kg =
+      static_cast<const T*>(p.k) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+  const T* vg =
+      static_cast<const T*>(p.v) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+
+  int tiles = (p.sk + kBlockN - 1) / kBlockN;
+  if (p.causal) tiles = min(tiles, (m0 + kBlockM + kBlockN - 1) / kBlockN);
+
+  load_tile<T, DP, kBlockM, kThreads>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d, p.vec);
+  cp_async_commit();
+  load_tile<T, DP, kBlockN, kThreads>(sk, kg, min(kBlockN, p.sk), p.kv_stride, p.d, p.vec);
+  load_tile<T, DP, kBlockN, kThreads>(sv, vg, min(kBlockN, p.sk), p.kv_stride, p.d, p.vec);
+  cp_async_commit();
+  cp_async_wait<1>();
+  __syncthreads();
+
+  const int warp_row0 = m0 + warp * kWarpRows;  // this warp's first query row
+  // The warp's query rows as A fragments, kept in registers.
+  uint32_t qf[MT][kStepsD][4];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+    for (int kk = 0; kk < kStepsD; ++kk)
+      ldmatrix_x4(qf[mt][kk], sq + (warp * kWarpRows + mt * 16 + mat_row + (mat & 1) * 8) * kPitch +
+                                  kk * 16 + (mat >> 1) * 8);
+
+  float o[MT][kTilesD][4];
+  // Running maxima of the raw scores (the scale is positive, so the same keys win).
+  float row_max[MT][2], row_sum[MT][2];
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int t = 0; t < kTilesD; ++t) o[mt][t][0] = o[mt][t][1] = o[mt][t][2] = o[mt][t][3] = 0.0f;
+    row_max[mt][0] = row_max[mt][1] = -INFINITY;
+    row_sum[mt][0] = row_sum[mt][1] = 0.0f;
+  }
+
+  for (int j = 0; j < tiles; ++j) {
+    if (j + 1 < tiles) {
+      const int n1 = (j + 1) * kBlockN, buf = (j + 1) & 1;
+      load_tile<T, DP, kBlockN, kThreads>(sk + buf * kBlockN * kPitch,
+                                          kg + int64_t(n1) * p.kv_stride, min(kBlockN, p.sk - n1),
+                                          p.kv_stride, p.d, p.vec);
+      load_tile<T, DP, kBlockN, kThreads>(sv + buf * kBlockN * kPitch,
+                                          vg + int64_t(n1) * p.kv_stride, min(kBlockN, p.sk - n1),
+                                          p.kv_stride, p.d, p.vec);
+      cp_async_commit();
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* kt = sk + (j & 1) * kBlockN * kPitch;
+    const T* vt = sv + (j & 1) * kBlockN * kPitch;
+    const int n0 = j * kBlockN;
+    // A warp whose rows all come before this tile's first key has nothing to do
+    // here (causal), but must still reach the barrier below.
+    const bool skip = p.causal && n0 > warp_row0 + kWarpRows - 1;
+
+    if (!skip) {
+      // S = Q K^T: per m-tile, 16 rows × 64 keys in eight 16×8 accumulators.
+      float s[MT][8][4];
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+        for (int t = 0; t < 8; ++t) s[mt][t][0] = s[mt][t][1] = s[mt][t][2] = s[mt][t][3] = 0.0f;
+#pragma unroll
+      for (int kk = 0; kk < kStepsD; ++kk) {
+#pragma unroll
+        for (int np = 0; np < 4; ++np) {
+          uint32_t kb[4];
+          ldmatrix_x4(kb,
+                      kt + (np * 16 + mat_row + (mat >> 1) * 8) * kPitch + kk * 16 + (mat & 1) * 8);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma_16816<T>(s[mt][2 * np], qf[mt][kk], kb[0], kb[1]);
+            mma_16816<T>(s[mt][2 * np + 1], qf[mt][kk], kb[2], kb[3]);
+          }
+        }
+      }
+
+      // Mask keys past the end and (causal) the future: only tiles that reach them.
+      if (n0 + kBlockN > p.sk || (p.causal && n0 + kBlockN - 1 > warp_row0)) {
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt)
+#pragma unroll
+          for (int t = 0; t < 8; ++t)
+#pragma unroll
+            for (int e = 0; e < 4; ++e) {
+              const int key = n0 + t * 8 + quad * 2 + (e & 1);
+              const int qi = warp_row0 + mt * 16 + group + (e >> 1) * 8;
+              if (key >= p.sk || (p.causal && key > qi)) s[mt][t][e] = -INFINITY;
+            }
+      }
+
+      // Online softmax: p = 2^(s·scale·log2e − max·scale·log2e), one FFMA and one MUFU each.
+#pragma unroll
+      for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+        for (int r = 0; r < 2; ++r) {
+          float mx = -INFINITY;
+#pragma unroll
+          for (int t = 0; t < 8; ++t) mx = fmaxf(mx, fmaxf(s[mt][t][2 * r], s[mt][t][2 * r + 1]));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+          mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+          const float new_max = fmaxf(row_max[mt][r], mx);
+          // A row that has seen only masked keys so far keeps everything at zero.
+          const float base = new_max == -INFINITY ? 0.0f : new_max * p.scale_log2;
+          const float correction = fast_exp2(row_max[mt][r] * p.scale_log2 - base);
+          row_max[mt][r] = new_max;
+          float sum = 0.0f;
+#pragma unroll
+          for (int t = 0; t < 8; ++t) {
+#pragma unroll
+            for (int e = 0; e < 2; ++e) {
+              const float pv = fast_exp2(fmaf(s[mt][t][2 * r + e], p.scale_log2, -base));
+              s[mt][t][2 * r + e] = pv;
+              sum += pv;
+            }
+          }
+          row_sum[mt][r] = row_sum[mt][r] * correction + sum;
+#pragma unroll
+          for (int t = 0; t < kTilesD; ++t) {
+            o[mt][t][2 * r] *= correction;
+            o[mt][t][2 * r + 1] *= correction;
+          }
+        }
+      }
+
+      // O += P V: the score accumulators are already laid out as A fragments.
+#pragma unroll
+      for (int kk = 0; kk < 4; ++kk) {
+        uint32_t pa[MT][4];
+#pragma unroll
+        for (int mt = 0; mt < MT; ++mt) {
+          pa[mt][0] = pack2<T>(s[mt][2 * kk][0], s[mt][2 * kk][1]);
+          pa[mt][1] = pack2<T>(s[mt][2 * kk][2], s[mt][2 * kk][3]);
+          pa[mt][2] = pack2<T>(s[mt][2 * kk + 1][0], s[mt][2 * kk + 1][1]);
+          pa[mt][3] = pack2<T>(s[mt][2 * kk + 1][2], s[mt][2 * kk + 1][3]);
+        }
+#pragma unroll
+        for (int dp = 0; dp < kStepsD; ++dp) {
+          uint32_t vb[4];
+          ldmatrix_x4_trans(
+              vb, vt + (kk * 16 + mat_row + (mat & 1) * 8) * kPitch + dp * 16 + (mat >> 1) * 8);
+#pragma unroll
+          for (int mt = 0; mt < MT; ++mt) {
+            mma_16816<T>(o[mt][2 * dp], pa[mt], vb[0], vb[1]);
+            mma_16816<T>(o[mt][2 * dp + 1], pa[mt], vb[2], vb[3]);
+          }
+        }
+      }
+    }
+    __syncthreads();  // this buffer is refilled two iterations on
+  }
+
+  // The four threads of a row hold parts of its sum.
+  T* og = static_cast<T*>(p.out) + int64_t(batch) * p.sq * p.o_stride + int64_t(head) * p.d;
+#pragma unroll
+  for (int mt = 0; mt < MT; ++mt) {
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float total = row_sum[mt][r];
+      total += __shfl_xor_sync(0xffffffffu, total, 1);
+      total += __shfl_xor_sync(0xffffffffu, total, 2);
+      const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+      const int qi = warp_row0 + mt * 16 + group + r * 8;
+      if (qi >= p.sq) continue;
+      T* orow = og + int64_t(qi) * p.o_stride;
+#pragma unroll
+      for (int t = 0; t < kTilesD; ++t) {
+        const int col = t * 8 + quad * 2;
+        const float a = o[mt][t][2 * r] * inv, b = o[mt][t][2 * r + 1] * inv;
+        if (p.vec) {
+          if (col < p.d) *reinterpret_cast<uint32_t*>(orow + col) = pack2<T>(a, b);
+        } else {
+          if (col < p.d) orow[col] = from_float<T>(a);
+          if (col + 1 < p.d) orow[col + 1] = from_float<T>(b);
+        }
+      }
+    }
+  }
+#endif
+}
+
+template <class T, int DP, int WARPS, int MT>
+void launch_flash(const AttentionParams& p, int batch, int heads) {
+  constexpr int kBlockM = WARPS * 16 * MT;
+  constexpr size_t kSmem = size_t(kBlockM + 4 * kBlockN) * (DP + 8) * sizeof(T);
+  static const bool configured = [] {
+    CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<T, DP, WARPS, MT>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid{unsigned((p.sq + kBlockM - 1) / kBlockM), unsigned(heads), unsigned(batch)};
+  flash_attention_kernel<T, DP, WARPS, MT><<<grid, WARPS * 32, kSmem, stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+// The padded head dims there are kernels for; 0 when d is too large.
+int padded_head_dim(int d) {
+  for (int dp : {32, 48, 64, 80, 128, 160})
+    if (d <= dp) return dp;
+  return 0;
+}
+
+// Head dims up to 64: 128 query rows a block, as eight warps of one m-tile (the
+// default) or four warps of two (options().flash_two_tiles_per_warp).
+// Larger head dims: 64 rows, four warps of one m-tile (registers).
+template <class T>
+void flash(const AttentionParams& p, int batch, int heads, int dp) {
+  const bool two = options().flash_two_tiles_per_warp;
+  switch (dp) {
+    case 32:
+      return two ? launch_flash<T, 32, 4, 2>(p, batch, heads)
+                 : launch_flash<T, 32, 8, 1>(p, batch, heads);
+    case 48:
+      return two ? launch_flash<T, 48, 4, 2>(p, batch, heads)
+                 : launch_flash<T, 48, 8, 1>(p, batch, heads);
+    case 64:
+      return two ? launch_flash<T, 64, 4, 2>(p, batch, heads)
+                 : launch_flash<T, 64, 8, 1>(p, batch, heads);
+    case 80:
+      return launch_flash<T, 80, 4, 1>(p, batch, heads);
+    case 128:
+      return launch_flash<T, 128, 4, 1>(p, batch, heads);
+    case 160:
+      return launch_flash<T, 160, 4, 1>(p, batch, heads);
+  }
+  KILN_FAIL("flash attention: no kernel for padded head dim ", dp);
+}
+
+// ---------------------------------------------------------------------------
+// The general path: scores for a band of query rows (all heads of one batch
+// row) by one batched GEMM into f32, softmax into the operand type, then P·V.
+
+template <class T>
+__global__ void softmax_rows_kernel(const float* scores, T* probs, int sk, int rows_per_head,
+                                    int q0, bool causal) {
+  const int64_t row = blockIdx.x;
+  const float* s = scores + row * sk;
+  T* out = probs + row * sk;
+  const int qi = q0 + int(row % rows_per_head);
+  const int visible = causal ? min(sk, qi + 1) : sk;
+  __shared__ float reduce[32];
+  float mx = -INFINITY;
+  for (int j = threadIdx.x; j < visible; j += blockDim.x) mx = fmaxf(mx, s[j]);
+  for (int o = 16; o > 0; o >>= 1) mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, o));
+  if (threadIdx.x % 32 == 0) reduce[threadIdx.x / 32] = mx;
+  __syncthreads();
+  mx = -INFINITY;
+  for (int w = 0; w < int(blockDim.x / 32); ++w) mx = fmaxf(mx, reduce[w]);
+  __syncthreads();
+  float sum = 0.0f;
+  for (int j = threadIdx.x; j < visible; j += blockDim.x) sum += expf(s[j] - mx);
+  for (int o = 16; o > 0; o >>= 1) sum += __shfl_xor_sync(0xffffffffu, sum, o);
+  if (threadIdx.x % 32 == 0) reduce[threadIdx.x / 32] = sum;
+  __syncthreads();
+  sum = 0.0f;
+  for (int w = 0; w < int(blockDim.x / 32); ++w) sum += reduce[w];
+  const float inv = 1.0f / sum;
+  for (int j = threadIdx.x; j < sk; j += blockDim.x)
+    out[j] = from_float<T>(j < visible ? expf(s[j] - mx) * inv : 0.0f);
+}
+
+cudaDataType_t blas_type(DType t) {
+  return t == DType::F32 ? CUDA_R_32F : t == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
+}
+
+constexpr size_t kScoreBudget = size_t(256) << 20;
+
+void attention_banded(const AttentionArgs& a) {
+  const int batch = int(a.q.dim(0)), sq = int(a.q.dim(1)), sk = int(a.k.dim(1));
+  const int heads = a.heads, d = int(a.q.dim(2)) / heads;
+  const int64_t q_stride = a.q.dim(2), kv_stride = a.k.dim(2), o_stride = a.out.dim(2);
+  const size_t elem = dtype_size(a.q.dtype());
+  const cudaDataType_t type = blas_type(a.q.dtype());
+  const int band = int(std::clamp<int64_t>(
+      int64_t(kScoreBudget / (size_t(heads) * sk * (sizeof(float) + elem))), 1, sq));
+  const auto scores = scratch(size_t(heads) * band * sk * sizeof(float));
+  const auto probs = scratch(size_t(heads) * band * sk * elem);
+  cublasHandle_t blas = context().blas;
+  const float zero = 0.0f, one = 1.0f;
+  for (int b = 0; b < batch; ++b) {
+    const char* qb = static_cast<const char*>(a.q.raw()) + size_t(b) * sq * q_stride * elem;
+    const char* kb = static_cast<const char*>(a.k.raw()) + size_t(b) * sk * kv_stride * elem;
+    const char* vb = static_cast<const char*>(a.v.raw()) + size_t(b) * sk * kv_stride * elem;
+    char* ob = static_cast<char*>(a.out.raw()) + size_t(b) * sq * o_stride * elem;
+    for (int q0 = 0; q0 < sq; q0 += band) {
+      const int n = std::min(band, sq - q0);
+      // scores[h] (column-major sk × n) = K_h^T-as-stored · Q_h band, times the scale.
+      CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+          blas, CUBLAS_OP_T, CUBLAS_OP_N, sk, n, d, &a.scale, kb, type, int(kv_stride), d,
+          qb + size_t(q0) * q_stride * elem, type, int(q_stride), d, &zero, scores->data(),
+          CUDA_R_32F, sk, int64_t(n) * sk, heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+      dispatch_float(a.q.dtype(), [&](auto tag) {
+        using T = decltype(tag);
+        softmax_rows_kernel<T><<<unsigned(heads * n), 256, 0, stream()>>>(
+            static_cast<const float*>(scores->data()), static_cast<T*>(probs->data()), sk, n, q0,
+            a.causal);
+        CUDA_CHECK_LAUNCH();
+      });
+      // out[h] (column-major d × n, token stride o_stride) = V_h · P_h.
+      CUBLAS_CHECK(cublasGemmStridedBatchedEx(
+          blas, CUBLAS_OP_N, CUBLAS_OP_N, d, n, sk, &one, vb, type, int(kv_stride), d,
+          probs->data(), type, sk, int64_t(n) * sk, &zero, ob + size_t(q0) * o_stride * elem, type,
+          int(o_stride), d, heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
+    }
+  }
+}
+
+}  // namespace
+
+void attention(const AttentionArgs& a) {
+  const int batch = int(a.q.dim(0)), sq = int(a.q.dim(1)), sk = int(a.k.dim(1));
+  const int heads = a.heads, d = int(a.q.dim(2)) / heads;
+  if (int64_t(batch) * sq == 0) return;
+  count_flops(4.0 * batch * heads * double(sq) * double(sk) * d);
+  const int dp = padded_head_dim(d);
+  const DType dtype = a.q.dtype();
+  // The fused kernel needs sm_80 (cp.async, bf16 MMA); older GPUs take the banded path.
+  static const bool flash_capable = device_info().compute_major >= 8;
+  if (options().use_flash_attention && flash_capable && dp > 0 && dtype != DType::F32 && sk > 0) {
+    AttentionParams p{};
+    p.q = a.q.raw();
+    p.k = a.k.raw();
+    p.v = a.v.raw();
+    p.out = a.out.raw();
+    p.q_stride = a.q.dim(2);
+    p.kv_stride = a.k.dim(2);
+    p.o_stride = a.out.dim(2);
+    p.sq = sq;
+    p.sk = sk;
+    p.d = d;
+    p.scale_log2 = a.scale * 1.4426950408889634f;
+    p.causal = a.causal;
+    p.vec = d % 8 == 0 && aligned16(p.q) && aligned16(p.k) && aligned16(p.v) && aligned16(p.out);
+    if (dtype == DType::F16)
+      flash<half>(p, batch, heads, dp);
+    else
+      flash<bfloat16>(p, batch, heads, dp);
+    return;
+  }
+  attention_banded(a);
+}
+
+}  // namespace kiln::cuda

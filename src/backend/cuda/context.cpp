@@ -1,0 +1,141 @@
+// The device context, checked-call failures, device queries and event timing.
+#include <cstring>
+#include <mutex>
+
+#include "backend/cuda/context.h"
+
+namespace kiln::cuda {
+
+void fail_call(const char* library, const char* message, int code, const char* call,
+               const char* file, int line) {
+  const char* base = std::strrchr(file, '/');
+  throw Error(str(library, " error ", code, " (", message ? message : "?", ") in ", call, " [",
+                  base ? base + 1 : file, ":", line, "]"));
+}
+
+namespace {
+
+// cuBLASLt picks faster kernels with room to split K; 32 MiB is what cuBLAS
+// itself asks for on Hopper.
+constexpr size_t kGemmWorkspace = size_t(32) << 20;
+
+Context* make_context() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess || count == 0) {
+    (void)cudaGetLastError();
+    KILN_FAIL("no CUDA device is available (use --device cpu)");
+  }
+  auto* c = new Context();
+  CUDA_CHECK(cudaGetDevice(&c->device));
+  CUDA_CHECK(cudaGetDeviceProperties(&c->props, c->device));
+  CUDA_CHECK(cudaStreamCreateWithFlags(&c->stream, cudaStreamNonBlocking));
+  CUBLAS_CHECK(cublasLtCreate(&c->lt));
+  CUBLAS_CHECK(cublasCreate(&c->blas));
+  CUBLAS_CHECK(cublasSetStream(c->blas, c->stream));
+  CUBLAS_CHECK(cublasSetMathMode(c->blas, CUBLAS_DEFAULT_MATH));
+  c->gemm_workspace_bytes = kGemmWorkspace;
+  CUDA_CHECK(cudaMalloc(&c->gemm_workspace, c->gemm_workspace_bytes));
+  CUBLAS_CHECK(cublasSetWorkspace(c->blas, c->gemm_workspace, c->gemm_workspace_bytes));
+#if defined(KILN_WITH_CUDNN)
+  // cuDNN is optional at run time too: without its library, convolutions take
+  // the im2col path.
+  if (cudnnCreate(&c->cudnn) == CUDNN_STATUS_SUCCESS) {
+    CUDNN_CHECK(cudnnSetStream(c->cudnn, c->stream));
+  } else {
+    c->cudnn = nullptr;
+  }
+#endif
+  return c;
+}
+
+}  // namespace
+
+Context& context() {
+  // Never destroyed: the driver tears contexts down at exit, and tensors in
+  // static objects may still be freed after main returns.
+  static Context* c = make_context();
+  return *c;
+}
+
+bool available() {
+  static const bool present = [] {
+    int count = 0;
+    const bool ok = cudaGetDeviceCount(&count) == cudaSuccess && count > 0;
+    (void)cudaGetLastError();
+    if (ok) register_cuda_allocator();
+    return ok;
+  }();
+  return present;
+}
+
+DeviceInfo device_info() {
+  const Context& c = context();
+  DeviceInfo info;
+  info.name = c.props.name;
+  info.compute_major = c.props.major;
+  info.compute_minor = c.props.minor;
+  info.multiprocessors = c.props.multiProcessorCount;
+  info.total_memory = c.props.totalGlobalMem;
+  const size_t lt = cublasLtGetVersion();
+  info.libraries = str("cuBLASLt ", lt / 10000, ".", (lt / 100) % 100, ".", lt % 100);
+#if defined(KILN_WITH_CUDNN)
+  if (c.cudnn) {
+    const size_t v = cudnnGetVersion();
+    info.libraries += str(", cuDNN ", v / 10000, ".", (v / 100) % 100, ".", v % 100);
+  }
+#endif
+  int runtime = 0, driver = 0;
+  (void)cudaRuntimeGetVersion(&runtime);
+  (void)cudaDriverGetVersion(&driver);
+  info.libraries += str(", CUDA runtime ", runtime / 1000, ".", (runtime % 1000) / 10, ", driver ",
+                        driver / 1000, ".", (driver % 1000) / 10);
+  return info;
+}
+
+bool cudnn_enabled() {
+#if defined(KILN_WITH_CUDNN)
+  return context().cudnn != nullptr;
+#else
+  return false;
+#endif
+}
+
+Options& options() {
+  static Options o;
+  return o;
+}
+
+void synchronize() {
+  CUDA_CHECK(cudaStreamSynchronize(stream()));
+}
+
+EventTimer::EventTimer() {
+  cudaEvent_t b, e;
+  CUDA_CHECK(cudaEventCreate(&b));
+  CUDA_CHECK(cudaEventCreate(&e));
+  begin_ = b;
+  end_ = e;
+}
+
+EventTimer::~EventTimer() {
+  (void)cudaEventDestroy(static_cast<cudaEvent_t>(begin_));
+  (void)cudaEventDestroy(static_cast<cudaEvent_t>(end_));
+}
+
+void EventTimer::start() {
+  CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(begin_), stream()));
+}
+
+void EventTimer::stop() {
+  CUDA_CHECK(cudaEventRecord(static_cast<cudaEvent_t>(end_), stream()));
+}
+
+float EventTimer::elapsed_ms() {
+  CUDA_CHECK(cudaEventSynchronize(static_cast<cudaEvent_t>(end_)));
+  float ms = 0.0f;
+  CUDA_CHECK(
+      cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(begin_), static_cast<cudaEvent_t>(end_)));
+  return ms;
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,306 @@
+// 2-D convolution on NHWC activations and OHWI weights.
+//
+// Paths, in order of preference:
+//  - 1×1, stride 1, no padding: a GEMM over the pixels (bias and residual fused).
+//  - cuDNN, where the build has it and the library loads: symmetric padding, the
+//    algorithm found by timing once per shape (the plan), then one pass for bias
+//    and residual.
+//  - im2col into a bounded column buffer, then a cuBLASLt GEMM with the bias and
+//    residual fused; bands of output rows keep the buffer under 256 MiB.
+#include <algorithm>
+#include <map>
+#include <mutex>
+#include <tuple>
+
+#include "backend/cuda/device.cuh"
+#include "backend/cuda/ops.h"
+
+namespace kiln::cuda {
+namespace {
+
+struct Im2colParams {
+  const void* x;
+  void* col;
+  int64_t row_begin, rows;  // output pixels (b, oy, ox) flattened
+  int h, w, c, ho, wo, kh, kw, stride, pad_top, pad_left;
+};
+
+// col[r, (ky * kw + kx) * c + ch] = x[b, oy * stride - pad_top + ky, ox * stride - pad_left + kx,
+// ch]
+template <class T, int N>
+__global__ void im2col_kernel(Im2colParams p) {
+  const T* x = static_cast<const T*>(p.x);
+  Pack<T, N>* col = static_cast<Pack<T, N>*>(p.col);
+  const int cp = p.c / N;
+  const int64_t patch = int64_t(p.kh) * p.kw * cp, total = p.rows * patch;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t r = i / patch;
+    const int rem = int(i - r * patch);
+    const int tap = rem / cp, ch = rem - tap * cp;
+    const int64_t pixel = p.row_begin + r;
+    const int ox = int(pixel % p.wo);
+    const int64_t t = pixel / p.wo;
+    const int oy = int(t % p.ho);
+    const int64_t b = t / p.ho;
+    const int iy = oy * p.stride - p.pad_top + tap / p.kw;
+    const int ix = ox * p.stride - p.pad_left + tap % p.kw;
+    Pack<T, N> v;
+    if (iy >= 0 && iy < p.h && ix >= 0 && ix < p.w) {
+      v = reinterpret_cast<const Pack<T, N>*>(x + ((b * p.h + iy) * p.w + ix) * p.c)[ch];
+    } else {
+#pragma unroll
+      for (int j = 0; j < N; ++j) v.v[j] = from_float<T>(0.0f);
+    }
+    col[i] = v;
+  }
+}
+
+constexpr size_t kColumnBudget = size_t(256) << 20;
+
+void conv_im2col(const Conv2dArgs& a) {
+  const int64_t batch = a.x.dim(0);
+  const int h = int(a.x.dim(1)), w = int(a.x.dim(2)), c = int(a.x.dim(3));
+  const int o = int(a.weight.dim(0)), kh = int(a.weight.dim(1)), kw = int(a.weight.dim(2));
+  const int ho = int(a.out.dim(1)), wo = int(a.out.dim(2));
+  const int64_t rows = batch * ho * wo, patch = int64_t(kh) * kw * c;
+  const size_t elem = dtype_size(a.x.dtype());
+  const int64_t band =
+      std::clamp<int64_t>(int64_t(kColumnBudget / (size_t(patch) * elem)), 1, rows);
+  const auto col = scratch(size_t(band * patch) * elem);
+  const bool has_bias = a.bias.defined(), has_residual = a.residual.defined();
+  for (int64_t r0 = 0; r0 < rows; r0 += band) {
+    const int64_t n = std::min(band, rows - r0);
+    Im2colParams p{a.x.raw(), col->data(), r0, n,  h,        w,         c,
+                   ho,        wo,          kh, kw, a.stride, a.pad_top, a.pad_left};
+    dispatch_float(a.x.dtype(), [&](auto tag) {
+      using T = decltype(tag);
+      const bool vec = c % kVec<T> == 0 && aligned16(p.x) && aligned16(p.col);
+      if (vec) {
+        im2col_kernel<T, kVec<T>><<<grid_for(n * patch / kVec<T>, 256), 256, 0, stream()>>>(p);
+      } else {
+        im2col_kernel<T, 1><<<grid_for(n * patch, 256), 256, 0, stream()>>>(p);
+      }
+      CUDA_CHECK_LAUNCH();
+    });
+    GemmParams g;
+    g.m = n;
+    g.n = o;
+    g.k = patch;
+    g.a = col->data();
+    g.lda = patch;
+    g.b = a.weight.raw();
+    g.ldb = patch;
+    g.c = static_cast<char*>(a.out.raw()) + size_t(r0 * o) * elem;
+    g.ldc = o;
+    g.bias = has_bias ? a.bias.raw() : nullptr;
+    g.residual =
+        has_residual ? static_cast<const char*>(a.residual.raw()) + size_t(r0 * o) * elem : nullptr;
+    g.dtype = a.x.dtype();
+    gemm_nt(g);
+  }
+}
+
+#if defined(KILN_WITH_CUDNN)
+cudnnDataType_t cudnn_type(DType t) {
+  switch (t) {
+    case DType::F32:
+      return CUDNN_DATA_FLOAT;
+    case DType::F16:
+      return CUDNN_DATA_HALF;
+    case DType::BF16:
+      return CUDNN_DATA_BFLOAT16;
+    default:
+      KILN_FAIL("cuDNN convolution on ", dtype_name(t));
+  }
+}
+
+struct ConvKey {
+  int64_t n, h, w, c, o, kh, kw, stride, pad_h, pad_w;
+  DType dtype;
+  auto tie() const { return std::tie(n, h, w, c, o, kh, kw, stride, pad_h, pad_w, dtype); }
+  bool operator<(const ConvKey& k) const { return tie() < k.tie(); }
+};
+
+struct ConvPlan {
+  cudnnTensorDescriptor_t x = nullptr, y = nullptr, bias = nullptr;
+  cudnnFilterDescriptor_t w = nullptr;
+  cudnnConvolutionDescriptor_t conv = nullptr;
+  cudnnActivationDescriptor_t identity = nullptr;
+  cudnnConvolutionFwdAlgo_t algo{};
+  size_t workspace = 0;
+  bool valid = false;
+  bool fused = false;  // bias and residual inside cuDNN's call
+};
+
+// y = conv(x) + bias (+ z): cuDNN's fused call, which takes the identity
+// activation only with the implicit-precomputed-GEMM algorithm.
+cudnnStatus_t conv_bias_residual(const ConvPlan& plan, const Conv2dArgs& a, void* ws) {
+  const float alpha1 = 1.0f, alpha2 = a.residual.defined() ? 1.0f : 0.0f;
+  const void* z = a.residual.defined() ? a.residual.raw() : a.out.raw();
+  return cudnnConvolutionBiasActivationForward(context().cudnn, &alpha1, plan.x, a.x.raw(), plan.w,
+                                               a.weight.raw(), plan.conv, plan.algo, ws,
+                                               plan.workspace, &alpha2, plan.y, z, plan.bias,
+                                               a.bias.raw(), plan.identity, plan.y, a.out.raw());
+}
+
+std::mutex g_conv_mu;
+std::map<ConvKey, ConvPlan> g_conv_plans;
+
+// A workspace bigger than this is not worth its memory.
+constexpr size_t kConvWorkspaceLimit = size_t(512) << 20;
+
+ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
+  Context& ctx = context();
+  ConvPlan plan;
+  const cudnnDataType_t type = cudnn_type(k.dtype);
+  CUDNN_CHECK(cudnnCreateTensorDescriptor(&plan.x));
+  CUDNN_CHECK(cudnnCreateTensorDescriptor(&plan.y));
+  CUDNN_CHECK(cudnnCreateFilterDescriptor(&plan.w));
+  CUDNN_CHECK(cudnnCreateConvolutionDescriptor(&plan.conv));
+  CUDNN_CHECK(cudnnSetTensor4dDescriptor(plan.x, CUDNN_TENSOR_NHWC, type, int(k.n), int(k.c),
+                                         int(k.h), int(k.w)));
+  CUDNN_CHECK(cudnnSetFilter4dDescriptor(plan.w, type, CUDNN_TENSOR_NHWC, int(k.o), int(k.c),
+                                         int(k.kh), int(k.kw)));
+  CUDNN_CHECK(cudnnSetConvolution2dDescriptor(plan.conv, int(k.pad_h), int(k.pad_w), int(k.stride),
+                                              int(k.stride), 1, 1, CUDNN_CROSS_CORRELATION,
+                                              CUDNN_DATA_FLOAT));
+  // f32 stays f32 (no TF32), as on the CPU.
+  CUDNN_CHECK(cudnnSetConvolutionMathType(
+      plan.conv, k.dtype == DType::F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
+  int n = 0, c = 0, ho = 0, wo = 0;
+  CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(plan.conv, plan.x, plan.w, &n, &c, &ho, &wo));
+  if (ho != a.out.dim(1) || wo != a.out.dim(2)) return plan;
+  CUDNN_CHECK(cudnnSetTensor4dDescriptor(plan.y, CUDNN_TENSOR_NHWC, type, n, c, ho, wo));
+
+  // Time the algorithms once on the real operands (the output is about to be
+  // overwritten anyway) and keep the fastest that needs a workspace we accept.
+  size_t free_bytes = 0, total = 0;
+  CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
+  const size_t limit = std::min(kConvWorkspaceLimit, free_bytes / 4);
+  // Straight from the driver and back, so that the search's workspace does not
+  // linger in the cache.
+  void* ws = nullptr;
+  CUDA_CHECK(cudaMalloc(&ws, limit));
+  constexpr int kAlgos = 8;
+  cudnnConvolutionFwdAlgoPerf_t perf[kAlgos];
+  int returned = 0;
+  const cudnnStatus_t found = cudnnFindConvolutionForwardAlgorithmEx(
+      ctx.cudnn, plan.x, a.x.raw(), plan.w, a.weight.raw(), plan.conv, plan.y, a.out.raw(), kAlgos,
+      &returned, perf, ws, limit);
+  CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
+  CUDA_CHECK(cudaFree(ws));
+  CUDNN_CHECK(found);
+  // The fastest deterministic algorithm (results come sorted by time), so that a
+  // replayed graph reproduces the eager pass; any algorithm if none is.
+  int chosen = -1;
+  for (bool deterministic : {true, false}) {
+    for (int i = 0; i < returned && chosen < 0; ++i)
+      if (perf[i].status == CUDNN_STATUS_SUCCESS && perf[i].memory <= limit &&
+          (!deterministic || perf[i].determinism == CUDNN_DETERMINISTIC))
+        chosen = i;
+    if (chosen >= 0) break;
+  }
+  if (chosen < 0) return plan;
+  plan.algo = perf[chosen].algo;
+  plan.workspace = perf[chosen].memory;
+  CUDNN_CHECK(cudnnSetConvolutionMathType(plan.conv, perf[chosen].mathType));
+  plan.valid = true;
+
+  // Bias and residual inside the convolution save a pass over the output, worth
+  // a slightly slower algorithm; kept only if cuDNN accepts the call.
+  for (int i = 0; i < returned; ++i) {
+    if (perf[i].algo != CUDNN_CONVOLUTION_FWD_ALGO_IMPLICIT_PRECOMP_GEMM ||
+        perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > limit ||
+        perf[i].time > 1.15f * perf[chosen].time || !a.bias.defined())
+      continue;
+    ConvPlan fused = plan;
+    fused.algo = perf[i].algo;
+    fused.workspace = perf[i].memory;
+    CUDNN_CHECK(cudnnCreateTensorDescriptor(&fused.bias));
+    CUDNN_CHECK(cudnnSetTensor4dDescriptor(fused.bias, CUDNN_TENSOR_NHWC, type, 1, int(k.o), 1, 1));
+    CUDNN_CHECK(cudnnCreateActivationDescriptor(&fused.identity));
+    CUDNN_CHECK(cudnnSetActivationDescriptor(fused.identity, CUDNN_ACTIVATION_IDENTITY,
+                                             CUDNN_NOT_PROPAGATE_NAN, 0.0));
+    CUDNN_CHECK(cudnnSetConvolutionMathType(fused.conv, perf[i].mathType));
+    const auto ws = fused.workspace ? scratch(fused.workspace) : nullptr;
+    if (conv_bias_residual(fused, a, ws ? ws->data() : nullptr) == CUDNN_STATUS_SUCCESS) {
+      fused.fused = true;
+      return fused;
+    }
+    (void)cudaGetLastError();
+    CUDNN_CHECK(cudnnSetConvolutionMathType(plan.conv, perf[chosen].mathType));
+  }
+  return plan;
+}
+
+// False when cuDNN cannot take this convolution (the caller uses im2col).
+bool conv_cudnn(const Conv2dArgs& a) {
+  Context& ctx = context();
+  if (!ctx.cudnn || !options().use_cudnn) return false;
+  if (a.pad_top != a.pad_bottom || a.pad_left != a.pad_right) return false;
+  const ConvKey key{a.x.dim(0),      a.x.dim(1),      a.x.dim(2),      a.x.dim(3),
+                    a.weight.dim(0), a.weight.dim(1), a.weight.dim(2), a.stride,
+                    a.pad_top,       a.pad_left,      a.x.dtype()};
+  const ConvPlan* plan = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_conv_mu);
+    auto it = g_conv_plans.find(key);
+    if (it == g_conv_plans.end()) {
+      if (ctx.capturing) return false;  // cannot time inside a capture
+      it = g_conv_plans.emplace(key, make_conv_plan(key, a)).first;
+    }
+    plan = &it->second;
+  }
+  if (!plan->valid) return false;
+  const auto ws = plan->workspace ? scratch(plan->workspace) : nullptr;
+  if (plan->fused && a.bias.defined()) {
+    CUDNN_CHECK(conv_bias_residual(*plan, a, ws ? ws->data() : nullptr));
+    return true;
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  CUDNN_CHECK(cudnnConvolutionForward(
+      ctx.cudnn, &alpha, plan->x, a.x.raw(), plan->w, a.weight.raw(), plan->conv, plan->algo,
+      ws ? ws->data() : nullptr, plan->workspace, &beta, plan->y, a.out.raw()));
+  const int64_t rows = a.out.numel() / a.out.dim(3);
+  bias_act_residual(a.out.raw(), a.bias.defined() ? a.bias.raw() : nullptr,
+                    a.residual.defined() ? a.residual.raw() : nullptr, rows, a.out.dim(3),
+                    Activation::None, a.x.dtype());
+  return true;
+}
+#endif
+
+}  // namespace
+
+void conv2d(const Conv2dArgs& a) {
+  if (a.out.numel() == 0) return;
+  const int64_t kh = a.weight.dim(1), kw = a.weight.dim(2), c = a.x.dim(3), o = a.weight.dim(0);
+  const bool pointwise = kh == 1 && kw == 1 && a.stride == 1 && a.pad_top == 0 && a.pad_left == 0 &&
+                         a.pad_bottom == 0 && a.pad_right == 0;
+  if (pointwise) {
+    GemmParams g;
+    g.m = a.x.numel() / c;
+    g.n = o;
+    g.k = c;
+    g.a = a.x.raw();
+    g.lda = c;
+    g.b = a.weight.raw();
+    g.ldb = c;
+    g.c = a.out.raw();
+    g.ldc = o;
+    g.bias = a.bias.defined() ? a.bias.raw() : nullptr;
+    g.residual = a.residual.defined() ? a.residual.raw() : nullptr;
+    g.dtype = a.x.dtype();
+    gemm_nt(g);
+    return;
+  }
+#if defined(KILN_WITH_CUDNN)
+  if (conv_cudnn(a)) {
+    count_flops(2.0 * double(a.out.numel()) * double(kh * kw * c));
+    return;
+  }
+#endif
+  conv_im2col(a);
+}
+
+}  // namespace kiln::cuda

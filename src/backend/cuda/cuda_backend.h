@@ -1,0 +1,121 @@
+// The CUDA backend: the fast path behind the op set. Activations in f16 or bf16
+// with f32 accumulation and f32 softmax; the f32 ops the samplers run on latents;
+// one stream per process, a caching allocator, and CUDA-graph capture of a whole
+// forward pass over a private memory pool (the per-shape arena).
+//
+// This header is plain C++ (no CUDA headers), so that tools and tests can use
+// the backend's controls without being compiled by nvcc.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <string>
+#include <vector>
+
+#include "backend/backend.h"
+
+namespace kiln::cuda {
+
+// True when a CUDA device is present and usable. The allocator for Device::CUDA is
+// registered the first time this answers true (backend.cpp asks at start-up).
+bool available();
+Backend& backend();
+
+struct DeviceInfo {
+  std::string name;  // "NVIDIA H100 80GB HBM3"
+  int compute_major = 0, compute_minor = 0;
+  int multiprocessors = 0;
+  size_t total_memory = 0;
+  std::string libraries;  // "cuBLASLt 13.0.0, cuDNN 9.19.0"
+};
+DeviceInfo device_info();
+
+// Waits for all work queued on the backend's stream.
+void synchronize();
+
+// Implementation choices, for tests that compare paths and for diagnosis.
+struct Options {
+  bool use_cudnn = true;            // 3×3 convolutions through cuDNN where it is built in
+  bool use_flash_attention = true;  // our fused kernel for head dims up to 160
+  // Head dims up to 64: 32 query rows a warp (four warps) instead of 16 (eight).
+  // Measured on an H200 (SDXL 1024², 2026-11-21): 16 rows 9.27 ms of attention a
+  // step, 32 rows 9.6 ms, so 16 is the default.
+  bool flash_two_tiles_per_warp = false;
+};
+Options& options();
+// Whether this build can use cuDNN (and a library was found at run time).
+bool cudnn_enabled();
+
+// Memory: what the caching allocator holds for live tensors and in all.
+struct MemoryStats {
+  size_t in_use = 0, peak_in_use = 0;      // bytes handed out to tensors
+  size_t reserved = 0, peak_reserved = 0;  // bytes taken from cudaMalloc
+  size_t device_mallocs = 0;               // cudaMalloc calls so far
+};
+MemoryStats memory_stats();
+void reset_peak_memory();
+// Returns every cached free block to the driver.
+void release_cached_memory();
+// Tests: fill each new allocation with 0xFF bytes (NaN in every float type) so
+// that an element a kernel forgets to write shows up.
+void set_poison_allocations(bool on);
+
+// Device-side wall time of a region of stream work, by CUDA events.
+class EventTimer {
+ public:
+  EventTimer();
+  ~EventTimer();
+  EventTimer(const EventTimer&) = delete;
+  EventTimer& operator=(const EventTimer&) = delete;
+  void start();
+  void stop();
+  float elapsed_ms();  // waits for the stop event
+
+ private:
+  void* begin_ = nullptr;
+  void* end_ = nullptr;
+};
+
+// Per-op-kind timing (kiln bench --per-op): while on, every backend call is
+// bracketed by events. FLOPs of GEMM-like ops (linear, conv2d, attention) are
+// counted always, as torch's FlopCounterMode counts them.
+struct OpTime {
+  std::string op;
+  int calls = 0;
+  double ms = 0.0;
+  double flops = 0.0;
+};
+// by_shape: one row per op kind and shapes ("linear 8192x320x2560") instead of per kind.
+void set_op_profiling(bool on, bool by_shape = false);
+std::vector<OpTime> op_profile();  // waits for the stream; sorted by time, largest first
+void reset_op_profile();
+double flop_count();
+void reset_flop_count();
+
+// A forward pass recorded once as a CUDA graph and replayed. The function must
+// read only device tensors that stay alive (and at fixed addresses) for the
+// object's life, must not copy from the host, and must return its output; its
+// allocations come from a private pool that only it uses, so every replay runs
+// over the same addresses with no allocation. The returned tensor is
+// overwritten by the next replay.
+class CapturedForward {
+ public:
+  // profile_ops: event nodes around every op in the graph, so that op_profile()
+  // after a replay gives each op's time on the GPU alone (no launch gaps).
+  explicit CapturedForward(std::function<Tensor()> forward, bool profile_ops = false);
+  ~CapturedForward();
+  CapturedForward(const CapturedForward&) = delete;
+  CapturedForward& operator=(const CapturedForward&) = delete;
+
+  const Tensor& replay();  // queued on the backend's stream
+  const Tensor& output() const { return output_; }
+  size_t pool_bytes() const;  // device memory the pool holds
+
+ private:
+  int pool_ = 0;
+  void* graph_ = nullptr;
+  void* exec_ = nullptr;
+  Tensor output_;
+};
+
+}  // namespace kiln::cuda

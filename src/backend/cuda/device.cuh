@@ -1,0 +1,105 @@
+// Device-side helpers the kernels share: element types, conversions, packed
+// 16-byte accesses, activations as torch computes them in f32, and dispatch on
+// kiln's DType. Internal to src/backend/cuda/.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+#include "backend/backend.h"
+#include "backend/cuda/context.h"
+
+namespace kiln::cuda {
+
+using half = __half;
+using bfloat16 = __nv_bfloat16;
+
+template <class T>
+__device__ __forceinline__ float to_float(T v);
+template <>
+__device__ __forceinline__ float to_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ float to_float<half>(half v) {
+  return __half2float(v);
+}
+template <>
+__device__ __forceinline__ float to_float<bfloat16>(bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+template <class T>
+__device__ __forceinline__ T from_float(float v);
+template <>
+__device__ __forceinline__ float from_float<float>(float v) {
+  return v;
+}
+template <>
+__device__ __forceinline__ half from_float<half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ bfloat16 from_float<bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// N elements moved as one access of N * sizeof(T) bytes (16 for the vector paths).
+template <class T, int N>
+struct alignas(sizeof(T) * N) Pack {
+  T v[N];
+};
+
+// Elements per 16-byte access.
+template <class T>
+constexpr int kVec = 16 / int(sizeof(T));
+
+inline bool aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+__device__ __forceinline__ float activate(Activation act, float x) {
+  switch (act) {
+    case Activation::None:
+      return x;
+    case Activation::SiLU:
+      return x / (1.0f + expf(-x));
+    case Activation::GELU:
+      return 0.5f * x * (1.0f + erff(x * 0.70710678118654752f));
+    case Activation::GELUTanh:
+      return 0.5f * x * (1.0f + tanhf(0.7978845608028654f * (x + 0.044715f * x * x * x)));
+    case Activation::QuickGELU:
+      return x / (1.0f + expf(-1.702f * x));
+  }
+  return x;
+}
+
+// Calls f(T{}) with T the element type of a floating DType.
+template <class F>
+void dispatch_float(DType t, F&& f) {
+  switch (t) {
+    case DType::F32:
+      f(float{});
+      return;
+    case DType::F16:
+      f(half{});
+      return;
+    case DType::BF16:
+      f(bfloat16{});
+      return;
+    default:
+      KILN_FAIL("CUDA backend: ", dtype_name(t), " is not a floating type");
+  }
+}
+
+// Blocks for a grid-stride loop over `work` items: enough to fill the device a
+// few times over, no more.
+inline unsigned grid_for(int64_t work, int threads) {
+  const int64_t blocks = (work + threads - 1) / threads;
+  const int64_t cap = int64_t(context().props.multiProcessorCount) * 8;
+  return unsigned(blocks < 1 ? 1 : (blocks < cap ? blocks : cap));
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,70 @@
+// CapturedForward: a forward pass recorded once as a CUDA graph over a private
+// memory pool, then replayed with no allocation and no per-op launch cost.
+//
+// The first call runs eagerly inside the pool: it makes every plan (GEMM and
+// convolution algorithms are timed then, which a capture cannot do) and leaves
+// the pool holding the blocks the pass needs. The second call is captured; its
+// requests meet the same blocks in the same order. Those addresses belong to
+// the pool until the object goes, so a replay never writes over anyone's tensor.
+#include "backend/cuda/context.h"
+
+namespace kiln::cuda {
+
+CapturedForward::CapturedForward(std::function<Tensor()> forward, bool profile_ops) {
+  Context& c = context();
+  KILN_CHECK(!c.capturing, "a CapturedForward inside another's capture");
+  pool_ = create_pool();
+  {
+    PoolScope scope(pool_);
+    const Tensor warm = forward();
+    KILN_CHECK(warm.defined() && warm.device() == Device::CUDA,
+               "a captured forward must return a CUDA tensor, got ",
+               warm.defined() ? warm.describe() : std::string("nothing"));
+  }
+  synchronize();
+
+  cudaGraph_t graph = nullptr;
+  {
+    PoolScope scope(pool_);
+    c.capturing = true;
+    CUDA_CHECK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeRelaxed));
+    if (profile_ops) profile_capture(true);
+    try {
+      output_ = forward();
+      if (profile_ops) profile_capture(false);
+    } catch (...) {
+      if (profile_ops) profile_capture(false);
+      (void)cudaStreamEndCapture(c.stream, &graph);
+      if (graph) (void)cudaGraphDestroy(graph);
+      (void)cudaGetLastError();
+      c.capturing = false;
+      output_ = Tensor();
+      release_pool(pool_);
+      throw;
+    }
+    c.capturing = false;
+    CUDA_CHECK(cudaStreamEndCapture(c.stream, &graph));
+  }
+  cudaGraphExec_t exec = nullptr;
+  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+  graph_ = graph;
+  exec_ = exec;
+}
+
+CapturedForward::~CapturedForward() {
+  if (exec_) (void)cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(exec_));
+  if (graph_) (void)cudaGraphDestroy(static_cast<cudaGraph_t>(graph_));
+  output_ = Tensor();
+  release_pool(pool_);
+}
+
+const Tensor& CapturedForward::replay() {
+  CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), stream()));
+  return output_;
+}
+
+size_t CapturedForward::pool_bytes() const {
+  return cuda::pool_bytes(pool_);
+}
+
+}  // namespace kiln::cuda

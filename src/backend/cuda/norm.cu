@@ -1,0 +1,454 @@
+// GroupNorm (with its activation fused) and LayerNorm. Statistics in f32 per
+// block, combined across blocks in f64, normalisation in f32. Every reduction
+// runs in a fixed order, so results are the same run after run (a replayed
+// graph reproduces the eager pass bit for bit).
+//
+// GroupNorm on NHWC reads whole rows of C channels (coalesced) and sorts the
+// per-channel sums into groups, in three launches: partial sums per (batch,
+// block of rows, group); a per-(batch, group) reduction, one warp each, that
+// folds mean, 1/std, gamma and beta into a per-channel scale and shift; then
+// out = act(x * scale + shift) in one elementwise pass.
+#include <algorithm>
+#include <type_traits>
+
+#include "backend/cuda/device.cuh"
+#include "backend/cuda/ops.h"
+
+namespace kiln::cuda {
+namespace {
+
+constexpr int kStatThreads = 256;
+
+// Block (X, Y): X threads across the row's packs of N channels, Y rows at a
+// time. Shared memory: [Y][X][N] sums and squares to combine the Y rows, then
+// per-channel totals [C] of each, summed into groups at the end.
+template <class T, int N>
+__global__ void group_norm_stats(const T* x, float* partial, int64_t rows, int64_t rows_per_block,
+                                 int channels, int groups) {
+  extern __shared__ float smem[];
+  const int X = blockDim.x, Y = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
+  float* stage_s = smem;                        // [Y][X][N]
+  float* stage_q = stage_s + kStatThreads * N;  // [Y][X][N]
+  float* chan_s = stage_q + kStatThreads * N;   // [C]
+  float* chan_q = chan_s + channels;            // [C]
+
+  const int b = blockIdx.y, splits = gridDim.x;
+  const int64_t r0 = int64_t(blockIdx.x) * rows_per_block;
+  const int64_t r1 = min(rows, r0 + rows_per_block);
+  const int packs = channels / N;
+  const T* xb = x + int64_t(b) * rows * channels;
+  for (int v0 = 0; v0 < packs; v0 += X) {
+    const int v = v0 + tx;
+    float s[N] = {}, q[N] = {};
+    if (v < packs) {
+      // Four rows' loads in flight per thread before any arithmetic.
+      constexpr int kUnroll = 4;
+      for (int64_t r = r0 + ty; r < r1; r += kUnroll * Y) {
+        Pack<T, N> p[kUnroll];
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+          const int64_t row = r + int64_t(u) * Y;
+          if (row < r1) {
+            p[u] = *reinterpret_cast<const Pack<T, N>*>(xb + row * channels + v * N);
+          } else {
+#pragma unroll
+            for (int j = 0; j < N; ++j) p[u].v[j] = from_float<T>(0.0f);
+          }
+        }
+#pragma unroll
+        for (int u = 0; u < kUnroll; ++u) {
+#pragma unroll
+          for (int j = 0; j < N; ++j) {
+            const float f = to_float(p[u].v[j]);
+            s[j] += f;
+            q[j] += f * f;
+          }
+        }
+      }
+    }
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      stage_s[(ty * X + tx) * N + j] = s[j];
+      stage_q[(ty * X + tx) * N + j] = q[j];
+    }
+    __syncthreads();
+    if (ty == 0 && v < packs) {
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        float cs = 0.0f, cq = 0.0f;
+        for (int y = 0; y < Y; ++y) {
+          cs += stage_s[(y * X + tx) * N + j];
+          cq += stage_q[(y * X + tx) * N + j];
+        }
+        chan_s[v * N + j] = cs;
+        chan_q[v * N + j] = cq;
+      }
+    }
+    __syncthreads();
+  }
+  const int per_group = channels / groups;
+  float* out = partial + (int64_t(b) * splits + blockIdx.x) * groups * 2;
+  for (int g = ty * X + tx; g < groups; g += X * Y) {
+    float gs = 0.0f, gq = 0.0f;
+    for (int c = g * per_group; c < (g + 1) * per_group; ++c) {
+      gs += chan_s[c];
+      gq += chan_q[c];
+    }
+    out[2 * g] = gs;
+    out[2 * g + 1] = gq;
+  }
+}
+
+__device__ __forceinline__ double warp_sum_double(double v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// One warp per (batch, group): per-channel scale and shift from the partial sums.
+template <class T>
+__global__ void group_norm_finalize(const float* partial, const T* gamma, const T* beta,
+                                    float* scale, float* shift, int splits, int64_t rows,
+                                    int channels, int groups, float eps) {
+  const int b = blockIdx.x / groups, g = blockIdx.x % groups, lane = threadIdx.x;
+  const int per_group = channels / groups;
+  double s = 0.0, q = 0.0;
+  for (int i = lane; i < splits; i += 32) {
+    const float* p = partial + ((int64_t(b) * splits + i) * groups + g) * 2;
+    s += p[0];
+    q += p[1];
+  }
+  s = warp_sum_double(s);
+  q = warp_sum_double(q);
+  const double count = double(rows) * per_group;
+  const double mean = s / count;
+  const double var = fmax(q / count - mean * mean, 0.0);
+  const double rstd = 1.0 / sqrt(var + double(eps));
+  for (int c = g * per_group + lane; c < (g + 1) * per_group; c += 32) {
+    const double gm = double(to_float(gamma[c]));
+    scale[int64_t(b) * channels + c] = float(rstd * gm);
+    shift[int64_t(b) * channels + c] = float(double(to_float(beta[c])) - mean * rstd * gm);
+  }
+}
+
+template <class T, int N>
+__global__ void group_norm_apply(const T* x, T* out, const float* scale, const float* shift,
+                                 int64_t rows, int channels, Activation act, int64_t total) {
+  const int64_t per_batch = rows * channels;
+  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total / N;
+       i += int64_t(gridDim.x) * blockDim.x) {
+    const int64_t e = i * N;
+    const int64_t b = e / per_batch;
+    const int c = int(e % channels);
+    const float* sc = scale + b * channels + c;
+    const float* sh = shift + b * channels + c;
+    const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(x + e);
+    Pack<T, N> r;
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      r.v[j] = from_float<T>(activate(act, to_float(p.v[j]) * sc[j] + sh[j]));
+    *reinterpret_cast<Pack<T, N>*>(out + e) = r;
+  }
+}
+
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+constexpr int kRowsPerBlock = 8;  // one warp per row
+
+// The row read once into registers (K packs of N per lane), two reductions
+// from there, one write.
+template <class T, int N, int K>
+__global__ void layer_norm_kernel(const T* x, const T* gamma, const T* beta, T* out, int64_t rows,
+                                  int channels, float eps) {
+  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.y;
+  if (row >= rows) return;
+  const int lane = threadIdx.x;
+  const T* xr = x + row * channels;
+  float v[K][N];
+  float s = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int c = (k * 32 + lane) * N;
+    if (c < channels) {
+      const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(xr + c);
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        v[k][j] = to_float(p.v[j]);
+        s += v[k][j];
+      }
+    }
+  }
+  const float mean = warp_sum(s) / float(channels);
+  float q = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if ((k * 32 + lane) * N < channels) {
+#pragma unroll
+      for (int j = 0; j < N; ++j) q += (v[k][j] - mean) * (v[k][j] - mean);
+    }
+  }
+  const float rstd = 1.0f / sqrtf(warp_sum(q) / float(channels) + eps);
+  T* orow = out + row * channels;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    const int c = (k * 32 + lane) * N;
+    if (c < channels) {
+      const Pack<T, N> g = *reinterpret_cast<const Pack<T, N>*>(gamma + c);
+      const Pack<T, N> bt = *reinterpret_cast<const Pack<T, N>*>(beta + c);
+      Pack<T, N> r;
+#pragma unroll
+      for (int j = 0; j < N; ++j)
+        r.v[j] = from_float<T>((v[k][j] - mean) * rstd * to_float(g.v[j]) + to_float(bt.v[j]));
+      *reinterpret_cast<Pack<T, N>*>(orow + c) = r;
+    }
+  }
+}
+
+// Rows too wide for registers: two passes over the row for mean and variance
+// (the second from L1), a third to write.
+template <class T, int N>
+__global__ void layer_norm_wide_kernel(const T* x, const T* gamma, const T* beta, T* out,
+                                       int64_t rows, int channels, float eps) {
+  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.y;
+  if (row >= rows) return;
+  const int lane = threadIdx.x;
+  const T* xr = x + row * channels;
+  float s = 0.0f;
+  for (int c = lane * N; c < channels; c += 32 * N) {
+    const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(xr + c);
+#pragma unroll
+    for (int j = 0; j < N; ++j) s += to_float(p.v[j]);
+  }
+  const float mean = warp_sum(s) / float(channels);
+  float q = 0.0f;
+  for (int c = lane * N; c < channels; c += 32 * N) {
+    const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(xr + c);
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float d = to_float(p.v[j]) - mean;
+      q += d * d;
+    }
+  }
+  const float rstd = 1.0f / sqrtf(warp_sum(q) / float(channels) + eps);
+  T* orow = out + row * channels;
+  for (int c = lane * N; c < channels; c += 32 * N) {
+    const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(xr + c);
+    const Pack<T, N> g = *reinterpret_cast<const Pack<T, N>*>(gamma + c);
+    const Pack<T, N> bt = *reinterpret_cast<const Pack<T, N>*>(beta + c);
+    Pack<T, N> r;
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      r.v[j] =
+          from_float<T>((to_float(p.v[j]) - mean) * rstd * to_float(g.v[j]) + to_float(bt.v[j]));
+    *reinterpret_cast<Pack<T, N>*>(orow + c) = r;
+  }
+}
+
+// Small groups (at most kFusedGroupElements per batch row and group): one block
+// per (batch, group) does it all in one launch, with three passes over the
+// group's values (mean, centred variance, write) that after the first come from
+// L1/L2. W channels per access where the group's width allows.
+constexpr int kFusedThreads = 256;
+constexpr int64_t kFusedGroupElements = 16384;
+
+__device__ __forceinline__ float block_sum(float v, float* red) {
+  v = warp_sum(v);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  __syncthreads();  // red may still be read from the previous reduction
+  if (lane == 0) red[warp] = v;
+  __syncthreads();
+  float total = 0.0f;
+  for (int w = 0; w < kFusedThreads / 32; ++w) total += red[w];  // fixed order
+  return total;
+}
+
+template <class T, int W>
+__global__ void __launch_bounds__(kFusedThreads)
+    group_norm_fused(const T* x, const T* gamma, const T* beta, T* out, int64_t rows, int channels,
+                     int groups, float eps, Activation act) {
+  __shared__ float red[kFusedThreads / 32];
+  const int b = blockIdx.x / groups, g = blockIdx.x % groups;
+  const int packs = channels / groups / W;  // accesses per row of the group
+  const int64_t n = rows * packs;
+  const int64_t base = int64_t(b) * rows * channels + int64_t(g) * packs * W;
+  auto at = [&](int64_t i) {
+    const int64_t r = i / packs;
+    return base + r * channels + (i - r * packs) * W;
+  };
+  float s = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += kFusedThreads) {
+    const Pack<T, W> v = *reinterpret_cast<const Pack<T, W>*>(x + at(i));
+#pragma unroll
+    for (int j = 0; j < W; ++j) s += to_float(v.v[j]);
+  }
+  const float count = float(n * W);
+  const float mean = block_sum(s, red) / count;
+  float q = 0.0f;
+  for (int64_t i = threadIdx.x; i < n; i += kFusedThreads) {
+    const Pack<T, W> v = *reinterpret_cast<const Pack<T, W>*>(x + at(i));
+#pragma unroll
+    for (int j = 0; j < W; ++j) q += (to_float(v.v[j]) - mean) * (to_float(v.v[j]) - mean);
+  }
+  const float rstd = 1.0f / sqrtf(block_sum(q, red) / count + eps);
+  const int c0 = g * packs * W;
+  for (int64_t i = threadIdx.x; i < n; i += kFusedThreads) {
+    const int64_t e = at(i);
+    const int c = c0 + int(i % packs) * W;
+    const Pack<T, W> v = *reinterpret_cast<const Pack<T, W>*>(x + e);
+    Pack<T, W> r;
+#pragma unroll
+    for (int j = 0; j < W; ++j)
+      r.v[j] = from_float<T>(activate(
+          act, (to_float(v.v[j]) - mean) * rstd * to_float(gamma[c + j]) + to_float(beta[c + j])));
+    *reinterpret_cast<Pack<T, W>*>(out + e) = r;
+  }
+}
+
+template <class T>
+void launch_group_norm_fused(const GroupNormArgs& a) {
+  const int batch = int(a.x.dim(0)), channels = int(a.x.dim(2)), groups = a.groups;
+  const int per_group = channels / groups;
+  const T* x = static_cast<const T*>(a.x.raw());
+  T* out = static_cast<T*>(a.out.raw());
+  const T* gamma = static_cast<const T*>(a.gamma.raw());
+  const T* beta = static_cast<const T*>(a.beta.raw());
+  // The widest access that the group's width and the addresses allow.
+  const uintptr_t addresses = reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(out);
+  int width = 1;
+  for (int w : {8, 4, 2})
+    if (w * int(sizeof(T)) <= 16 && per_group % w == 0 && addresses % (w * sizeof(T)) == 0) {
+      width = w;
+      break;
+    }
+  const unsigned grid = unsigned(batch * groups);
+  const int64_t rows = a.x.dim(1);
+  switch (width) {
+    case 8:
+      group_norm_fused<T, 8><<<grid, kFusedThreads, 0, stream()>>>(x, gamma, beta, out, rows,
+                                                                   channels, groups, a.eps, a.act);
+      break;
+    case 4:
+      group_norm_fused<T, 4><<<grid, kFusedThreads, 0, stream()>>>(x, gamma, beta, out, rows,
+                                                                   channels, groups, a.eps, a.act);
+      break;
+    case 2:
+      group_norm_fused<T, 2><<<grid, kFusedThreads, 0, stream()>>>(x, gamma, beta, out, rows,
+                                                                   channels, groups, a.eps, a.act);
+      break;
+    default:
+      group_norm_fused<T, 1><<<grid, kFusedThreads, 0, stream()>>>(x, gamma, beta, out, rows,
+                                                                   channels, groups, a.eps, a.act);
+  }
+  CUDA_CHECK_LAUNCH();
+}
+
+template <class T>
+int norm_pack_width(int64_t channels, std::initializer_list<const void*> pointers) {
+  for (const void* p : pointers)
+    if (!aligned16(p)) return 1;
+  return channels % kVec<T> == 0 ? kVec<T> : 1;
+}
+
+template <class T, int N>
+void launch_group_norm(const GroupNormArgs& a) {
+  const int batch = int(a.x.dim(0)), channels = int(a.x.dim(2)), groups = a.groups;
+  const int64_t rows = a.x.dim(1);
+  const T* x = static_cast<const T*>(a.x.raw());
+  // About four blocks per multiprocessor in all, at least 32 rows each.
+  const int64_t target =
+      std::max<int64_t>(1, int64_t(context().props.multiProcessorCount) * 4 / batch);
+  const int64_t rows_per_block = std::max<int64_t>(32, (rows + target - 1) / target);
+  const int splits = int((rows + rows_per_block - 1) / rows_per_block);
+  // Threads across the packs of a row (a power of two up to 32), the rest down the rows.
+  const int packs = channels / N;
+  int across = 1;
+  while (across < packs && across < 32) across *= 2;
+  const dim3 block{unsigned(across), unsigned(kStatThreads / across)};
+
+  const size_t partial_floats = size_t(batch) * splits * groups * 2;
+  const size_t channel_floats = size_t(batch) * channels;
+  const auto buffer = scratch((partial_floats + 2 * channel_floats) * sizeof(float));
+  float* partial = static_cast<float*>(buffer->data());
+  float* scale = partial + partial_floats;
+  float* shift = scale + channel_floats;
+
+  const size_t smem = (size_t(2) * kStatThreads * N + size_t(2) * channels) * sizeof(float);
+  static int configured = 48 << 10;
+  if (int(smem) > configured) {
+    CUDA_CHECK(cudaFuncSetAttribute(group_norm_stats<T, N>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    configured = int(smem);
+  }
+  group_norm_stats<T, N><<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
+      x, partial, rows, rows_per_block, channels, groups);
+  CUDA_CHECK_LAUNCH();
+  group_norm_finalize<T><<<unsigned(batch * groups), 32, 0, stream()>>>(
+      partial, static_cast<const T*>(a.gamma.raw()), static_cast<const T*>(a.beta.raw()), scale,
+      shift, splits, rows, channels, groups, a.eps);
+  CUDA_CHECK_LAUNCH();
+  const int64_t total = int64_t(batch) * rows * channels;
+  group_norm_apply<T, N><<<grid_for(total / N, 256), 256, 0, stream()>>>(
+      x, static_cast<T*>(a.out.raw()), scale, shift, rows, channels, a.act, total);
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+void group_norm(const GroupNormArgs& a) {
+  if (a.x.numel() == 0) return;
+  KILN_CHECK(a.x.dim(2) <= 16384, "group_norm: ", a.x.dim(2), " channels (at most 16384 on CUDA)");
+  const bool small = a.x.dim(1) * (a.x.dim(2) / a.groups) <= kFusedGroupElements;
+  dispatch_float(a.x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if (small)
+      launch_group_norm_fused<T>(a);
+    else if (norm_pack_width<T>(a.x.dim(2), {a.x.raw(), a.out.raw()}) == 1)
+      launch_group_norm<T, 1>(a);
+    else
+      launch_group_norm<T, kVec<T>>(a);
+  });
+}
+
+void layer_norm(const LayerNormArgs& a) {
+  const int64_t rows = a.x.dim(0);
+  const int channels = int(a.x.dim(1));
+  if (rows == 0 || channels == 0) return;
+  dispatch_float(a.x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const T* x = static_cast<const T*>(a.x.raw());
+    const T* gamma = static_cast<const T*>(a.gamma.raw());
+    const T* beta = static_cast<const T*>(a.beta.raw());
+    T* out = static_cast<T*>(a.out.raw());
+    const dim3 block{32, kRowsPerBlock};
+    const unsigned grid = unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock);
+    const int width = norm_pack_width<T>(channels, {x, gamma, beta, out});
+    const int per_lane = (channels + 32 * width - 1) / (32 * width);  // packs per lane
+    auto launch = [&](auto n, auto k) {
+      layer_norm_kernel<T, decltype(n)::value, decltype(k)::value>
+          <<<grid, block, 0, stream()>>>(x, gamma, beta, out, rows, channels, a.eps);
+    };
+    using One = std::integral_constant<int, 1>;
+    using Vec = std::integral_constant<int, kVec<T>>;
+    if (width == 1 || per_lane > 8)
+      (width == 1 ? layer_norm_wide_kernel<T, 1>
+                  : layer_norm_wide_kernel<T, kVec<T>>)<<<grid, block, 0, stream()>>>(
+          x, gamma, beta, out, rows, channels, a.eps);
+    else if (per_lane <= 1)
+      launch(Vec{}, One{});
+    else if (per_lane <= 2)
+      launch(Vec{}, std::integral_constant<int, 2>{});
+    else if (per_lane <= 4)
+      launch(Vec{}, std::integral_constant<int, 4>{});
+    else if (per_lane <= 6)
+      launch(Vec{}, std::integral_constant<int, 6>{});
+    else
+      launch(Vec{}, std::integral_constant<int, 8>{});
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
+}  // namespace kiln::cuda

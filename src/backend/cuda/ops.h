@@ -1,0 +1,54 @@
+// The CUDA backend's op implementations, one group per file, each taking the
+// validated Args of backend.h. Internal to src/backend/cuda/.
+#pragma once
+
+#include "backend/backend.h"
+
+namespace kiln::cuda {
+
+// gemm.cpp
+void linear(const LinearArgs& a);
+// C[M, N] = act(A[M, K] · B[N, K]^T + bias) (+ residual), row-major, leading
+// dimensions in elements; dtype of A, B, C, bias and residual alike.
+struct GemmParams {
+  int64_t m = 0, n = 0, k = 0;
+  const void* a = nullptr;
+  int64_t lda = 0;
+  const void* b = nullptr;
+  int64_t ldb = 0;
+  void* c = nullptr;
+  int64_t ldc = 0;
+  const void* bias = nullptr;      // [N] or null
+  const void* residual = nullptr;  // like C (same ldc) or null
+  Activation act = Activation::None;
+  DType dtype = DType::F16;
+};
+void gemm_nt(const GemmParams& p);
+
+// conv.cu
+void conv2d(const Conv2dArgs& a);
+
+// attention.cu
+void attention(const AttentionArgs& a);
+
+// norm.cu
+void group_norm(const GroupNormArgs& a);
+void layer_norm(const LayerNormArgs& a);
+
+// elementwise.cu
+void binary(const BinaryArgs& a);
+void unary(const UnaryArgs& a);
+void linear_combination(const LinearCombinationArgs& a);
+void geglu(const GegluArgs& a);
+void concat(const ConcatArgs& a);
+void upsample_nearest(const UpsampleArgs& a);
+void timestep_embedding(const TimestepEmbeddingArgs& a);
+void embedding(const EmbeddingArgs& a);
+void slice_last(const SliceLastArgs& a);
+void cast(const CastArgs& a);
+// out[r, c] = act(out[r, c] + bias[c]) + residual[r, c] over [rows, cols], in
+// place: the epilogue of GEMMs and convolutions that the library could not fuse.
+void bias_act_residual(void* out, const void* bias, const void* residual, int64_t rows,
+                       int64_t cols, Activation act, DType dtype);
+
+}  // namespace kiln::cuda

@@ -1,0 +1,366 @@
+// Every op of the backend interface on CUDA against the CPU reference: the shapes
+// SD 1.5, SD 2.x, SDXL and their text encoders and VAE use, odd sizes that miss
+// every vector path, and f32, f16 and bf16.
+#include <functional>
+#include <tuple>
+#include <vector>
+
+#include "backend_test.h"
+
+namespace kiln::backend_test {
+namespace {
+
+const DType kAllTypes[] = {DType::F32, DType::F16, DType::BF16};
+
+// Runs `op` on CPU f32 copies and on CUDA tensors of `dtype` of the same
+// inputs, and checks the NMSE of the results.
+void expect_match(const std::string& what, DType dtype, const std::vector<Tensor>& inputs,
+                  const std::function<Tensor(const std::vector<Tensor>&)>& op,
+                  double tol_scale = 1.0) {
+  SCOPED_TRACE(what + " " + name(dtype));
+  std::vector<Tensor> gpu;
+  for (const Tensor& t : inputs)
+    gpu.push_back(t.dtype() == DType::F32 ? on_cuda(t, dtype) : t.to(Device::CUDA));
+  const Tensor expected = op(inputs);
+  const Tensor actual = op(gpu);
+  ASSERT_EQ(actual.device(), Device::CUDA);
+  ASSERT_EQ(actual.dtype(), expected.dtype() == DType::F32 ? dtype : expected.dtype());
+  const double e = nmse(actual, expected);
+  EXPECT_LE(e, tolerance(dtype) * tol_scale) << what << " " << name(dtype) << ": nmse " << e;
+}
+
+// ---------------------------------------------------------------------------
+struct LinearCase {
+  int64_t m, k, n;
+  bool bias, residual;
+  Activation act;
+};
+
+class Linear : public CudaTest, public ::testing::WithParamInterface<LinearCase> {};
+
+TEST_P(Linear, MatchesCpu) {
+  const LinearCase c = GetParam();
+  for (DType dt : kAllTypes) {
+    std::vector<Tensor> in{random_tensor({c.m, c.k}, dt, next_seed()),
+                           random_tensor({c.n, c.k}, dt, next_seed(), 1.0f / std::sqrt(float(c.k))),
+                           random_tensor({c.n}, dt, next_seed()),
+                           random_tensor({c.m, c.n}, dt, next_seed())};
+    expect_match(str("linear ", c.m, "x", c.k, "x", c.n), dt, in,
+                 [&](const std::vector<Tensor>& t) {
+                   return ops::linear(t[0], t[1], c.bias ? t[2] : Tensor(), c.act,
+                                      c.residual ? t[3] : Tensor());
+                 });
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, Linear,
+    ::testing::Values(
+        LinearCase{1, 7, 5, true, false, Activation::None},        // odd everything
+        LinearCase{3, 13, 33, false, true, Activation::None},      // residual, no bias
+        LinearCase{154, 768, 768, true, false, Activation::None},  // CLIP-L q/k/v, 2 × 77 tokens
+        LinearCase{154, 768, 3072, true, false, Activation::QuickGELU},  // CLIP-L fc1
+        LinearCase{154, 1280, 5120, true, false, Activation::GELU},      // bigG fc1
+        LinearCase{154, 3072, 768, true, true, Activation::None},        // fc2 + residual
+        LinearCase{8192, 320, 320, false, false, Activation::None},  // SD1.5 to_q at 64×64, batch 2
+        LinearCase{8192, 320, 2560, true, false, Activation::None},  // GEGLU projection
+        LinearCase{8192, 1280, 320, true, true, Activation::None},   // FF out + residual
+        LinearCase{2048, 640, 640, true, true, Activation::None},    // SDXL proj_out + residual
+        LinearCase{154, 2048, 640, false, false, Activation::None},  // SDXL to_k on the context
+        LinearCase{2, 320, 1280, true, false, Activation::SiLU},     // time embedding linear_1
+        LinearCase{2, 2816, 1280, true, false, Activation::SiLU},    // SDXL add_embedding
+        LinearCase{37, 96, 40, true, true, Activation::GELUTanh},    // tanh GELU fused, + residual
+        LinearCase{5, 24, 16, true, true, Activation::SiLU}));       // unfused act + residual
+
+// ---------------------------------------------------------------------------
+struct ConvCase {
+  int64_t b, h, w, c, o;
+  int k, stride, pt, pl, pb, pr;
+  bool residual;
+};
+
+class Conv2d : public CudaTest, public ::testing::WithParamInterface<std::tuple<ConvCase, bool>> {};
+
+TEST_P(Conv2d, MatchesCpu) {
+  const auto [c, use_cudnn] = GetParam();
+  if (use_cudnn && !cuda::cudnn_enabled()) GTEST_SKIP() << "no cuDNN in this build";
+  cuda::options().use_cudnn = use_cudnn;
+  const ops::Conv2dGeometry g{c.stride, c.pt, c.pl, c.pb, c.pr};
+  const int64_t ho = (c.h + c.pt + c.pb - c.k) / c.stride + 1;
+  const int64_t wo = (c.w + c.pl + c.pr - c.k) / c.stride + 1;
+  for (DType dt : kAllTypes) {
+    std::vector<Tensor> in{random_tensor({c.b, c.h, c.w, c.c}, dt, next_seed()),
+                           random_tensor({c.o, c.k, c.k, c.c}, dt, next_seed(),
+                                         1.0f / std::sqrt(float(c.k * c.k * c.c))),
+                           random_tensor({c.o}, dt, next_seed()),
+                           random_tensor({c.b, ho, wo, c.o}, dt, next_seed())};
+    expect_match(str("conv ", c.b, "x", c.h, "x", c.w, "x", c.c, " -> ", c.o, " k", c.k, " s",
+                     c.stride, use_cudnn ? " cudnn" : " im2col"),
+                 dt, in, [&](const std::vector<Tensor>& t) {
+                   return ops::conv2d(t[0], t[1], t[2], g, c.residual ? t[3] : Tensor());
+                 });
+  }
+  cuda::options().use_cudnn = true;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, Conv2d,
+    ::testing::Combine(
+        ::testing::Values(ConvCase{1, 5, 7, 3, 4, 3, 1, 1, 1, 1, 1, false},       // odd channels
+                          ConvCase{2, 64, 64, 4, 320, 3, 1, 1, 1, 1, 1, false},   // SD conv_in
+                          ConvCase{2, 32, 32, 320, 320, 3, 1, 1, 1, 1, 1, true},  // resnet conv2
+                          ConvCase{2, 16, 16, 640, 1280, 3, 1, 1, 1, 1, 1, false},
+                          ConvCase{2, 32, 32, 640, 640, 3, 2, 1, 1, 1, 1, false},  // downsample
+                          ConvCase{1, 9, 11, 16, 16, 3, 2, 0, 0, 1, 1, false},  // VAE encoder pad
+                          ConvCase{2, 8, 8, 64, 32, 1, 1, 0, 0, 0, 0, true},    // 1×1 shortcut
+                          ConvCase{1, 128, 128, 128, 128, 3, 1, 1, 1, 1, 1, true},  // VAE decoder
+                          ConvCase{1, 64, 64, 128, 3, 3, 1, 1, 1, 1, 1, false},     // VAE conv_out
+                          ConvCase{2, 13, 10, 24, 40, 3, 1, 1, 1, 1, 1, true}),
+        ::testing::Bool()));
+
+// ---------------------------------------------------------------------------
+struct AttentionCase {
+  int64_t b, sq, sk;
+  int heads;
+  int64_t d;
+  bool causal;
+};
+
+// Paths: the banded cuBLAS path, the flash kernel with one m-tile per warp, with two.
+enum class AttentionPath { Banded, FlashOneTile, FlashTwoTiles };
+
+class Attention : public CudaTest,
+                  public ::testing::WithParamInterface<std::tuple<AttentionCase, AttentionPath>> {};
+
+TEST_P(Attention, MatchesCpu) {
+  const auto [c, path] = GetParam();
+  const bool flash = path != AttentionPath::Banded;
+  cuda::options().use_flash_attention = flash;
+  cuda::options().flash_two_tiles_per_warp = path == AttentionPath::FlashTwoTiles;
+  const float scale = float(1.0 / std::sqrt(double(c.d)));
+  for (DType dt : kAllTypes) {
+    std::vector<Tensor> in{random_tensor({c.b, c.sq, c.heads * c.d}, dt, next_seed()),
+                           random_tensor({c.b, c.sk, c.heads * c.d}, dt, next_seed()),
+                           random_tensor({c.b, c.sk, c.heads * c.d}, dt, next_seed())};
+    expect_match(str("attention b", c.b, " sq", c.sq, " sk", c.sk, " h", c.heads, " d", c.d,
+                     c.causal ? " causal" : "",
+                     path == AttentionPath::Banded         ? " banded"
+                     : path == AttentionPath::FlashOneTile ? " flash 1 tile/warp"
+                                                           : " flash 2 tiles/warp"),
+                 dt, in, [&](const std::vector<Tensor>& t) {
+                   return ops::attention(t[0], t[1], t[2], c.heads, scale, c.causal);
+                 });
+  }
+  cuda::options().use_flash_attention = true;
+  cuda::options().flash_two_tiles_per_warp = false;
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, Attention,
+    ::testing::Combine(
+        ::testing::Values(AttentionCase{2, 4096, 4096, 8, 40, false},   // SD1.5 self, 64×64
+                          AttentionCase{2, 4096, 77, 8, 40, false},     // SD1.5 cross
+                          AttentionCase{2, 1024, 1024, 8, 80, false},   // SD1.5 32×32
+                          AttentionCase{2, 256, 77, 8, 160, false},     // SD1.5 16×16 cross
+                          AttentionCase{2, 1024, 1024, 10, 64, false},  // SDXL / SD2 self
+                          AttentionCase{2, 77, 77, 12, 64, true},       // CLIP-L
+                          AttentionCase{1, 77, 77, 20, 64, true},       // OpenCLIP bigG
+                          AttentionCase{1, 1024, 1024, 1, 512, false},  // VAE mid-block (banded)
+                          AttentionCase{1, 37, 53, 3, 24, false},       // odd everything
+                          AttentionCase{2, 19, 19, 2, 4, true},         // tiny head, scalar loads
+                          AttentionCase{1, 100, 70, 2, 100, false},     // d not a multiple of 8
+                          AttentionCase{1, 130, 130, 4, 128, true},     // causal over 3 blocks
+                          AttentionCase{1, 300, 300, 3, 64, true}),     // causal, two tiles/warp
+        ::testing::Values(AttentionPath::Banded, AttentionPath::FlashOneTile,
+                          AttentionPath::FlashTwoTiles)));
+
+// ---------------------------------------------------------------------------
+struct NormCase {
+  int64_t b, n, c;
+  int groups;
+  Activation act;
+};
+
+class GroupNorm : public CudaTest, public ::testing::WithParamInterface<NormCase> {};
+
+TEST_P(GroupNorm, MatchesCpu) {
+  const NormCase c = GetParam();
+  for (DType dt : kAllTypes) {
+    // An offset mean, as real activations have, tests the variance's accuracy.
+    std::vector<Tensor> in{random_tensor({c.b, c.n, c.c}, dt, next_seed(), 2.0f, 3.0f),
+                           random_tensor({c.c}, dt, next_seed(), 0.5f, 1.0f),
+                           random_tensor({c.c}, dt, next_seed())};
+    expect_match(str("group_norm ", c.b, "x", c.n, "x", c.c, " g", c.groups), dt, in,
+                 [&](const std::vector<Tensor>& t) {
+                   return ops::group_norm(t[0], t[1], t[2], c.groups, 1e-5f, c.act);
+                 });
+  }
+}
+
+// Groups of up to 16384 values per batch row take the one-launch kernel, larger
+// ones the three-launch path.
+INSTANTIATE_TEST_SUITE_P(Shapes, GroupNorm,
+                         ::testing::Values(NormCase{2, 4096, 320, 32, Activation::SiLU},
+                                           NormCase{2, 16384, 320, 32, Activation::SiLU},
+                                           NormCase{2, 1024, 640, 32, Activation::SiLU},
+                                           NormCase{2, 512, 640, 32, Activation::SiLU},
+                                           NormCase{2, 64, 1280, 32, Activation::None},
+                                           NormCase{2, 256, 960, 32,
+                                                    Activation::SiLU},  // 30 per group
+                                           NormCase{1, 16384, 128, 32, Activation::SiLU},  // VAE
+                                           NormCase{1, 37, 12, 4, Activation::SiLU},       // odd
+                                           NormCase{3, 5, 6, 3, Activation::None}));
+
+class LayerNorm : public CudaTest,
+                  public ::testing::WithParamInterface<std::tuple<int64_t, int64_t>> {};
+
+TEST_P(LayerNorm, MatchesCpu) {
+  const auto [m, c] = GetParam();
+  for (DType dt : kAllTypes) {
+    std::vector<Tensor> in{random_tensor({m, c}, dt, next_seed(), 2.0f, 1.0f),
+                           random_tensor({c}, dt, next_seed(), 0.5f, 1.0f),
+                           random_tensor({c}, dt, next_seed())};
+    expect_match(str("layer_norm ", m, "x", c), dt, in, [&](const std::vector<Tensor>& t) {
+      return ops::layer_norm(t[0], t[1], t[2], 1e-5f);
+    });
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Shapes, LayerNorm,
+                         ::testing::Values(std::tuple<int64_t, int64_t>{8192, 320},
+                                           std::tuple<int64_t, int64_t>{154, 768},
+                                           std::tuple<int64_t, int64_t>{2048, 1280},
+                                           std::tuple<int64_t, int64_t>{13, 5}));
+
+// ---------------------------------------------------------------------------
+class Elementwise : public CudaTest {};
+
+TEST_F(Elementwise, BinaryWithBroadcast) {
+  const std::vector<std::pair<Shape, Shape>> cases{
+      {{2, 64, 64, 320}, {2, 64, 64, 320}},  // residual add
+      {{2, 32, 32, 640}, {2, 1, 1, 640}},    // time embedding into a resnet
+      {{2, 77, 768}, {77, 768}},             // position embeddings
+      {{1, 64, 64, 4}, {4}},                 // SDXL latent statistics
+      {{3, 5, 7}, {3, 1, 7}},                // odd, broadcast in the middle
+      {{3, 5, 7}, {5, 1}},                   // broadcast along the inner dim
+      {{11}, {1}}};
+  for (DType dt : kAllTypes)
+    for (const auto& [sa, sb] : cases)
+      for (bool add : {true, false})
+        expect_match(str(add ? "add " : "mul ", sa.str(), " ", sb.str()), dt,
+                     {random_tensor(sa, dt, next_seed()), random_tensor(sb, dt, next_seed())},
+                     [&](const std::vector<Tensor>& t) {
+                       return add ? ops::add(t[0], t[1]) : ops::mul(t[0], t[1]);
+                     });
+}
+
+TEST_F(Elementwise, UnaryActivationsScaleAndClamp) {
+  for (DType dt : kAllTypes) {
+    for (Shape s : {Shape{2, 1280}, Shape{3, 7}}) {
+      for (Activation act :
+           {Activation::SiLU, Activation::GELU, Activation::GELUTanh, Activation::QuickGELU}) {
+        expect_match(str("activate ", int(act)), dt, {random_tensor(s, dt, next_seed(), 3.0f)},
+                     [&](const std::vector<Tensor>& t) { return ops::activate(t[0], act); });
+      }
+      expect_match("scale", dt, {random_tensor(s, dt, next_seed())},
+                   [&](const std::vector<Tensor>& t) { return ops::scale(t[0], 0.18215f); });
+      expect_match("clamp", dt, {random_tensor(s, dt, next_seed(), 40.0f)},
+                   [&](const std::vector<Tensor>& t) { return ops::clamp(t[0], -30.0f, 20.0f); });
+    }
+  }
+}
+
+TEST_F(Elementwise, LinearCombinationOfViewsAndManyTerms) {
+  for (DType dt : kAllTypes) {
+    for (int terms : {1, 2, 5, 11}) {
+      // Rows of one tensor, as the samplers pass the CFG halves of the UNet output.
+      const Tensor all = random_tensor({terms, 1, 9, 7, 4}, dt, next_seed());
+      std::vector<Tensor> in{all};
+      expect_match(str("linear_combination of ", terms), dt, in, [&](const std::vector<Tensor>& t) {
+        std::vector<std::pair<float, Tensor>> parts;
+        for (int i = 0; i < terms; ++i)
+          parts.emplace_back(0.5f - 0.3f * float(i), t[0].rows(i, i + 1).reshape({1, 9, 7, 4}));
+        return ops::linear_combination(parts);
+      });
+    }
+  }
+}
+
+TEST_F(Elementwise, CastBetweenEveryPair) {
+  for (DType from : kAllTypes) {
+    for (DType to : kAllTypes) {
+      SCOPED_TRACE(name(from) + " -> " + name(to));
+      const Tensor cpu = ops::cast(random_tensor({5, 77, 13}, from, next_seed(), 10.0f), from);
+      const Tensor expected = ops::cast(cpu, to);
+      const Tensor actual = ops::cast(cpu.to(Device::CUDA), to);
+      ASSERT_EQ(actual.dtype(), to);
+      EXPECT_EQ(nmse(actual, expected), 0.0);  // conversions round exactly alike
+    }
+  }
+}
+
+TEST_F(Elementwise, Geglu) {
+  for (DType dt : kAllTypes)
+    for (Shape s : {Shape{2, 4096, 2560}, Shape{3, 10}})
+      expect_match(str("geglu ", s.str()), dt, {random_tensor(s, dt, next_seed())},
+                   [&](const std::vector<Tensor>& t) { return ops::geglu(t[0]); });
+}
+
+TEST_F(Elementwise, ConcatAndSlice) {
+  for (DType dt : kAllTypes) {
+    expect_match("concat skip", dt,
+                 {random_tensor({2, 32, 32, 640}, dt, next_seed()),
+                  random_tensor({2, 32, 32, 320}, dt, next_seed())},
+                 [&](const std::vector<Tensor>& t) {
+                   return ops::concat_last({t[0], t[1]});
+                 });
+    expect_match("concat odd", dt,
+                 {random_tensor({3, 3}, dt, next_seed()), random_tensor({3, 5}, dt, next_seed()),
+                  random_tensor({3, 7}, dt, next_seed())},
+                 [&](const std::vector<Tensor>& t) {
+                   return ops::concat_last({t[0], t[1], t[2]});
+                 });
+    expect_match(
+        "concat rows", dt,
+        {random_tensor({1, 77, 64}, dt, next_seed()), random_tensor({2, 77, 64}, dt, next_seed())},
+        [&](const std::vector<Tensor>& t) {
+          return ops::concat_rows({t[0], t[1]});
+        });
+    expect_match("slice", dt, {random_tensor({4, 9, 8}, dt, next_seed())},
+                 [&](const std::vector<Tensor>& t) { return ops::slice_last(t[0], 3, 7); });
+  }
+}
+
+TEST_F(Elementwise, UpsampleNearest) {
+  for (DType dt : kAllTypes) {
+    expect_match("upsample 2x", dt, {random_tensor({2, 16, 16, 640}, dt, next_seed())},
+                 [&](const std::vector<Tensor>& t) { return ops::upsample_nearest(t[0], 32, 32); });
+    expect_match("upsample odd", dt, {random_tensor({1, 5, 7, 3}, dt, next_seed())},
+                 [&](const std::vector<Tensor>& t) { return ops::upsample_nearest(t[0], 9, 13); });
+  }
+}
+
+TEST_F(Elementwise, TimestepEmbedding) {
+  const float t[] = {999.0f, 1.0f, 500.5f};
+  const Tensor ts = Tensor::from_floats({3}, t);
+  for (auto [dim, flip, shift] : {std::tuple<int, bool, float>{320, true, 0.0f},
+                                  std::tuple<int, bool, float>{256, false, 1.0f},
+                                  std::tuple<int, bool, float>{7, true, 1.0f}}) {
+    SCOPED_TRACE(dim);
+    const Tensor expected = ops::timestep_embedding(ts, dim, flip, shift);
+    const Tensor actual = ops::timestep_embedding(ts.to(Device::CUDA), dim, flip, shift);
+    EXPECT_LE(nmse(actual, expected), 1e-10);
+  }
+}
+
+TEST_F(Elementwise, EmbeddingLookup) {
+  for (DType dt : kAllTypes) {
+    Tensor ids = Tensor::empty({2, 77}, DType::I32);
+    for (int64_t i = 0; i < ids.numel(); ++i) ids.data<int32_t>()[i] = int32_t((i * 37) % 1000);
+    expect_match("embedding", dt, {ids, random_tensor({1000, 768}, dt, next_seed())},
+                 [&](const std::vector<Tensor>& t) { return ops::embedding(t[0], t[1]); });
+  }
+}
+
+}  // namespace
+}  // namespace kiln::backend_test

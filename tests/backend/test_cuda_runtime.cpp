@@ -1,0 +1,104 @@
+// The execution machinery around the kernels: the caching allocator (no device
+// allocation once a shape has run), host/device copies, CUDA-graph capture and
+// replay of a whole UNet forward, and the f32 latents path the samplers take.
+#include <cstring>
+#include <filesystem>
+
+#include "../golden/golden.h"
+#include "backend_test.h"
+#include "models/unet_2d_condition.h"
+
+namespace kiln::backend_test {
+namespace {
+
+class Runtime : public CudaTest {};
+
+TEST_F(Runtime, CopiesRoundTripEveryDtype) {
+  for (DType dt : {DType::F32, DType::F16, DType::BF16}) {
+    const Tensor cpu = ops::cast(random_tensor({3, 5, 7}, dt, next_seed()), dt);
+    const Tensor back = cpu.to(Device::CUDA).clone().to(Device::CPU);
+    ASSERT_EQ(back.dtype(), dt);
+    EXPECT_EQ(std::memcmp(back.raw(), cpu.raw(), cpu.nbytes()), 0) << name(dt);
+  }
+  Tensor ids = Tensor::empty({4}, DType::I32);
+  for (int i = 0; i < 4; ++i) ids.data<int32_t>()[i] = 1000 * i - 7;
+  EXPECT_EQ(std::memcmp(ids.to(Device::CUDA).to(Device::CPU).raw(), ids.raw(), ids.nbytes()), 0);
+}
+
+TEST_F(Runtime, RowViewsReadAndWriteTheirOwnRows) {
+  const Tensor all = on_cuda(random_tensor({4, 3, 8}, DType::F32, next_seed()), DType::F16);
+  Tensor target = Tensor::zeros({4, 3, 8}, DType::F16, Device::CUDA);
+  target.rows(1, 3).copy_from(all.rows(1, 3));
+  const Tensor got = on_cpu(target), want = on_cpu(all);
+  for (int64_t i = 0; i < got.numel(); ++i) {
+    const int64_t row = i / 24;
+    EXPECT_EQ(got.data<float>()[i], row == 1 || row == 2 ? want.data<float>()[i] : 0.0f) << i;
+  }
+}
+
+UNet2DConditionModel::Inputs unet_inputs(const golden::References& ref, const std::string& c) {
+  UNet2DConditionModel::Inputs in;
+  in.sample = ref.get(c + ".sample").to(Device::CUDA);
+  in.timesteps = ref.get(c + ".timesteps").to(Device::CUDA);
+  in.encoder_hidden_states = on_cuda(ref.get(c + ".encoder_hidden_states"), DType::F16);
+  in.text_embeds = on_cuda(ref.get(c + ".text_embeds"), DType::F16);
+  in.time_ids = ref.get(c + ".time_ids").to(Device::CUDA);
+  return in;
+}
+
+TEST_F(Runtime, NoDeviceAllocationOnceAShapeHasRun) {
+  cuda::set_poison_allocations(false);
+  const golden::References ref("sdxl");
+  const auto unet = UNet2DConditionModel::load(golden::data_dir() / "sdxl/model/unet",
+                                               {Device::CUDA, DType::F16, ""});
+  const UNet2DConditionModel::Inputs in = unet_inputs(ref, "unet");
+  (void)unet->forward(in);
+  cuda::synchronize();
+  const size_t before = cuda::memory_stats().device_mallocs;
+  for (int i = 0; i < 3; ++i) (void)unet->forward(in);
+  cuda::synchronize();
+  EXPECT_EQ(cuda::memory_stats().device_mallocs, before);
+}
+
+TEST_F(Runtime, CapturedUNetForwardReplaysTheEagerResult) {
+  cuda::set_poison_allocations(false);
+  const golden::References ref("sdxl");
+  const auto unet = UNet2DConditionModel::load(golden::data_dir() / "sdxl/model/unet",
+                                               {Device::CUDA, DType::F16, ""});
+  UNet2DConditionModel::Inputs in = unet_inputs(ref, "unet");
+  const Tensor eager = on_cpu(unet->forward(in));
+  cuda::CapturedForward graph([&] { return unet->forward(in); });
+  const Tensor replayed = on_cpu(graph.replay());
+  EXPECT_EQ(nmse(replayed, eager), 0.0);
+  // New values in the same input buffers: the replay computes on them.
+  const Tensor other = ref.get("unet_odd.sample");
+  if (other.shape() == in.sample.shape()) {
+    in.sample.copy_from(other.to(Device::CUDA));
+  } else {
+    in.sample.copy_from(random_tensor(in.sample.shape(), DType::F32, next_seed()).to(Device::CUDA));
+  }
+  const Tensor expected = on_cpu(unet->forward(in));
+  EXPECT_EQ(nmse(on_cpu(graph.replay()), expected), 0.0);
+  // And it still matches diffusers.
+  in.sample.copy_from(ref.get("unet.sample").to(Device::CUDA));
+  EXPECT_LE(nmse(graph.replay(), ref.get("unet.out")), 1e-3);
+}
+
+TEST_F(Runtime, SamplerMathOnF32Latents) {
+  // The pipeline keeps latents in f32 on the device and casts the UNet output.
+  const Tensor latents = random_tensor({1, 64, 64, 4}, DType::F32, next_seed());
+  const Tensor out16 = on_cuda(random_tensor({2, 64, 64, 4}, DType::F16, next_seed()), DType::F16);
+  const Tensor noise_pred = ops::cast(out16, DType::F32);
+  const Tensor guided =
+      ops::linear_combination({{-6.5f, noise_pred.rows(0, 1)}, {7.5f, noise_pred.rows(1, 2)}});
+  const Tensor next = ops::linear_combination({{1.0f, latents.to(Device::CUDA)}, {-0.25f, guided}});
+  const Tensor cpu_pred = on_cpu(out16);
+  const Tensor cpu_guided =
+      ops::linear_combination({{-6.5f, cpu_pred.rows(0, 1)}, {7.5f, cpu_pred.rows(1, 2)}});
+  const Tensor cpu_next = ops::linear_combination({{1.0f, latents}, {-0.25f, cpu_guided}});
+  EXPECT_EQ(next.dtype(), DType::F32);
+  EXPECT_LE(nmse(next, cpu_next), 1e-12);
+}
+
+}  // namespace
+}  // namespace kiln::backend_test

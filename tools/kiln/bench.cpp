@@ -1,0 +1,629 @@
+// kiln bench: times the models on this machine, on a model folder or on random
+// weights with the real SD 1.5 / SDXL architectures (no checkpoint needed). Medians
+// of CUDA-event timings after warm-up; a markdown table on stdout and, with
+// --json, the same rows with the GPU, the commit and the dtype in every row.
+#include <unistd.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <functional>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "args.h"
+#include "commands.h"
+#include "io/model_folder.h"
+#include "io/safetensors.h"
+#include "models/autoencoder_kl.h"
+#include "models/clip_text_model.h"
+#include "models/unet_2d_condition.h"
+#include "nn/weights.h"
+#include "ops/ops.h"
+#include "pipelines/text_to_image.h"
+#include "schedulers/scheduler.h"
+#include "text/clip_tokenizer.h"
+#if defined(KILN_WITH_CUDA)
+#include "backend/cuda/cuda_backend.h"
+#endif
+
+#if !defined(KILN_COMMIT)
+#define KILN_COMMIT "unknown"
+#endif
+
+namespace kiln::cli {
+namespace {
+
+namespace fs = std::filesystem;
+using nlohmann::json;
+
+const char* kHelp =
+    "usage: kiln bench [options]\n"
+    "\n"
+    "  --model DIR          a diffusers folder to time (default: random weights of --arch)\n"
+    "  --arch sd15|sdxl     the architecture for random weights (default sd15)\n"
+    "  --what LIST          unet,vae,text,e2e (default unet,vae,text)\n"
+    "  --size LIST          image sizes in pixels, e.g. 512,1024 (default: 512 sd15, 1024 sdxl)\n"
+    "  --batch LIST         batch sizes, e.g. 1,2,8 (default: 2 for the UNet, one CFG step;\n"
+    "                       1 for the VAE and text encoders)\n"
+    "  --steps N            denoising steps of the e2e run (default 30)\n"
+    "  --device cuda|cpu    where to run (default: cuda when a GPU is present)\n"
+    "  --dtype fp16|bf16    precision on cuda (default fp16)\n"
+    "  --warmup N           untimed runs first (default 3)\n"
+    "  --reps N             timed runs; the median is reported (default 10)\n"
+    "  --per-op             time each op kind in one eager pass of each workload\n"
+    "  --per-shape          the same, one row per op kind and shapes\n"
+    "  --no-graphs          skip the CUDA-graph replay of each workload\n"
+    "  --flash-warp-rows N  query rows per warp in flash attention, 16 or 32 (default 16;\n"
+    "                       for comparing the two kernels)\n"
+    "  --json FILE          also write the rows as JSON\n"
+    "  --commit SHA         the commit to record (default: the one kiln was configured at)\n";
+
+// Architectures as tools/py/make_full_size_model.py and the peer benchmark build them.
+const char* kSd15Unet = R"({"_class_name": "UNet2DConditionModel", "sample_size": 64,
+  "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+  "block_out_channels": [320, 640, 1280, 1280],
+  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
+  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
+  "cross_attention_dim": 768, "attention_head_dim": 8, "norm_num_groups": 32})";
+const char* kSdxlUnet = R"({"_class_name": "UNet2DConditionModel", "sample_size": 128,
+  "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
+  "block_out_channels": [320, 640, 1280],
+  "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
+  "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
+  "transformer_layers_per_block": [1, 2, 10], "cross_attention_dim": 2048,
+  "attention_head_dim": [5, 10, 20], "use_linear_projection": true,
+  "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
+  "projection_class_embeddings_input_dim": 2816, "norm_num_groups": 32})";
+const char* kSdVae = R"({"_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3,
+  "latent_channels": 4, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
+  "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
+  "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
+  "norm_num_groups": 32, "sample_size": 512})";
+const char* kClipL = R"({"architectures": ["CLIPTextModel"], "vocab_size": 49408,
+  "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
+  "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
+  "bos_token_id": 49406, "eos_token_id": 49407, "projection_dim": 768})";
+const char* kClipBigG = R"({"architectures": ["CLIPTextModelWithProjection"], "vocab_size": 49408,
+  "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
+  "num_attention_heads": 20, "max_position_embeddings": 77, "hidden_act": "gelu",
+  "bos_token_id": 49406, "eos_token_id": 49407, "projection_dim": 1280})";
+const char* kScheduler = R"({"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012,
+  "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
+  "steps_offset": 1, "timestep_spacing": "leading"})";
+
+void write_text(const fs::path& path, const std::string& text) {
+  fs::create_directories(path.parent_path());
+  std::ofstream out(path);
+  out << text;
+  if (!out) KILN_FAIL("cannot write ", path.string());
+}
+
+// A diffusers folder with the architecture's configs, the embedded model's
+// tokenizer and empty weight files: with nn::RandomWeights on, loading it draws
+// every weight.
+void write_random_folder(const fs::path& dir, bool xl) {
+  fs::create_directories(dir);
+  json index = {{"_class_name", xl ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline"},
+                {"scheduler", {"diffusers", "EulerDiscreteScheduler"}},
+                {"text_encoder", {"transformers", "CLIPTextModel"}},
+                {"tokenizer", {"transformers", "CLIPTokenizer"}},
+                {"unet", {"diffusers", "UNet2DConditionModel"}},
+                {"vae", {"diffusers", "AutoencoderKL"}}};
+  const fs::path tokenizer = default_model_dir() / "tokenizer";
+  auto add_tokenizer = [&](const std::string& name) {
+    fs::create_directories(dir / name);
+    for (const auto& entry : fs::directory_iterator(tokenizer))
+      fs::copy_file(entry.path(), dir / name / entry.path().filename(),
+                    fs::copy_options::overwrite_existing);
+  };
+  add_tokenizer("tokenizer");
+  write_text(dir / "scheduler/scheduler_config.json", kScheduler);
+  write_text(dir / "text_encoder/config.json", kClipL);
+  write_text(dir / "unet/config.json", xl ? kSdxlUnet : kSd15Unet);
+  json vae = json::parse(kSdVae);
+  if (xl) {
+    vae["scaling_factor"] = 0.13025;
+    vae["sample_size"] = 1024;
+  }
+  write_text(dir / "vae/config.json", vae.dump());
+  io::write_safetensors(dir / "text_encoder/model.safetensors", {});
+  io::write_safetensors(dir / "unet/diffusion_pytorch_model.safetensors", {});
+  io::write_safetensors(dir / "vae/diffusion_pytorch_model.safetensors", {});
+  if (xl) {
+    index["text_encoder_2"] = {"transformers", "CLIPTextModelWithProjection"};
+    index["tokenizer_2"] = {"transformers", "CLIPTokenizer"};
+    add_tokenizer("tokenizer_2");
+    write_text(dir / "text_encoder_2/config.json", kClipBigG);
+    io::write_safetensors(dir / "text_encoder_2/model.safetensors", {});
+  }
+  write_text(dir / "model_index.json", index.dump(1));
+}
+
+std::vector<std::string> split(const std::string& list) {
+  std::vector<std::string> out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+std::vector<int> split_ints(const std::string& flag, const std::string& list, int lo, int hi) {
+  std::vector<int> out;
+  for (const std::string& s : split(list)) {
+    char* end = nullptr;
+    const long v = std::strtol(s.c_str(), &end, 10);
+    if (*end != '\0' || v < lo || v > hi)
+      throw UsageError(
+          str("--", flag, " takes numbers from ", lo, " to ", hi, ", got \"", s, "\""));
+    out.push_back(int(v));
+  }
+  if (out.empty()) throw UsageError("--" + flag + " is empty");
+  return out;
+}
+
+struct Settings {
+  Placement placement;
+  int warmup = 3, reps = 10;
+  bool per_op = false, per_shape = false, graphs = true;
+  bool cuda() const { return placement.device == Device::CUDA; }
+};
+
+struct Row {
+  std::string workload;
+  int size = 0, batch = 0, steps = 0;
+  std::string mode;  // eager, graph, e2e
+  double ms = 0.0, min_ms = 0.0, gflop = 0.0, peak_mib = 0.0;
+};
+
+void sync(const Settings& s) {
+#if defined(KILN_WITH_CUDA)
+  if (s.cuda()) cuda::synchronize();
+#endif
+}
+
+// Median and minimum of `reps` timed calls after `warmup` untimed ones: CUDA
+// events around each call on the GPU, the host clock (after a sync) otherwise.
+std::pair<double, double> time_runs(const Settings& s, const std::function<void()>& fn, int warmup,
+                                    int reps) {
+  for (int i = 0; i < warmup; ++i) fn();
+  sync(s);
+  std::vector<double> ms;
+  for (int i = 0; i < reps; ++i) {
+#if defined(KILN_WITH_CUDA)
+    if (s.cuda()) {
+      cuda::EventTimer timer;
+      timer.start();
+      fn();
+      timer.stop();
+      ms.push_back(timer.elapsed_ms());
+      continue;
+    }
+#endif
+    const auto t0 = std::chrono::steady_clock::now();
+    fn();
+    ms.push_back(
+        std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count());
+  }
+  std::sort(ms.begin(), ms.end());
+  return {ms[ms.size() / 2], ms.front()};
+}
+
+class Bench {
+ public:
+  explicit Bench(Settings s) : s_(std::move(s)) {}
+
+  // FLOPs of one call, counted by the backend (GEMMs, convolutions, attention).
+  double count_gflop(const std::function<void()>& fn) {
+#if defined(KILN_WITH_CUDA)
+    if (s_.cuda()) {
+      cuda::reset_flop_count();
+      fn();
+      sync(s_);
+      return cuda::flop_count() / 1e9;
+    }
+#endif
+    (void)fn;
+    return 0.0;
+  }
+
+  void start_memory() {
+#if defined(KILN_WITH_CUDA)
+    if (s_.cuda()) {
+      cuda::release_cached_memory();
+      cuda::reset_peak_memory();
+    }
+#endif
+  }
+  double peak_mib() const {
+#if defined(KILN_WITH_CUDA)
+    if (s_.cuda()) return double(cuda::memory_stats().peak_reserved) / double(1 << 20);
+#endif
+    return 0.0;
+  }
+
+  // Times `forward` eagerly and, on CUDA, as a replayed graph; adds the rows.
+  void measure(const std::string& workload, int size, int batch,
+               const std::function<Tensor()>& forward, bool graph_ok) {
+    Tensor out;
+    auto eager = [&] { out = forward(); };
+    eager();  // plans and autotuning happen here, outside the timings
+    const double gflop = count_gflop(eager);
+    const auto [ms, min_ms] = time_runs(s_, eager, s_.warmup, s_.reps);
+    const double peak = peak_mib();
+    add({workload, size, batch, 0, "eager", ms, min_ms, gflop, peak});
+    if (s_.per_op)
+      per_op(workload + " batch " + std::to_string(batch), forward, graph_ok && s_.graphs);
+#if defined(KILN_WITH_CUDA)
+    if (s_.cuda() && s_.graphs && graph_ok) {
+      out = Tensor();
+      cuda::CapturedForward graph(forward);
+      const auto [gms, gmin] = time_runs(
+          s_, [&] { graph.replay(); }, s_.warmup, s_.reps);
+      add({workload, size, batch, 0, "graph", gms, gmin, gflop, peak_mib()});
+    }
+#else
+    (void)graph_ok;
+#endif
+  }
+
+  void add(const Row& r) {
+    rows_.push_back(r);
+    std::printf("| %s | %d | %d | %s | %s | %.3f | %.1f | %.0f | %.0f |\n", r.workload.c_str(),
+                r.size, r.batch, dtype_name(s_.placement.dtype).data(), r.mode.c_str(), r.ms,
+                r.gflop > 0 ? r.gflop / r.ms : 0.0, r.gflop, r.peak_mib);
+    std::fflush(stdout);
+  }
+
+  // Each op's time on the GPU alone: a graph of the forward with timed event
+  // nodes around every op, replayed once (eagerly, with events, where no graph
+  // can be made).
+  void per_op(const std::string& label, const std::function<Tensor()>& forward, bool graph_ok) {
+#if defined(KILN_WITH_CUDA)
+    if (!s_.cuda()) return;
+    cuda::reset_op_profile();
+    std::string how = "eager, events around each op";
+    bool graphed = false;
+    if (graph_ok) {
+      cuda::set_op_profiling(false, s_.per_shape);
+      try {
+        cuda::CapturedForward graph(forward, /*profile_ops=*/true);
+        graph.replay();
+        cuda::synchronize();
+        how = "graph replay, event nodes around each op";
+        graphed = true;
+      } catch (const Error& e) {
+        std::fprintf(stderr, "kiln bench: per-op profile of a graph failed (%s); eager instead\n",
+                     e.what());
+        cuda::reset_op_profile();
+      }
+    }
+    if (!graphed) {
+      cuda::set_op_profiling(true, s_.per_shape);
+      (void)forward();
+      cuda::set_op_profiling(false, s_.per_shape);
+    }
+    const std::vector<cuda::OpTime> ops = cuda::op_profile();
+    double total = 0.0;
+    for (const auto& o : ops) total += o.ms;
+    std::ostringstream os;
+    os << "\nper-op: " << label << " (" << dtype_name(s_.placement.dtype) << ", " << how << "; "
+       << total << " ms in ops)\n\n"
+       << "| op | calls | ms | % | TFLOP/s |\n|---|---|---|---|---|\n";
+    json j = json::array();
+    int shown = 0;
+    for (const auto& o : ops) {
+      char line[256];
+      std::snprintf(line, sizeof line, "| %s | %d | %.3f | %.1f | %s |\n", o.op.c_str(), o.calls,
+                    o.ms, total > 0 ? 100.0 * o.ms / total : 0.0,
+                    o.flops > 0 ? std::to_string(int(o.flops / 1e9 / o.ms)).c_str() : "");
+      if (shown++ < 40) os << line;
+      j.push_back({{"op", o.op}, {"calls", o.calls}, {"ms", o.ms}, {"gflop", o.flops / 1e9}});
+    }
+    std::printf("%s\n", os.str().c_str());
+    per_op_[label] = j;
+#else
+    (void)label;
+    (void)forward;
+    (void)graph_ok;
+#endif
+  }
+
+  const std::vector<Row>& rows() const {
+    return rows_;
+  }
+  const json& per_op_json() const {
+    return per_op_;
+  }
+  const Settings& settings() const {
+    return s_;
+  }
+
+ private:
+  Settings s_;
+  std::vector<Row> rows_;
+  json per_op_ = json::object();
+};
+
+Tensor random_device(Shape shape, DType dtype, Device device, uint64_t seed) {
+  TorchGenerator g(seed);
+  Tensor t = Tensor::empty(shape, DType::F32);
+  g.randn(t.data<float>(), t.numel());
+  return ops::to(t, device, dtype);
+}
+
+void bench_unet(Bench& b, const fs::path& dir, bool xl, const std::vector<int>& sizes,
+                const std::vector<int>& batches) {
+  const Settings& s = b.settings();
+  b.start_memory();
+  const auto unet = UNet2DConditionModel::load(dir / "unet", s.placement);
+  const UNetConfig& c = unet->config();
+  const Device dev = s.placement.device;
+  for (int size : sizes) {
+    for (int batch : batches) {
+      const int64_t side = size / 8;
+      UNet2DConditionModel::Inputs in;
+      in.sample = random_device({batch, side, side, c.in_channels}, DType::F32, dev, 1);
+      std::vector<float> t(size_t(batch), 500.0f);
+      in.timesteps = Tensor::from_floats({batch}, t.data()).to(dev);
+      in.encoder_hidden_states =
+          random_device({batch, 77, c.cross_attention_dim[0]}, s.placement.dtype, dev, 2);
+      if (c.addition_text_time) {
+        in.text_embeds = random_device(
+            {batch, c.projection_class_embeddings_input_dim - 6 * c.addition_time_embed_dim},
+            s.placement.dtype, dev, 3);
+        const float px = float(size);
+        std::vector<float> ids;
+        for (int i = 0; i < batch; ++i) ids.insert(ids.end(), {px, px, 0.0f, 0.0f, px, px});
+        in.time_ids = Tensor::from_floats({batch, 6}, ids.data()).to(dev);
+      }
+      b.measure(
+          xl ? "sdxl-unet" : "sd15-unet", size, batch, [&] { return unet->forward(in); }, true);
+    }
+  }
+}
+
+void bench_vae(Bench& b, const fs::path& dir, const std::vector<int>& sizes,
+               const std::vector<int>& batches) {
+  const Settings& s = b.settings();
+  b.start_memory();
+  const auto vae = AutoencoderKL::load(dir / "vae", s.placement);
+  for (int size : sizes) {
+    for (int batch : batches) {
+      const int64_t side = size / 8;
+      const Tensor z = random_device({batch, side, side, vae->config().latent_channels}, DType::F32,
+                                     s.placement.device, 4);
+      b.measure(
+          "vae-" + std::to_string(size), size, batch, [&] { return vae->decode(z); }, true);
+    }
+  }
+}
+
+void bench_text(Bench& b, const fs::path& dir, bool xl, const std::vector<int>& batches) {
+  const Settings& s = b.settings();
+  std::vector<std::pair<std::string, std::string>> encoders{{"clip-l", "text_encoder"}};
+  if (xl) encoders.emplace_back("clip-bigg", "text_encoder_2");
+  for (const auto& [name, folder] : encoders) {
+    b.start_memory();
+    const auto model = ClipTextModel::load(dir / folder, s.placement);
+    for (int batch : batches) {
+      Tensor ids = Tensor::empty({batch, 77}, DType::I32);
+      for (int64_t i = 0; i < ids.numel(); ++i)
+        ids.data<int32_t>()[i] = int32_t((i * 7919 + 13) % 49406);
+      // Ids come from the host each call, as in the pipeline: no graph.
+      b.measure(
+          name, 0, batch, [&] { return model->forward(ids).last_hidden_state; }, false);
+    }
+  }
+}
+
+// The SD 1.x generation of TextToImagePipeline (CFG, Euler, the folder's
+// scheduler config) with the UNet replayed from a CUDA graph: what the pipeline
+// gains once it captures its denoiser. Prompt to pixels on the host, as e2e.
+double e2e_with_graph(const fs::path& dir, const Settings& s, int size, int steps, int reps) {
+#if defined(KILN_WITH_CUDA)
+  const auto tokenizer = text::ClipTokenizer::load(dir / "tokenizer");
+  const auto encoder = ClipTextModel::load(dir / "text_encoder", s.placement);
+  const auto unet = UNet2DConditionModel::load(dir / "unet", s.placement);
+  const auto vae = AutoencoderKL::load(dir / "vae", s.placement);
+  const json scheduler_config = io::read_json(dir / "scheduler/scheduler_config.json");
+  const int64_t side = size / 8;
+  const Device dev = Device::CUDA;
+  // The graph's inputs: fixed device tensors that each step refills.
+  UNet2DConditionModel::Inputs in;
+  in.sample = Tensor::zeros({2, side, side, unet->config().in_channels}, DType::F32, dev);
+  in.timesteps = Tensor::zeros({2}, DType::F32, dev);
+  in.encoder_hidden_states =
+      Tensor::zeros({2, 77, unet->config().cross_attention_dim[0]}, s.placement.dtype, dev);
+  cuda::CapturedForward graph([&] { return unet->forward(in); });
+  auto generate = [&] {
+    Tensor ids = Tensor::empty({2, 77}, DType::I32);
+    const std::vector<int32_t> negative = tokenizer.encode_for_model("");
+    const std::vector<int32_t> prompt = tokenizer.encode_for_model("an astronaut riding a horse");
+    std::copy(negative.begin(), negative.end(), ids.data<int32_t>());
+    std::copy(prompt.begin(), prompt.end(), ids.data<int32_t>() + 77);
+    in.encoder_hidden_states.copy_from(encoder->forward(ids).last_hidden_state);
+    const auto scheduler =
+        make_scheduler(SamplerKind::Euler, SigmaSchedule::Default, scheduler_config);
+    scheduler->set_timesteps(steps);
+    TorchGenerator generator(42);
+    Tensor latents = ops::cast(
+        ops::scale(generator.randn_nhwc(1, 4, side, side).to(dev), scheduler->init_noise_sigma()),
+        DType::F32);
+    const float guidance = 7.5f;
+    for (int i = 0; i < scheduler->num_steps(); ++i) {
+      in.sample.copy_from(scheduler->scale_model_input(ops::concat_rows({latents, latents}), i));
+      const float t = scheduler->timesteps()[size_t(i)];
+      const float ts[2] = {t, t};
+      in.timesteps.copy_from(Tensor::from_floats({2}, ts));
+      const Tensor out = ops::cast(graph.replay(), DType::F32);
+      const Tensor guided =
+          ops::linear_combination({{1.0f - guidance, out.rows(0, 1)}, {guidance, out.rows(1, 2)}});
+      latents = scheduler->step(guided, i, latents, generator);
+    }
+    const Tensor z = ops::scale(latents, float(1.0 / vae->config().scaling_factor));
+    (void)ops::cast(vae->decode(z), DType::F32).to(Device::CPU);
+  };
+  Settings host = s;
+  host.placement.device = Device::CPU;
+  generate();
+  return time_runs(host, generate, 0, reps).first;
+#else
+  (void)dir, (void)s, (void)size, (void)steps, (void)reps;
+  return 0.0;
+#endif
+}
+
+void bench_e2e(Bench& b, const fs::path& dir, const std::vector<int>& sizes, int steps) {
+  const Settings& s = b.settings();
+  b.start_memory();
+  const int reps = std::max(1, std::min(s.reps, 3));
+  for (int size : sizes) {
+    double peak = 0.0;
+    std::string name;
+    bool xl = false;
+    {
+      const auto pipeline = TextToImagePipeline::load(dir, s.placement);
+      xl = pipeline->is_xl();
+      name = std::string(xl ? "sdxl" : "sd15") + "-e2e";
+      TextToImageRequest request;
+      request.prompt = "a photograph of an astronaut riding a horse";
+      request.width = request.height = size;
+      request.num_inference_steps = steps;
+      const ResolvedRequest r = pipeline->resolve(request);
+      auto run = [&] { (void)pipeline->generate(r); };
+      // Host clock: one image, prompt to pixels on the host.
+      Settings host = s;
+      host.placement.device = Device::CPU;
+      run();
+      const auto [ms, min_ms] = time_runs(host, run, 0, reps);
+      peak = b.peak_mib();
+      b.add({name, size, 1, steps, "e2e", ms, min_ms, 0.0, peak});
+    }
+    if (s.cuda() && s.graphs && !xl) {
+      b.start_memory();
+      const double ms = e2e_with_graph(dir, s, size, steps, reps);
+      b.add({name, size, 1, steps, "e2e-graph", ms, ms, 0.0, b.peak_mib()});
+    }
+  }
+}
+
+}  // namespace
+
+int bench(const std::vector<std::string>& argv) {
+  const Args args(argv,
+                  {"model", "arch", "what", "size", "batch", "steps", "device", "dtype", "warmup",
+                   "reps", "json", "commit", "flash-warp-rows"},
+                  {"per-op", "per-shape", "no-graphs", "help"});
+  if (args.has("help")) {
+    std::fputs(kHelp, stdout);
+    return 0;
+  }
+  if (!args.positional().empty())
+    throw UsageError("unexpected argument \"" + args.positional()[0] + "\"");
+  Settings s;
+  s.placement = placement_from_flags(args.get("device"), args.get("dtype"));
+  s.warmup = int(args.integer("warmup", 0, 1000).value_or(3));
+  s.reps = int(args.integer("reps", 1, 10000).value_or(10));
+  s.per_op = args.has("per-op") || args.has("per-shape");
+  s.per_shape = args.has("per-shape");
+  s.graphs = !args.has("no-graphs");
+  const int steps = int(args.integer("steps", 1, 1000).value_or(30));
+
+  const auto model = args.get("model");
+  std::string arch = args.get_or("arch", "sd15");
+  if (arch != "sd15" && arch != "sdxl") throw UsageError("--arch is sd15 or sdxl, got " + arch);
+  if (model && args.get("arch")) throw UsageError("give --model or --arch, not both");
+  fs::path dir;
+  std::optional<nn::RandomWeights> random;
+  bool xl = arch == "sdxl";
+  if (model) {
+    dir = *model;
+    xl = io::ModelFolder::open(dir).pipeline_class() == "StableDiffusionXLPipeline";
+  } else {
+    dir = fs::temp_directory_path() / ("kiln-bench-" + arch + "-" + std::to_string(getpid()));
+    write_random_folder(dir, xl);
+    random.emplace(0);
+  }
+  struct Cleanup {
+    fs::path dir;
+    ~Cleanup() {
+      std::error_code ec;
+      if (!dir.empty()) fs::remove_all(dir, ec);
+    }
+  } cleanup{model ? fs::path() : dir};
+
+  const std::vector<std::string> what = split(args.get_or("what", "unet,vae,text"));
+  const std::vector<int> sizes = args.get("size") ? split_ints("size", *args.get("size"), 64, 4096)
+                                                  : std::vector<int>{xl ? 1024 : 512};
+  for (int size : sizes)
+    if (size % 64 != 0) throw UsageError(str("--size must be a multiple of 64, got ", size));
+  const auto batch_flag = args.get("batch");
+  const std::vector<int> batches =
+      batch_flag ? split_ints("batch", *batch_flag, 1, 256) : std::vector<int>{};
+  auto batches_or = [&](int fallback) {
+    return batches.empty() ? std::vector<int>{fallback} : batches;
+  };
+
+  std::string gpu = "cpu";
+#if defined(KILN_WITH_CUDA)
+  if (const auto rows = args.integer("flash-warp-rows", 16, 32)) {
+    if (*rows != 16 && *rows != 32) throw UsageError("--flash-warp-rows is 16 or 32");
+    if (s.cuda()) cuda::options().flash_two_tiles_per_warp = *rows == 32;
+  }
+  if (s.cuda()) {
+    const cuda::DeviceInfo info = cuda::device_info();
+    gpu = info.name;
+    std::fprintf(stderr, "kiln bench: %s (%d SMs, %zu MiB), %s\n", info.name.c_str(),
+                 info.multiprocessors, info.total_memory >> 20, info.libraries.c_str());
+  }
+#endif
+  const std::string commit = args.get_or("commit", KILN_COMMIT);
+  std::printf(
+      "\n| workload | size | batch | dtype | mode | ms | TFLOP/s | GFLOP | peak MiB |"
+      "  (%s, kiln %s, commit %s, %s)\n|---|---|---|---|---|---|---|---|---|\n",
+      gpu.c_str(), KILN_VERSION, commit.c_str(),
+      model ? dir.string().c_str() : ("random " + arch).c_str());
+  std::fflush(stdout);
+
+  Bench b(s);
+  for (const std::string& w : what) {
+    if (w == "unet")
+      bench_unet(b, dir, xl, sizes, batches_or(2));
+    else if (w == "vae")
+      bench_vae(b, dir, sizes, batches_or(1));
+    else if (w == "text")
+      bench_text(b, dir, xl, batches_or(1));
+    else if (w == "e2e")
+      bench_e2e(b, dir, sizes, steps);
+    else
+      throw UsageError("unknown workload \"" + w + "\" in --what (unet, vae, text, e2e)");
+  }
+
+  if (const auto path = args.get("json")) {
+    json rows = json::array();
+    for (const Row& r : b.rows())
+      rows.push_back({{"workload", r.workload},
+                      {"size", r.size},
+                      {"batch", r.batch},
+                      {"steps", r.steps},
+                      {"mode", r.mode},
+                      {"dtype", dtype_name(s.placement.dtype)},
+                      {"ms", r.ms},
+                      {"min_ms", r.min_ms},
+                      {"gflop", r.gflop},
+                      {"tflops", r.gflop > 0 ? r.gflop / r.ms : 0.0},
+                      {"peak_mib", r.peak_mib},
+                      {"gpu", gpu},
+                      {"commit", commit},
+                      {"weights", model ? dir.string() : "random " + arch}});
+    std::ofstream out(*path);
+    out << json{{"rows", rows}, {"per_op", b.per_op_json()}}.dump(1) << "\n";
+    if (!out) KILN_FAIL("cannot write ", *path);
+  }
+  return 0;
+}
+
+}  // namespace kiln::cli
