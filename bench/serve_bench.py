@@ -184,12 +184,17 @@ def main():
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--timeout", type=float, default=600, help="per request, seconds")
     p.add_argument("--json", default=str(ROOT / "bench" / "serve_bench.json"))
+    p.add_argument("--device", help="passed to kiln serve (cuda, cpu)")
+    p.add_argument("--dtype", help="passed to kiln serve (fp16, bf16, fp32)")
     args = p.parse_args()
 
     server_args = ["--max-batch", str(args.max_batch), "--batch-window-ms", str(args.batch_window_ms),
                    "--http-threads", "512", "--max-queue", "100000", "--request-timeout", "3600"]
     if args.model:
         server_args += ["--model", args.model]
+    for flag in ("device", "dtype"):
+        if getattr(args, flag):
+            server_args += ["--" + flag, getattr(args, flag)]
     rates = [float(r) for r in args.rates.split(",")]
     modes = args.modes.split(",")
     servers = {mode: Server(args.kiln, mode, server_args) for mode in modes}

@@ -44,12 +44,15 @@ PREFIXES=()
 if [ -f .peer/deps.tar.xz ]; then
   mkdir -p /tmp/kiln-deps && tar -C /tmp/kiln-deps -xJf .peer/deps.tar.xz
 fi
-# kiln serve is not part of this check (and cpp-httplib is not on the GPU machine).
+# kiln serve needs cpp-httplib, which the GPU machine lacks: it is built only when
+# Debian's package is carried, unpacked under .deps/ (scripts/gpu-serve-bench.sh).
+SERVE=OFF
+if [ -f .deps/pkgconfig/cpp-httplib.pc ]; then
+  export PKG_CONFIG_PATH=$ROOT/.deps/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
+  SERVE=ON
+fi
 CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DKILN_CPU_GEMM=cblas -DCMAKE_CUDA_ARCHITECTURES=90
-            -DKILN_CUDA=ON -DKILN_SERVE=OFF
-            # GCC 13 there no longer brings <cstdint> in with other headers, and
-            # tools/kiln/args.h relies on that; until it includes it itself:
-            "-DCMAKE_CXX_FLAGS=-include cstdint")
+            -DKILN_CUDA=ON -DKILN_SERVE=$SERVE)
 if [ ! -f /usr/include/nlohmann/json.hpp ] || [ ! -f /usr/include/gtest/gtest.h ]; then
   log "using carried nlohmann-json/GoogleTest"; PREFIXES+=("$DEPS")
 fi

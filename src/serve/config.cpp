@@ -27,6 +27,8 @@ std::vector<std::string> describe(const ServeConfig& c) {
   for (size_t i = 0; i < c.models.size(); ++i)
     lines.push_back(str("model: ", c.models[i].name, " = ", c.models[i].dir.string(),
                         i == 0 ? " (default)" : ""));
+  lines.push_back(
+      str("device: ", device_name(c.placement.device), ", dtype ", dtype_name(c.placement.dtype)));
   lines.push_back(str("listen: http://", c.host, ":", c.port));
   lines.push_back(str("http threads: ", c.http_threads));
   lines.push_back(str("max body: ", c.max_body_bytes, " bytes"));

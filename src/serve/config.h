@@ -8,6 +8,8 @@
 #include <string_view>
 #include <vector>
 
+#include "models/model_config.h"
+
 namespace kiln::serve {
 
 // How the scheduler forms denoiser batches.
@@ -28,6 +30,7 @@ struct ModelSpec {
 
 struct ServeConfig {
   std::vector<ModelSpec> models;  // the first is the default model
+  Placement placement;            // device and dtype every model runs on
   std::string host = "127.0.0.1";
   int port = 8080;
   int http_threads = 64;  // connections served at once (SSE streams and waiting calls hold one)

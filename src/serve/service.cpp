@@ -88,7 +88,7 @@ int run_server(const ServeConfig& config) {
   std::exception_ptr load_error;
   std::thread([&] {
     try {
-      models.load_all(Placement{});
+      models.load_all(config.placement);
     } catch (...) {
       load_error = std::current_exception();
     }

@@ -17,6 +17,8 @@ const char* kHelp =
     "  --model [NAME=]DIR       a diffusers model folder, repeatable; the first is the\n"
     "                           default (default: the embedded kiln-tiny); NAME defaults\n"
     "                           to the folder's name\n"
+    "  --device cuda|cpu        where the models run (default cuda when a GPU is present)\n"
+    "  --dtype fp16|bf16|fp32   weights and activations (default fp16 on cuda, fp32 on cpu)\n"
     "  --host ADDR              address to listen on (default 127.0.0.1: this machine only)\n"
     "  --port N                 port (default 8080; 0: any free port, printed at start)\n"
     "  --api-keys FILE          require \"Authorization: Bearer KEY\"; FILE has lines\n"
@@ -80,29 +82,13 @@ int serve(const std::vector<std::string>& argv) {
       rest.push_back(argv[i]);
     }
   }
-  const Args args(rest,
-                  {"host",
-                   "port",
-                   "api-keys",
-                   "batching",
-                   "max-batch",
-                   "batch-window-ms",
-                   "max-queue",
-                   "worker-threads",
-                   "preview-every",
-                   "rate-limit",
-                   "request-timeout",
-                   "drain-timeout",
-                   "max-body-bytes",
-                   "http-threads",
-                   "results-dir",
-                   "result-ttl",
-                   "max-jobs",
-                   "max-images",
-                   "max-steps",
-                   "max-side",
-                   "webhook-retries"},
-                  {"inject-faults", "help"});
+  const Args args(
+      rest, {"host",          "device",      "dtype",           "port",          "api-keys",
+             "batching",      "max-batch",   "batch-window-ms", "max-queue",     "worker-threads",
+             "preview-every", "rate-limit",  "request-timeout", "drain-timeout", "max-body-bytes",
+             "http-threads",  "results-dir", "result-ttl",      "max-jobs",      "max-images",
+             "max-steps",     "max-side",    "webhook-retries"},
+      {"inject-faults", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
     return 0;
@@ -125,6 +111,7 @@ int serve(const std::vector<std::string>& argv) {
     if (!mode) throw UsageError("unknown batching mode \"" + *b + "\" (step, request, none)");
     c.batching = *mode;
   }
+  c.placement = placement_from_flags(args.get("device"), args.get("dtype"));
   c.max_batch = int(args.integer("max-batch", 1, 1024).value_or(c.max_batch));
   c.batch_window_ms = int(args.integer("batch-window-ms", 0, 60000).value_or(c.batch_window_ms));
   c.max_queue = int(args.integer("max-queue", 0, 1000000).value_or(c.max_queue));
