@@ -5,13 +5,14 @@
 # headless Chromium through selenium and create a venv (python3-venv) for the
 # pinned PyPI clients (scripts/test.sh).
 set -euo pipefail
-packages=(build-essential cmake ninja-build pkg-config libdnnl-dev nlohmann-json3-dev zlib1g-dev
+packages=(build-essential cmake ninja-build pkg-config libopenblas-dev nlohmann-json3-dev zlib1g-dev
           libgtest-dev python3 python3-pytest python3-numpy python3-pil
           libcpp-httplib-dev libjpeg-dev libwebp-dev
           python3-venv python3-requests python3-selenium)
-# Only the web page's browser test needs these; it is skipped without them (on Ubuntu
-# chromium is a snap, which containers cannot install).
-optional=(chromium chromium-driver)
+# oneDNN makes the CPU GEMMs faster than OpenBLAS (docs/cpu-gemm.md) where the
+# distribution has it. Only the web page's browser test needs chromium; it is skipped
+# without it (on Ubuntu chromium is a snap, which containers cannot install).
+optional=(libdnnl-dev chromium chromium-driver)
 missing=()
 for p in "${packages[@]}"; do
   dpkg -s "$p" >/dev/null 2>&1 || missing+=("$p")
@@ -30,5 +31,5 @@ if [ ${#missing[@]} -gt 0 ]; then
 fi
 if [ ${#missing_optional[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends \
-      "${missing_optional[@]}" || echo "install-deps: ${missing_optional[*]} not installed; the web page test will be skipped"
+      "${missing_optional[@]}" || echo "install-deps: ${missing_optional[*]} not installed (optional)"
 fi
