@@ -29,7 +29,7 @@ fi
 if [ ${#missing[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
-if [ ${#missing_optional[@]} -gt 0 ]; then
-  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends \
-      "${missing_optional[@]}" || echo "install-deps: ${missing_optional[*]} not installed (optional)"
-fi
+for p in "${missing_optional[@]}"; do  # one at a time: one failing must not stop the others
+  DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends "$p" ||
+    echo "install-deps: optional package $p not installed"
+done
