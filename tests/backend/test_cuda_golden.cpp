@@ -84,42 +84,20 @@ TEST_P(CudaGolden, VaeDecodeAndEncode) {
   check("vae encode logvar", p.logvar, ref.get("vae.encode.logvar"));
 }
 
-double psnr(const io::Image& a, const io::Image& b) {
-  double se = 0.0;
-  for (size_t i = 0; i < a.pixels.size(); ++i) {
-    const double d = double(a.pixels[i]) - double(b.pixels[i]);
-    se += d * d;
-  }
-  const double mse = se / double(a.pixels.size());
-  return mse == 0.0 ? INFINITY : 10.0 * std::log10(255.0 * 255.0 / mse);
-}
-
 TEST_P(CudaGolden, ImagesMatchDiffusers) {
-  const std::filesystem::path dir = golden::data_dir() / model();
-  const auto pipeline = TextToImagePipeline::load(dir / "model", placement());
-  std::ifstream in(dir / "cases.json");
-  const nlohmann::json cases = nlohmann::json::parse(in);
+  const auto pipeline =
+      TextToImagePipeline::load(golden::data_dir() / model() / "model", placement());
+  const std::vector<golden::GoldenCase> cases = golden::golden_cases(model());
   ASSERT_FALSE(cases.empty());
-  for (const nlohmann::json& c : cases) {
-    SCOPED_TRACE(c["name"].get<std::string>());
-    TextToImageRequest r;
-    r.prompt = c["prompt"];
-    if (!c["negative_prompt"].is_null())
-      r.negative_prompt = c["negative_prompt"].get<std::string>();
-    r.width = c["width"];
-    r.height = c["height"];
-    r.num_inference_steps = c["steps"];
-    r.guidance_scale = c["guidance_scale"].get<float>();
-    if (c["sampler_case"] != "default") r.sampler = parse_sampler(c["sampler"].get<std::string>());
-    r.schedule = c["scheduler"] == "karras" ? SigmaSchedule::Karras : SigmaSchedule::Default;
-    r.seed = c["seed"];
-    const io::Image got = pipeline->generate(pipeline->resolve(r));
-    const io::Image want = io::decode_png(io::read_file(dir / c["image"].get<std::string>()));
+  for (const golden::GoldenCase& c : cases) {
+    SCOPED_TRACE(c.name);
+    const io::Image got = pipeline->generate(pipeline->resolve(c.request));
+    const io::Image want = io::decode_png(io::read_file(c.image));
     ASSERT_EQ(got.width, want.width);
     ASSERT_EQ(got.height, want.height);
-    const double p = psnr(got, want);
+    const double p = golden::psnr(got, want);
     std::printf("[ %s %s ] %-22s PSNR %.1f dB\n", model().c_str(), name(placement().dtype).c_str(),
-                c["name"].get<std::string>().c_str(), p);
+                c.name.c_str(), p);
     EXPECT_GE(p, kCudaImagePsnr);
   }
 }

@@ -9,8 +9,13 @@
 #include <filesystem>
 #include <string>
 
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <vector>
+
 #include "io/image.h"
 #include "io/safetensors.h"
+#include "pipelines/text_to_image.h"
 
 namespace kiln::golden {
 
@@ -72,6 +77,44 @@ inline double psnr(const io::Image& a, const io::Image& b) {
     se += d * d;
   }
   return se == 0.0 ? INFINITY : 10.0 * std::log10(255.0 * 255.0 * double(a.pixels.size()) / se);
+}
+
+// One whole-pipeline case of a golden model (cases.json): the request diffusers ran
+// and the image it made.
+struct GoldenCase {
+  std::string name;
+  TextToImageRequest request;
+  std::filesystem::path image;
+};
+
+inline std::vector<GoldenCase> golden_cases(const std::string& model) {
+  const std::filesystem::path dir = data_dir() / model;
+  std::ifstream in(dir / "cases.json");
+  const nlohmann::json cases = nlohmann::json::parse(in);
+  std::vector<GoldenCase> out;
+  for (const nlohmann::json& c : cases) {
+    GoldenCase g;
+    g.name = c["name"];
+    TextToImageRequest& r = g.request;
+    r.prompt = c["prompt"];
+    if (!c["negative_prompt"].is_null())
+      r.negative_prompt = c["negative_prompt"].get<std::string>();
+    r.width = c["width"];
+    r.height = c["height"];
+    r.num_inference_steps = c["steps"];
+    r.guidance_scale = c["guidance_scale"].get<float>();
+    // "default" cases leave the sampler to the folder's own scheduler_config.json.
+    if (c["sampler_case"] != "default") {
+      r.sampler = parse_sampler(c["sampler"].get<std::string>());
+      KILN_CHECK(r.sampler.has_value(), "cases.json names an unknown sampler ",
+                 c["sampler"].dump());
+    }
+    r.schedule = c["scheduler"] == "karras" ? SigmaSchedule::Karras : SigmaSchedule::Default;
+    r.seed = c["seed"];
+    g.image = dir / c["image"].get<std::string>();
+    out.push_back(std::move(g));
+  }
+  return out;
 }
 
 // DESIGN.md's numerics contract for CPU fp32 against the fp32 reference.
