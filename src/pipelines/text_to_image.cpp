@@ -93,7 +93,14 @@ std::unique_ptr<TextToImagePipeline> TextToImagePipeline::load(const std::filesy
     p->text_encoder_2_ = ClipTextModel::load(folder.component("text_encoder_2").dir, placement);
   }
   p->unet_ = UNet2DConditionModel::load(folder.component("unet").dir, placement);
-  p->vae_ = AutoencoderKL::load(folder.component("vae").dir, placement);
+  // SDXL's VAE overflows in fp16: diffusers upcasts it to fp32 when its config says
+  // force_upcast (the default), and so does kiln. bf16 has the range and stays.
+  Placement vae_placement = placement;
+  const std::filesystem::path vae_dir = folder.component("vae").dir;
+  if (p->xl_ && placement.dtype == DType::F16 &&
+      ModelConfig::load(vae_dir).boolean("force_upcast", true))
+    vae_placement.dtype = DType::F32;
+  p->vae_ = AutoencoderKL::load(vae_dir, vae_placement);
 
   const int64_t context_dim =
       p->xl_ ? p->text_encoder_->config().hidden_size + p->text_encoder_2_->config().hidden_size
@@ -351,7 +358,10 @@ std::string TextToImagePipeline::describe() const {
      << (own ? "" : " (kiln does not implement " + scheduler_class_ + ")") << "\n";
   os << "native size: " << native_size_ << "x" << native_size_ << ", default guidance "
      << (xl_ ? "5" : "7.5") << ", default steps 50\n";
-  os << "device: " << device_name(placement_.device) << ", dtype " << dtype_name(placement_.dtype);
+  os << "device: " << device_name(placement_.device) << ", dtype " << dtype_name(placement_.dtype)
+     << (xl_ && placement_.dtype == DType::F16 && vae_->config().force_upcast
+             ? " (VAE in f32: force_upcast)"
+             : "");
   return os.str();
 }
 
