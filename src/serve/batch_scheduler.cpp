@@ -49,15 +49,16 @@ BatchScheduler::GroupKey BatchScheduler::key_of(const Job& job, int image) {
   return {job.spec().model, q.width, q.height};
 }
 
-BatchScheduler::Admission BatchScheduler::submit(const std::shared_ptr<Job>& job) {
+BatchScheduler::Admission BatchScheduler::submit(const std::shared_ptr<Job>& job, bool resumed) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (!intake_open_) return Admission::Stopped;
-    if (!pending_.empty() && int(pending_.size()) + job->images() > config_.max_queue)
+    if (!resumed && !pending_.empty() && int(pending_.size()) + job->images() > config_.max_queue)
       return Admission::QueueFull;
     if (pending_.empty() && idle_locked())
       window_until_ = Clock::now() + std::chrono::milliseconds(config_.batch_window_ms);
-    for (int i = 0; i < job->images(); ++i) pending_.insert({job, i, next_seq_++});
+    for (int i = 0; i < job->images(); ++i)
+      if (!resumed || !job->image_done(i)) pending_.insert({job, i, next_seq_++});
   }
   wake_.notify_all();
   return Admission::Accepted;
@@ -334,8 +335,13 @@ void BatchScheduler::step_group(std::unique_lock<std::mutex>& lock, Group& group
   if (!error.empty()) {
     std::fprintf(stderr, "kiln serve: %s; failing the %zu jobs in that batch\n", error.c_str(),
                  batch.size());
-    for (Active& a : group.members) a.job->finish(JobState::Failed, error);
+    std::vector<std::shared_ptr<Job>> failed;
+    for (Active& a : group.members) failed.push_back(a.job);
     group.members.clear();
+    // Each end is written to the journal (--results-dir): not under the scheduler's lock.
+    lock.unlock();
+    for (const auto& job : failed) job->finish(JobState::Failed, error);
+    lock.lock();
     return;
   }
   const bool previews_allowed = config_.preview_every > 0 && (!side_ || side_->backlog() == 0);

@@ -45,8 +45,10 @@ class BatchScheduler {
   void start();
 
   enum class Admission { Accepted, QueueFull, Stopped };
-  // Queues every image of `job` unless the queue would pass --max-queue images.
-  Admission submit(const std::shared_ptr<Job>& job);
+  // Queues every image of `job` unless the queue would pass --max-queue images. A job
+  // resumed after a restart (--resume-interrupted) was accepted before: it is queued
+  // whatever the queue holds, without the images it already has.
+  Admission submit(const std::shared_ptr<Job>& job, bool resumed = false);
   // A job ended (cancelled) or was interrupted from outside: its queued images leave
   // now, its running ones at the next step boundary.
   void poke(const Job& job);

@@ -46,8 +46,16 @@ std::vector<std::string> describe(const ServeConfig& c) {
                                           : std::string("none")));
   lines.push_back(str("request timeout: ", c.request_timeout_s, " s"));
   lines.push_back(str("drain timeout: ", c.drain_timeout_s, " s"));
-  lines.push_back(str("results: ", c.results_dir.empty() ? "in memory" : c.results_dir.string(),
+  lines.push_back(str("results: ",
+                      c.results_dir.empty()
+                          ? std::string("in memory (jobs are lost when the process stops; "
+                                        "--results-dir keeps them)")
+                          : c.results_dir.string() + " (images, and the job journal in jobs/)",
                       ", kept ", c.result_ttl_s, " s, at most ", c.max_jobs, " jobs"));
+  if (!c.results_dir.empty())
+    lines.push_back(str("interrupted jobs: ", c.resume_interrupted
+                                                  ? "resumed at start-up (--resume-interrupted)"
+                                                  : "failed at start-up, with a reason"));
   lines.push_back(str("limits: ", c.max_images_per_request, " images per request, ", c.max_steps,
                       " steps, ", c.max_side, " px per side, ", c.max_prompt_chars,
                       " prompt characters"));

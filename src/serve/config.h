@@ -49,9 +49,14 @@ struct ServeConfig {
   int request_timeout_s = 300;       // synchronous endpoints give up (504) and cancel after this
   int drain_timeout_s = 30;          // on SIGTERM, time given to queued and running jobs
 
-  int result_ttl_s = 3600;            // finished jobs and their images are kept this long
-  int max_jobs = 10000;               // and at most this many finished jobs
-  std::filesystem::path results_dir;  // empty: images kept in memory
+  int result_ttl_s = 3600;  // finished jobs and their images are kept this long
+  int max_jobs = 10000;     // and at most this many finished jobs
+  // Images and the job journal: jobs survive a restart. Empty: everything is in memory
+  // and lost when the process stops.
+  std::filesystem::path results_dir;
+  // At start-up, jobs the last process left queued or running run again (from their
+  // seeds) instead of failing as interrupted. Needs results_dir.
+  bool resume_interrupted = false;
 
   int max_images_per_request = 16;
   int max_steps = 150;

@@ -1,5 +1,6 @@
 #include "serve/http_context.h"
 
+#include <cstdio>
 #include <functional>
 
 namespace kiln::serve {
@@ -66,6 +67,20 @@ std::string presented_secret(const httplib::Request& req) {
   return "";
 }
 
+// FNV-1a (64 bits) of the method, path and body, in hex: an idempotency key reused with
+// another request is a conflict. Spelled out, not std::hash, so that the hashes in the
+// journal mean the same to the next build.
+std::string request_hash(const httplib::Request& req) {
+  uint64_t h = 0xcbf29ce484222325ull;
+  for (const std::string* part : {&req.method, &req.path, &req.body}) {
+    for (char c : *part) h = (h ^ uint8_t(c)) * 0x100000001b3ull;
+    h = (h ^ 0xff) * 0x100000001b3ull;  // a separator no UTF-8 text contains
+  }
+  char hex[17];
+  std::snprintf(hex, sizeof hex, "%016llx", static_cast<unsigned long long>(h));
+  return hex;
+}
+
 void authenticate(ServerParts& parts, const httplib::Request& req, httplib::Response& res) {
   if (!parts.keys.enabled()) return;
   const std::string secret = presented_secret(req);
@@ -121,12 +136,12 @@ std::shared_ptr<Job> submit_job(ServerParts& parts, const httplib::Request& req,
   const std::string idempotency_key = req.get_header_value("Idempotency-Key");
   if (idempotency_key.size() > 255)
     throw ApiError(400, "Idempotency-Key is longer than 255 characters", "Idempotency-Key");
-  const std::string body_hash =
-      std::to_string(std::hash<std::string>{}(req.method + " " + req.path + "\n" + req.body));
+  parsed.spec.idempotency_key = idempotency_key;
+  parsed.spec.request_hash = request_hash(req);
   parsed.spec.base_url = base_url(req);
   auto job = std::make_shared<Job>(JobStore::new_id(), current_key_id(), std::move(parsed.spec),
-                                   parts.on_job_end);
-  const JobStore::Added added = parts.store.add(job, idempotency_key, body_hash);
+                                   parts.on_job_end, parts.store.journal());
+  const JobStore::Added added = parts.store.add(job);
   if (added.conflict)
     throw ApiError(422, "this Idempotency-Key was already used with a different request",
                    "Idempotency-Key", "idempotency_error");
@@ -136,7 +151,20 @@ std::shared_ptr<Job> submit_job(ServerParts& parts, const httplib::Request& req,
     return added.job;
   }
   const auto admission = parts.scheduler.submit(job);
-  if (admission == BatchScheduler::Admission::Accepted) return job;
+  if (admission == BatchScheduler::Admission::Accepted) {
+    try {
+      // The record is on disk before the client hears of the job (--results-dir).
+      job->persist();
+      return job;
+    } catch (const Error& e) {
+      job->discard("not accepted");
+      parts.scheduler.poke(*job);
+      parts.store.remove(job->id());
+      std::fprintf(stderr, "kiln serve: error: %s\n", e.what());
+      throw ApiError(503, str("the job could not be recorded, so it was not accepted: ", e.what()),
+                     "", "server_error");
+    }
+  }
   job->discard("not accepted");
   parts.store.remove(job->id());
   if (admission == BatchScheduler::Admission::Stopped)

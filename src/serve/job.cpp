@@ -1,6 +1,9 @@
 #include "serve/job.h"
 
 #include <chrono>
+#include <cstdio>
+
+#include "serve/job_journal.h"
 
 namespace kiln::serve {
 namespace {
@@ -9,6 +12,16 @@ constexpr size_t kMaxEventsKept = 512;
 
 double seconds(Job::Clock::duration d) {
   return std::chrono::duration<double>(d).count();
+}
+
+int64_t unix_seconds(JobRecord::SystemTime t) {
+  return std::chrono::duration_cast<std::chrono::seconds>(t.time_since_epoch()).count();
+}
+
+// The steady-clock time that was `t` on the wall clock (a restored job's times).
+Job::Clock::time_point steady_time(JobRecord::SystemTime t) {
+  return Job::Clock::now() - std::chrono::duration_cast<Job::Clock::duration>(
+                                 std::chrono::system_clock::now() - t);
 }
 
 }  // namespace
@@ -46,21 +59,65 @@ std::string result_path(const std::string& job_id, int index, ImageFormat format
          std::string(format_name(format));
 }
 
-Job::Job(std::string id, std::string key_id, JobSpec spec, std::function<void(Job&)> on_end)
+std::string result_file_name(const std::string& job_id, int index, ImageFormat format) {
+  return job_id + "-" + std::to_string(index) + "." + std::string(format_name(format));
+}
+
+Job::Job(std::string id, std::string key_id, JobSpec spec, std::function<void(Job&)> on_end,
+         JobJournal* journal)
+    : Job(std::move(id), std::move(key_id), std::move(spec), std::move(on_end), journal,
+          std::chrono::system_clock::now(), Clock::now()) {}
+
+Job::Job(std::string id, std::string key_id, JobSpec spec, std::function<void(Job&)> on_end,
+         JobJournal* journal, JobRecord::SystemTime created_wall, Clock::time_point created)
     : id_(std::move(id)),
       key_id_(std::move(key_id)),
       spec_(std::move(spec)),
       on_end_(std::move(on_end)),
-      created_unix_(std::chrono::duration_cast<std::chrono::seconds>(
-                        std::chrono::system_clock::now().time_since_epoch())
-                        .count()),
-      created_(Clock::now()),
+      journal_(journal),
+      created_wall_(created_wall),
+      created_unix_(unix_seconds(created_wall)),
+      created_(created),
       steps_done_(spec_.images.size(), 0),
       steps_total_(spec_.images.size(), 0),
       images_(spec_.images.size()),
       image_done_(spec_.images.size(), false) {
   for (size_t i = 0; i < spec_.images.size(); ++i)
     steps_total_[i] = spec_.images[i].request.num_inference_steps;
+}
+
+Job::Job(std::string id, std::string key_id, JobSpec spec, std::function<void(Job&)> on_end,
+         JobJournal* journal, const JobRecord& record)
+    : Job(std::move(id), std::move(key_id), std::move(spec), std::move(on_end), journal,
+          record.created, steady_time(record.created)) {
+  auto steady = [&](JobRecord::SystemTime t) {
+    return t == JobRecord::SystemTime{} ? Clock::time_point{} : steady_time(t);
+  };
+  std::lock_guard<std::mutex> lock(mutex_);
+  revision_ = record.revision;
+  state_ = record.state;
+  reason_ = record.reason;
+  interrupted_ = record.interrupted;
+  started_ = steady(record.started);
+  finished_ = steady(record.finished);
+  webhook_pending_ = record.webhook_pending;
+  resumes_ = record.resumes;
+  for (size_t i = 0; i < images_.size() && i < record.results.size(); ++i) {
+    if (record.results[i].empty()) continue;
+    images_[i] = StoredImage{{}, record.results[i]};
+    image_done_[i] = true;
+    ++images_done_;
+    steps_done_[i] = steps_total_[i];
+  }
+  if (!is_terminal(state_)) return;
+  ended_ = true;
+  // A late subscriber to a restored job's events sees what it would have seen before.
+  for (size_t i = 0; i < images_.size(); ++i)
+    if (images_[i])
+      publish_locked("image", {{"index", i},
+                               {"url", spec_.base_url + result_path(id_, int(i), spec_.format)},
+                               {"seed", spec_.images[i].request.seed}});
+  publish_locked("done", to_json_locked(-1));
 }
 
 void Job::publish_locked(std::string type, const nlohmann::json& data) {
@@ -73,6 +130,9 @@ void Job::mark_running() {
   if (state_ != JobState::Queued) return;
   state_ = JobState::Running;
   started_ = Clock::now();
+  ++revision_;
+  // Off the step loop's path: only a restart's timings depend on this record.
+  if (journal_) journal_->write_later(*this, record_locked());
   publish_locked("status", to_json_locked(-1));
   changed_.notify_all();
 }
@@ -109,6 +169,7 @@ void Job::add_image(int index, std::optional<StoredImage> image) {
     image_done_[size_t(index)] = true;
     ++images_done_;
     if (image) {
+      ++revision_;
       images_[size_t(index)] = std::move(image);
       steps_done_[size_t(index)] = steps_total_[size_t(index)];
       publish_locked("image", {{"index", index},
@@ -122,12 +183,17 @@ void Job::add_image(int index, std::optional<StoredImage> image) {
   if (ended_now && on_end_) on_end_(*this);
 }
 
-bool Job::finish_locked(JobState state, const std::string& reason) {
+bool Job::finish_locked(JobState state, const std::string& reason, bool journal) {
   if (ended_) return false;
   state_ = state;
   reason_ = reason;
   finished_ = Clock::now();
   if (started_ == Clock::time_point{}) started_ = finished_;
+  ++revision_;
+  webhook_pending_ = !spec_.webhook_url.empty();
+  // On disk before anyone can see the end (waiters, event streams, GET): a client that
+  // saw it sees it again after a crash. Under this job's lock only.
+  if (journal) write_locked();
   ended_ = true;
   // Previews matter only while the job runs; a finished job keeps the rest (small).
   std::erase_if(events_, [](const JobEvent& e) { return e.type == "preview"; });
@@ -149,7 +215,87 @@ bool Job::finish(JobState state, const std::string& reason) {
 
 void Job::discard(const std::string& reason) {
   std::lock_guard<std::mutex> lock(mutex_);
-  finish_locked(JobState::Failed, reason);
+  finish_locked(JobState::Failed, reason, false);
+}
+
+JobRecord::SystemTime Job::wall_time(Clock::time_point t) const {
+  if (t == Clock::time_point{}) return {};
+  return created_wall_ + std::chrono::duration_cast<JobRecord::SystemTime::duration>(t - created_);
+}
+
+JobRecord Job::record_locked() const {
+  JobRecord r;
+  r.revision = revision_;
+  r.state = state_;
+  r.reason = reason_;
+  r.interrupted = interrupted_;
+  r.created = created_wall_;
+  r.started = wall_time(started_);
+  if (is_terminal(state_)) r.finished = wall_time(finished_);
+  for (const auto& image : images_) r.results.push_back(image ? image->file : "");
+  r.webhook_pending = webhook_pending_;
+  r.resumes = resumes_;
+  return r;
+}
+
+JobRecord Job::record() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return record_locked();
+}
+
+void Job::write_locked() const {
+  if (!journal_) return;
+  try {
+    journal_->write(*this, record_locked());
+  } catch (const std::exception& e) {
+    // The job goes on in memory; after a restart it shows its last record's state.
+    std::fprintf(stderr, "kiln serve: error: job %s: %s\n", id_.c_str(), e.what());
+  }
+}
+
+void Job::persist() const {
+  JobRecord record;
+  JobJournal* journal;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (!journal_) return;
+    journal = journal_;
+    record = record_locked();
+  }
+  // Not under the job's lock: the step loop may be starting this job meanwhile.
+  journal->write(*this, record);
+}
+
+void Job::forget() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  journal_ = nullptr;
+}
+
+void Job::prepare_resume() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  state_ = JobState::Queued;
+  started_ = {};
+  ++resumes_;
+  ++revision_;
+  if (journal_) journal_->write(*this, record_locked());
+}
+
+bool Job::image_done(int index) const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return image_done_.at(size_t(index));
+}
+
+bool Job::all_images_done() const {
+  std::lock_guard<std::mutex> lock(mutex_);
+  return images_done_ == int(images_.size());
+}
+
+void Job::webhook_settled() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  if (!webhook_pending_) return;
+  webhook_pending_ = false;
+  ++revision_;
+  if (journal_) journal_->write_later(*this, record_locked());
 }
 
 JobState Job::state() const {
@@ -236,6 +382,7 @@ nlohmann::json Job::to_json_locked(int queue_position) const {
         {"output_format", format_name(spec_.format)}}},
   };
   if (interrupted_) j["interrupted"] = true;
+  if (resumes_ > 0) j["resumes"] = resumes_;
   return j;
 }
 

@@ -1,6 +1,8 @@
 // A job: one client request for one or more images, from acceptance to a final
 // state (succeeded, failed with a reason, or cancelled), with its progress, its
-// events for server-sent-event streams and its images. Thread-safe.
+// events for server-sent-event streams and its images. Thread-safe. With a journal
+// (--results-dir) every change of state is written to it, and a job can be rebuilt
+// from what the journal kept.
 #pragma once
 
 #include <atomic>
@@ -42,6 +44,9 @@ struct JobSpec {
   std::string webhook_url;
   std::string base_url;  // "http://host:port", for the result URLs
   Api api = Api::Jobs;
+  std::string idempotency_key;  // as the client sent it; empty: none
+  std::string request_hash;     // of method, path and body: the same key with another body is a
+                                // conflict
 };
 
 struct StoredImage {
@@ -57,12 +62,35 @@ struct JobEvent {
 
 // "/v1/results/<job>/<index>.<ext>"
 std::string result_path(const std::string& job_id, int index, ImageFormat format);
+// "<job>-<index>.<ext>": the image's file under --results-dir.
+std::string result_file_name(const std::string& job_id, int index, ImageFormat format);
 
-class Job {
+// The part of a job that changes, as the journal (job_journal.h) keeps it beside the
+// job's id, key id and spec.
+struct JobRecord {
+  using SystemTime = std::chrono::system_clock::time_point;
+  uint64_t revision = 0;  // bumped by every change; a write never replaces a newer one
+  JobState state = JobState::Queued;
+  std::string reason;
+  bool interrupted = false;  // A1111's interrupt
+  SystemTime created, started, finished;  // started, finished: the epoch until then
+  std::vector<std::filesystem::path> results;  // per image: its file, empty where none
+  bool webhook_pending = false;  // ended; the webhook was neither delivered nor given up
+  int resumes = 0;               // times --resume-interrupted queued it again after a restart
+};
+
+class JobJournal;
+
+class Job : public std::enable_shared_from_this<Job> {
  public:
   using Clock = std::chrono::steady_clock;
 
-  Job(std::string id, std::string key_id, JobSpec spec, std::function<void(Job&)> on_end);
+  // A new job. With a journal, every change of state from here on is written to it.
+  Job(std::string id, std::string key_id, JobSpec spec, std::function<void(Job&)> on_end,
+      JobJournal* journal = nullptr);
+  // A job as the journal kept it; its images are the files `record.results` names.
+  Job(std::string id, std::string key_id, JobSpec spec, std::function<void(Job&)> on_end,
+      JobJournal* journal, const JobRecord& record);
 
   const std::string& id() const { return id_; }
   const std::string& key_id() const { return key_id_; }
@@ -79,8 +107,22 @@ class Job {
   void add_image(int index, std::optional<StoredImage> image);
   // Ends the job; the first call wins and returns true. Runs the end hook.
   bool finish(JobState state, const std::string& reason);
-  // Ends a job that was never accepted (the queue was full): no end hook.
+  // Ends a job that was never accepted (the queue was full): no end hook, no journal.
   void discard(const std::string& reason);
+
+  // Writes the job's record to the journal and returns once it is on disk (acceptance).
+  // Throws kiln::Error if it cannot be written. Without a journal: nothing.
+  void persist() const;
+  // The journal no longer keeps this job (it expired): later changes are not written.
+  void forget();
+  JobRecord record() const;
+  // --resume-interrupted: a job restored unfinished is queued again; the images it
+  // already has are kept. The count of resumes is on disk when this returns.
+  void prepare_resume();
+  bool image_done(int index) const;
+  bool all_images_done() const;
+  // The webhook was delivered, or given up on: a restart need not send it again.
+  void webhook_settled();
 
   JobState state() const;
   bool ended() const { return ended_.load(); }
@@ -115,13 +157,22 @@ class Job {
   std::atomic<int> watchers{0};  // open event streams: previews are made only when > 0
 
  private:
+  Job(std::string id, std::string key_id, JobSpec spec, std::function<void(Job&)> on_end,
+      JobJournal* journal, JobRecord::SystemTime created_wall, Clock::time_point created);
   void publish_locked(std::string type, const nlohmann::json& data);
   nlohmann::json to_json_locked(int queue_position) const;
-  bool finish_locked(JobState state, const std::string& reason);
+  bool finish_locked(JobState state, const std::string& reason, bool journal = true);
+  JobRecord record_locked() const;
+  JobRecord::SystemTime wall_time(Clock::time_point t) const;
+  // Writes the record now (the caller holds the job's lock), logging a failure: the job
+  // goes on in memory.
+  void write_locked() const;
 
   const std::string id_, key_id_;
   const JobSpec spec_;
   const std::function<void(Job&)> on_end_;
+  JobJournal* journal_;  // null: none, or forgotten
+  const JobRecord::SystemTime created_wall_;
   const int64_t created_unix_;
   const Clock::time_point created_;
 
@@ -138,6 +189,9 @@ class Job {
   std::string last_preview_;
   std::vector<JobEvent> events_;
   uint64_t next_event_ = 1;
+  uint64_t revision_ = 1;
+  bool webhook_pending_ = false;
+  int resumes_ = 0;
 };
 
 }  // namespace kiln::serve

@@ -6,8 +6,10 @@
 
 namespace kiln::serve {
 
-JobStore::JobStore(const ServeConfig& config) : config_(config) {
-  if (!config_.results_dir.empty()) std::filesystem::create_directories(config_.results_dir);
+JobStore::JobStore(const ServeConfig& config, Metrics& metrics) : config_(config) {
+  if (config_.results_dir.empty()) return;
+  std::filesystem::create_directories(config_.results_dir);
+  journal_ = std::make_unique<JobJournal>(config_.results_dir, metrics);
 }
 
 std::string JobStore::new_id() {
@@ -25,24 +27,24 @@ std::string JobStore::new_id() {
   return id;
 }
 
-JobStore::Added JobStore::add(std::shared_ptr<Job> job, const std::string& idempotency_key,
-                              const std::string& body_hash) {
+JobStore::Added JobStore::add(std::shared_ptr<Job> job) {
   std::lock_guard<std::mutex> lock(mutex_);
   evict_locked();
-  const std::string idem = job->key_id() + "\n" + idempotency_key;
-  if (!idempotency_key.empty()) {
+  const JobSpec& spec = job->spec();
+  if (!spec.idempotency_key.empty()) {
+    const std::string idem = job->key_id() + "\n" + spec.idempotency_key;
     auto it = idempotency_.find(idem);
     if (it != idempotency_.end()) {
-      auto found = jobs_.find(it->second.job_id);
+      auto found = jobs_.find(it->second);
       if (found != jobs_.end()) {
         Added a;
         a.job = found->second;
-        a.conflict = it->second.body_hash != body_hash;
+        a.conflict = found->second->spec().request_hash != spec.request_hash;
         return a;
       }
       idempotency_.erase(it);  // its job was evicted: the key may be used again
     }
-    idempotency_[idem] = {job->id(), body_hash};
+    idempotency_[idem] = job->id();
   }
   jobs_[job->id()] = job;
   order_.push_back(job->id());
@@ -50,10 +52,60 @@ JobStore::Added JobStore::add(std::shared_ptr<Job> job, const std::string& idemp
 }
 
 void JobStore::remove(const std::string& id) {
+  std::shared_ptr<Job> job;
+  {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto found = jobs_.find(id);
+    if (found == jobs_.end()) return;
+    job = found->second;
+    jobs_.erase(found);
+    for (auto it = idempotency_.begin(); it != idempotency_.end();)
+      it = it->second == id ? idempotency_.erase(it) : std::next(it);
+  }
+  job->forget();
+  delete_files(*job);
+}
+
+void JobStore::delete_files(Job& job) const {
+  if (config_.results_dir.empty()) return;
+  if (journal_) journal_->remove(job.id());
+  // Every image the job may have written, listed or not (one finished as the job was
+  // cancelled is on disk but not in the job).
+  for (int i = 0; i < job.images(); ++i) {
+    std::error_code ec;
+    std::filesystem::remove(
+        config_.results_dir / result_file_name(job.id(), i, job.spec().format), ec);
+  }
+}
+
+JobStore::Recovered JobStore::recover(const std::function<void(Job&)>& on_end) {
+  Recovered out;
+  if (!journal_) return out;
+  JobJournal::Loaded loaded = journal_->load(std::chrono::seconds(config_.result_ttl_s));
+  out.unreadable = loaded.unreadable;
   std::lock_guard<std::mutex> lock(mutex_);
-  jobs_.erase(id);
-  for (auto it = idempotency_.begin(); it != idempotency_.end();)
-    it = it->second.job_id == id ? idempotency_.erase(it) : std::next(it);
+  for (JobJournal::Entry& e : loaded.entries) {
+    auto job = std::make_shared<Job>(e.id, e.key_id, std::move(e.spec), on_end, journal_.get(),
+                                     e.record);
+    jobs_[job->id()] = job;
+    order_.push_back(job->id());
+    if (!job->spec().idempotency_key.empty())
+      idempotency_[job->key_id() + "\n" + job->spec().idempotency_key] = job->id();
+    if (!job->ended())
+      out.unfinished.push_back(job);
+    else if (e.record.webhook_pending)
+      out.webhooks_due.push_back(job);
+  }
+  const size_t before = jobs_.size();
+  evict_locked();
+  out.expired = int(before - jobs_.size());
+  out.restored = int(jobs_.size() - out.unfinished.size());
+  std::erase_if(out.webhooks_due, [&](const auto& job) { return !jobs_.contains(job->id()); });
+  return out;
+}
+
+void JobStore::flush() const {
+  if (journal_) journal_->flush();
 }
 
 void JobStore::evict_locked() {
@@ -65,7 +117,7 @@ void JobStore::evict_locked() {
       it = order_.erase(it);
       continue;
     }
-    const Job& job = *found->second;
+    Job& job = *found->second;
     const bool over = jobs_.size() > size_t(config_.max_jobs);
     if (!job.ended()) {  // unfinished jobs stay
       ++it;
@@ -73,12 +125,8 @@ void JobStore::evict_locked() {
     }
     // Jobs finish roughly in the order they came, so the first one still fresh ends the scan.
     if (!over && now - job.finished_at() < std::chrono::seconds(config_.result_ttl_s)) break;
-    if (!config_.results_dir.empty())
-      for (int i = 0; i < job.images(); ++i)
-        if (auto image = job.image(i); image && !image->file.empty()) {
-          std::error_code ec;
-          std::filesystem::remove(image->file, ec);
-        }
+    job.forget();
+    delete_files(job);
     jobs_.erase(found);
     it = order_.erase(it);
   }
@@ -112,8 +160,7 @@ std::vector<std::shared_ptr<Job>> JobStore::unfinished() const {
 StoredImage JobStore::store_image(const Job& job, int index, std::string bytes) const {
   if (config_.results_dir.empty()) return {std::move(bytes), {}};
   const std::filesystem::path file =
-      config_.results_dir /
-      (job.id() + "-" + std::to_string(index) + "." + std::string(format_name(job.spec().format)));
+      config_.results_dir / result_file_name(job.id(), index, job.spec().format);
   io::write_file_atomic(file, bytes);
   return {{}, file};
 }

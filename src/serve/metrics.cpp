@@ -11,6 +11,10 @@ namespace {
 const std::vector<double> kSecondsBuckets = {0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1,
                                              2.5,   5,    10,    30,   60,  120,  300};
 const std::vector<double> kBatchBuckets = {1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64};
+// An fsync costs from tens of microseconds (NVMe with a write cache) to tens of
+// milliseconds (a disk or network storage without one).
+const std::vector<double> kJournalBuckets = {0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005,
+                                             0.01,   0.025,   0.05,   0.1,   0.25,   1};
 
 std::string number(double v) {
   char buf[64];
@@ -95,6 +99,8 @@ void Histogram::render(std::string& out, const std::string& name, const std::str
   out += name + "_count" + braces + " " + std::to_string(count_) + "\n";
 }
 
+Metrics::Metrics() : journal_write_(kJournalBuckets) {}
+
 void Metrics::count_request(const std::string& endpoint, const std::string& method, int status) {
   const std::string labels = "endpoint=" + quoted(endpoint) + ",method=" + quoted(method) +
                              ",code=\"" + std::to_string(status) + "\"";
@@ -123,6 +129,21 @@ void Metrics::observe_batch(const std::string& model, int generations, double st
   slot(step_, m, kSecondsBuckets).observe(step_seconds);
 }
 
+void Metrics::observe_journal_write(double seconds) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  journal_write_.observe(seconds);
+}
+
+void Metrics::count_journal_error() {
+  std::lock_guard<std::mutex> lock(mutex_);
+  ++journal_errors_;
+}
+
+void Metrics::count_recovered(const std::string& outcome, int n) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  recovered_["outcome=" + quoted(outcome)] += uint64_t(n);
+}
+
 std::string Metrics::render(const Gauges& g) const {
   std::string out;
   std::lock_guard<std::mutex> lock(mutex_);
@@ -138,6 +159,14 @@ std::string Metrics::render(const Gauges& g) const {
              "Time from acceptance to the last image (succeeded jobs).", latency_);
   histograms(out, "kiln_batch_size", "Generations per denoiser call.", batch_);
   histograms(out, "kiln_step_seconds", "Duration of one denoiser call.", step_);
+  counters(out, "kiln_jobs_recovered_total",
+           "Job records read from the journal at start-up, by what became of them.", recovered_);
+  header(out, "kiln_journal_write_seconds", "histogram",
+         "Time to write one job record durably (fsyncs included).");
+  journal_write_.render(out, "kiln_journal_write_seconds", "");
+  header(out, "kiln_journal_write_errors_total", "counter",
+         "Job records that could not be written.");
+  out += "kiln_journal_write_errors_total " + std::to_string(journal_errors_) + "\n";
   gauge(out, "kiln_queue_depth", "Images accepted and not started.", "", g.queue_depth);
   gauge(out, "kiln_running_generations", "Generations started and not finished.", "", g.running);
   gauge(out, "kiln_device_memory_bytes", "Memory in use on the device (resident set on the CPU).",

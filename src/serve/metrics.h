@@ -34,10 +34,18 @@ struct Gauges {
 
 class Metrics {
  public:
+  Metrics();
   void count_request(const std::string& endpoint, const std::string& method, int status);
   void observe_job(const std::string& model, const std::string& api, const std::string& outcome,
                    double queue_s, double compute_s, double total_s, int images_made);
   void observe_batch(const std::string& model, int generations, double step_seconds);
+  // The job journal (--results-dir): one record written to disk, or not.
+  void observe_journal_write(double seconds);
+  void count_journal_error();
+  // Job records read at start-up, by what became of them: restored (finished, served
+  // again), interrupted (failed), resumed, completed (its images were all on disk),
+  // expired, unreadable.
+  void count_recovered(const std::string& outcome, int n);
 
   std::string render(const Gauges& gauges) const;
 
@@ -47,6 +55,9 @@ class Metrics {
   std::map<std::string, uint64_t> jobs_;      // labels -> count
   std::map<std::string, uint64_t> images_;    // labels -> count
   std::map<std::string, Histogram> queue_, compute_, latency_, batch_, step_;
+  std::map<std::string, uint64_t> recovered_;  // labels -> count
+  Histogram journal_write_;
+  uint64_t journal_errors_ = 0;
 };
 
 // Resident memory of this process in bytes (/proc/self/statm), 0 if unknown.

@@ -5,6 +5,7 @@
 
 #include <chrono>
 #include <cstdio>
+#include <ctime>
 #include <exception>
 #include <thread>
 
@@ -26,6 +27,68 @@ void log_job_end(const Job& job, const Job::Times& t) {
   std::fflush(stdout);
 }
 
+// A job that a restart resumed this many times is failed at the next: it may be what
+// keeps killing the server.
+constexpr int kMaxResumes = 2;
+
+std::string utc_now() {
+  const std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char text[32];
+  std::strftime(text, sizeof text, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return text;
+}
+
+// The jobs the last process left queued or running: failed as interrupted, or with
+// --resume-interrupted queued again; one whose images are all on disk had finished
+// (only its record's last update was lost) and succeeds without running again.
+void settle_unfinished(const std::vector<std::shared_ptr<Job>>& jobs, const ServeConfig& config,
+                       const ModelRegistry& models, BatchScheduler& scheduler, Metrics& metrics,
+                       const JobStore::Recovered& recovered) {
+  const std::string restart = utc_now();
+  int interrupted = 0, resumed = 0, completed = 0;
+  for (const auto& job : jobs) {
+    if (job->all_images_done()) {
+      job->finish(JobState::Succeeded, "");
+      ++completed;
+      continue;
+    }
+    std::string reason =
+        str("interrupted: the server stopped before this job finished (restart at ", restart, ")");
+    if (config.resume_interrupted) {
+      if (!models.known(job->spec().model)) {
+        reason += str("; not resumed: model \"", job->spec().model, "\" is not served now");
+      } else if (job->record().resumes >= kMaxResumes) {
+        reason += str("; not resumed again after ", kMaxResumes, " resumes");
+      } else {
+        try {
+          job->prepare_resume();
+          scheduler.submit(job, true);
+          ++resumed;
+          continue;
+        } catch (const Error& e) {
+          reason += str("; not resumed: ", e.what());
+        }
+      }
+    }
+    job->finish(JobState::Failed, reason);
+    ++interrupted;
+  }
+  metrics.count_recovered("restored", recovered.restored);
+  metrics.count_recovered("interrupted", interrupted);
+  metrics.count_recovered("resumed", resumed);
+  metrics.count_recovered("completed", completed);
+  metrics.count_recovered("expired", recovered.expired);
+  metrics.count_recovered("unreadable", recovered.unreadable);
+  std::fprintf(stderr,
+               "kiln serve: journal: %d finished jobs restored, %d interrupted (failed), %d "
+               "resumed, %d completed from their images, %d expired, %d unreadable records "
+               "skipped\n",
+               recovered.restored, interrupted, resumed, completed, recovered.expired,
+               recovered.unreadable);
+}
+
 }  // namespace
 
 int run_server(const ServeConfig& config) {
@@ -45,13 +108,21 @@ int run_server(const ServeConfig& config) {
   if (keys.enabled()) std::fprintf(stderr, "kiln serve: %zu API keys loaded\n", keys.size());
 
   ModelRegistry models(config.models);
-  JobStore store(config);
   Metrics metrics;
+  JobStore store(config, metrics);
   RateLimiter limiter(config.rate_limit_per_minute);
   WebhookSender webhooks(config.webhook_retries, std::chrono::milliseconds(1000));
   BatchScheduler scheduler(config, models, store, metrics);
   std::atomic<bool> draining{false}, stopping{false};
 
+  auto send_webhook = [&](Job& job) {
+    if (job.spec().webhook_url.empty()) return;
+    const std::string status(state_name(job.state()));
+    webhooks.send(job.spec().webhook_url, "job." + status,
+                  nlohmann::json{{"event", "job." + status}, {"job", job.to_json(-1)}}.dump(
+                      -1, ' ', false, nlohmann::json::error_handler_t::replace),
+                  [job = job.shared_from_this()] { job->webhook_settled(); });
+  };
   auto on_job_end = [&](Job& job) {
     const Job::Times t = job.times();
     int made = 0;
@@ -60,11 +131,14 @@ int run_server(const ServeConfig& config) {
     metrics.observe_job(job.spec().model, std::string(api_name(job.spec().api)), status, t.queued,
                         t.compute, t.total, made);
     log_job_end(job, t);
-    if (!job.spec().webhook_url.empty())
-      webhooks.send(job.spec().webhook_url, "job." + status,
-                    nlohmann::json{{"event", "job." + status}, {"job", job.to_json(-1)}}.dump(
-                        -1, ' ', false, nlohmann::json::error_handler_t::replace));
+    send_webhook(job);
   };
+  if (store.journal()) {
+    // Before the socket opens, so a client never sees a known job missing.
+    const JobStore::Recovered recovered = store.recover(on_job_end);
+    settle_unfinished(recovered.unfinished, config, models, scheduler, metrics, recovered);
+    for (const auto& job : recovered.webhooks_due) send_webhook(*job);
+  }
   ServerParts parts{config, models,  store,    scheduler, metrics,
                     keys,   limiter, draining, stopping,  on_job_end};
   HttpServer http(parts, [&] {
@@ -114,6 +188,7 @@ int run_server(const ServeConfig& config) {
   scheduler.drain(deadline, str("server shutting down: not finished within the drain timeout (",
                                 config.drain_timeout_s, " s)"));
   webhooks.stop(std::chrono::steady_clock::now() + std::chrono::seconds(5));
+  store.flush();  // what a crash may lose is written now (undelivered webhooks stay due)
   // Waiting requests have their answers now; event streams end; then the socket closes.
   stopping = true;
   store.wake_all();

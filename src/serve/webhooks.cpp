@@ -41,11 +41,12 @@ WebhookSender::~WebhookSender() {
   stop(Clock::now());
 }
 
-void WebhookSender::send(const std::string& url, const std::string& event, std::string body) {
+void WebhookSender::send(const std::string& url, const std::string& event, std::string body,
+                         std::function<void()> settled) {
   {
     std::lock_guard<std::mutex> lock(mutex_);
     if (stopping_ && Clock::now() >= deadline_) return;
-    queue_.push({url, event, std::move(body), 0, Clock::now()});
+    queue_.push({url, event, std::move(body), std::move(settled), 0, Clock::now()});
   }
   wake_.notify_all();
 }
@@ -104,16 +105,15 @@ void WebhookSender::run() {
     lock.unlock();
     std::string error;
     const bool ok = deliver(d, error);
-    lock.lock();
-    if (ok) continue;
-    if (d.attempt < retries_) {
-      d.due = Clock::now() + first_backoff_ * (1 << std::min(d.attempt, 16));
-      ++d.attempt;
-      queue_.push(std::move(d));
-    } else {
+    if (!ok && d.attempt >= retries_)
       std::fprintf(stderr, "kiln serve: webhook %s to %s failed after %d attempts: %s\n",
                    d.event.c_str(), d.url.c_str(), d.attempt + 1, error.c_str());
-    }
+    if ((ok || d.attempt >= retries_) && d.settled) d.settled();
+    lock.lock();
+    if (ok || d.attempt >= retries_) continue;
+    d.due = Clock::now() + first_backoff_ * (1 << std::min(d.attempt, 16));
+    ++d.attempt;
+    queue_.push(std::move(d));
   }
   if (!queue_.empty())
     std::fprintf(stderr, "kiln serve: %zu webhook deliveries dropped at shutdown\n", queue_.size());

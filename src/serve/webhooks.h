@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <condition_variable>
+#include <functional>
 #include <mutex>
 #include <queue>
 #include <string>
@@ -24,13 +25,17 @@ class WebhookSender {
   WebhookSender(int retries, std::chrono::milliseconds first_backoff);
   ~WebhookSender();
 
-  void send(const std::string& url, const std::string& event, std::string body);
+  // `settled` runs (on the sender's thread) once the delivery succeeded or its retries
+  // ran out; not for one dropped at shutdown.
+  void send(const std::string& url, const std::string& event, std::string body,
+            std::function<void()> settled = {});
   // Delivers what is due or queued until `deadline` (backoff is skipped), then stops.
   void stop(Clock::time_point deadline);
 
  private:
   struct Delivery {
     std::string url, event, body;
+    std::function<void()> settled;
     int attempt = 0;
     Clock::time_point due;
     bool operator>(const Delivery& other) const { return due > other.due; }

@@ -1,8 +1,8 @@
 """Starting and stopping `kiln serve` for the end-to-end tests, and small HTTP helpers.
 
 Each server listens on a free port (--port 0; the port is read from its start-up
-line), its stdout (the JSON access log) and stderr are collected, and stop() sends
-SIGTERM and returns the exit status.
+line), its stdout (the JSON access log) and stderr are collected, stop() sends
+SIGTERM and returns the exit status, kill() sends SIGKILL.
 """
 
 import json
@@ -21,8 +21,8 @@ BINARY = pathlib.Path(os.environ.get("KILN_BIN", ROOT / "build" / "bin" / "kiln"
 
 
 class KilnServer:
-    def __init__(self, *args, ready=True):
-        self.args = [str(BINARY), "serve", "--port", "0", *map(str, args)]
+    def __init__(self, *args, ready=True, port=0):
+        self.args = [str(BINARY), "serve", "--port", str(port), *map(str, args)]
         self.proc = subprocess.Popen(self.args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      encoding="utf-8", errors="replace")
         self.stdout_lines, self.stderr_lines = [], []
@@ -61,6 +61,14 @@ class KilnServer:
 
     def access_log(self):
         return [json.loads(l) for l in self.stdout_lines if l.startswith("{")]
+
+    def port(self):
+        return int(self.url.rsplit(":", 1)[1])
+
+    def kill(self):
+        """SIGKILL, as the OOM killer or a power cut would end it: nothing is flushed."""
+        self.proc.kill()
+        return self.proc.wait(30)
 
     def stop(self, timeout=60):
         if self.proc.poll() is None:

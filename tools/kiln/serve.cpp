@@ -37,7 +37,10 @@ const char* kHelp =
     "  --drain-timeout S        on SIGTERM, time given to jobs (default 30)\n"
     "  --max-body-bytes N       largest request body (default 1048576)\n"
     "  --http-threads N         connections served at once (default 64)\n"
-    "  --results-dir DIR        keep images in DIR instead of memory\n"
+    "  --results-dir DIR        keep images and a journal of the jobs in DIR: accepted\n"
+    "                           jobs survive a crash or restart (default: memory only)\n"
+    "  --resume-interrupted     at start-up, run again the jobs the last process left\n"
+    "                           unfinished (default: they fail as interrupted)\n"
     "  --result-ttl S           keep finished jobs and images S s (default 3600)\n"
     "  --max-jobs N             and at most N finished jobs (default 10000)\n"
     "  --max-images N           images per request (default 16)\n"
@@ -88,7 +91,7 @@ int serve(const std::vector<std::string>& argv) {
              "preview-every", "rate-limit",  "request-timeout", "drain-timeout", "max-body-bytes",
              "http-threads",  "results-dir", "result-ttl",      "max-jobs",      "max-images",
              "max-steps",     "max-side",    "webhook-retries"},
-      {"inject-faults", "help"});
+      {"inject-faults", "resume-interrupted", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
     return 0;
@@ -125,6 +128,9 @@ int serve(const std::vector<std::string>& argv) {
       args.integer("max-body-bytes", 1024, int64_t(1) << 32).value_or(int64_t(c.max_body_bytes)));
   c.http_threads = int(args.integer("http-threads", 2, 4096).value_or(c.http_threads));
   if (auto d = args.get("results-dir")) c.results_dir = *d;
+  c.resume_interrupted = args.has("resume-interrupted");
+  if (c.resume_interrupted && c.results_dir.empty())
+    throw UsageError("--resume-interrupted needs --results-dir (where the jobs are kept)");
   c.result_ttl_s = int(args.integer("result-ttl", 1, 86400 * 30).value_or(c.result_ttl_s));
   c.max_jobs = int(args.integer("max-jobs", 1, 10000000).value_or(c.max_jobs));
   c.max_images_per_request =
