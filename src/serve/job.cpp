@@ -20,8 +20,8 @@ int64_t unix_seconds(JobRecord::SystemTime t) {
 
 // The steady-clock time that was `t` on the wall clock (a restored job's times).
 Job::Clock::time_point steady_time(JobRecord::SystemTime t) {
-  return Job::Clock::now() - std::chrono::duration_cast<Job::Clock::duration>(
-                                 std::chrono::system_clock::now() - t);
+  return Job::Clock::now() -
+         std::chrono::duration_cast<Job::Clock::duration>(std::chrono::system_clock::now() - t);
 }
 
 }  // namespace

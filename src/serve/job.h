@@ -72,8 +72,8 @@ struct JobRecord {
   uint64_t revision = 0;  // bumped by every change; a write never replaces a newer one
   JobState state = JobState::Queued;
   std::string reason;
-  bool interrupted = false;  // A1111's interrupt
-  SystemTime created, started, finished;  // started, finished: the epoch until then
+  bool interrupted = false;                    // A1111's interrupt
+  SystemTime created, started, finished;       // started, finished: the epoch until then
   std::vector<std::filesystem::path> results;  // per image: its file, empty where none
   bool webhook_pending = false;  // ended; the webhook was neither delivered nor given up
   int resumes = 0;               // times --resume-interrupted queued it again after a restart

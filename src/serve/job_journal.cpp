@@ -173,9 +173,8 @@ JobJournal::Entry decode(const std::string& text, const std::string& id,
     // As TextToImagePipeline::resolve leaves them.
     q.guidance_scale = r.guidance_scale;
     q.sampler = r.sampler;
-    q.schedule =
-        image.at("scheduler").get<std::string>() == "karras" ? SigmaSchedule::Karras
-                                                             : SigmaSchedule::Default;
+    q.schedule = image.at("scheduler").get<std::string>() == "karras" ? SigmaSchedule::Karras
+                                                                      : SigmaSchedule::Default;
     q.seed = image.at("seed").get<uint64_t>();
     spec.images.push_back(std::move(r));
   }
@@ -396,9 +395,8 @@ JobJournal::Loaded JobJournal::load(std::chrono::seconds ttl) {
   if (ec)
     std::fprintf(stderr, "kiln serve: warning: reading %s: %s\n", jobs_dir_.string().c_str(),
                  ec.message().c_str());
-  std::sort(out.entries.begin(), out.entries.end(), [](const Entry& a, const Entry& b) {
-    return a.record.created < b.record.created;
-  });
+  std::sort(out.entries.begin(), out.entries.end(),
+            [](const Entry& a, const Entry& b) { return a.record.created < b.record.created; });
 
   int orphans = 0;
   for (const auto& item : std::filesystem::directory_iterator(results_dir_, ec)) {

@@ -73,8 +73,8 @@ void JobStore::delete_files(Job& job) const {
   // cancelled is on disk but not in the job).
   for (int i = 0; i < job.images(); ++i) {
     std::error_code ec;
-    std::filesystem::remove(
-        config_.results_dir / result_file_name(job.id(), i, job.spec().format), ec);
+    std::filesystem::remove(config_.results_dir / result_file_name(job.id(), i, job.spec().format),
+                            ec);
   }
 }
 
@@ -85,8 +85,8 @@ JobStore::Recovered JobStore::recover(const std::function<void(Job&)>& on_end) {
   out.unreadable = loaded.unreadable;
   std::lock_guard<std::mutex> lock(mutex_);
   for (JobJournal::Entry& e : loaded.entries) {
-    auto job = std::make_shared<Job>(e.id, e.key_id, std::move(e.spec), on_end, journal_.get(),
-                                     e.record);
+    auto job =
+        std::make_shared<Job>(e.id, e.key_id, std::move(e.spec), on_end, journal_.get(), e.record);
     jobs_[job->id()] = job;
     order_.push_back(job->id());
     if (!job->spec().idempotency_key.empty())

@@ -74,7 +74,7 @@ class JobStore {
   std::unique_ptr<JobJournal> journal_;
   mutable std::mutex mutex_;
   std::map<std::string, std::shared_ptr<Job>> jobs_;
-  std::deque<std::string> order_;  // oldest first
+  std::deque<std::string> order_;                   // oldest first
   std::map<std::string, std::string> idempotency_;  // key id + '\n' + key -> job id
 };
 

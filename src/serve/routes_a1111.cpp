@@ -112,9 +112,10 @@ void register_a1111_routes(httplib::Server& server, ServerParts& parts) {
         // A job restored from the journal (an Idempotency-Key replay) may name a model
         // this server does not offer.
         if (!pipeline)
-          throw ApiError(404, str("model \"", job->spec().model, "\" of job ", job->id(),
-                                  " is not served now"),
-                         "model", "not_found_error");
+          throw ApiError(
+              404,
+              str("model \"", job->spec().model, "\" of job ", job->id(), " is not served now"),
+              "model", "not_found_error");
         send_json(
             res, 200,
             {{"images", images}, {"parameters", parameters}, {"info", info_json(*job, *pipeline)}});
