@@ -6,7 +6,8 @@
 # 10-minute run: every stage has a time limit and the table comes last either way.
 #
 #   scripts/gpu-check.sh                          everything
-#   STAGES=build,test scripts/gpu-check.sh        a subset (build,test,bench,peer)
+#   STAGES=build,test scripts/gpu-check.sh        a subset (build,test,fullsize,bench,peer)
+#   FULL_SIZE_SEED=7 scripts/gpu-check.sh         the full-size check's weights and inputs
 #   PEER_MODES=eager,compile,graphs ...           the peer's modes (default below)
 #
 # Logs, JSON and the table go to $OUT (default out/gpu-check). The peer needs
@@ -21,7 +22,7 @@ ROOT=$PWD
 OUT=${OUT:-$ROOT/out/gpu-check}
 LOGS=$OUT/logs  # with PACK_LOGS=1, packed into logs.tgz at the end
 mkdir -p "$LOGS"
-STAGES=${STAGES:-build,test,bench,peer}
+STAGES=${STAGES:-build,test,fullsize,bench,peer}
 BUDGET=${BUDGET:-570}   # seconds for the whole script, table included
 BUILD=${BUILD_DIR:-$ROOT/build-gpu}
 JOBS=${JOBS:-$(nproc)}
@@ -179,6 +180,35 @@ if has_stage test && [ -x "$TESTS" ]; then
     END {for (k in n) printf "  %s: %d components, worst nmse %.3g; %d images, lowest PSNR %.1f dB\n", k, n[k], worst[k], p[k], lo[k]}'
 fi
 
+# The peer and the full-size references need diffusers: its wheel is carried in .whl/.
+export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+need_diffusers() {
+  python3 -c "import diffusers" 2>/dev/null ||
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
+}
+
+# --- full-size correctness ------------------------------------------------------
+# Random-weight UNets with the real SD1.5 and SDXL architectures: diffusers in fp32
+# against kiln in fp16 on the same weights (tests/backend/test_full_size.cpp).
+if has_stage fullsize && [ -x "$TESTS" ]; then
+  SEED=${FULL_SIZE_SEED:-0}
+  FS=${FULL_SIZE_DIR:-/tmp/kiln-fullsize}
+  log "full-size references (seed $SEED)"
+  need_diffusers
+  for arch in sd15 sdxl; do
+    t=$(( $(left) > 400 ? 120 : $(left) / 4 ))
+    rm -rf "$FS/$arch"
+    timeout "$t" python3 tools/py/make_full_size_reference.py --arch $arch --seed "$SEED" \
+      --out "$FS/$arch" >>"$LOGS/fullsize.log" 2>&1 || log "reference for $arch failed (see fullsize.log)"
+  done
+  grep -E "reference in|Error|error" "$LOGS/fullsize.log" | sed 's/^/  /' | head -8
+  KILN_FULL_SIZE_DIR=$FS timeout $(( $(left) > 300 ? 120 : $(left) / 3 )) "$TESTS" \
+    --gtest_filter='Arch/FullSize.*' >"$LOGS/fullsize-test.log" 2>&1
+  summarize_tests "$LOGS/fullsize-test.log" "full-size (seed $SEED)"
+  grep -E "^\[ full-size|SKIPPED|Failure" "$LOGS/fullsize-test.log" | sed 's/^/  /' | tee -a "$OUT/summary.txt"
+  rm -rf "$FS"
+fi
+
 # --- kiln bench ---------------------------------------------------------------
 if has_stage bench && [ -x "$KILN" ]; then
   log "kiln bench"
@@ -197,10 +227,7 @@ fi
 
 # --- the peer -----------------------------------------------------------------
 if has_stage peer; then
-  export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-  if ! python3 -c "import diffusers" 2>/dev/null; then
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
-  fi
+  need_diffusers
   run_peer() {  # modes, workloads...  (rows are read from stdout: a timeout keeps what finished)
     local modes=$1; shift
     local t=$(( $(left) - 25 ))
