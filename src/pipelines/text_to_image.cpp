@@ -93,6 +93,8 @@ std::unique_ptr<TextToImagePipeline> TextToImagePipeline::load(const std::filesy
     p->text_encoder_2_ = ClipTextModel::load(folder.component("text_encoder_2").dir, placement);
   }
   p->unet_ = UNet2DConditionModel::load(folder.component("unet").dir, placement);
+  if (DenoiserGraphs::enabled_for(placement.device))
+    p->graphs_ = std::make_unique<DenoiserGraphs>(*p->unet_, p->device_mutex_);
   // SDXL's VAE overflows in fp16: diffusers upcasts it to fp32 when its config says
   // force_upcast (the default), and so does kiln. bf16 has the range and stays.
   Placement vae_placement = placement;
@@ -187,6 +189,7 @@ std::unique_ptr<Generation> TextToImagePipeline::start(const ResolvedRequest& r)
   const TextToImageRequest& q = r.request;
   const UNetConfig& uc = unet_->config();
   auto g = std::unique_ptr<Generation>(new Generation(r));
+  std::shared_lock<std::shared_mutex> device(device_mutex_);  // no capture meanwhile
   // Guidance-distilled (LCM) UNets take the guidance as an embedding instead of CFG.
   const bool distilled = uc.time_cond_proj_dim > 0;
   g->cfg_ = r.guidance_scale > 1.0f && !distilled;
@@ -248,7 +251,8 @@ void TextToImagePipeline::step(const std::vector<Generation*>& batch) const {
     in.time_ids = join(time_ids);
   }
   if (!conds.empty()) in.timestep_cond = join(conds);
-  const Tensor out = ops::cast(unet_->forward(in), DType::F32);  // [rows, h, w, C]
+  const Tensor out = ops::cast(graphs_ ? graphs_->forward(in) : unet_->forward(in),
+                               DType::F32);  // [rows, h, w, C]
 
   int64_t row = 0;
   for (Generation* g : batch) {
@@ -272,6 +276,7 @@ io::Image TextToImagePipeline::decode(const Generation& g) const {
 io::Image TextToImagePipeline::decode_latents(const Tensor& latents) const {
   // Latents → VAE input: SDXL-style per-channel statistics when the VAE has them.
   const VaeConfig& vc = vae_->config();
+  std::shared_lock<std::shared_mutex> device(device_mutex_);  // no capture meanwhile
   Tensor z;
   if (xl_ && !vc.latents_mean.empty()) {
     std::vector<float> mul, add;

@@ -8,6 +8,7 @@
 #include <functional>
 #include <memory>
 #include <optional>
+#include <shared_mutex>
 #include <string>
 
 #include "io/image.h"
@@ -15,6 +16,7 @@
 #include "models/autoencoder_kl.h"
 #include "models/clip_text_model.h"
 #include "models/unet_2d_condition.h"
+#include "pipelines/denoiser_graphs.h"
 #include "schedulers/scheduler.h"
 #include "text/clip_tokenizer.h"
 
@@ -120,6 +122,10 @@ class TextToImagePipeline {
   std::string describe() const;
 
   bool is_xl() const { return xl_; }
+  // How the denoiser ran: eagerly, captured, replayed (all eager off CUDA).
+  DenoiserGraphs::Stats graph_stats() const {
+    return graphs_ ? graphs_->stats() : DenoiserGraphs::Stats{};
+  }
   int native_width() const { return native_size_; }
   int native_height() const { return native_size_; }
   const std::string& name() const { return name_; }
@@ -139,6 +145,10 @@ class TextToImagePipeline {
   std::unique_ptr<ClipTextModel> text_encoder_, text_encoder_2_;
   std::unique_ptr<UNet2DConditionModel> unet_;
   std::unique_ptr<AutoencoderKL> vae_;
+  // On CUDA: the denoiser replayed from graphs, and the lock that keeps other threads'
+  // device work (encoding, decoding) out of a capture (denoiser_graphs.h).
+  mutable std::shared_mutex device_mutex_;
+  std::unique_ptr<DenoiserGraphs> graphs_;
 };
 
 // The sampler kiln uses for a diffusers scheduler class, if it has one.

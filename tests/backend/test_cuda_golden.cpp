@@ -2,8 +2,10 @@
 // and bf16 on the GPU, against the references diffusers/transformers made in
 // f32, held to DESIGN.md's contract for CUDA: each component's NMSE ≤ 1e-3 and
 // every final image's PSNR ≥ 30 dB.
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
 
@@ -100,6 +102,32 @@ TEST_P(CudaGolden, ImagesMatchDiffusers) {
                 c.name.c_str(), p);
     EXPECT_GE(p, kCudaImagePsnr);
   }
+}
+
+// The pipeline replays its denoiser from CUDA graphs (denoiser_graphs.h): the images
+// must be those of the eager pass, and the graphs must actually have been used.
+TEST_P(CudaGolden, GraphReplayMatchesEager) {
+  const std::filesystem::path dir = golden::data_dir() / model() / "model";
+  ::setenv("KILN_CUDA_GRAPHS", "0", 1);
+  const auto eager = TextToImagePipeline::load(dir, placement());
+  ::unsetenv("KILN_CUDA_GRAPHS");
+  const auto graphed = TextToImagePipeline::load(dir, placement());
+  const std::vector<golden::GoldenCase> cases = golden::golden_cases(model());
+  for (size_t i = 0; i < std::min<size_t>(cases.size(), 3); ++i) {
+    SCOPED_TRACE(cases[i].name);
+    const ResolvedRequest r = graphed->resolve(cases[i].request);
+    const io::Image a = eager->generate(r), b = graphed->generate(r);
+    const double p = golden::psnr(a, b);
+    std::printf("[ %s %s ] %-22s graphs vs eager PSNR %.1f dB\n", model().c_str(),
+                name(placement().dtype).c_str(), cases[i].name.c_str(), p);
+    EXPECT_GE(p, 60.0);
+  }
+  const DenoiserGraphs::Stats st = graphed->graph_stats();
+  std::printf("[ %s %s ] graphs: %llu eager, %llu captures, %llu replays\n", model().c_str(),
+              name(placement().dtype).c_str(), (unsigned long long)st.eager,
+              (unsigned long long)st.captures, (unsigned long long)st.replays);
+  EXPECT_GT(st.replays, 0u);
+  EXPECT_EQ(eager->graph_stats().replays, 0u);
 }
 
 INSTANTIATE_TEST_SUITE_P(Golden, CudaGolden,
