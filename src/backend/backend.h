@@ -57,6 +57,12 @@ struct AttentionArgs {
   float scale = 1.0f;
   bool causal = false;  // query i sees keys 0..i
   Tensor out;           // [B, Sq, heads * D]
+  // Packed projections (one GEMM made q, k and v, or k and v): q, k and v then read
+  // `width` features from column q_col, k_col, v_col of their tensors' rows, which
+  // may be one tensor. width 0: unpacked, every tensor is [.., heads * D].
+  int64_t width = 0;
+  int64_t q_col = 0, k_col = 0, v_col = 0;
+  int64_t features() const { return width ? width : q.dim(2); }  // heads * D
 };
 
 // Elementwise a (op) b where b broadcasts against a: b's shape, right-aligned, has

@@ -62,6 +62,7 @@ void AutoencoderKL::load_mid(const nn::WeightLoader& w, const std::string& prefi
     mid.attention->load(w, a, ch, ch, /*heads=*/1, /*dim_head=*/ch, /*qkv_bias=*/true,
                         /*out_bias=*/true,
                         legacy ? nn::AttentionNames::legacy_vae() : nn::AttentionNames{});
+    mid.attention->fuse_projections(/*self_attention=*/true);
   }
   mid.resnet_1.load(w, prefix + ".resnets.1", ch, ch, o);
 }

@@ -1,6 +1,7 @@
 #include "nn/attention.h"
 
 #include <cmath>
+#include <vector>
 
 namespace kiln::nn {
 
@@ -16,8 +17,48 @@ void Attention::load(const WeightLoader& w, const std::string& prefix, int64_t q
   scale = float(1.0 / std::sqrt(double(dim_head)));
 }
 
+namespace {
+
+Linear concatenated(const std::vector<const Linear*>& parts) {
+  Linear fused;
+  std::vector<Tensor> weights, biases;
+  for (const Linear* p : parts) {
+    weights.push_back(p->weight);
+    if (p->bias.defined()) biases.push_back(p->bias);
+  }
+  fused.weight = ops::concat_rows(weights);  // [Σ out, in]
+  if (!biases.empty()) {
+    KILN_CHECK(biases.size() == parts.size(), "attention projections with and without bias");
+    fused.bias = ops::concat_rows(biases);
+  }
+  return fused;
+}
+
+}  // namespace
+
+void Attention::fuse_projections(bool self_attention) {
+  if (to_k.weight.device() != Device::CUDA || to_kv.weight.defined() || to_qkv.weight.defined())
+    return;
+  if (self_attention && to_q.weight.dim(1) == to_k.weight.dim(1)) {
+    to_qkv = concatenated({&to_q, &to_k, &to_v});
+    to_q = to_k = to_v = {};
+  } else {
+    to_kv = concatenated({&to_k, &to_v});
+    to_k = to_v = {};
+  }
+}
+
 Tensor Attention::operator()(const Tensor& x, const Tensor& context, const Tensor& residual) const {
   const Tensor& kv = context.defined() ? context : x;
+  if (to_qkv.weight.defined()) {
+    KILN_CHECK(!context.defined(), "a self-attention with fused projections called with a context");
+    const Tensor o = ops::attention_qkv(to_qkv(x), heads, scale);
+    return to_out(o, Activation::None, residual);
+  }
+  if (to_kv.weight.defined()) {
+    const Tensor o = ops::attention_kv(to_q(x), to_kv(kv), heads, scale);
+    return to_out(o, Activation::None, residual);
+  }
   const Tensor q = to_q(x);   // [B, S, heads * dim_head]
   const Tensor k = to_k(kv);  // [B, T, heads * dim_head]
   const Tensor v = to_v(kv);  // [B, T, heads * dim_head]

@@ -59,6 +59,8 @@ void BasicTransformerBlock::load(const WeightLoader& w, const std::string& prefi
   norm2.load(w, prefix + ".norm2", dim, o.norm_eps);
   attn2.load(w, prefix + ".attn2", dim, o.cross_attention_dim, o.heads, o.dim_head,
              o.attention_bias);
+  attn1.fuse_projections(!o.only_cross_attention);
+  attn2.fuse_projections(false);
   norm3.load(w, prefix + ".norm3", dim, o.norm_eps);
   ff.load(w, prefix + ".ff", dim, o.activation_fn);
 }

@@ -152,6 +152,45 @@ Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, f
   return a.out;
 }
 
+Tensor attention_qkv(const Tensor& qkv, int heads, float scale) {
+  KILN_CHECK(qkv.ndim() == 3 && qkv.dim(2) % 3 == 0, "attention_qkv: ", qkv.describe(),
+             " (expected [B, S, 3*heads*D])");
+  check_float_like(qkv, qkv, "attention_qkv", "qkv");
+  const int64_t width = qkv.dim(2) / 3;
+  KILN_CHECK(heads > 0 && width % heads == 0, "attention_qkv: ", width, " features in ", heads,
+             " heads");
+  AttentionArgs a;
+  a.q = a.k = a.v = qkv;
+  a.width = width;
+  a.k_col = width;
+  a.v_col = 2 * width;
+  a.heads = heads;
+  a.scale = scale;
+  a.out = like(qkv, {qkv.dim(0), qkv.dim(1), width});
+  backend_for(qkv.device()).attention(a);
+  return a.out;
+}
+
+Tensor attention_kv(const Tensor& q, const Tensor& kv, int heads, float scale) {
+  KILN_CHECK(q.ndim() == 3 && kv.ndim() == 3, "attention_kv: q ", q.describe(), ", kv ",
+             kv.describe(), " (expected [B, S, heads*D] and [B, Sk, 2*heads*D])");
+  check_float_like(q, kv, "attention_kv", "kv");
+  KILN_CHECK(heads > 0 && q.dim(2) % heads == 0, "attention_kv: ", q.dim(2), " features in ", heads,
+             " heads");
+  KILN_CHECK(kv.dim(0) == q.dim(0) && kv.dim(2) == 2 * q.dim(2), "attention_kv: q ",
+             q.shape().str(), " and kv ", kv.shape().str(), " do not agree");
+  AttentionArgs a;
+  a.q = q;
+  a.k = a.v = kv;
+  a.width = q.dim(2);
+  a.v_col = q.dim(2);
+  a.heads = heads;
+  a.scale = scale;
+  a.out = like(q, q.shape());
+  backend_for(q.device()).attention(a);
+  return a.out;
+}
+
 static Tensor binary(const Tensor& a, const Tensor& b, BinaryOp op) {
   check_float_like(a, b, "add/mul", "second operand");
   KILN_CHECK(b.ndim() <= a.ndim(), "broadcast of ", b.shape().str(), " against ", a.shape().str());

@@ -33,6 +33,11 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int 
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps);
 
 // q [B, Sq, H*D], k and v [B, Sk, H*D] → [B, Sq, H*D]; softmax(q k^T * scale) v per head.
+// The same from packed projections, as one GEMM of the concatenated weights makes
+// them: qkv [B, S, 3 * heads * D] (q, k, v side by side; self-attention), or q with
+// kv [B, Sk, 2 * heads * D] (k, v side by side).
+Tensor attention_qkv(const Tensor& qkv, int heads, float scale);
+Tensor attention_kv(const Tensor& q, const Tensor& kv, int heads, float scale);
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale,
                  bool causal = false);
 

@@ -155,6 +155,31 @@ TEST_P(Attention, MatchesCpu) {
   cuda::options().flash_two_tiles_per_warp = false;
 }
 
+// q, k and v side by side in one tensor (self-attention) or k and v in one (cross), as
+// the models' fused projections make them.
+TEST_P(Attention, PackedMatchesCpu) {
+  const auto [c, path] = GetParam();
+  if (c.causal || path == AttentionPath::FlashTwoTiles) GTEST_SKIP() << "covered by MatchesCpu";
+  cuda::options().use_flash_attention = path != AttentionPath::Banded;
+  const float scale = float(1.0 / std::sqrt(double(c.d)));
+  const int64_t w = c.heads * c.d;
+  for (DType dt : kAllTypes) {
+    const std::string label = str("b", c.b, " sq", c.sq, " sk", c.sk, " h", c.heads, " d", c.d,
+                                  path == AttentionPath::Banded ? " banded" : " flash");
+    if (c.sq == c.sk)
+      expect_match(
+          "attention_qkv " + label, dt, {random_tensor({c.b, c.sq, 3 * w}, dt, next_seed())},
+          [&](const std::vector<Tensor>& t) { return ops::attention_qkv(t[0], c.heads, scale); });
+    expect_match("attention_kv " + label, dt,
+                 {random_tensor({c.b, c.sq, w}, dt, next_seed()),
+                  random_tensor({c.b, c.sk, 2 * w}, dt, next_seed())},
+                 [&](const std::vector<Tensor>& t) {
+                   return ops::attention_kv(t[0], t[1], c.heads, scale);
+                 });
+  }
+  cuda::options().use_flash_attention = true;
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, Attention,
     ::testing::Combine(

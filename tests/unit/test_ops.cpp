@@ -27,6 +27,10 @@ double max_abs_diff(const Tensor& a, const std::vector<double>& b) {
   return m;
 }
 
+std::vector<double> values(const Tensor& t) {
+  return std::vector<double>(t.data<float>(), t.data<float>() + t.numel());
+}
+
 double gelu(double x) {
   return 0.5 * x * (1.0 + std::erf(x / std::sqrt(2.0)));
 }
@@ -122,6 +126,26 @@ TEST(Ops, AttentionMatchesNaiveSoftmaxPerHeadIncludingCausalMask) {
         }
     EXPECT_LT(max_abs_diff(y, ref), 1e-5) << "causal " << causal;
   }
+}
+
+// Packed projections read the same numbers through other strides: the results are
+// the unpacked ones exactly.
+TEST(Ops, PackedAttentionEqualsUnpacked) {
+  const int64_t batch = 2, sq = 33, sk = 7, heads = 3, d = 8, width = heads * d;
+  const Tensor qkv = random_tensor({batch, sq, 3 * width}, 31, -2, 2);
+  const Tensor q = ops::slice_last(qkv, 0, width), k = ops::slice_last(qkv, width, 2 * width),
+               v = ops::slice_last(qkv, 2 * width, 3 * width);
+  const Tensor self = ops::attention_qkv(qkv, int(heads), 0.3f);
+  EXPECT_EQ(max_abs_diff(self, values(ops::attention(q, k, v, int(heads), 0.3f))), 0.0);
+
+  const Tensor kv = random_tensor({batch, sk, 2 * width}, 32, -2, 2);
+  const Tensor cross = ops::attention_kv(q, kv, int(heads), 0.3f);
+  const Tensor unpacked = ops::attention(q, ops::slice_last(kv, 0, width),
+                                         ops::slice_last(kv, width, 2 * width), int(heads), 0.3f);
+  EXPECT_EQ(max_abs_diff(cross, values(unpacked)), 0.0);
+  EXPECT_THROW(ops::attention_qkv(random_tensor({1, 4, 10}, 33), 2, 1.0f), Error);  // not 3 parts
+  EXPECT_THROW(ops::attention_kv(q, random_tensor({batch, sk, width}, 34), int(heads), 1.0f),
+               Error);  // kv too narrow
 }
 
 TEST(Ops, CrossAttentionWithFewerKeysThanQueries) {

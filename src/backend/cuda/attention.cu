@@ -427,9 +427,12 @@ constexpr size_t kScoreBudget = size_t(256) << 20;
 
 void attention_banded(const AttentionArgs& a) {
   const int batch = int(a.q.dim(0)), sq = int(a.q.dim(1)), sk = int(a.k.dim(1));
-  const int heads = a.heads, d = int(a.q.dim(2)) / heads;
+  const int heads = a.heads, d = int(a.features()) / heads;
   const int64_t q_stride = a.q.dim(2), kv_stride = a.k.dim(2), o_stride = a.out.dim(2);
   const size_t elem = dtype_size(a.q.dtype());
+  const char* q = static_cast<const char*>(a.q.raw()) + size_t(a.q_col) * elem;
+  const char* k = static_cast<const char*>(a.k.raw()) + size_t(a.k_col) * elem;
+  const char* v = static_cast<const char*>(a.v.raw()) + size_t(a.v_col) * elem;
   const cudaDataType_t type = blas_type(a.q.dtype());
   const int band = int(std::clamp<int64_t>(
       int64_t(kScoreBudget / (size_t(heads) * sk * (sizeof(float) + elem))), 1, sq));
@@ -438,9 +441,9 @@ void attention_banded(const AttentionArgs& a) {
   cublasHandle_t blas = context().blas;
   const float zero = 0.0f, one = 1.0f;
   for (int b = 0; b < batch; ++b) {
-    const char* qb = static_cast<const char*>(a.q.raw()) + size_t(b) * sq * q_stride * elem;
-    const char* kb = static_cast<const char*>(a.k.raw()) + size_t(b) * sk * kv_stride * elem;
-    const char* vb = static_cast<const char*>(a.v.raw()) + size_t(b) * sk * kv_stride * elem;
+    const char* qb = q + size_t(b) * sq * q_stride * elem;
+    const char* kb = k + size_t(b) * sk * kv_stride * elem;
+    const char* vb = v + size_t(b) * sk * kv_stride * elem;
     char* ob = static_cast<char*>(a.out.raw()) + size_t(b) * sq * o_stride * elem;
     for (int q0 = 0; q0 < sq; q0 += band) {
       const int n = std::min(band, sq - q0);
@@ -469,8 +472,12 @@ void attention_banded(const AttentionArgs& a) {
 
 void attention(const AttentionArgs& a) {
   const int batch = int(a.q.dim(0)), sq = int(a.q.dim(1)), sk = int(a.k.dim(1));
-  const int heads = a.heads, d = int(a.q.dim(2)) / heads;
+  const int heads = a.heads, d = int(a.features()) / heads;
   if (int64_t(batch) * sq == 0) return;
+  // k and v share one row stride in both kernels (they are one packed tensor or two
+  // of one width).
+  KILN_CHECK(a.k.dim(2) == a.v.dim(2), "attention: k ", a.k.describe(), " and v ", a.v.describe(),
+             " have different row widths");
   count_flops(4.0 * batch * heads * double(sq) * double(sk) * d);
   const int dp = padded_head_dim(d);
   const DType dtype = a.q.dtype();
@@ -478,9 +485,10 @@ void attention(const AttentionArgs& a) {
   static const bool flash_capable = device_info().compute_major >= 8;
   if (options().use_flash_attention && flash_capable && dp > 0 && dtype != DType::F32 && sk > 0) {
     AttentionParams p{};
-    p.q = a.q.raw();
-    p.k = a.k.raw();
-    p.v = a.v.raw();
+    const size_t elem = dtype_size(dtype);
+    p.q = static_cast<const char*>(a.q.raw()) + size_t(a.q_col) * elem;
+    p.k = static_cast<const char*>(a.k.raw()) + size_t(a.k_col) * elem;
+    p.v = static_cast<const char*>(a.v.raw()) + size_t(a.v_col) * elem;
     p.out = a.out.raw();
     p.q_stride = a.q.dim(2);
     p.kv_stride = a.k.dim(2);

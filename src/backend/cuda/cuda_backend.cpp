@@ -135,7 +135,7 @@ class CudaBackend final : public Backend {
   void attention(const AttentionArgs& a) override {
     OpScope s("attention", [&] {
       return str("b", a.q.dim(0), " h", a.heads, " ", a.q.dim(1), "x", a.k.dim(1), " d",
-                 a.q.dim(2) / a.heads, a.causal ? " causal" : "");
+                 a.features() / a.heads, a.width ? " packed" : "", a.causal ? " causal" : "");
     });
     cuda::attention(a);
   }
