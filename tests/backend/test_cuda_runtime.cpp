@@ -1,11 +1,16 @@
 // The execution machinery around the kernels: the caching allocator (no device
 // allocation once a shape has run), host/device copies, CUDA-graph capture and
-// replay of a whole UNet forward, and the f32 latents path the samplers take.
+// replay of a whole UNet forward, the f32 latents path the samplers take, and
+// the plan cache on disk.
+#include <unistd.h>
+
 #include <cstring>
 #include <filesystem>
 
 #include "../golden/golden.h"
+#include "backend/plan_file.h"
 #include "backend_test.h"
+#include "io/image.h"
 #include "models/unet_2d_condition.h"
 
 namespace kiln::backend_test {
@@ -98,6 +103,106 @@ TEST_F(Runtime, SamplerMathOnF32Latents) {
   const Tensor cpu_next = ops::linear_combination({{1.0f, latents}, {-0.25f, cpu_guided}});
   EXPECT_EQ(next.dtype(), DType::F32);
   EXPECT_LE(nmse(next, cpu_next), 1e-12);
+}
+
+// Plans kept in a fresh folder; the default setting is back afterwards.
+class PlanCache : public CudaTest {
+ protected:
+  void SetUp() override {
+    CudaTest::SetUp();
+    if (IsSkipped()) return;
+    dir_ = std::filesystem::temp_directory_path() /
+           ("kiln-plan-cache-test-" + std::to_string(::getpid()));
+    std::filesystem::remove_all(dir_);
+    cuda::set_plan_cache(dir_.string());
+    cuda::forget_plans();
+  }
+  void TearDown() override {
+    if (!IsSkipped()) {
+      cuda::set_plan_cache("");
+      cuda::forget_plans();
+      std::filesystem::remove_all(dir_);
+    }
+    CudaTest::TearDown();
+  }
+
+  // One GEMM shape (bias fused) and one 3×3 convolution (cuDNN's where the build
+  // has it), on the same inputs every time; the outputs' bytes on the host.
+  std::vector<Tensor> run_ops() {
+    const Tensor x = on_cuda(random_tensor({300, 320}, DType::F16, 1), DType::F16);
+    const Tensor w = on_cuda(random_tensor({640, 320}, DType::F16, 2, 0.05f), DType::F16);
+    const Tensor b = on_cuda(random_tensor({640}, DType::F16, 3), DType::F16);
+    const Tensor image = on_cuda(random_tensor({1, 32, 32, 64}, DType::F16, 4), DType::F16);
+    const Tensor filter = on_cuda(random_tensor({64, 3, 3, 64}, DType::F16, 5, 0.05f), DType::F16);
+    const Tensor fb = on_cuda(random_tensor({64}, DType::F16, 6), DType::F16);
+    std::vector<Tensor> out{
+        ops::linear(x, w, b).to(Device::CPU),
+        ops::conv2d(image, filter, fb, ops::Conv2dGeometry::same(3)).to(Device::CPU)};
+    cuda::synchronize();
+    return out;
+  }
+
+  std::filesystem::path dir_;
+};
+
+void expect_same_bytes(const std::vector<Tensor>& a, const std::vector<Tensor>& b) {
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i) {
+    ASSERT_EQ(a[i].nbytes(), b[i].nbytes()) << i;
+    EXPECT_EQ(std::memcmp(a[i].raw(), b[i].raw(), a[i].nbytes()), 0)
+        << "output " << i << " differs with the stored plan";
+  }
+}
+
+TEST_F(PlanCache, SavedPlansAreTakenWithoutTimingAndGiveTheSameOutput) {
+  const std::vector<Tensor> first = run_ops();
+  const cuda::PlanStats made = cuda::plan_stats();
+  EXPECT_GE(made.timed, cuda::cudnn_enabled() ? 2u : 1u) << "a GEMM and a convolution were timed";
+  EXPECT_EQ(made.reused, 0u) << "the folder was empty";
+  cuda::save_plans();
+  const std::filesystem::path file = cuda::plan_cache_file();
+  ASSERT_TRUE(std::filesystem::exists(file)) << file;
+  EXPECT_EQ(file.parent_path(), dir_);
+  EXPECT_EQ(plans::parse(io::read_file(file)).second.size(), made.timed);
+
+  cuda::forget_plans();
+  const std::vector<Tensor> second = run_ops();
+  EXPECT_EQ(cuda::plan_stats().timed, 0u) << "every plan came from the file";
+  EXPECT_EQ(cuda::plan_stats().reused, made.timed);
+  expect_same_bytes(first, second);
+
+  // Nothing new: the file is not written again.
+  const auto written = std::filesystem::last_write_time(file);
+  cuda::save_plans();
+  EXPECT_EQ(std::filesystem::last_write_time(file), written);
+}
+
+TEST_F(PlanCache, AFileFromAnotherGpuIsRebuilt) {
+  (void)run_ops();
+  cuda::save_plans();
+  const std::filesystem::path file = cuda::plan_cache_file();
+  auto [header, stored] = plans::parse(io::read_file(file));
+  const std::string real_gpu = header.gpu;
+  header.gpu = "Some Other GPU";
+  io::write_file_atomic(file, plans::serialize(header, stored));
+
+  cuda::forget_plans();
+  (void)run_ops();
+  EXPECT_EQ(cuda::plan_stats().reused, 0u) << "a plan from another GPU was trusted";
+  EXPECT_EQ(cuda::plan_stats().timed, stored.size());
+  cuda::save_plans();
+  const auto [rebuilt_header, rebuilt] = plans::parse(io::read_file(file));
+  EXPECT_EQ(rebuilt_header.gpu, real_gpu);
+  EXPECT_EQ(rebuilt.size(), stored.size());
+}
+
+TEST_F(PlanCache, OffKeepsPlansInMemoryOnly) {
+  cuda::set_plan_cache("off");
+  (void)run_ops();
+  EXPECT_GT(cuda::plan_stats().timed, 0u);
+  EXPECT_EQ(cuda::plan_cache_file(), "");
+  cuda::save_plans();
+  EXPECT_FALSE(std::filesystem::exists(dir_)) << "nothing is written with the cache off";
 }
 
 }  // namespace

@@ -3,6 +3,8 @@
 import json
 import shutil
 
+import pytest
+
 from png_chunks import read_png
 
 
@@ -97,3 +99,41 @@ def test_bad_flags_are_usage_errors(kiln, golden_model, tmp_path):
         assert needle in one_line_error(r)
     r = kiln("generate", "--model", golden_model)
     assert r.returncode == 2 and "prompt" in r.stderr
+
+
+def test_build_rejects_bad_shapes_and_flags_before_looking_for_a_gpu(kiln, tmp_path):
+    plans = tmp_path / "plans"
+    for args, needle in [(("--shapes", "513x512", "--plan-cache", plans), "multiples of 8"),
+                         (("--shapes", "512x", "--plan-cache", plans), "WIDTHxHEIGHT"),
+                         (("--shapes", "512", "--plan-cache", plans), "WIDTHxHEIGHT"),
+                         (("--batch", "0", "--plan-cache", plans), "--batch"),
+                         (("--dtype", "fp8", "--plan-cache", plans), "fp8"),
+                         (("--model", tmp_path, "--plan-cache", plans), "--arch"),
+                         (("--plan-cache", "off"), "needs a folder")]:
+        r = kiln("build", "--arch", "sd15", *args)
+        assert r.returncode == 2, (args, r.stderr)
+        err = one_line_error(r)
+        assert needle in err, (args, err)
+    assert not plans.exists(), "nothing is written after a usage error"
+
+
+def test_build_with_a_missing_model_is_a_clear_error(kiln, tmp_path):
+    err = one_line_error(kiln("build", "--model", tmp_path / "nope", "--plan-cache", tmp_path / "plans"))
+    assert "nope" in err and "does not exist" in err
+
+
+@pytest.mark.skipif(shutil.which("nvidia-smi") is not None, reason="a GPU is present: kiln build would run")
+def test_build_without_a_gpu_says_so_in_one_line(kiln, tmp_path):
+    err = one_line_error(kiln("build", "--arch", "sd15", "--shapes", "512x512", "--plan-cache", tmp_path / "plans"))
+    assert "no CUDA device" in err or "no CUDA backend" in err, err
+
+
+def test_plan_cache_flag_is_accepted_and_ignored_on_the_cpu(kiln, golden_model, tmp_path):
+    r = kiln("generate", "x", "--model", golden_model, "--device", "cpu", "--steps", 1, "--width", 64,
+             "--height", 64, "--seed", 1, "--plan-cache", tmp_path / "plans", "--output", tmp_path / "o.png",
+             "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert not (tmp_path / "plans").exists()
+    err = one_line_error(kiln("generate", "x", "--model", golden_model, "--device", "cpu", "--plan-cache", "",
+                              "--output", tmp_path / "o.png"))
+    assert "--plan-cache" in err

@@ -3,6 +3,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdlib>
+#include <sstream>
 
 namespace kiln::cli {
 
@@ -82,6 +83,29 @@ std::optional<double> Args::number(const std::string& name, double lo, double hi
   if (d < lo || d > hi)
     throw UsageError(str("--", name, " must be between ", lo, " and ", hi, ", got ", d));
   return d;
+}
+
+std::vector<std::string> split_list(const std::string& list) {
+  std::vector<std::string> out;
+  std::stringstream ss(list);
+  std::string item;
+  while (std::getline(ss, item, ','))
+    if (!item.empty()) out.push_back(item);
+  return out;
+}
+
+std::vector<int> int_list(const std::string& flag, const std::string& list, int lo, int hi) {
+  std::vector<int> out;
+  for (const std::string& s : split_list(list)) {
+    char* end = nullptr;
+    const long v = std::strtol(s.c_str(), &end, 10);
+    if (*end != '\0' || v < lo || v > hi)
+      throw UsageError(
+          str("--", flag, " takes numbers from ", lo, " to ", hi, ", got \"", s, "\""));
+    out.push_back(int(v));
+  }
+  if (out.empty()) throw UsageError("--" + flag + " is empty");
+  return out;
 }
 
 }  // namespace kiln::cli

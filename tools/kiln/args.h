@@ -40,4 +40,10 @@ class Args {
   std::vector<std::string> positional_;
 };
 
+// "a,b,,c" → {"a", "b", "c"}.
+std::vector<std::string> split_list(const std::string& list);
+// A comma-separated list of whole numbers in [lo, hi] given to --flag; usage
+// errors for a bad item or an empty list.
+std::vector<int> int_list(const std::string& flag, const std::string& list, int lo, int hi);
+
 }  // namespace kiln::cli

@@ -2,8 +2,6 @@
 // weights with the real SD 1.5 / SDXL architectures (no checkpoint needed). Medians
 // of CUDA-event timings after warm-up; a markdown table on stdout and, with
 // --json, the same rows with the GPU, the commit and the dtype in every row.
-#include <unistd.h>
-
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -15,11 +13,10 @@
 #include "args.h"
 #include "commands.h"
 #include "io/model_folder.h"
-#include "io/safetensors.h"
+#include "model_source.h"
 #include "models/autoencoder_kl.h"
 #include "models/clip_text_model.h"
 #include "models/unet_2d_condition.h"
-#include "nn/weights.h"
 #include "ops/ops.h"
 #include "pipelines/text_to_image.h"
 #include "schedulers/scheduler.h"
@@ -50,6 +47,8 @@ const char* kHelp =
     "  --steps N            denoising steps of the e2e run (default 30)\n"
     "  --device cuda|cpu    where to run (default: cuda when a GPU is present)\n"
     "  --dtype fp16|bf16    precision on cuda (default fp16)\n"
+    "  --plan-cache DIR|off where timed algorithm choices are kept (default: $KILN_PLAN_CACHE,\n"
+    "                       else ~/.cache/kiln/plans; off: time them in memory, every run)\n"
     "  --warmup N           untimed runs first (default 3)\n"
     "  --reps N             timed runs; the median is reported (default 10)\n"
     "  --per-op             time each op kind in one eager pass of each workload\n"
@@ -59,110 +58,6 @@ const char* kHelp =
     "                       for comparing the two kernels)\n"
     "  --json FILE          also write the rows as JSON\n"
     "  --commit SHA         the commit to record (default: the one kiln was configured at)\n";
-
-// Architectures as tools/py/make_full_size_model.py and the peer benchmark build them.
-const char* kSd15Unet = R"({"_class_name": "UNet2DConditionModel", "sample_size": 64,
-  "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-  "block_out_channels": [320, 640, 1280, 1280],
-  "down_block_types": ["CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D", "DownBlock2D"],
-  "up_block_types": ["UpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "CrossAttnUpBlock2D"],
-  "cross_attention_dim": 768, "attention_head_dim": 8, "norm_num_groups": 32})";
-const char* kSdxlUnet = R"({"_class_name": "UNet2DConditionModel", "sample_size": 128,
-  "in_channels": 4, "out_channels": 4, "layers_per_block": 2,
-  "block_out_channels": [320, 640, 1280],
-  "down_block_types": ["DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"],
-  "up_block_types": ["CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"],
-  "transformer_layers_per_block": [1, 2, 10], "cross_attention_dim": 2048,
-  "attention_head_dim": [5, 10, 20], "use_linear_projection": true,
-  "addition_embed_type": "text_time", "addition_time_embed_dim": 256,
-  "projection_class_embeddings_input_dim": 2816, "norm_num_groups": 32})";
-const char* kSdVae = R"({"_class_name": "AutoencoderKL", "in_channels": 3, "out_channels": 3,
-  "latent_channels": 4, "block_out_channels": [128, 256, 512, 512], "layers_per_block": 2,
-  "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D", "DownEncoderBlock2D"],
-  "up_block_types": ["UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D", "UpDecoderBlock2D"],
-  "norm_num_groups": 32, "sample_size": 512})";
-const char* kClipL = R"({"architectures": ["CLIPTextModel"], "vocab_size": 49408,
-  "hidden_size": 768, "intermediate_size": 3072, "num_hidden_layers": 12,
-  "num_attention_heads": 12, "max_position_embeddings": 77, "hidden_act": "quick_gelu",
-  "bos_token_id": 49406, "eos_token_id": 49407, "projection_dim": 768})";
-const char* kClipBigG = R"({"architectures": ["CLIPTextModelWithProjection"], "vocab_size": 49408,
-  "hidden_size": 1280, "intermediate_size": 5120, "num_hidden_layers": 32,
-  "num_attention_heads": 20, "max_position_embeddings": 77, "hidden_act": "gelu",
-  "bos_token_id": 49406, "eos_token_id": 49407, "projection_dim": 1280})";
-const char* kScheduler = R"({"_class_name": "EulerDiscreteScheduler", "beta_end": 0.012,
-  "beta_schedule": "scaled_linear", "beta_start": 0.00085, "num_train_timesteps": 1000,
-  "steps_offset": 1, "timestep_spacing": "leading"})";
-
-void write_text(const fs::path& path, const std::string& text) {
-  fs::create_directories(path.parent_path());
-  std::ofstream out(path);
-  out << text;
-  if (!out) KILN_FAIL("cannot write ", path.string());
-}
-
-// A diffusers folder with the architecture's configs, the embedded model's
-// tokenizer and empty weight files: with nn::RandomWeights on, loading it draws
-// every weight.
-void write_random_folder(const fs::path& dir, bool xl) {
-  fs::create_directories(dir);
-  json index = {{"_class_name", xl ? "StableDiffusionXLPipeline" : "StableDiffusionPipeline"},
-                {"scheduler", {"diffusers", "EulerDiscreteScheduler"}},
-                {"text_encoder", {"transformers", "CLIPTextModel"}},
-                {"tokenizer", {"transformers", "CLIPTokenizer"}},
-                {"unet", {"diffusers", "UNet2DConditionModel"}},
-                {"vae", {"diffusers", "AutoencoderKL"}}};
-  const fs::path tokenizer = default_model_dir() / "tokenizer";
-  auto add_tokenizer = [&](const std::string& name) {
-    fs::create_directories(dir / name);
-    for (const auto& entry : fs::directory_iterator(tokenizer))
-      fs::copy_file(entry.path(), dir / name / entry.path().filename(),
-                    fs::copy_options::overwrite_existing);
-  };
-  add_tokenizer("tokenizer");
-  write_text(dir / "scheduler/scheduler_config.json", kScheduler);
-  write_text(dir / "text_encoder/config.json", kClipL);
-  write_text(dir / "unet/config.json", xl ? kSdxlUnet : kSd15Unet);
-  json vae = json::parse(kSdVae);
-  if (xl) {
-    vae["scaling_factor"] = 0.13025;
-    vae["sample_size"] = 1024;
-  }
-  write_text(dir / "vae/config.json", vae.dump());
-  io::write_safetensors(dir / "text_encoder/model.safetensors", {});
-  io::write_safetensors(dir / "unet/diffusion_pytorch_model.safetensors", {});
-  io::write_safetensors(dir / "vae/diffusion_pytorch_model.safetensors", {});
-  if (xl) {
-    index["text_encoder_2"] = {"transformers", "CLIPTextModelWithProjection"};
-    index["tokenizer_2"] = {"transformers", "CLIPTokenizer"};
-    add_tokenizer("tokenizer_2");
-    write_text(dir / "text_encoder_2/config.json", kClipBigG);
-    io::write_safetensors(dir / "text_encoder_2/model.safetensors", {});
-  }
-  write_text(dir / "model_index.json", index.dump(1));
-}
-
-std::vector<std::string> split(const std::string& list) {
-  std::vector<std::string> out;
-  std::stringstream ss(list);
-  std::string item;
-  while (std::getline(ss, item, ','))
-    if (!item.empty()) out.push_back(item);
-  return out;
-}
-
-std::vector<int> split_ints(const std::string& flag, const std::string& list, int lo, int hi) {
-  std::vector<int> out;
-  for (const std::string& s : split(list)) {
-    char* end = nullptr;
-    const long v = std::strtol(s.c_str(), &end, 10);
-    if (*end != '\0' || v < lo || v > hi)
-      throw UsageError(
-          str("--", flag, " takes numbers from ", lo, " to ", hi, ", got \"", s, "\""));
-    out.push_back(int(v));
-  }
-  if (out.empty()) throw UsageError("--" + flag + " is empty");
-  return out;
-}
 
 struct Settings {
   Placement placement;
@@ -515,7 +410,7 @@ void bench_e2e(Bench& b, const fs::path& dir, const std::vector<int>& sizes, int
 int bench(const std::vector<std::string>& argv) {
   const Args args(argv,
                   {"model", "arch", "what", "size", "batch", "steps", "device", "dtype", "warmup",
-                   "reps", "json", "commit", "flash-warp-rows"},
+                   "reps", "json", "commit", "flash-warp-rows", "plan-cache"},
                   {"per-op", "per-shape", "no-graphs", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
@@ -525,6 +420,7 @@ int bench(const std::vector<std::string>& argv) {
     throw UsageError("unexpected argument \"" + args.positional()[0] + "\"");
   Settings s;
   s.placement = placement_from_flags(args.get("device"), args.get("dtype"));
+  configure_plan_cache(args.get("plan-cache"), s.placement);
   s.warmup = int(args.integer("warmup", 0, 1000).value_or(3));
   s.reps = int(args.integer("reps", 1, 10000).value_or(10));
   s.per_op = args.has("per-op") || args.has("per-shape");
@@ -532,37 +428,18 @@ int bench(const std::vector<std::string>& argv) {
   s.graphs = !args.has("no-graphs");
   const int steps = int(args.integer("steps", 1, 1000).value_or(30));
 
-  const auto model = args.get("model");
-  std::string arch = args.get_or("arch", "sd15");
-  if (arch != "sd15" && arch != "sdxl") throw UsageError("--arch is sd15 or sdxl, got " + arch);
-  if (model && args.get("arch")) throw UsageError("give --model or --arch, not both");
-  fs::path dir;
-  std::optional<nn::RandomWeights> random;
-  bool xl = arch == "sdxl";
-  if (model) {
-    dir = *model;
-    xl = io::ModelFolder::open(dir).pipeline_class() == "StableDiffusionXLPipeline";
-  } else {
-    dir = fs::temp_directory_path() / ("kiln-bench-" + arch + "-" + std::to_string(getpid()));
-    write_random_folder(dir, xl);
-    random.emplace(0);
-  }
-  struct Cleanup {
-    fs::path dir;
-    ~Cleanup() {
-      std::error_code ec;
-      if (!dir.empty()) fs::remove_all(dir, ec);
-    }
-  } cleanup{model ? fs::path() : dir};
+  const ModelSource source(args.get("model"), args.get("arch"), "bench");
+  const fs::path& dir = source.dir();
+  const bool xl = source.xl();
 
-  const std::vector<std::string> what = split(args.get_or("what", "unet,vae,text"));
-  const std::vector<int> sizes = args.get("size") ? split_ints("size", *args.get("size"), 64, 4096)
+  const std::vector<std::string> what = split_list(args.get_or("what", "unet,vae,text"));
+  const std::vector<int> sizes = args.get("size") ? int_list("size", *args.get("size"), 64, 4096)
                                                   : std::vector<int>{xl ? 1024 : 512};
   for (int size : sizes)
     if (size % 64 != 0) throw UsageError(str("--size must be a multiple of 64, got ", size));
   const auto batch_flag = args.get("batch");
   const std::vector<int> batches =
-      batch_flag ? split_ints("batch", *batch_flag, 1, 256) : std::vector<int>{};
+      batch_flag ? int_list("batch", *batch_flag, 1, 256) : std::vector<int>{};
   auto batches_or = [&](int fallback) {
     return batches.empty() ? std::vector<int>{fallback} : batches;
   };
@@ -584,8 +461,7 @@ int bench(const std::vector<std::string>& argv) {
   std::printf(
       "\n| workload | size | batch | dtype | mode | ms | TFLOP/s | GFLOP | peak MiB |"
       "  (%s, kiln %s, commit %s, %s)\n|---|---|---|---|---|---|---|---|---|\n",
-      gpu.c_str(), KILN_VERSION, commit.c_str(),
-      model ? dir.string().c_str() : ("random " + arch).c_str());
+      gpu.c_str(), KILN_VERSION, commit.c_str(), source.label().c_str());
   std::fflush(stdout);
 
   Bench b(s);
@@ -618,7 +494,7 @@ int bench(const std::vector<std::string>& argv) {
                       {"peak_mib", r.peak_mib},
                       {"gpu", gpu},
                       {"commit", commit},
-                      {"weights", model ? dir.string() : "random " + arch}});
+                      {"weights", source.label()}});
     std::ofstream out(*path);
     out << json{{"rows", rows}, {"per_op", b.per_op_json()}}.dump(1) << "\n";
     if (!out) KILN_FAIL("cannot write ", *path);

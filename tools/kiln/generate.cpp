@@ -30,6 +30,8 @@ const char* kHelp =
     "                          count above 1, FILE-1.png, FILE-2.png, ...\n"
     "  --device cuda|cpu       where to run (default: cuda when a GPU is present)\n"
     "  --dtype fp16|bf16|fp32  the model's precision (default: fp16 on cuda, fp32 on cpu)\n"
+    "  --plan-cache DIR|off    where the GPU's timed algorithm choices are kept (default:\n"
+    "                          $KILN_PLAN_CACHE, else ~/.cache/kiln/plans; off: memory only)\n"
     "  --quiet                 no progress bar\n";
 
 std::filesystem::path numbered(const std::filesystem::path& out, int index, int count) {
@@ -101,10 +103,11 @@ Placement placement_from_flags(const std::optional<std::string>& device,
 }
 
 int generate(const std::vector<std::string>& argv) {
-  const Args args(argv,
-                  {"model", "prompt", "negative-prompt", "width", "height", "steps", "cfg-scale",
-                   "sampler", "scheduler", "seed", "batch-count", "output", "device", "dtype"},
-                  {"quiet", "help"});
+  const Args args(
+      argv,
+      {"model", "prompt", "negative-prompt", "width", "height", "steps", "cfg-scale", "sampler",
+       "scheduler", "seed", "batch-count", "output", "device", "dtype", "plan-cache"},
+      {"quiet", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
     return 0;
@@ -139,6 +142,7 @@ int generate(const std::vector<std::string>& argv) {
     throw UsageError("unknown scheduler \"" + schedule + "\" (default, karras)");
   const int count = int(args.integer("batch-count", 1, 10000).value_or(1));
   const Placement placement = placement_from_flags(args.get("device"), args.get("dtype"));
+  configure_plan_cache(args.get("plan-cache"), placement);
   uint64_t seed;
   if (auto s = args.unsigned_integer("seed")) {
     seed = *s;

@@ -18,6 +18,7 @@ const char* kUsage =
     "  info       show what a model folder holds  kiln info --model DIR\n"
     "  bench      time the models on this GPU     kiln bench --arch sd15 --what unet\n"
     "  serve      HTTP API server and web page     kiln serve --port 8080\n"
+    "  build      time this GPU's plans ahead     kiln build --arch sd15 --shapes 512x512\n"
     "\n"
     "Run kiln <command> --help for its options.\n";
 
@@ -40,6 +41,7 @@ int main(int argc, char** argv) {
     if (command == "info") return kiln::cli::info(args);
     if (command == "bench") return kiln::cli::bench(args);
     if (command == "serve") return kiln::cli::serve(args);
+    if (command == "build") return kiln::cli::build(args);
     std::fprintf(stderr, "kiln: unknown command \"%s\"\n\n%s", command.c_str(), kUsage);
     return 2;
   } catch (const kiln::cli::UsageError& e) {

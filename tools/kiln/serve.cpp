@@ -19,6 +19,9 @@ const char* kHelp =
     "                           to the folder's name\n"
     "  --device cuda|cpu        where the models run (default cuda when a GPU is present)\n"
     "  --dtype fp16|bf16|fp32   weights and activations (default fp16 on cuda, fp32 on cpu)\n"
+    "  --plan-cache DIR|off     where the GPU's timed algorithm choices are kept (default:\n"
+    "                           $KILN_PLAN_CACHE, else ~/.cache/kiln/plans; off: memory\n"
+    "                           only); kiln build makes them ahead of time\n"
     "  --host ADDR              address to listen on (default 127.0.0.1: this machine only)\n"
     "  --port N                 port (default 8080; 0: any free port, printed at start)\n"
     "  --api-keys FILE          require \"Authorization: Bearer KEY\"; FILE has lines\n"
@@ -90,7 +93,7 @@ int serve(const std::vector<std::string>& argv) {
              "batching",      "max-batch",   "batch-window-ms", "max-queue",     "worker-threads",
              "preview-every", "rate-limit",  "request-timeout", "drain-timeout", "max-body-bytes",
              "http-threads",  "results-dir", "result-ttl",      "max-jobs",      "max-images",
-             "max-steps",     "max-side",    "webhook-retries"},
+             "max-steps",     "max-side",    "webhook-retries", "plan-cache"},
       {"inject-faults", "resume-interrupted", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
@@ -115,6 +118,7 @@ int serve(const std::vector<std::string>& argv) {
     c.batching = *mode;
   }
   c.placement = placement_from_flags(args.get("device"), args.get("dtype"));
+  configure_plan_cache(args.get("plan-cache"), c.placement);
   c.max_batch = int(args.integer("max-batch", 1, 1024).value_or(c.max_batch));
   c.batch_window_ms = int(args.integer("batch-window-ms", 0, 60000).value_or(c.batch_window_ms));
   c.max_queue = int(args.integer("max-queue", 0, 1000000).value_or(c.max_queue));

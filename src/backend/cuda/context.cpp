@@ -76,19 +76,21 @@ DeviceInfo device_info() {
   info.compute_minor = c.props.minor;
   info.multiprocessors = c.props.multiProcessorCount;
   info.total_memory = c.props.totalGlobalMem;
-  const size_t lt = cublasLtGetVersion();
-  info.libraries = str("cuBLASLt ", lt / 10000, ".", (lt / 100) % 100, ".", lt % 100);
+  auto version = [](size_t v) { return str(v / 10000, ".", (v / 100) % 100, ".", v % 100); };
+  info.cublaslt = version(cublasLtGetVersion());
+  info.libraries = "cuBLASLt " + info.cublaslt;
 #if defined(KILN_WITH_CUDNN)
   if (c.cudnn) {
-    const size_t v = cudnnGetVersion();
-    info.libraries += str(", cuDNN ", v / 10000, ".", (v / 100) % 100, ".", v % 100);
+    info.cudnn = version(cudnnGetVersion());
+    info.libraries += ", cuDNN " + info.cudnn;
   }
 #endif
   int runtime = 0, driver = 0;
   (void)cudaRuntimeGetVersion(&runtime);
   (void)cudaDriverGetVersion(&driver);
-  info.libraries += str(", CUDA runtime ", runtime / 1000, ".", (runtime % 1000) / 10, ", driver ",
-                        driver / 1000, ".", (driver % 1000) / 10);
+  info.cuda_runtime = str(runtime / 1000, ".", (runtime % 1000) / 10);
+  info.cuda_driver = str(driver / 1000, ".", (driver % 1000) / 10);
+  info.libraries += ", CUDA runtime " + info.cuda_runtime + ", driver " + info.cuda_driver;
   return info;
 }
 

@@ -3,17 +3,20 @@
 // Paths, in order of preference:
 //  - 1×1, stride 1, no padding: a GEMM over the pixels (bias and residual fused).
 //  - cuDNN, where the build has it and the library loads: symmetric padding, the
-//    algorithm found by timing once per shape (the plan), then one pass for bias
-//    and residual.
+//    algorithm found by timing once per shape (the plan, also kept in the plan
+//    cache for later processes), then one pass for bias and residual.
 //  - im2col into a bounded column buffer, then a cuBLASLt GEMM with the bias and
 //    residual fused; bands of output rows keep the buffer under 256 MiB.
 #include <algorithm>
 #include <map>
 #include <mutex>
+#include <optional>
+#include <string>
 #include <tuple>
 
 #include "backend/cuda/device.cuh"
 #include "backend/cuda/ops.h"
+#include "backend/cuda/plan_cache.h"
 
 namespace kiln::cuda {
 namespace {
@@ -120,6 +123,11 @@ struct ConvKey {
   DType dtype;
   auto tie() const { return std::tie(n, h, w, c, o, kh, kw, stride, pad_h, pad_w, dtype); }
   bool operator<(const ConvKey& k) const { return tie() < k.tie(); }
+  // Every field, for the plan cache.
+  std::string name() const {
+    return str("n", n, " h", h, " w", w, " c", c, " o", o, " k", kh, "x", kw, " stride", stride,
+               " pad", pad_h, ",", pad_w, " ", dtype_name(dtype));
+  }
 };
 
 struct ConvPlan {
@@ -150,9 +158,9 @@ std::map<ConvKey, ConvPlan> g_conv_plans;
 // A workspace bigger than this is not worth its memory.
 constexpr size_t kConvWorkspaceLimit = size_t(512) << 20;
 
-ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
-  Context& ctx = context();
-  ConvPlan plan;
+// Makes the descriptors of `k`; false when cuDNN's output size differs from
+// the one asked for.
+bool describe(ConvPlan& plan, const ConvKey& k, const Conv2dArgs& a) {
   const cudnnDataType_t type = cudnn_type(k.dtype);
   CUDNN_CHECK(cudnnCreateTensorDescriptor(&plan.x));
   CUDNN_CHECK(cudnnCreateTensorDescriptor(&plan.y));
@@ -170,8 +178,72 @@ ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
       plan.conv, k.dtype == DType::F32 ? CUDNN_FMA_MATH : CUDNN_TENSOR_OP_MATH));
   int n = 0, c = 0, ho = 0, wo = 0;
   CUDNN_CHECK(cudnnGetConvolution2dForwardOutputDim(plan.conv, plan.x, plan.w, &n, &c, &ho, &wo));
-  if (ho != a.out.dim(1) || wo != a.out.dim(2)) return plan;
+  if (ho != a.out.dim(1) || wo != a.out.dim(2)) return false;
   CUDNN_CHECK(cudnnSetTensor4dDescriptor(plan.y, CUDNN_TENSOR_NHWC, type, n, c, ho, wo));
+  return true;
+}
+
+// `plan` with bias and residual inside the convolution, run with `algo`: kept
+// only if cuDNN accepts the call (which computes this call's output). On
+// failure `plan`'s math type is left as it was.
+std::optional<ConvPlan> try_fused(const ConvPlan& plan, const ConvKey& k, const Conv2dArgs& a,
+                                  cudnnConvolutionFwdAlgo_t algo, cudnnMathType_t math,
+                                  size_t workspace) {
+  ConvPlan fused = plan;
+  fused.algo = algo;
+  fused.workspace = workspace;
+  CUDNN_CHECK(cudnnCreateTensorDescriptor(&fused.bias));
+  CUDNN_CHECK(cudnnSetTensor4dDescriptor(fused.bias, CUDNN_TENSOR_NHWC, cudnn_type(k.dtype), 1,
+                                         int(k.o), 1, 1));
+  CUDNN_CHECK(cudnnCreateActivationDescriptor(&fused.identity));
+  CUDNN_CHECK(cudnnSetActivationDescriptor(fused.identity, CUDNN_ACTIVATION_IDENTITY,
+                                           CUDNN_NOT_PROPAGATE_NAN, 0.0));
+  // The descriptors are shared with `plan`: its math type is restored below.
+  cudnnMathType_t previous{};
+  CUDNN_CHECK(cudnnGetConvolutionMathType(plan.conv, &previous));
+  CUDNN_CHECK(cudnnSetConvolutionMathType(fused.conv, math));
+  const auto ws = workspace ? scratch(workspace) : nullptr;
+  if (conv_bias_residual(fused, a, ws ? ws->data() : nullptr) == CUDNN_STATUS_SUCCESS) {
+    fused.valid = fused.fused = true;
+    return fused;
+  }
+  (void)cudaGetLastError();
+  CUDNN_CHECK(cudnnDestroyTensorDescriptor(fused.bias));
+  CUDNN_CHECK(cudnnDestroyActivationDescriptor(fused.identity));
+  CUDNN_CHECK(cudnnSetConvolutionMathType(plan.conv, previous));
+  return std::nullopt;
+}
+
+// A stored choice applied to `plan`'s descriptors; nullopt when it no longer
+// holds (its fused call is refused, or its workspace is over today's limit), so
+// that the shape is timed again.
+std::optional<ConvPlan> plan_from_store(ConvPlan plan, const ConvKey& k, const Conv2dArgs& a,
+                                        const plans::ConvChoice& stored) {
+  if (!stored.valid) return plan;
+  if (stored.workspace > kConvWorkspaceLimit) return std::nullopt;
+  const auto algo = cudnnConvolutionFwdAlgo_t(stored.algo);
+  const auto math = cudnnMathType_t(stored.math_type);
+  // As when it was timed: the fused variant holds only once a call with a bias
+  // has been accepted.
+  if (stored.fused && a.bias.defined()) return try_fused(plan, k, a, algo, math, stored.workspace);
+  plan.algo = algo;
+  plan.workspace = stored.workspace;
+  CUDNN_CHECK(cudnnSetConvolutionMathType(plan.conv, math));
+  plan.valid = true;
+  return plan;
+}
+
+ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
+  Context& ctx = context();
+  ConvPlan plan;
+  if (!describe(plan, k, a)) return plan;
+  const std::string name = k.name();
+  if (const auto stored = stored_conv_plan(name)) {
+    if (auto from_store = plan_from_store(plan, k, a, *stored)) {
+      count_reused_plan();
+      return *from_store;
+    }
+  }
 
   // Time the algorithms once on the real operands (the output is about to be
   // overwritten anyway) and keep the fastest that needs a workspace we accept.
@@ -201,7 +273,10 @@ ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
         chosen = i;
     if (chosen >= 0) break;
   }
-  if (chosen < 0) return plan;
+  if (chosen < 0) {
+    record_conv_plan(name, {});
+    return plan;
+  }
   plan.algo = perf[chosen].algo;
   plan.workspace = perf[chosen].memory;
   CUDNN_CHECK(cudnnSetConvolutionMathType(plan.conv, perf[chosen].mathType));
@@ -214,23 +289,14 @@ ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
         perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > limit ||
         perf[i].time > 1.15f * perf[chosen].time || !a.bias.defined())
       continue;
-    ConvPlan fused = plan;
-    fused.algo = perf[i].algo;
-    fused.workspace = perf[i].memory;
-    CUDNN_CHECK(cudnnCreateTensorDescriptor(&fused.bias));
-    CUDNN_CHECK(cudnnSetTensor4dDescriptor(fused.bias, CUDNN_TENSOR_NHWC, type, 1, int(k.o), 1, 1));
-    CUDNN_CHECK(cudnnCreateActivationDescriptor(&fused.identity));
-    CUDNN_CHECK(cudnnSetActivationDescriptor(fused.identity, CUDNN_ACTIVATION_IDENTITY,
-                                             CUDNN_NOT_PROPAGATE_NAN, 0.0));
-    CUDNN_CHECK(cudnnSetConvolutionMathType(fused.conv, perf[i].mathType));
-    const auto ws = fused.workspace ? scratch(fused.workspace) : nullptr;
-    if (conv_bias_residual(fused, a, ws ? ws->data() : nullptr) == CUDNN_STATUS_SUCCESS) {
-      fused.fused = true;
-      return fused;
+    if (auto fused = try_fused(plan, k, a, perf[i].algo, perf[i].mathType, perf[i].memory)) {
+      record_conv_plan(name,
+                       {true, int(perf[i].algo), int(perf[i].mathType), perf[i].memory, true});
+      return *fused;
     }
-    (void)cudaGetLastError();
-    CUDNN_CHECK(cudnnSetConvolutionMathType(plan.conv, perf[chosen].mathType));
   }
+  record_conv_plan(
+      name, {true, int(perf[chosen].algo), int(perf[chosen].mathType), perf[chosen].memory, false});
   return plan;
 }
 
@@ -271,6 +337,21 @@ bool conv_cudnn(const Conv2dArgs& a) {
 #endif
 
 }  // namespace
+
+void forget_conv_plans() {
+#if defined(KILN_WITH_CUDNN)
+  std::lock_guard<std::mutex> lock(g_conv_mu);
+  for (auto& [key, plan] : g_conv_plans) {
+    CUDNN_CHECK(cudnnDestroyTensorDescriptor(plan.x));
+    CUDNN_CHECK(cudnnDestroyTensorDescriptor(plan.y));
+    CUDNN_CHECK(cudnnDestroyFilterDescriptor(plan.w));
+    CUDNN_CHECK(cudnnDestroyConvolutionDescriptor(plan.conv));
+    if (plan.bias) CUDNN_CHECK(cudnnDestroyTensorDescriptor(plan.bias));
+    if (plan.identity) CUDNN_CHECK(cudnnDestroyActivationDescriptor(plan.identity));
+  }
+  g_conv_plans.clear();
+#endif
+}
 
 void conv2d(const Conv2dArgs& a) {
   if (a.out.numel() == 0) return;

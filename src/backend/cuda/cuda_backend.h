@@ -26,7 +26,9 @@ struct DeviceInfo {
   int compute_major = 0, compute_minor = 0;
   int multiprocessors = 0;
   size_t total_memory = 0;
-  std::string libraries;  // "cuBLASLt 13.0.0, cuDNN 9.19.0"
+  std::string cublaslt, cudnn;            // "13.0.0", "9.19.0"; cudnn empty when not loaded
+  std::string cuda_runtime, cuda_driver;  // "13.0"
+  std::string libraries;                  // all four in words: "cuBLASLt 13.0.0, cuDNN 9.19.0, ..."
 };
 DeviceInfo device_info();
 
@@ -45,6 +47,30 @@ struct Options {
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).
 bool cudnn_enabled();
+
+// Plans: the algorithm each GEMM and cuDNN convolution shape runs with, chosen by
+// timing on its first use and kept on disk, one file per GPU (backend/plan_file.h),
+// so that later processes skip the timing. A file made on another GPU, by another
+// kiln or with other libraries is rebuilt, not trusted.
+//
+// Where they are kept: `dir` as --plan-cache takes it: a folder, "off" (in memory
+// only), or "" for the default (KILN_PLAN_CACHE, then $XDG_CACHE_HOME/kiln/plans,
+// then ~/.cache/kiln/plans). Plans made so far are saved first; the new folder is
+// read at the next GEMM or convolution.
+void set_plan_cache(const std::string& dir);
+// The file of this GPU's plans (reading it if not yet read); empty when off.
+std::string plan_cache_file();
+struct PlanStats {
+  size_t reused = 0;  // shapes whose stored plan was taken
+  size_t timed = 0;   // shapes timed (or found to have no plan) in this process
+};
+PlanStats plan_stats();
+// Writes the plans made since the last save, merged with the file, atomically;
+// writes nothing when none were made. Also runs when the process exits.
+void save_plans();
+// Tests: forgets every plan in memory (and the counts), so that the next GEMM or
+// convolution reads the file again.
+void forget_plans();
 
 // Memory: what the caching allocator holds for live tensors and in all.
 struct MemoryStats {

@@ -9,8 +9,11 @@
 // tanh GELU is fused; the other activations run in one extra pass.
 //
 // Each shape's descriptors and algorithm are made once: the heuristic's top
-// candidates are timed on the first call and the fastest kept (the plan).
+// candidates are timed on the first call and the fastest kept (the plan). The
+// choice is also kept in the plan cache (plan_cache.h), so that a later process
+// takes it after cuBLASLt confirms that it still applies.
 #include <algorithm>
+#include <cstring>
 #include <map>
 #include <mutex>
 #include <tuple>
@@ -18,6 +21,7 @@
 
 #include "backend/cuda/context.h"
 #include "backend/cuda/ops.h"
+#include "backend/cuda/plan_cache.h"
 
 namespace kiln::cuda {
 namespace {
@@ -55,7 +59,16 @@ struct Key {
                     align_d);
   }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
+  // Every field, for the plan cache.
+  std::string name() const {
+    return str("m", m, " n", n, " k", k, " ld", lda, ",", ldb, ",", ldc, " ", dtype_name(dtype),
+               " epilogue", int(epilogue), residual ? " residual" : "", " align", align_a, ",",
+               align_b, ",", align_c, ",", align_d);
+  }
 };
+
+static_assert(sizeof(cublasLtMatmulAlgo_t) == sizeof(plans::GemmChoice::algo),
+              "the plan cache keeps cublasLtMatmulAlgo_t's bytes");
 
 struct Plan {
   cublasLtMatmulDesc_t op = nullptr;
@@ -103,6 +116,29 @@ Plan make_plan(const Key& key, const GemmParams& p) {
   CUBLAS_CHECK(
       cublasLtMatrixLayoutCreate(&plan.out, type, uint64_t(key.n), uint64_t(key.m), key.ldc));
 
+  if (p.bias) {
+    const void* bias = p.bias;
+    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
+                                                sizeof(bias)));
+  }
+
+  const std::string name = key.name();
+  if (const auto stored = stored_gemm_plan(name)) {
+    // The stored algorithm, if cuBLASLt still accepts it for these descriptors
+    // and this workspace; otherwise it is timed again.
+    std::memcpy(&plan.algo, stored->algo.data(), sizeof(plan.algo));
+    cublasLtMatmulHeuristicResult_t check{};
+    if (!stored->valid ||
+        (cublasLtMatmulAlgoCheck(c.lt, plan.op, plan.weight, plan.act, plan.out, plan.out,
+                                 &plan.algo, &check) == CUBLAS_STATUS_SUCCESS &&
+         check.workspaceSize <= c.gemm_workspace_bytes)) {
+      plan.workspace = check.workspaceSize;
+      plan.valid = stored->valid;
+      count_reused_plan();
+      return plan;
+    }
+  }
+
   cublasLtMatmulPreference_t pref;
   CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
   const uint64_t ws = c.gemm_workspace_bytes;
@@ -116,22 +152,21 @@ Plan make_plan(const Key& key, const GemmParams& p) {
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &key.align_c, sizeof(uint32_t)));
   CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
       pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &key.align_d, sizeof(uint32_t)));
-  if (p.bias) {
-    const void* bias = p.bias;
-    CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias,
-                                                sizeof(bias)));
-  }
   cublasLtMatmulHeuristicResult_t results[kCandidates];
   int found = 0;
   const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(
       c.lt, plan.op, plan.weight, plan.act, plan.out, plan.out, pref, kCandidates, results, &found);
   CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-  if (s != CUBLAS_STATUS_SUCCESS || found == 0) return plan;  // the caller falls back
+  if (s != CUBLAS_STATUS_SUCCESS || found == 0) {  // the caller falls back
+    record_gemm_plan(name, {});
+    return plan;
+  }
 
   // Time the candidates on the real operands once; a graph being captured
   // cannot time, so it takes the heuristic's first choice.
   int best = 0;
-  if (found > 1 && !c.capturing) {
+  const bool timed = found == 1 || !c.capturing;
+  if (found > 1 && timed) {
     EventTimer timer;
     float best_ms = 0.0f;
     for (int i = 0; i < found; ++i) {
@@ -152,6 +187,11 @@ Plan make_plan(const Key& key, const GemmParams& p) {
   plan.algo = results[best].algo;
   plan.workspace = results[best].workspaceSize;
   plan.valid = true;
+  if (timed) {
+    plans::GemmChoice choice{true, {}, plan.workspace};
+    std::memcpy(choice.algo.data(), &plan.algo, sizeof(plan.algo));
+    record_gemm_plan(name, choice);
+  }
   return plan;
 }
 
@@ -162,6 +202,17 @@ const Plan& plan_for(const Key& key, const GemmParams& p) {
 }
 
 }  // namespace
+
+void forget_gemm_plans() {
+  std::lock_guard<std::mutex> lock(g_mu);
+  for (auto& [key, plan] : g_plans) {
+    CUBLAS_CHECK(cublasLtMatmulDescDestroy(plan.op));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.weight));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.act));
+    CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.out));
+  }
+  g_plans.clear();
+}
 
 void gemm_nt(const GemmParams& p) {
   if (p.m == 0 || p.n == 0) return;
