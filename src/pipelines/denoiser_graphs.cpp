@@ -13,6 +13,7 @@
 namespace kiln {
 namespace {
 
+#if defined(KILN_WITH_CUDA)
 // The graph-side copy of one input: a CUDA tensor of the same shape and dtype, at an
 // address that stays fixed for the graph's life.
 Tensor fixed_like(const Tensor& t) {
@@ -30,6 +31,7 @@ std::string shape_key(const UNet2DConditionModel::Inputs& in) {
     key += (t->defined() ? t->describe() : std::string("-")) + ";";
   return key;
 }
+#endif
 
 }  // namespace
 
