@@ -4,10 +4,10 @@
 // reused at once: the next use is queued behind the last.
 //
 // Sizes round up to a class (512-byte steps below 1 MiB, then four classes per
-// power of two, at most 25% slack) and a request takes only a block of its own
-// class, so that the same sequence of requests maps to the same blocks run after
-// run. A pool (CapturedForward's arena) keeps its blocks apart from everyone
-// else's, so the addresses a captured graph writes are never handed to anyone else.
+// power of two, at most 25% slack); a request takes the smallest free block of its
+// class or larger (up to twice its size), so that the same sequence of requests
+// maps to the same blocks run after run. A pool (CapturedForward's arena) keeps its blocks apart
+// from everyone else's, so the addresses a captured graph writes are never handed to anyone else.
 #include <algorithm>
 #include <cstring>
 #include <map>
@@ -36,14 +36,19 @@ class CachingAllocator final : public Allocator {
   std::shared_ptr<Buffer> allocate(size_t bytes) override {
     if (bytes == 0) return std::make_shared<Buffer>(Device::CUDA, nullptr, 0, nullptr);
     context();  // the device is set up before the first cudaMalloc
-    const size_t size = size_class(bytes);
+    size_t size = size_class(bytes);
     void* ptr = nullptr;
     {
       std::lock_guard<std::mutex> lock(mu_);
       const int pool = t_pool;
       auto& free_list = free_[pool];
-      auto it = free_list.find(size);
+      // The smallest free block that holds the request, if it is not more than twice
+      // as big: a pass then reuses blocks across neighbouring size classes instead of
+      // holding one set of blocks per class.
+      auto it = free_list.lower_bound(size);
+      if (it != free_list.end() && it->first > 2 * size) it = free_list.end();
       if (it != free_list.end()) {
+        size = it->first;
         ptr = it->second;
         free_list.erase(it);
       } else {
