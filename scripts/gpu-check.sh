@@ -31,6 +31,9 @@ log() { echo "[gpu-check +${SECONDS}s] $*"; }
 left() { echo $((BUDGET - SECONDS)); }
 command -v nvcc >/dev/null || export PATH=/usr/local/cuda/bin:$PATH
 COMMIT=${COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || cat .peer/COMMIT 2>/dev/null || echo unknown)}
+# A fresh plan cache each run: the timings measure the plans this build makes, not
+# ones an earlier build left in ~/.cache (whose version stamp a copied tree may share).
+export KILN_PLAN_CACHE=${KILN_PLAN_CACHE:-$(mktemp -d /tmp/kiln-plans.XXXXXX)}
 
 log "commit $COMMIT; output in $OUT"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm \
