@@ -47,7 +47,14 @@ struct DenoiserGraphs::Entry {
 
 DenoiserGraphs::DenoiserGraphs(const UNet2DConditionModel& unet, std::shared_mutex& device,
                                size_t max_graphs)
-    : unet_(unet), device_(device), max_graphs_(max_graphs) {}
+    : unet_(unet), device_(device), max_graphs_(max_graphs) {
+#if defined(KILN_WITH_CUDA)
+  // A quarter of the device for the arenas, or KILN_CUDA_GRAPH_MEMORY_MB.
+  memory_budget_ = cuda::device_info().total_memory / 4;
+  if (const char* mb = std::getenv("KILN_CUDA_GRAPH_MEMORY_MB"))
+    memory_budget_ = size_t(std::strtoull(mb, nullptr, 10)) << 20;
+#endif
+}
 
 DenoiserGraphs::~DenoiserGraphs() = default;
 
@@ -61,8 +68,37 @@ bool DenoiserGraphs::enabled_for(Device device) {
 #endif
 }
 
-Tensor DenoiserGraphs::forward(const UNet2DConditionModel::Inputs& in) {
+int64_t DenoiserGraphs::bucket_rows(int64_t rows) {
+  if (rows <= 4) return rows;
+  for (int64_t p = 4;; p *= 2) {
+    if (rows <= p + p / 2) return p + p / 2;
+    if (rows <= 2 * p) return 2 * p;
+  }
+}
+
 #if defined(KILN_WITH_CUDA)
+namespace {
+
+// `t` with zero rows appended up to `rows`: padding rows that the caller drops.
+Tensor pad_rows(const Tensor& t, int64_t rows) {
+  if (!t.defined() || t.dim(0) == rows) return t;
+  Shape pad = t.shape();
+  pad[0] = rows - t.dim(0);
+  return ops::concat_rows({t, Tensor::zeros(pad, t.dtype(), t.device())});
+}
+
+}  // namespace
+#endif
+
+Tensor DenoiserGraphs::forward(const UNet2DConditionModel::Inputs& unpadded) {
+#if defined(KILN_WITH_CUDA)
+  const int64_t rows = unpadded.sample.dim(0), padded = bucket_rows(rows);
+  UNet2DConditionModel::Inputs in = unpadded;
+  for (Tensor* t : {&in.sample, &in.timesteps, &in.encoder_hidden_states, &in.text_embeds,
+                    &in.time_ids, &in.timestep_cond})
+    *t = pad_rows(*t, padded);
+  auto real_rows = [&](const Tensor& out) { return padded == rows ? out : out.rows(0, rows); };
+
   std::lock_guard<std::mutex> lock(mutex_);
   std::unique_ptr<Entry>& slot = entries_[shape_key(in)];
   if (!slot) slot = std::make_unique<Entry>();
@@ -71,27 +107,12 @@ Tensor DenoiserGraphs::forward(const UNet2DConditionModel::Inputs& in) {
   if (e.failed || ++e.calls == 1) {
     ++stats_.eager;
     std::shared_lock<std::shared_mutex> shared(device_);
-    return unet_.forward(in);
+    return real_rows(unet_.forward(in));
   }
-  if (!e.graph) {
-    // Room first: the least recently used graph goes (its arena with it).
-    size_t graphs = 0;
-    Entry* oldest = nullptr;
-    for (auto& [key, other] : entries_)
-      if (other->graph) {
-        ++graphs;
-        if (!oldest || other->last_used < oldest->last_used) oldest = other.get();
-      }
-    if (graphs >= max_graphs_ && oldest) {
-      oldest->graph.reset();
-      oldest->fixed = {};
-      oldest->calls = 0;
-      ++stats_.evictions;
-    }
+  if (!e.graph)
     e.fixed = {
         fixed_like(in.sample),      fixed_like(in.timesteps), fixed_like(in.encoder_hidden_states),
         fixed_like(in.text_embeds), fixed_like(in.time_ids),  fixed_like(in.timestep_cond)};
-  }
   refill(e.fixed.sample, in.sample);
   refill(e.fixed.timesteps, in.timesteps);
   refill(e.fixed.encoder_hidden_states, in.encoder_hidden_states);
@@ -112,15 +133,41 @@ Tensor DenoiserGraphs::forward(const UNet2DConditionModel::Inputs& in) {
       e.fixed = {};
       ++stats_.eager;
       std::shared_lock<std::shared_mutex> shared(device_);
-      return unet_.forward(in);
+      return real_rows(unet_.forward(in));
     }
+    evict_beyond_budget(e);
   }
   std::shared_lock<std::shared_mutex> shared(device_);
   ++stats_.replays;
   // The next replay writes over the graph's output: the caller gets a copy.
-  return e.graph->replay().clone();
+  return real_rows(e.graph->replay()).clone();
 #else
-  return unet_.forward(in);
+  return unet_.forward(unpadded);
+#endif
+}
+
+void DenoiserGraphs::evict_beyond_budget(const Entry& keep) {
+#if defined(KILN_WITH_CUDA)
+  // The least recently used graphs go (their arenas with them) while there are too
+  // many, or their arenas hold more than the budget.
+  for (;;) {
+    size_t graphs = 0, bytes = 0;
+    Entry* oldest = nullptr;
+    for (auto& [key, other] : entries_)
+      if (other->graph) {
+        ++graphs;
+        bytes += other->graph->pool_bytes();
+        if (other.get() != &keep && (!oldest || other->last_used < oldest->last_used))
+          oldest = other.get();
+      }
+    if (!oldest || (graphs <= max_graphs_ && bytes <= memory_budget_)) return;
+    oldest->graph.reset();
+    oldest->fixed = {};
+    oldest->calls = 0;
+    ++stats_.evictions;
+  }
+#else
+  (void)keep;
 #endif
 }
 

@@ -8,8 +8,15 @@
 // capture. The second call captures, and every later one replays. Inputs are copied
 // into the graph's fixed input tensors before each replay (device to device; the
 // timesteps from the host); the output is copied out, since the next replay writes
-// over it. At most `max_graphs` keys keep a graph, the least recently used go first,
-// which bounds the memory the arenas hold. Set KILN_CUDA_GRAPHS=0 to run eagerly.
+// over it.
+//
+// The server's step batching changes the batch at almost every step, as requests join
+// and leave. So that a few graphs serve every batch, rows are padded with zeros up to
+// a bucket (1, 2, 3, 4, 6, 8, 12, 16, 24, 32…: fewer than half as many rows again) and the
+// padding's outputs dropped; rows do not interact, so the real rows' results are what
+// an unpadded call gives. At most `max_graphs` keys keep a graph and their arenas
+// together stay within a quarter of the device's memory (KILN_CUDA_GRAPH_MEMORY_MB);
+// the least recently used go first. Set KILN_CUDA_GRAPHS=0 to run eagerly.
 //
 // A capture records everything queued on the backend's one stream, whichever thread
 // queues it, so while one is recorded no other thread may use the device: other CUDA
@@ -32,7 +39,7 @@ namespace kiln {
 class DenoiserGraphs {
  public:
   DenoiserGraphs(const UNet2DConditionModel& unet, std::shared_mutex& device,
-                 size_t max_graphs = 4);
+                 size_t max_graphs = 12);
   ~DenoiserGraphs();
   DenoiserGraphs(const DenoiserGraphs&) = delete;
   DenoiserGraphs& operator=(const DenoiserGraphs&) = delete;
@@ -45,6 +52,9 @@ class DenoiserGraphs {
   // A capture that fails is logged once and the key then runs eagerly.
   Tensor forward(const UNet2DConditionModel::Inputs& in);
 
+  // The row count a call of `rows` rows runs at.
+  static int64_t bucket_rows(int64_t rows);
+
   struct Stats {
     uint64_t eager = 0, captures = 0, replays = 0, evictions = 0;
   };
@@ -52,9 +62,12 @@ class DenoiserGraphs {
 
  private:
   struct Entry;
+  void evict_beyond_budget(const Entry& keep);
+
   const UNet2DConditionModel& unet_;
   std::shared_mutex& device_;
   const size_t max_graphs_;
+  size_t memory_budget_ = 0;  // bytes the graphs' arenas may hold together
   mutable std::mutex mutex_;  // one forward at a time: a graph's inputs are shared
   std::map<std::string, std::unique_ptr<Entry>> entries_;
   uint64_t clock_ = 0;

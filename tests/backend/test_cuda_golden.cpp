@@ -130,6 +130,20 @@ TEST_P(CudaGolden, GraphReplayMatchesEager) {
   EXPECT_EQ(eager->graph_stats().replays, 0u);
 }
 
+// Step-level batching on CUDA, through the graphs and their row buckets (the batch's 5
+// and 7 rows run padded to 6 and 8): a request's image is the one it makes alone, up
+// to the rounding of GEMMs of another height.
+TEST_P(CudaGolden, BatchedImagesEqualImagesMadeAlone) {
+  const auto pipeline =
+      TextToImagePipeline::load(golden::data_dir() / model() / "model", placement());
+  for (const golden::BatchedVsAlone& r : golden::batched_vs_alone(*pipeline)) {
+    std::printf("[ %s %s ] %-24s batched vs alone PSNR %.1f dB\n", model().c_str(),
+                name(placement().dtype).c_str(), r.prompt.c_str(), r.psnr);
+    EXPECT_GE(r.psnr, 40.0) << r.prompt;
+  }
+  EXPECT_GT(pipeline->graph_stats().replays, 0u);
+}
+
 INSTANTIATE_TEST_SUITE_P(Golden, CudaGolden,
                          ::testing::Combine(::testing::Values("sd1", "sd2v", "sdxl"),
                                             ::testing::Values(DType::F16, DType::BF16)),

@@ -122,4 +122,61 @@ constexpr double kComponentNmse = 1e-8;
 constexpr double kImagePsnr = 40.0;
 constexpr double kRegressionPsnr = 60.0;
 
+// Step-level batching: four generations with different prompts, seeds, samplers,
+// guidance (with and without CFG) and step counts, joining a running batch at step
+// boundaries (so the batch has 4, 5 and 7 rows) and leaving when done, against the
+// images each makes alone.
+struct BatchedVsAlone {
+  std::string prompt;
+  double psnr = 0.0;
+};
+inline std::vector<BatchedVsAlone> batched_vs_alone(const TextToImagePipeline& pipeline) {
+  struct Case {
+    const char* prompt;
+    const char* sampler;
+    int steps;
+    float guidance;
+    uint64_t seed;
+    int joins_after;  // batch steps taken before this request arrives
+  };
+  const std::vector<Case> cases{{"a red circle", "euler", 6, 7.5f, 1, 0},
+                                {"a blue square, Ünïcödé", "dpmpp_2m", 8, 5.0f, 2, 0},
+                                {"a star without guidance", "euler_a", 5, 1.0f, 3, 2},
+                                {"late arrival", "ddim", 4, 3.0f, 4, 3}};
+  std::vector<ResolvedRequest> requests;
+  std::vector<io::Image> alone;
+  for (const Case& c : cases) {
+    TextToImageRequest r;
+    r.prompt = c.prompt;
+    r.num_inference_steps = c.steps;
+    r.guidance_scale = c.guidance;
+    r.sampler = parse_sampler(c.sampler);
+    r.seed = c.seed;
+    requests.push_back(pipeline.resolve(r));
+    alone.push_back(pipeline.generate(requests.back()));
+  }
+  std::vector<std::unique_ptr<Generation>> generations(cases.size());
+  std::vector<io::Image> batched(cases.size());
+  size_t finished = 0;
+  for (int tick = 0; finished < cases.size(); ++tick) {
+    std::vector<Generation*> batch;
+    for (size_t i = 0; i < cases.size(); ++i) {
+      if (!generations[i] && cases[i].joins_after == tick)
+        generations[i] = pipeline.start(requests[i]);
+      if (generations[i] && !generations[i]->done()) batch.push_back(generations[i].get());
+    }
+    KILN_CHECK(!batch.empty(), "a batching test tick with nothing to step");
+    pipeline.step(batch);
+    for (size_t i = 0; i < cases.size(); ++i)
+      if (generations[i] && generations[i]->done() && batched[i].pixels.empty()) {
+        batched[i] = pipeline.decode(*generations[i]);
+        ++finished;
+      }
+  }
+  std::vector<BatchedVsAlone> out;
+  for (size_t i = 0; i < cases.size(); ++i)
+    out.push_back({cases[i].prompt, psnr(batched[i], alone[i])});
+  return out;
+}
+
 }  // namespace kiln::golden
