@@ -5,6 +5,9 @@
 #include <sstream>
 
 #include "io/safetensors.h"
+#if defined(KILN_WITH_CUDA)
+#include "backend/cuda/cuda_backend.h"
+#endif
 #include "ops/ops.h"
 
 namespace kiln {
@@ -95,6 +98,9 @@ std::unique_ptr<TextToImagePipeline> TextToImagePipeline::load(const std::filesy
   p->unet_ = UNet2DConditionModel::load(folder.component("unet").dir, placement);
   if (DenoiserGraphs::enabled_for(placement.device))
     p->graphs_ = std::make_unique<DenoiserGraphs>(*p->unet_, p->device_mutex_);
+#if defined(KILN_WITH_CUDA)
+  if (placement.device == Device::CUDA) p->step_fence_ = std::make_shared<cuda::StreamFence>();
+#endif
   // SDXL's VAE overflows in fp16: diffusers upcasts it to fp32 when its config says
   // force_upcast (the default), and so does kiln. bf16 has the range and stays.
   Placement vae_placement = placement;
@@ -218,6 +224,11 @@ std::unique_ptr<Generation> TextToImagePipeline::start(const ResolvedRequest& r)
 
 void TextToImagePipeline::step(const std::vector<Generation*>& batch) const {
   if (batch.empty()) return;
+#if defined(KILN_WITH_CUDA)
+  // Between steps, not inside one: the previous step is done on the GPU before this
+  // one is queued (cuda::StreamFence says why).
+  if (step_fence_) static_cast<cuda::StreamFence*>(step_fence_.get())->wait_and_mark();
+#endif
   const Generation& first = *batch.front();
   std::vector<Tensor> samples, contexts, text_embeds, time_ids, conds;
   std::vector<float> timesteps;

@@ -149,6 +149,8 @@ class TextToImagePipeline {
   // device work (encoding, decoding) out of a capture (denoiser_graphs.h).
   mutable std::shared_mutex device_mutex_;
   std::unique_ptr<DenoiserGraphs> graphs_;
+  // On CUDA: step() lets the GPU run at most one step behind the host.
+  std::shared_ptr<void> step_fence_;
 };
 
 // The sampler kiln uses for a diffusers scheduler class, if it has one.

@@ -111,6 +111,23 @@ void synchronize() {
   CUDA_CHECK(cudaStreamSynchronize(stream()));
 }
 
+StreamFence::StreamFence() {
+  cudaEvent_t e;
+  CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  event_ = e;
+}
+
+StreamFence::~StreamFence() {
+  (void)cudaEventDestroy(static_cast<cudaEvent_t>(event_));
+}
+
+void StreamFence::wait_and_mark() {
+  const auto e = static_cast<cudaEvent_t>(event_);
+  if (marked_) CUDA_CHECK(cudaEventSynchronize(e));
+  CUDA_CHECK(cudaEventRecord(e, stream()));
+  marked_ = true;
+}
+
 EventTimer::EventTimer() {
   cudaEvent_t b, e;
   CUDA_CHECK(cudaEventCreate(&b));

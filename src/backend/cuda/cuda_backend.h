@@ -102,6 +102,25 @@ class EventTimer {
   void* end_ = nullptr;
 };
 
+// Back-pressure for a loop that queues work faster than the GPU runs it (a replayed
+// graph costs the host microseconds): wait_and_mark() blocks until the GPU has done
+// what was queued before the previous call, then marks what is queued now. Called
+// once per denoising step it keeps at most one step in flight, so another thread's
+// synchronisation (a decode copying its image back) waits for one step, not for all
+// the steps the loop ran ahead.
+class StreamFence {
+ public:
+  StreamFence();
+  ~StreamFence();
+  StreamFence(const StreamFence&) = delete;
+  StreamFence& operator=(const StreamFence&) = delete;
+  void wait_and_mark();
+
+ private:
+  void* event_ = nullptr;
+  bool marked_ = false;
+};
+
 // Per-op-kind timing (kiln bench --per-op): while on, every backend call is
 // bracketed by events. FLOPs of GEMM-like ops (linear, conv2d, attention) are
 // counted always, as torch's FlopCounterMode counts them.
