@@ -8,6 +8,8 @@
 #   scripts/gpu-check.sh                          everything
 #   STAGES=build,test scripts/gpu-check.sh        a subset (build,test,fullsize,bench,peer)
 #   FULL_SIZE_SEED=7 scripts/gpu-check.sh         the full-size check's weights and inputs
+#   COMMIT=$(cat .peer/COMMIT) scripts/gpu-check.sh  the commit the table names: the GPU
+#                                                 machine's copy may carry a stale .git
 #   PEER_MODES=eager,compile,graphs ...           the peer's modes (default below)
 #
 # Logs, JSON and the table go to $OUT (default out/gpu-check). The peer needs
