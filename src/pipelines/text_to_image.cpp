@@ -97,7 +97,7 @@ std::unique_ptr<TextToImagePipeline> TextToImagePipeline::load(const std::filesy
   }
   p->unet_ = UNet2DConditionModel::load(folder.component("unet").dir, placement);
   if (DenoiserGraphs::enabled_for(placement.device))
-    p->graphs_ = std::make_unique<DenoiserGraphs>(*p->unet_, p->device_mutex_);
+    p->graphs_ = std::make_unique<DenoiserGraphs>(*p->unet_, device_mutex());
 #if defined(KILN_WITH_CUDA)
   if (placement.device == Device::CUDA) p->step_fence_ = std::make_shared<cuda::StreamFence>();
 #endif
@@ -195,7 +195,7 @@ std::unique_ptr<Generation> TextToImagePipeline::start(const ResolvedRequest& r)
   const TextToImageRequest& q = r.request;
   const UNetConfig& uc = unet_->config();
   auto g = std::unique_ptr<Generation>(new Generation(r));
-  std::shared_lock<std::shared_mutex> device(device_mutex_);  // no capture meanwhile
+  std::shared_lock<std::shared_mutex> device(device_mutex());  // no capture meanwhile
   // Guidance-distilled (LCM) UNets take the guidance as an embedding instead of CFG.
   const bool distilled = uc.time_cond_proj_dim > 0;
   g->cfg_ = r.guidance_scale > 1.0f && !distilled;
@@ -280,6 +280,11 @@ void TextToImagePipeline::step(const std::vector<Generation*>& batch) const {
   }
 }
 
+std::shared_mutex& TextToImagePipeline::device_mutex() {
+  static std::shared_mutex mutex;
+  return mutex;
+}
+
 io::Image TextToImagePipeline::decode(const Generation& g) const {
   return decode_latents(g.latents_);
 }
@@ -287,7 +292,7 @@ io::Image TextToImagePipeline::decode(const Generation& g) const {
 io::Image TextToImagePipeline::decode_latents(const Tensor& latents) const {
   // Latents → VAE input: SDXL-style per-channel statistics when the VAE has them.
   const VaeConfig& vc = vae_->config();
-  std::shared_lock<std::shared_mutex> device(device_mutex_);  // no capture meanwhile
+  std::shared_lock<std::shared_mutex> device(device_mutex());  // no capture meanwhile
   Tensor z;
   if (xl_ && !vc.latents_mean.empty()) {
     std::vector<float> mul, add;

@@ -145,9 +145,11 @@ class TextToImagePipeline {
   std::unique_ptr<ClipTextModel> text_encoder_, text_encoder_2_;
   std::unique_ptr<UNet2DConditionModel> unet_;
   std::unique_ptr<AutoencoderKL> vae_;
-  // On CUDA: the denoiser replayed from graphs, and the lock that keeps other threads'
-  // device work (encoding, decoding) out of a capture (denoiser_graphs.h).
-  mutable std::shared_mutex device_mutex_;
+  // On CUDA: the denoiser replayed from graphs. A capture records everything queued on
+  // the one stream, so the lock that keeps other threads' device work (encoding,
+  // decoding) out of it is one for the process, shared by every pipeline (a server with
+  // several models), not one per pipeline (denoiser_graphs.h).
+  static std::shared_mutex& device_mutex();
   std::unique_ptr<DenoiserGraphs> graphs_;
   // On CUDA: step() lets the GPU run at most one step behind the host.
   std::shared_ptr<void> step_fence_;
