@@ -150,6 +150,7 @@ void DenoiserGraphs::evict_beyond_budget(const Entry& keep) {
 #if defined(KILN_WITH_CUDA)
   // The least recently used graphs go (their arenas with them) while there are too
   // many, or their arenas hold more than the budget.
+  bool evicted = false;
   for (;;) {
     size_t graphs = 0, bytes = 0;
     Entry* oldest = nullptr;
@@ -160,12 +161,16 @@ void DenoiserGraphs::evict_beyond_budget(const Entry& keep) {
         if (other.get() != &keep && (!oldest || other->last_used < oldest->last_used))
           oldest = other.get();
       }
-    if (!oldest || (graphs <= max_graphs_ && bytes <= memory_budget_)) return;
+    if (!oldest || (graphs <= max_graphs_ && bytes <= memory_budget_)) break;
     oldest->graph.reset();
+    evicted = true;
     oldest->fixed = {};
     oldest->calls = 0;
     ++stats_.evictions;
   }
+  // An evicted arena's blocks join the shared cache, where the next graph's private
+  // pool cannot use them: give them back to the driver, or the budget bounds nothing.
+  if (evicted) cuda::release_cached_memory();
 #else
   (void)keep;
 #endif

@@ -71,8 +71,9 @@ struct Row {
   int size = 0, batch = 0, steps = 0;
   std::string mode;  // eager, graph, e2e
   double ms = 0.0, min_ms = 0.0, gflop = 0.0, peak_mib = 0.0;
-  // Of peak_mib (what the allocator took from the device), the most handed out to
-  // tensors at once: the difference is blocks cached but idle at the peak.
+  // Of peak_mib (what the allocator took from the device), the most in blocks handed
+  // out at once. A block can be larger than its tensor (size classes round up, and a
+  // free block up to twice a request is reused), so this bounds live tensors from above.
   double peak_in_use_mib = 0.0;
 };
 

@@ -226,9 +226,15 @@ std::optional<ConvPlan> plan_from_store(ConvPlan plan, const ConvKey& k, const C
   // As when it was timed: the fused variant holds only once a call with a bias
   // has been accepted.
   if (stored.fused && a.bias.defined()) return try_fused(plan, k, a, algo, math, stored.workspace);
+  CUDNN_CHECK(cudnnSetConvolutionMathType(plan.conv, math));
+  // cuDNN still takes this algorithm for these descriptors, in that workspace.
+  size_t need = 0;
+  if (cudnnGetConvolutionForwardWorkspaceSize(context().cudnn, plan.x, plan.w, plan.conv, plan.y,
+                                              algo, &need) != CUDNN_STATUS_SUCCESS ||
+      need > stored.workspace)
+    return std::nullopt;
   plan.algo = algo;
   plan.workspace = stored.workspace;
-  CUDNN_CHECK(cudnnSetConvolutionMathType(plan.conv, math));
   plan.valid = true;
   return plan;
 }
@@ -250,6 +256,11 @@ ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
   size_t free_bytes = 0, total = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
   const size_t limit = std::min(kConvWorkspaceLimit, free_bytes / 4);
+  // A search that free memory constrained is used now but not kept on disk: a later
+  // process with the memory to spare times the shape again.
+  auto keep = [&](const plans::ConvChoice& choice) {
+    if (limit == kConvWorkspaceLimit) record_conv_plan(name, choice);
+  };
   // Straight from the driver and back, so that the search's workspace does not
   // linger in the cache.
   void* ws = nullptr;
@@ -274,7 +285,7 @@ ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
     if (chosen >= 0) break;
   }
   if (chosen < 0) {
-    record_conv_plan(name, {});
+    keep({});
     return plan;
   }
   // Within 3% of that time, the one with the smallest workspace: a few percent of one
@@ -298,13 +309,11 @@ ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
         perf[i].time > 1.15f * perf[chosen].time || !a.bias.defined())
       continue;
     if (auto fused = try_fused(plan, k, a, perf[i].algo, perf[i].mathType, perf[i].memory)) {
-      record_conv_plan(name,
-                       {true, int(perf[i].algo), int(perf[i].mathType), perf[i].memory, true});
+      keep({true, int(perf[i].algo), int(perf[i].mathType), perf[i].memory, true});
       return *fused;
     }
   }
-  record_conv_plan(
-      name, {true, int(perf[chosen].algo), int(perf[chosen].mathType), perf[chosen].memory, false});
+  keep({true, int(perf[chosen].algo), int(perf[chosen].mathType), perf[chosen].memory, false});
   return plan;
 }
 

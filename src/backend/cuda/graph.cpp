@@ -14,41 +14,47 @@ CapturedForward::CapturedForward(std::function<Tensor()> forward, bool profile_o
   Context& c = context();
   KILN_CHECK(!c.capturing, "a CapturedForward inside another's capture");
   pool_ = create_pool();
-  {
-    PoolScope scope(pool_);
-    const Tensor warm = forward();
-    KILN_CHECK(warm.defined() && warm.device() == Device::CUDA,
-               "a captured forward must return a CUDA tensor, got ",
-               warm.defined() ? warm.describe() : std::string("nothing"));
-  }
-  synchronize();
-
   cudaGraph_t graph = nullptr;
-  {
-    PoolScope scope(pool_);
-    c.capturing = true;
-    CUDA_CHECK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeRelaxed));
-    if (profile_ops) profile_capture(true);
-    try {
+  bool capturing = false;
+  try {
+    {
+      PoolScope scope(pool_);
+      const Tensor warm = forward();
+      KILN_CHECK(warm.defined() && warm.device() == Device::CUDA,
+                 "a captured forward must return a CUDA tensor, got ",
+                 warm.defined() ? warm.describe() : std::string("nothing"));
+    }
+    synchronize();
+    {
+      PoolScope scope(pool_);
+      CUDA_CHECK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeRelaxed));
+      capturing = c.capturing = true;
+      if (profile_ops) profile_capture(true);
       output_ = forward();
       if (profile_ops) profile_capture(false);
-    } catch (...) {
-      if (profile_ops) profile_capture(false);
-      (void)cudaStreamEndCapture(c.stream, &graph);
-      if (graph) (void)cudaGraphDestroy(graph);
-      (void)cudaGetLastError();
-      c.capturing = false;
-      output_ = Tensor();
-      release_pool(pool_);
-      throw;
+      capturing = c.capturing = false;
+      CUDA_CHECK(cudaStreamEndCapture(c.stream, &graph));
     }
-    c.capturing = false;
-    CUDA_CHECK(cudaStreamEndCapture(c.stream, &graph));
+    cudaGraphExec_t exec = nullptr;
+    CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
+    graph_ = graph;
+    exec_ = exec;
+  } catch (...) {
+    // Whatever failed (the warm pass out of memory, the capture, the instantiation),
+    // the stream leaves capture mode and the pool's memory goes back to everyone.
+    if (profile_ops) profile_capture(false);
+    if (capturing) {
+      c.capturing = false;
+      cudaGraph_t partial = nullptr;
+      (void)cudaStreamEndCapture(c.stream, &partial);
+      if (partial) (void)cudaGraphDestroy(partial);
+    }
+    if (graph) (void)cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    output_ = Tensor();
+    release_pool(pool_);
+    throw;
   }
-  cudaGraphExec_t exec = nullptr;
-  CUDA_CHECK(cudaGraphInstantiate(&exec, graph, 0));
-  graph_ = graph;
-  exec_ = exec;
 }
 
 CapturedForward::~CapturedForward() {
