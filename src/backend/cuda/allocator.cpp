@@ -145,8 +145,11 @@ class CachingAllocator final : public Allocator {
   void* device_malloc(size_t size) {
     void* ptr = nullptr;
     cudaError_t e = cudaMalloc(&ptr, size);
-    if (e == cudaErrorMemoryAllocation) {
-      (void)cudaGetLastError();  // clear it, then retry with the cache emptied
+    // Retry with the cache emptied, except while a graph is being captured: freeing
+    // synchronises the device, which would break the capture; it fails instead, and
+    // the caller runs eagerly.
+    if (e == cudaErrorMemoryAllocation && !context().capturing) {
+      (void)cudaGetLastError();
       free_cached_locked();
       e = cudaMalloc(&ptr, size);
     }
