@@ -1,10 +1,11 @@
 #include "pipelines/denoiser_graphs.h"
 
+#include <array>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 
-#include "ops/ops.h"
+#include "kiln/error.h"
 
 #if defined(KILN_WITH_CUDA)
 #include "backend/cuda/cuda_backend.h"
@@ -14,21 +15,18 @@ namespace kiln {
 namespace {
 
 #if defined(KILN_WITH_CUDA)
-// The graph-side copy of one input: a CUDA tensor of the same shape and dtype, at an
-// address that stays fixed for the graph's life.
-Tensor fixed_like(const Tensor& t) {
-  return t.defined() ? Tensor::zeros(t.shape(), t.dtype(), Device::CUDA) : Tensor();
+// The denoiser's inputs in one order, for the loops below.
+template <class In>
+auto parts(In& in) {
+  return std::array{&in.sample,      &in.timesteps, &in.encoder_hidden_states,
+                    &in.text_embeds, &in.time_ids,  &in.timestep_cond};
 }
 
-void refill(Tensor& fixed, const Tensor& value) {
-  if (fixed.defined()) fixed.copy_from(value);
-}
-
-std::string shape_key(const UNet2DConditionModel::Inputs& in) {
+// The inputs' dtypes and shapes with the rows a bucket has.
+std::string shape_key(const UNet2DConditionModel::Inputs& in, int64_t rows) {
   std::string key;
-  for (const Tensor* t : {&in.sample, &in.timesteps, &in.encoder_hidden_states, &in.text_embeds,
-                          &in.time_ids, &in.timestep_cond})
-    key += (t->defined() ? t->describe() : std::string("-")) + ";";
+  for (const Tensor* t : parts(in))
+    key += t->defined() ? str(dtype_name(t->dtype()), t->shape().with(0, rows).str(), ";") : "-;";
   return key;
 }
 #endif
@@ -76,49 +74,31 @@ int64_t DenoiserGraphs::bucket_rows(int64_t rows) {
   }
 }
 
+Tensor DenoiserGraphs::forward(const UNet2DConditionModel::Inputs& in) {
 #if defined(KILN_WITH_CUDA)
-namespace {
-
-// `t` with zero rows appended up to `rows`: padding rows that the caller drops.
-Tensor pad_rows(const Tensor& t, int64_t rows) {
-  if (!t.defined() || t.dim(0) == rows) return t;
-  Shape pad = t.shape();
-  pad[0] = rows - t.dim(0);
-  return ops::concat_rows({t, Tensor::zeros(pad, t.dtype(), t.device())});
-}
-
-}  // namespace
-#endif
-
-Tensor DenoiserGraphs::forward(const UNet2DConditionModel::Inputs& unpadded) {
-#if defined(KILN_WITH_CUDA)
-  const int64_t rows = unpadded.sample.dim(0), padded = bucket_rows(rows);
-  UNet2DConditionModel::Inputs in = unpadded;
-  for (Tensor* t : {&in.sample, &in.timesteps, &in.encoder_hidden_states, &in.text_embeds,
-                    &in.time_ids, &in.timestep_cond})
-    *t = pad_rows(*t, padded);
-  auto real_rows = [&](const Tensor& out) { return padded == rows ? out : out.rows(0, rows); };
-
+  const int64_t rows = in.sample.dim(0), padded = bucket_rows(rows);
   std::lock_guard<std::mutex> lock(mutex_);
-  std::unique_ptr<Entry>& slot = entries_[shape_key(in)];
+  std::unique_ptr<Entry>& slot = entries_[shape_key(in, padded)];
   if (!slot) slot = std::make_unique<Entry>();
   Entry& e = *slot;
   e.last_used = ++clock_;
+  const auto fixed = parts(e.fixed);
+  const auto given = parts(in);
+  if (!e.fixed.sample.defined())  // a new key, or one whose graph was evicted
+    for (size_t i = 0; i < fixed.size(); ++i)
+      if (given[i]->defined())
+        *fixed[i] =
+            Tensor::zeros(given[i]->shape().with(0, padded), given[i]->dtype(), Device::CUDA);
+  // The real rows into the fixed inputs. The padding rows keep what they hold (zeros, or
+  // an earlier call's rows): no op mixes rows, and their outputs are dropped.
+  for (size_t i = 0; i < fixed.size(); ++i)
+    if (given[i]->defined()) fixed[i]->rows(0, rows).copy_from(*given[i]);
+
   if (e.failed || ++e.calls == 1) {
     ++stats_.eager;
     std::shared_lock<std::shared_mutex> shared(device_);
-    return real_rows(unet_.forward(in));
+    return unet_.forward(e.fixed).rows(0, rows);
   }
-  if (!e.graph)
-    e.fixed = {
-        fixed_like(in.sample),      fixed_like(in.timesteps), fixed_like(in.encoder_hidden_states),
-        fixed_like(in.text_embeds), fixed_like(in.time_ids),  fixed_like(in.timestep_cond)};
-  refill(e.fixed.sample, in.sample);
-  refill(e.fixed.timesteps, in.timesteps);
-  refill(e.fixed.encoder_hidden_states, in.encoder_hidden_states);
-  refill(e.fixed.text_embeds, in.text_embeds);
-  refill(e.fixed.time_ids, in.time_ids);
-  refill(e.fixed.timestep_cond, in.timestep_cond);
   if (!e.graph) {
     try {
       std::unique_lock<std::shared_mutex> exclusive(device_);
@@ -130,19 +110,18 @@ Tensor DenoiserGraphs::forward(const UNet2DConditionModel::Inputs& unpadded) {
                    "kiln: capturing the denoiser as a CUDA graph failed (%s); eager instead\n",
                    err.what());
       e.failed = true;
-      e.fixed = {};
       ++stats_.eager;
       std::shared_lock<std::shared_mutex> shared(device_);
-      return real_rows(unet_.forward(in));
+      return unet_.forward(e.fixed).rows(0, rows);
     }
     evict_beyond_budget(e);
   }
   std::shared_lock<std::shared_mutex> shared(device_);
   ++stats_.replays;
   // The next replay writes over the graph's output: the caller gets a copy.
-  return real_rows(e.graph->replay()).clone();
+  return e.graph->replay().rows(0, rows).clone();
 #else
-  return unet_.forward(unpadded);
+  return unet_.forward(in);
 #endif
 }
 

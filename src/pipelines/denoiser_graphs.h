@@ -11,10 +11,11 @@
 // over it.
 //
 // The server's step batching changes the batch at almost every step, as requests join
-// and leave. So that a few graphs serve every batch, rows are padded with zeros up to
-// a bucket (1, 2, 3, 4, 6, 8, 12, 16, 24, 32…: fewer than half as many rows again) and the
-// padding's outputs dropped. No op mixes rows, so the real rows get the values an
-// unpadded call gives, up to the rounding of kernels chosen for another batch size.
+// and leave. So that a few graphs serve every batch, a call's rows go into fixed inputs
+// as tall as a bucket (1, 2, 3, 4, 6, 8, 12, 16, 24, 32…: fewer than half as many rows
+// again) and the padding rows' outputs are dropped. No op mixes rows, so the real rows
+// get the values an unpadded call gives, up to the rounding of kernels chosen for
+// another batch size.
 // At most `max_graphs` keys keep a graph and their arenas together stay within a quarter of the
 // device's memory (KILN_CUDA_GRAPH_MEMORY_MB); the least recently used go first. Set
 // KILN_CUDA_GRAPHS=0 to run eagerly.

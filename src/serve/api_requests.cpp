@@ -245,6 +245,27 @@ SigmaSchedule parse_schedule(const std::string& field, const std::string& name) 
             str(field, " must be \"default\" (\"automatic\") or \"karras\", got \"", name, "\""));
 }
 
+// The generation settings the native and the OpenAI endpoints both take, by kiln's names.
+void read_generation_fields(const Fields& f, Common& c, const ServeConfig& config) {
+  c.steps = f.integer("steps", 1, config.max_steps);
+  c.guidance = f.number("guidance_scale", 0, 100);
+  if (auto s = f.string("scheduler")) c.schedule = parse_schedule("scheduler", *s);
+  if (auto s = f.string("sampler")) c.sampler = parse_any_sampler("sampler", *s, c.schedule);
+  c.seed = f.seed("seed");
+  c.images = f.integer("n", 1, config.max_images_per_request).value_or(1);
+}
+
+// The job the settings make, with the output and priority fields both endpoints take.
+ParsedRequest build_with_output(const Fields& f, const Common& c, const ServeConfig& config,
+                                const ModelRegistry& models) {
+  ParsedRequest p;
+  p.spec = build(c, config, models);
+  read_format(f, "output_format", p.spec);
+  p.spec.quality = int(f.integer("output_compression", 0, 100).value_or(90));
+  p.spec.priority = int(f.integer("priority", -100, 100).value_or(0));
+  return p;
+}
+
 }  // namespace
 
 nlohmann::json parse_json_object(std::string_view body) {
@@ -316,17 +337,8 @@ ParsedRequest parse_job_request(const json& body, const ServeConfig& config,
     c.height = int(f.integer("height", 8, config.max_side).value_or(0));
     c.size_field = f.has("width") ? "width" : "height";
   }
-  c.steps = f.integer("steps", 1, config.max_steps);
-  c.guidance = f.number("guidance_scale", 0, 100);
-  if (auto s = f.string("scheduler")) c.schedule = parse_schedule("scheduler", *s);
-  if (auto s = f.string("sampler")) c.sampler = parse_any_sampler("sampler", *s, c.schedule);
-  c.seed = f.seed("seed");
-  c.images = f.integer("n", 1, config.max_images_per_request).value_or(1);
-  ParsedRequest p;
-  p.spec = build(c, config, models);
-  read_format(f, "output_format", p.spec);
-  p.spec.quality = int(f.integer("output_compression", 0, 100).value_or(90));
-  p.spec.priority = int(f.integer("priority", -100, 100).value_or(0));
+  read_generation_fields(f, c, config);
+  ParsedRequest p = build_with_output(f, c, config, models);
   if (auto url = f.string("webhook_url")) {
     const std::string problem = webhook_url_problem(*url);
     if (!problem.empty()) throw bad("webhook_url", "webhook_url " + problem);
@@ -355,12 +367,7 @@ ParsedRequest parse_openai_request(const json& body, const ServeConfig& config,
   c.negative_prompt = f.string("negative_prompt");
   if (c.negative_prompt) check_prompt("negative_prompt", *c.negative_prompt, config);
   if (auto size = f.string("size")) parse_size(*size, c, config);
-  c.steps = f.integer("steps", 1, config.max_steps);
-  c.guidance = f.number("guidance_scale", 0, 100);
-  if (auto s = f.string("scheduler")) c.schedule = parse_schedule("scheduler", *s);
-  if (auto s = f.string("sampler")) c.sampler = parse_any_sampler("sampler", *s, c.schedule);
-  c.seed = f.seed("seed");
-  c.images = f.integer("n", 1, config.max_images_per_request).value_or(1);
+  read_generation_fields(f, c, config);
   if (f.boolean("stream").value_or(false))
     throw bad("stream", "stream is not supported; use POST /v1/jobs and its /events stream");
   if (f.integer("partial_images", 0, 3).value_or(0) > 0)
@@ -370,11 +377,7 @@ ParsedRequest parse_openai_request(const json& body, const ServeConfig& config,
   for (const char* ignored :
        {"quality", "style", "user", "safety_identifier", "moderation", "complexity"})
     f.string(ignored);  // accepted for compatibility; they must still be strings
-  ParsedRequest p;
-  p.spec = build(c, config, models);
-  read_format(f, "output_format", p.spec);
-  p.spec.quality = int(f.integer("output_compression", 0, 100).value_or(90));
-  p.spec.priority = int(f.integer("priority", -100, 100).value_or(0));
+  ParsedRequest p = build_with_output(f, c, config, models);
   if (auto rf = f.string("response_format")) {
     if (*rf != "url" && *rf != "b64_json")
       throw bad("response_format",

@@ -65,15 +65,7 @@ TEST_P(CudaGolden, UNetForward) {
   const References ref(model());
   const auto unet = UNet2DConditionModel::load(model_dir() / "unet", placement());
   for (const std::string c : {"unet", "unet_odd"}) {
-    UNet2DConditionModel::Inputs in;
-    in.sample = ref.get(c + ".sample");
-    in.timesteps = ref.get(c + ".timesteps");
-    in.encoder_hidden_states = ref.get(c + ".encoder_hidden_states");
-    if (is_xl()) {
-      in.text_embeds = ref.get(c + ".text_embeds");
-      in.time_ids = ref.get(c + ".time_ids");
-    }
-    check(c, unet->forward(in), ref.get(c + ".out"));
+    check(c, unet->forward(golden::unet_inputs(ref, c)), ref.get(c + ".out"));
   }
 }
 

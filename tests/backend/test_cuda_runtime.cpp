@@ -41,13 +41,12 @@ TEST_F(Runtime, RowViewsReadAndWriteTheirOwnRows) {
   }
 }
 
-UNet2DConditionModel::Inputs unet_inputs(const golden::References& ref, const std::string& c) {
-  UNet2DConditionModel::Inputs in;
-  in.sample = ref.get(c + ".sample").to(Device::CUDA);
-  in.timesteps = ref.get(c + ".timesteps").to(Device::CUDA);
-  in.encoder_hidden_states = on_cuda(ref.get(c + ".encoder_hidden_states"), DType::F16);
-  in.text_embeds = on_cuda(ref.get(c + ".text_embeds"), DType::F16);
-  in.time_ids = ref.get(c + ".time_ids").to(Device::CUDA);
+// The SDXL reference inputs already on the device, as a captured forward needs them.
+UNet2DConditionModel::Inputs unet_inputs_on_cuda(const golden::References& ref,
+                                                 const std::string& c) {
+  UNet2DConditionModel::Inputs in = golden::unet_inputs(ref, c);
+  for (Tensor* t : {&in.sample, &in.timesteps, &in.time_ids}) *t = t->to(Device::CUDA);
+  for (Tensor* t : {&in.encoder_hidden_states, &in.text_embeds}) *t = on_cuda(*t, DType::F16);
   return in;
 }
 
@@ -56,7 +55,7 @@ TEST_F(Runtime, NoDeviceAllocationOnceAShapeHasRun) {
   const golden::References ref("sdxl");
   const auto unet = UNet2DConditionModel::load(golden::data_dir() / "sdxl/model/unet",
                                                {Device::CUDA, DType::F16, ""});
-  const UNet2DConditionModel::Inputs in = unet_inputs(ref, "unet");
+  const UNet2DConditionModel::Inputs in = unet_inputs_on_cuda(ref, "unet");
   (void)unet->forward(in);
   cuda::synchronize();
   const size_t before = cuda::memory_stats().device_mallocs;
@@ -70,7 +69,7 @@ TEST_F(Runtime, CapturedUNetForwardReplaysTheEagerResult) {
   const golden::References ref("sdxl");
   const auto unet = UNet2DConditionModel::load(golden::data_dir() / "sdxl/model/unet",
                                                {Device::CUDA, DType::F16, ""});
-  UNet2DConditionModel::Inputs in = unet_inputs(ref, "unet");
+  UNet2DConditionModel::Inputs in = unet_inputs_on_cuda(ref, "unet");
   const Tensor eager = on_cpu(unet->forward(in));
   cuda::CapturedForward graph([&] { return unet->forward(in); });
   const Tensor replayed = on_cpu(graph.replay());

@@ -51,6 +51,19 @@ class References {
   io::WeightSet weights_;
 };
 
+// The UNet inputs of reference case `c` ("unet", "unet_odd"), SDXL's extras when it has them.
+inline UNet2DConditionModel::Inputs unet_inputs(const References& ref, const std::string& c) {
+  UNet2DConditionModel::Inputs in;
+  in.sample = ref.get(c + ".sample");
+  in.timesteps = ref.get(c + ".timesteps");
+  in.encoder_hidden_states = ref.get(c + ".encoder_hidden_states");
+  if (ref.has(c + ".text_embeds")) {
+    in.text_embeds = ref.get(c + ".text_embeds");
+    in.time_ids = ref.get(c + ".time_ids");
+  }
+  return in;
+}
+
 // ‖actual − expected‖² / ‖expected‖²; shapes must agree.
 inline double nmse(const Tensor& actual, const Tensor& expected) {
   const Tensor a = actual.dtype() == DType::F32 && actual.is_cpu() ? actual : Tensor();

@@ -56,15 +56,7 @@ TEST_P(Components, UNetForwardMatchesDiffusers) {
   const auto unet = UNet2DConditionModel::load(model_dir() / "unet", Placement{});
   for (const std::string c : {"unet", "unet_odd"}) {
     SCOPED_TRACE(c);
-    UNet2DConditionModel::Inputs in;
-    in.sample = ref.get(c + ".sample");
-    in.timesteps = ref.get(c + ".timesteps");
-    in.encoder_hidden_states = ref.get(c + ".encoder_hidden_states");
-    if (is_xl()) {
-      in.text_embeds = ref.get(c + ".text_embeds");
-      in.time_ids = ref.get(c + ".time_ids");
-    }
-    const double e = nmse(unet->forward(in), ref.get(c + ".out"));
+    const double e = nmse(unet->forward(unet_inputs(ref, c)), ref.get(c + ".out"));
     EXPECT_LE(e, kComponentNmse);
     std::printf("[ %s ] %s nmse %.3g\n", GetParam().c_str(), c.c_str(), e);
   }
