@@ -33,3 +33,10 @@ for p in "${missing_optional[@]}"; do  # one at a time: one failing must not sto
   DEBIAN_FRONTEND=noninteractive $sudo_cmd apt-get install -y -q --no-install-recommends "$p" ||
     echo "install-deps: optional package $p not installed"
 done
+
+# cuDNN frontend's headers (fused attention in the CUDA backend), where the CUDA
+# toolkit is installed; optional: without them kiln uses its own attention kernel.
+if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
+  "$(dirname "$0")/fetch-cudnn-frontend.sh" >/dev/null ||
+    echo "install-deps: cuDNN frontend headers not fetched; kiln's own attention only"
+fi

@@ -111,6 +111,20 @@ ConvChoice conv_from(const json& j) {
   return c;
 }
 
+json attention_json(const AttentionChoice& c) {
+  return {{"kernel", c.cudnn ? "cudnn" : "kiln"}, {"plan", c.plan}};
+}
+
+AttentionChoice attention_from(const json& j) {
+  AttentionChoice c;
+  const std::string kernel = j.at("kernel").get<std::string>();
+  if (kernel != "cudnn" && kernel != "kiln") KILN_FAIL("unknown attention kernel \"", kernel, "\"");
+  c.cudnn = kernel == "cudnn";
+  c.plan = j.at("plan").get<int>();
+  if (c.plan < 0 || c.plan > 1024) KILN_FAIL("an attention plan index is out of range");
+  return c;
+}
+
 // Holds an exclusive lock on a folder (flock on its descriptor) while alive.
 class FolderLock {
  public:
@@ -173,23 +187,35 @@ std::string file_name(const Header& header) {
 void merge(Plans& base, const Plans& newer) {
   for (const auto& [key, choice] : newer.gemm) base.gemm[key] = choice;
   for (const auto& [key, choice] : newer.conv) base.conv[key] = choice;
+  for (const auto& [key, choice] : newer.attention) base.attention[key] = choice;
 }
 
 std::string serialize(const Header& header, const Plans& plans) {
-  json gemm = json::object(), conv = json::object();
+  json gemm = json::object(), conv = json::object(), attention = json::object();
   for (const auto& [key, choice] : plans.gemm) gemm[key] = gemm_json(choice);
   for (const auto& [key, choice] : plans.conv) conv[key] = conv_json(choice);
-  return json{{"header", header_json(header)}, {"gemm", gemm}, {"conv", conv}}.dump(1) + "\n";
+  for (const auto& [key, choice] : plans.attention) attention[key] = attention_json(choice);
+  return json{{"header", header_json(header)},
+              {"gemm", gemm},
+              {"conv", conv},
+              {"attention", attention}}
+             .dump(1) +
+         "\n";
 }
 
 std::pair<Header, Plans> parse(std::string_view text) {
   try {
     const json j = json::parse(text);
-    for (const char* part : {"header", "gemm", "conv"})
-      if (!j.at(part).is_object()) KILN_FAIL("\"", part, "\" is not an object");
+    if (!j.at("header").is_object()) KILN_FAIL("\"header\" is not an object");
     std::pair<Header, Plans> out{header_from(j.at("header")), Plans{}};
+    // Another format's entries are not read: the header's mismatch rebuilds the file.
+    if (out.first.format != kFormatVersion) return out;
+    for (const char* part : {"gemm", "conv", "attention"})
+      if (!j.at(part).is_object()) KILN_FAIL("\"", part, "\" is not an object");
     for (const auto& [key, value] : j.at("gemm").items()) out.second.gemm[key] = gemm_from(value);
     for (const auto& [key, value] : j.at("conv").items()) out.second.conv[key] = conv_from(value);
+    for (const auto& [key, value] : j.at("attention").items())
+      out.second.attention[key] = attention_from(value);
     return out;
   } catch (const json::exception& e) {
     KILN_FAIL(e.what());

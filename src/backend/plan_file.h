@@ -23,7 +23,7 @@
 namespace kiln::plans {
 
 // Raised when the layout of the file changes; older files are then rebuilt.
-constexpr int kFormatVersion = 1;
+constexpr int kFormatVersion = 2;  // 2: attention kernels
 
 struct Header {
   int format = kFormatVersion;
@@ -64,11 +64,20 @@ struct ConvChoice {
   bool operator==(const ConvChoice&) const = default;
 };
 
+// Which attention kernel a shape runs with: ours, or one of cuDNN's SDPA plans
+// (the index among its heuristics' plans for the shape).
+struct AttentionChoice {
+  bool cudnn = false;
+  int plan = 0;
+  bool operator==(const AttentionChoice&) const = default;
+};
+
 // Choices by key: strings the backend makes from every field of its plan keys.
 struct Plans {
   std::map<std::string, GemmChoice> gemm;
   std::map<std::string, ConvChoice> conv;
-  size_t size() const { return gemm.size() + conv.size(); }
+  std::map<std::string, AttentionChoice> attention;
+  size_t size() const { return gemm.size() + conv.size() + attention.size(); }
   bool operator==(const Plans&) const = default;
 };
 

@@ -126,33 +126,64 @@ struct AttentionCase {
   bool causal;
 };
 
-// Paths: the banded cuBLAS path, the flash kernel with one m-tile per warp, with two.
-enum class AttentionPath { Banded, FlashOneTile, FlashTwoTiles };
+// Paths: the banded cuBLAS path, the flash kernel with one m-tile per warp, with two,
+// cuDNN's fused attention (where it takes the shape; ours otherwise).
+enum class AttentionPath { Banded, FlashOneTile, FlashTwoTiles, Cudnn };
+
+const char* path_name(AttentionPath path) {
+  switch (path) {
+    case AttentionPath::Banded: return " banded";
+    case AttentionPath::FlashOneTile: return " flash 1 tile/warp";
+    case AttentionPath::FlashTwoTiles: return " flash 2 tiles/warp";
+    case AttentionPath::Cudnn: return " cudnn";
+  }
+  return "";
+}
+
+// Sets the options for `path`; they go back to the defaults when it goes.
+class UsePath {
+ public:
+  explicit UsePath(AttentionPath path) {
+    cuda::options().use_flash_attention = path != AttentionPath::Banded;
+    cuda::options().flash_two_tiles_per_warp = path == AttentionPath::FlashTwoTiles;
+    cuda::options().attention_kernel = path == AttentionPath::Cudnn
+                                           ? cuda::Options::AttentionKernel::Cudnn
+                                           : cuda::Options::AttentionKernel::Kiln;
+  }
+  ~UsePath() {
+    cuda::options().use_flash_attention = true;
+    cuda::options().flash_two_tiles_per_warp = false;
+    cuda::options().attention_kernel = cuda::Options::AttentionKernel::Auto;
+  }
+};
+
+// Whether cuDNN's attention must have taken a call of this case in `dt`.
+bool cudnn_takes(const AttentionCase& c, DType dt) {
+  return cuda::cudnn_attention_enabled() && dt != DType::F32 && !c.causal && c.d % 8 == 0 &&
+         c.d <= 160;
+}
 
 class Attention : public CudaTest,
                   public ::testing::WithParamInterface<std::tuple<AttentionCase, AttentionPath>> {};
 
 TEST_P(Attention, MatchesCpu) {
   const auto [c, path] = GetParam();
-  const bool flash = path != AttentionPath::Banded;
-  cuda::options().use_flash_attention = flash;
-  cuda::options().flash_two_tiles_per_warp = path == AttentionPath::FlashTwoTiles;
+  const UsePath use(path);
   const float scale = float(1.0 / std::sqrt(double(c.d)));
   for (DType dt : kAllTypes) {
     std::vector<Tensor> in{random_tensor({c.b, c.sq, c.heads * c.d}, dt, next_seed()),
                            random_tensor({c.b, c.sk, c.heads * c.d}, dt, next_seed()),
                            random_tensor({c.b, c.sk, c.heads * c.d}, dt, next_seed())};
+    const size_t before = cuda::cudnn_attention_calls();
     expect_match(str("attention b", c.b, " sq", c.sq, " sk", c.sk, " h", c.heads, " d", c.d,
-                     c.causal ? " causal" : "",
-                     path == AttentionPath::Banded         ? " banded"
-                     : path == AttentionPath::FlashOneTile ? " flash 1 tile/warp"
-                                                           : " flash 2 tiles/warp"),
+                     c.causal ? " causal" : "", path_name(path)),
                  dt, in, [&](const std::vector<Tensor>& t) {
                    return ops::attention(t[0], t[1], t[2], c.heads, scale, c.causal);
                  });
+    if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
+      EXPECT_GT(cuda::cudnn_attention_calls(), before) << "cuDNN did not run " << dtype_name(dt);
+    }
   }
-  cuda::options().use_flash_attention = true;
-  cuda::options().flash_two_tiles_per_warp = false;
 }
 
 // q, k and v side by side in one tensor (self-attention) or k and v in one (cross), as
@@ -160,12 +191,13 @@ TEST_P(Attention, MatchesCpu) {
 TEST_P(Attention, PackedMatchesCpu) {
   const auto [c, path] = GetParam();
   if (c.causal || path == AttentionPath::FlashTwoTiles) GTEST_SKIP() << "covered by MatchesCpu";
-  cuda::options().use_flash_attention = path != AttentionPath::Banded;
+  const UsePath use(path);
   const float scale = float(1.0 / std::sqrt(double(c.d)));
   const int64_t w = c.heads * c.d;
   for (DType dt : kAllTypes) {
-    const std::string label = str("b", c.b, " sq", c.sq, " sk", c.sk, " h", c.heads, " d", c.d,
-                                  path == AttentionPath::Banded ? " banded" : " flash");
+    const std::string label =
+        str("b", c.b, " sq", c.sq, " sk", c.sk, " h", c.heads, " d", c.d, path_name(path));
+    const size_t before = cuda::cudnn_attention_calls();
     if (c.sq == c.sk)
       expect_match(
           "attention_qkv " + label, dt, {random_tensor({c.b, c.sq, 3 * w}, dt, next_seed())},
@@ -176,8 +208,25 @@ TEST_P(Attention, PackedMatchesCpu) {
                  [&](const std::vector<Tensor>& t) {
                    return ops::attention_kv(t[0], t[1], c.heads, scale);
                  });
+    if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
+      EXPECT_GT(cuda::cudnn_attention_calls(), before) << "cuDNN did not run " << dtype_name(dt);
+    }
   }
-  cuda::options().use_flash_attention = true;
+}
+
+// The default: each shape timed once against cuDNN's, the faster kept; either way
+// the result matches the CPU, and the second call of a shape reuses the choice.
+class AttentionAuto : public CudaTest {};
+
+TEST_F(AttentionAuto, MatchesCpu) {
+  for (const DType dt : {DType::F16, DType::BF16}) {
+    std::vector<Tensor> in{random_tensor({2, 1024, 3 * 640}, dt, next_seed())};
+    for (int call = 0; call < 2; ++call)
+      expect_match(str("attention_qkv auto, call ", call + 1), dt, in,
+                   [&](const std::vector<Tensor>& t) {
+                     return ops::attention_qkv(t[0], 10, 0.125f);
+                   });
+  }
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -197,7 +246,7 @@ INSTANTIATE_TEST_SUITE_P(
                           AttentionCase{1, 130, 130, 4, 128, true},     // causal over 3 blocks
                           AttentionCase{1, 300, 300, 3, 64, true}),     // causal, two tiles/warp
         ::testing::Values(AttentionPath::Banded, AttentionPath::FlashOneTile,
-                          AttentionPath::FlashTwoTiles)));
+                          AttentionPath::FlashTwoTiles, AttentionPath::Cudnn)));
 
 // ---------------------------------------------------------------------------
 struct NormCase {

@@ -47,6 +47,8 @@ Plans test_plans() {
   p.conv["n2 h64 w64 c320 o320 k3x3 f16"] = ConvChoice{true, 1, 1, 4096, true};
   p.conv["n1 h128 w128 c512 o512 k3x3 f16"] = ConvChoice{true, 6, 2, 0, false};
   p.conv["n1 h7 w7 c3 o5 k3x3 f16"] = ConvChoice{};
+  p.attention["b2 h8 sq4096 sk77 d40 f16"] = AttentionChoice{true, 2};
+  p.attention["b1 h1 sq19 sk19 d64 bf16"] = AttentionChoice{};
   return p;
 }
 
@@ -143,17 +145,23 @@ TEST_F(PlanFile, ADamagedFileIsIgnoredWithANoteAndNeverThrows) {
   wrong_type.replace(wrong_type.find("\"multiprocessors\": 132"), 22, "\"multiprocessors\": \"x\"");
   std::string bad_enum = good;
   bad_enum.replace(bad_enum.find("\"math_type\": 1"), 14, "\"math_type\": 999");
+  std::string bad_kernel = good;
+  bad_kernel.replace(bad_kernel.find("\"cudnn\""), 7, "\"cublas\"");
+  std::string bad_plan = good;
+  bad_plan.replace(bad_plan.find("\"plan\": 2"), 9, "\"plan\": -3");
   const std::map<std::string, std::string> damaged = {
       {"truncated", good.substr(0, good.size() / 2)},
       {"empty", ""},
       {"not JSON", "\x89PNG\r\n\x1a\n garbage"},
       {"an array", "[1, 2, 3]"},
-      {"no header", R"({"gemm": {}, "conv": {}})"},
+      {"no header", R"({"gemm": {}, "conv": {}, "attention": {}})"},
       {"gemm not an object", good.substr(0, good.find("\"gemm\"")) + "\"gemm\": [], \"conv\": {}}"},
       {"bad hex digit", bad_hex},
       {"short algorithm", short_hex},
       {"wrong type", wrong_type},
       {"out-of-range enum", bad_enum},
+      {"unknown attention kernel", bad_kernel},
+      {"negative attention plan", bad_plan},
   };
   for (const auto& [what, text] : damaged) {
     write(text);
@@ -162,6 +170,23 @@ TEST_F(PlanFile, ADamagedFileIsIgnoredWithANoteAndNeverThrows) {
     EXPECT_EQ(loaded.plans.size(), 0u) << what;
     EXPECT_NE(loaded.note.find("unreadable"), std::string::npos) << what << ": " << loaded.note;
   }
+}
+
+// A file of the format before attention kernels were kept (no "attention" part) is
+// rebuilt for its format, not reported as damaged.
+TEST_F(PlanFile, AnOlderFormatIsRebuiltNotCalledDamaged) {
+  Header old = test_header();
+  old.format = 1;
+  Plans plans = test_plans();
+  plans.attention.clear();
+  std::string text = serialize(old, plans);
+  const std::string part = "\"attention\": {},";
+  ASSERT_NE(text.find(part), std::string::npos) << text;
+  text.erase(text.find(part), part.size());
+  write(text);
+  const Loaded loaded = load(file(), test_header());
+  EXPECT_EQ(loaded.plans.size(), 0u);
+  EXPECT_NE(loaded.note.find("in format 1"), std::string::npos) << loaded.note;
 }
 
 TEST_F(PlanFile, SaveLeavesNoTemporaryFiles) {

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <fstream>
 #include <functional>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
 
@@ -56,6 +57,8 @@ const char* kHelp =
     "  --no-graphs          skip the CUDA-graph replay of each workload\n"
     "  --flash-warp-rows N  query rows per warp in flash attention, 16 or 32 (default 16;\n"
     "                       for comparing the two kernels)\n"
+    "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
+    "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
     "  --json FILE          also write the rows as JSON\n"
     "  --commit SHA         the commit to record (default: the one kiln was configured at)\n";
 
@@ -417,7 +420,7 @@ void bench_e2e(Bench& b, const fs::path& dir, const std::vector<int>& sizes, int
 int bench(const std::vector<std::string>& argv) {
   const Args args(argv,
                   {"model", "arch", "what", "size", "batch", "steps", "device", "dtype", "warmup",
-                   "reps", "json", "commit", "flash-warp-rows", "plan-cache"},
+                   "reps", "json", "commit", "flash-warp-rows", "attention", "plan-cache"},
                   {"per-op", "per-shape", "no-graphs", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
@@ -456,6 +459,14 @@ int bench(const std::vector<std::string>& argv) {
   if (const auto rows = args.integer("flash-warp-rows", 16, 32)) {
     if (*rows != 16 && *rows != 32) throw UsageError("--flash-warp-rows is 16 or 32");
     if (s.cuda()) cuda::options().flash_two_tiles_per_warp = *rows == 32;
+  }
+  if (const auto kernel = args.get("attention")) {
+    using K = cuda::Options::AttentionKernel;
+    const std::map<std::string, K> kernels{{"auto", K::Auto}, {"kiln", K::Kiln}, {"cudnn", K::Cudnn}};
+    const auto it = kernels.find(*kernel);
+    if (it == kernels.end())
+      throw UsageError(str("--attention is auto, kiln or cudnn, got \"", *kernel, "\""));
+    if (s.cuda()) cuda::options().attention_kernel = it->second;
   }
   if (s.cuda()) {
     const cuda::DeviceInfo info = cuda::device_info();

@@ -10,12 +10,16 @@
 // kernel per padded size up to 160); causal masking for CLIP; self and cross
 // attention alike.
 //
+// Where cuDNN's fused attention (attention_cudnn.cpp) is faster for a shape, by
+// timing on its first call, that runs instead.
+//
 // Larger head dims (the VAE's single 512-wide head) and f32 take the general
 // path: cuBLAS products over bands of query rows with an f32 softmax between
 // them, so that only one band's scores exist at a time.
 #include <algorithm>
 #include <cfloat>
 #include <cmath>
+#include <functional>
 
 #include "backend/cuda/device.cuh"
 #include "backend/cuda/ops.h"
@@ -483,8 +487,10 @@ void attention(const AttentionArgs& a) {
   const DType dtype = a.q.dtype();
   // The fused kernel needs sm_80 (cp.async, bf16 MMA); older GPUs take the banded path.
   static const bool flash_capable = device_info().compute_major >= 8;
-  if (options().use_flash_attention && flash_capable && dp > 0 && dtype != DType::F32 && sk > 0) {
-    AttentionParams p{};
+  if (!flash_capable || dtype == DType::F32 || sk == 0) return attention_banded(a);
+  std::function<void()> ours = [&] { attention_banded(a); };
+  AttentionParams p{};
+  if (options().use_flash_attention && dp > 0) {
     const size_t elem = dtype_size(dtype);
     p.q = static_cast<const char*>(a.q.raw()) + size_t(a.q_col) * elem;
     p.k = static_cast<const char*>(a.k.raw()) + size_t(a.k_col) * elem;
@@ -499,13 +505,14 @@ void attention(const AttentionArgs& a) {
     p.scale_log2 = a.scale * 1.4426950408889634f;
     p.causal = a.causal;
     p.vec = d % 8 == 0 && aligned16(p.q) && aligned16(p.k) && aligned16(p.v) && aligned16(p.out);
-    if (dtype == DType::F16)
-      flash<half>(p, batch, heads, dp);
-    else
-      flash<bfloat16>(p, batch, heads, dp);
-    return;
+    ours = [&] {
+      if (dtype == DType::F16)
+        flash<half>(p, batch, heads, dp);
+      else
+        flash<bfloat16>(p, batch, heads, dp);
+    };
   }
-  attention_banded(a);
+  if (!attention_cudnn(a, ours)) ours();
 }
 
 }  // namespace kiln::cuda

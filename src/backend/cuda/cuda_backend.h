@@ -43,10 +43,20 @@ struct Options {
   // Measured on an H200 (SDXL 1024², 2026-11-21): 16 rows 9.27 ms of attention a
   // step, 32 rows 9.6 ms, so 16 is the default.
   bool flash_two_tiles_per_warp = false;
+  // The fused attention kernel where both can run a call: Auto times ours against
+  // cuDNN's SDPA on each shape's first call and keeps the faster (plan cache);
+  // Kiln and Cudnn force one, for tests and diagnosis. cuDNN's takes f16/bf16 with
+  // no causal mask and head dims that are multiples of 8 (it decides the largest).
+  enum class AttentionKernel { Auto, Kiln, Cudnn };
+  AttentionKernel attention_kernel = AttentionKernel::Auto;
 };
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).
 bool cudnn_enabled();
+// Whether cuDNN's attention can run: cuDNN enabled and the build had its frontend.
+bool cudnn_attention_enabled();
+// Attention calls cuDNN ran so far (tests: that a forced path was taken).
+size_t cudnn_attention_calls();
 
 // Plans: the algorithm each GEMM and cuDNN convolution shape runs with, chosen by
 // timing on its first use and kept on disk, one file per GPU (backend/plan_file.h),

@@ -2,6 +2,8 @@
 // validated Args of backend.h. Internal to src/backend/cuda/.
 #pragma once
 
+#include <functional>
+
 #include "backend/backend.h"
 
 namespace kiln::cuda {
@@ -30,6 +32,10 @@ void conv2d(const Conv2dArgs& a);
 
 // attention.cu
 void attention(const AttentionArgs& a);
+// attention_cudnn.cpp: runs `a` through cuDNN's SDPA where that is this shape's
+// choice and answers true; false leaves the call to our kernel. A shape's first
+// call times `ours` (our kernel on the same operands) against cuDNN's plans.
+bool attention_cudnn(const AttentionArgs& a, const std::function<void()>& ours);
 
 // norm.cu
 void group_norm(const GroupNormArgs& a);

@@ -46,22 +46,21 @@ class Store {
     if (it == known_.gemm.end()) return std::nullopt;
     return it->second;
   }
-  std::optional<plans::ConvChoice> conv(const std::string& key) {
+  template <class Choice>
+  std::optional<Choice> find(std::map<std::string, Choice> plans::Plans::*part,
+                             const std::string& key) {
     std::lock_guard<std::mutex> lock(mu_);
     load();
-    auto it = known_.conv.find(key);
-    if (it == known_.conv.end()) return std::nullopt;
+    const auto& choices = known_.*part;
+    auto it = choices.find(key);
+    if (it == choices.end()) return std::nullopt;
     return it->second;
   }
-  void record(const std::string& key, const plans::GemmChoice& c) {
+  template <class Choice>
+  void record(std::map<std::string, Choice> plans::Plans::*part, const std::string& key,
+              const Choice& c) {
     std::lock_guard<std::mutex> lock(mu_);
-    known_.gemm[key] = c;
-    unsaved_ = true;
-    ++stats_.timed;
-  }
-  void record(const std::string& key, const plans::ConvChoice& c) {
-    std::lock_guard<std::mutex> lock(mu_);
-    known_.conv[key] = c;
+    (known_.*part)[key] = c;
     unsaved_ = true;
     ++stats_.timed;
   }
@@ -144,11 +143,15 @@ Store& store() {
 }  // namespace
 
 std::optional<plans::GemmChoice> stored_gemm_plan(const std::string& key) {
-  return store().gemm(key);
+  return store().find(&plans::Plans::gemm, key);
 }
 
 std::optional<plans::ConvChoice> stored_conv_plan(const std::string& key) {
-  return store().conv(key);
+  return store().find(&plans::Plans::conv, key);
+}
+
+std::optional<plans::AttentionChoice> stored_attention_plan(const std::string& key) {
+  return store().find(&plans::Plans::attention, key);
 }
 
 void count_reused_plan() {
@@ -156,11 +159,15 @@ void count_reused_plan() {
 }
 
 void record_gemm_plan(const std::string& key, const plans::GemmChoice& choice) {
-  store().record(key, choice);
+  store().record(&plans::Plans::gemm, key, choice);
 }
 
 void record_conv_plan(const std::string& key, const plans::ConvChoice& choice) {
-  store().record(key, choice);
+  store().record(&plans::Plans::conv, key, choice);
+}
+
+void record_attention_plan(const std::string& key, const plans::AttentionChoice& choice) {
+  store().record(&plans::Plans::attention, key, choice);
 }
 
 void set_plan_cache(const std::string& dir) {
@@ -182,6 +189,7 @@ void save_plans() {
 void forget_plans() {
   forget_gemm_plans();
   forget_conv_plans();
+  forget_attention_plans();
   store().reset();
 }
 

@@ -12,14 +12,17 @@ namespace kiln::cuda {
 // The stored choice for `key`, reading this GPU's file on first use.
 std::optional<plans::GemmChoice> stored_gemm_plan(const std::string& key);
 std::optional<plans::ConvChoice> stored_conv_plan(const std::string& key);
+std::optional<plans::AttentionChoice> stored_attention_plan(const std::string& key);
 // A stored choice passed its checks and is in use (plan_stats().reused).
 void count_reused_plan();
 // A choice just made by timing, to be saved by save_plans().
 void record_gemm_plan(const std::string& key, const plans::GemmChoice& choice);
 void record_conv_plan(const std::string& key, const plans::ConvChoice& choice);
+void record_attention_plan(const std::string& key, const plans::AttentionChoice& choice);
 
 // forget_plans(): each file drops the plans it holds in memory.
 void forget_gemm_plans();
 void forget_conv_plans();
+void forget_attention_plans();
 
 }  // namespace kiln::cuda
