@@ -282,6 +282,11 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GroupNorm,
                                            NormCase{2, 256, 960, 32,
                                                     Activation::SiLU},  // 30 per group
                                            NormCase{1, 16384, 128, 32, Activation::SiLU},  // VAE
+                                           NormCase{1, 65536, 512, 32, Activation::SiLU},  // VAE
+                                           NormCase{2, 256, 2560, 32, Activation::SiLU},   // concat
+                                           NormCase{4, 1024, 1920, 32, Activation::SiLU},  // batch 4
+                                           NormCase{2, 4096, 100, 4, Activation::SiLU},  // scalar
+                                           NormCase{2, 64, 64, 32, Activation::SiLU},    // fused
                                            NormCase{1, 37, 12, 4, Activation::SiLU},       // odd
                                            NormCase{3, 5, 6, 3, Activation::None}));
 

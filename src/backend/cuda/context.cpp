@@ -36,6 +36,8 @@ Context* make_context() {
   c->gemm_workspace_bytes = kGemmWorkspace;
   CUDA_CHECK(cudaMalloc(&c->gemm_workspace, c->gemm_workspace_bytes));
   CUBLAS_CHECK(cublasSetWorkspace(c->blas, c->gemm_workspace, c->gemm_workspace_bytes));
+  CUDA_CHECK(cudaMalloc(&c->counters, Context::kCounters * sizeof(unsigned)));
+  CUDA_CHECK(cudaMemset(c->counters, 0, Context::kCounters * sizeof(unsigned)));
 #if defined(KILN_WITH_CUDNN)
   // cuDNN is optional at run time too: without its library, convolutions take
   // the im2col path.

@@ -66,6 +66,10 @@ struct Context {
   cudnnHandle_t cudnn = nullptr;  // null when the library failed to load
 #endif
   bool capturing = false;  // a CapturedForward is recording
+  // Zeroed counters for kernels whose last block to finish does a final step
+  // (GroupNorm's statistics); every kernel leaves the ones it used at zero.
+  unsigned* counters = nullptr;
+  static constexpr int kCounters = 4096;
 };
 // Creates the context on first use; throws kiln::Error when there is no device.
 Context& context();

@@ -4,10 +4,11 @@
 // graph reproduces the eager pass bit for bit).
 //
 // GroupNorm on NHWC reads whole rows of C channels (coalesced) and sorts the
-// per-channel sums into groups, in three launches: partial sums per (batch,
-// block of rows, group); a per-(batch, group) reduction, one warp each, that
-// folds mean, 1/std, gamma and beta into a per-channel scale and shift; then
-// out = act(x * scale + shift) in one elementwise pass.
+// per-channel sums into groups, in two launches: partial sums per (batch, block
+// of rows, group), where the last block of each batch row folds them (one warp
+// per group, in a fixed order) with gamma and beta into a per-channel scale and
+// shift; then out = act(x * scale + shift), each thread holding its channels'
+// scale and shift in registers.
 #include <algorithm>
 #include <type_traits>
 
@@ -21,16 +22,22 @@ constexpr int kStatThreads = 256;
 
 // Block (X, Y): X threads across the row's packs of N channels, Y rows at a
 // time. Shared memory: [Y][X][N] sums and squares to combine the Y rows, then
-// per-channel totals [C] of each, summed into groups at the end.
+// per-channel totals [C] of each, summed into groups at the end. The last block
+// of a batch row to finish (counted in `counters`, left at zero again) folds the
+// partial sums, in a fixed order, into per-channel scale and shift:
+// out = act(x * scale + shift).
 template <class T, int N>
-__global__ void group_norm_stats(const T* x, float* partial, int64_t rows, int64_t rows_per_block,
-                                 int channels, int groups) {
+__global__ void group_norm_stats(const T* x, float* partial, const T* gamma, const T* beta,
+                                 float* scale, float* shift, unsigned* counters, int64_t rows,
+                                 int64_t rows_per_block, int channels, int groups, float eps) {
   extern __shared__ float smem[];
   const int X = blockDim.x, Y = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
+  const int tid = ty * X + tx, threads = X * Y;
   float* stage_s = smem;                        // [Y][X][N]
   float* stage_q = stage_s + kStatThreads * N;  // [Y][X][N]
   float* chan_s = stage_q + kStatThreads * N;   // [C]
   float* chan_q = chan_s + channels;            // [C]
+  __shared__ bool last;
 
   const int b = blockIdx.y, splits = gridDim.x;
   const int64_t r0 = int64_t(blockIdx.x) * rows_per_block;
@@ -68,8 +75,8 @@ __global__ void group_norm_stats(const T* x, float* partial, int64_t rows, int64
     }
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      stage_s[(ty * X + tx) * N + j] = s[j];
-      stage_q[(ty * X + tx) * N + j] = q[j];
+      stage_s[tid * N + j] = s[j];
+      stage_q[tid * N + j] = q[j];
     }
     __syncthreads();
     if (ty == 0 && v < packs) {
@@ -88,7 +95,7 @@ __global__ void group_norm_stats(const T* x, float* partial, int64_t rows, int64
   }
   const int per_group = channels / groups;
   float* out = partial + (int64_t(b) * splits + blockIdx.x) * groups * 2;
-  for (int g = ty * X + tx; g < groups; g += X * Y) {
+  for (int g = tid; g < groups; g += threads) {
     float gs = 0.0f, gq = 0.0f;
     for (int c = g * per_group; c < (g + 1) * per_group; ++c) {
       gs += chan_s[c];
@@ -97,57 +104,92 @@ __global__ void group_norm_stats(const T* x, float* partial, int64_t rows, int64
     out[2 * g] = gs;
     out[2 * g + 1] = gq;
   }
-}
 
-__device__ __forceinline__ double warp_sum_double(double v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
-// One warp per (batch, group): per-channel scale and shift from the partial sums.
-template <class T>
-__global__ void group_norm_finalize(const float* partial, const T* gamma, const T* beta,
-                                    float* scale, float* shift, int splits, int64_t rows,
-                                    int channels, int groups, float eps) {
-  const int b = blockIdx.x / groups, g = blockIdx.x % groups, lane = threadIdx.x;
-  const int per_group = channels / groups;
-  double s = 0.0, q = 0.0;
-  for (int i = lane; i < splits; i += 32) {
-    const float* p = partial + ((int64_t(b) * splits + i) * groups + g) * 2;
-    s += p[0];
-    q += p[1];
-  }
-  s = warp_sum_double(s);
-  q = warp_sum_double(q);
+  // The last block of this batch row finalizes.
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(&counters[b], 1u) == unsigned(splits - 1);
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (tid == 0) counters[b] = 0;
+  // Whole warps only (the block need not be a multiple of 32; it has at least 128).
+  // L lanes per group, as many groups at once as the warps hold: a chain of L2
+  // round trips per group is what this step's time is made of.
+  const int warps = threads / 32;
+  if (tid >= warps * 32) return;
+  int lanes = 32;
+  while (lanes > 1 && (warps * 32 / lanes) < groups) lanes /= 2;
+  const int lane = tid % lanes, concurrent = warps * 32 / lanes;
   const double count = double(rows) * per_group;
-  const double mean = s / count;
-  const double var = fmax(q / count - mean * mean, 0.0);
-  const double rstd = 1.0 / sqrt(var + double(eps));
-  for (int c = g * per_group + lane; c < (g + 1) * per_group; c += 32) {
-    const double gm = double(to_float(gamma[c]));
-    scale[int64_t(b) * channels + c] = float(rstd * gm);
-    shift[int64_t(b) * channels + c] = float(double(to_float(beta[c])) - mean * rstd * gm);
+  for (int g0 = 0; g0 < groups; g0 += concurrent) {
+    const int g = g0 + tid / lanes;
+    const bool active = g < groups;
+    double gs = 0.0, gq = 0.0;
+    if (active) {
+      const float* p = partial + int64_t(b) * splits * groups * 2 + 2 * g;
+#pragma unroll 4
+      for (int i = lane; i < splits; i += lanes) {
+        const float2 v = __ldcg(reinterpret_cast<const float2*>(p + int64_t(i) * groups * 2));
+        gs += v.x;
+        gq += v.y;
+      }
+    }
+    // Within each group's lanes (aligned runs of `lanes` in the warp), in a fixed order.
+    for (int o = lanes / 2; o > 0; o >>= 1) {
+      gs += __shfl_xor_sync(0xffffffffu, gs, o);
+      gq += __shfl_xor_sync(0xffffffffu, gq, o);
+    }
+    if (!active) continue;
+    const double mean = gs / count;
+    const double var = fmax(gq / count - mean * mean, 0.0);
+    const double rstd = 1.0 / sqrt(var + double(eps));
+    for (int c = g * per_group + lane; c < (g + 1) * per_group; c += lanes) {
+      const double gm = double(to_float(gamma[c]));
+      scale[int64_t(b) * channels + c] = float(rstd * gm);
+      shift[int64_t(b) * channels + c] = float(double(to_float(beta[c])) - mean * rstd * gm);
+    }
   }
 }
 
+// Block (X, Y) over packs of N channels and rows, like the statistics: each thread
+// keeps its channels' scale and shift in registers and walks down the rows.
 template <class T, int N>
 __global__ void group_norm_apply(const T* x, T* out, const float* scale, const float* shift,
-                                 int64_t rows, int channels, Activation act, int64_t total) {
-  const int64_t per_batch = rows * channels;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total / N;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t e = i * N;
-    const int64_t b = e / per_batch;
-    const int c = int(e % channels);
-    const float* sc = scale + b * channels + c;
-    const float* sh = shift + b * channels + c;
-    const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(x + e);
-    Pack<T, N> r;
+                                 int64_t rows, int64_t rows_per_block, int channels,
+                                 Activation act) {
+  const int packs = channels / N;
+  const int v = blockIdx.x * blockDim.x + threadIdx.x;
+  if (v >= packs) return;
+  const int b = blockIdx.z;
+  float sc[N], sh[N];
 #pragma unroll
-    for (int j = 0; j < N; ++j)
-      r.v[j] = from_float<T>(activate(act, to_float(p.v[j]) * sc[j] + sh[j]));
-    *reinterpret_cast<Pack<T, N>*>(out + e) = r;
+  for (int j = 0; j < N; ++j) {
+    sc[j] = scale[int64_t(b) * channels + v * N + j];
+    sh[j] = shift[int64_t(b) * channels + v * N + j];
+  }
+  const int64_t r0 = int64_t(blockIdx.y) * rows_per_block;
+  const int64_t r1 = min(rows, r0 + rows_per_block);
+  const int64_t base = int64_t(b) * rows * channels + int64_t(v) * N;
+  constexpr int kUnroll = 4;
+  const int Y = blockDim.y;
+  for (int64_t r = r0 + threadIdx.y; r < r1; r += kUnroll * Y) {
+    Pack<T, N> p[kUnroll];
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t row = r + int64_t(u) * Y;
+      if (row < r1) p[u] = *reinterpret_cast<const Pack<T, N>*>(x + base + row * channels);
+    }
+#pragma unroll
+    for (int u = 0; u < kUnroll; ++u) {
+      const int64_t row = r + int64_t(u) * Y;
+      if (row >= r1) break;
+      Pack<T, N> o;
+#pragma unroll
+      for (int j = 0; j < N; ++j)
+        o.v[j] = from_float<T>(activate(act, to_float(p[u].v[j]) * sc[j] + sh[j]));
+      *reinterpret_cast<Pack<T, N>*>(out + base + row * channels) = o;
+    }
   }
 }
 
@@ -353,21 +395,32 @@ int norm_pack_width(int64_t channels, std::initializer_list<const void*> pointer
   return channels % kVec<T> == 0 ? kVec<T> : 1;
 }
 
+// Threads across a row's packs (all of them where 256 threads allow), the rest of
+// the block's 256 down the rows.
+dim3 pack_block(int packs) {
+  const int across = std::min(packs, kStatThreads);
+  return dim3{unsigned(across), unsigned(kStatThreads / across)};
+}
+
 template <class T, int N>
 void launch_group_norm(const GroupNormArgs& a) {
   const int batch = int(a.x.dim(0)), channels = int(a.x.dim(2)), groups = a.groups;
+  KILN_CHECK(batch <= Context::kCounters, "group_norm: batch ", batch, " (at most ",
+             Context::kCounters, " on CUDA)");
   const int64_t rows = a.x.dim(1);
-  const T* x = static_cast<const T*>(a.x.raw());
-  // About four blocks per multiprocessor in all, at least 32 rows each.
-  const int64_t target =
-      std::max<int64_t>(1, int64_t(context().props.multiProcessorCount) * 4 / batch);
-  const int64_t rows_per_block = std::max<int64_t>(32, (rows + target - 1) / target);
-  const int splits = int((rows + rows_per_block - 1) / rows_per_block);
-  // Threads across the packs of a row (a power of two up to 32), the rest down the rows.
   const int packs = channels / N;
-  int across = 1;
-  while (across < packs && across < 32) across *= 2;
-  const dim3 block{unsigned(across), unsigned(kStatThreads / across)};
+  const T* x = static_cast<const T*>(a.x.raw());
+  const int sms = context().props.multiProcessorCount;
+  // Statistics: about two blocks per multiprocessor in all, each at least eight
+  // rows per thread row. Fewer, longer blocks than the memory system would like for
+  // small tensors, because the last block's fold of the partial sums is a chain of
+  // L2 round trips that grows with their number (on an H200, 2x4096x320: 342
+  // blocks made the whole GroupNorm 27 us).
+  const dim3 block = pack_block(packs);
+  const int64_t target = std::max<int64_t>(1, int64_t(sms) * 2 / batch);
+  const int64_t rows_per_block =
+      std::max<int64_t>(int64_t(block.y) * 8, (rows + target - 1) / target);
+  const int splits = int((rows + rows_per_block - 1) / rows_per_block);
 
   const size_t partial_floats = size_t(batch) * splits * groups * 2;
   const size_t channel_floats = size_t(batch) * channels;
@@ -384,15 +437,21 @@ void launch_group_norm(const GroupNormArgs& a) {
     configured = int(smem);
   }
   group_norm_stats<T, N><<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
-      x, partial, rows, rows_per_block, channels, groups);
+      x, partial, static_cast<const T*>(a.gamma.raw()), static_cast<const T*>(a.beta.raw()),
+      scale, shift, context().counters, rows, rows_per_block, channels, groups, a.eps);
   CUDA_CHECK_LAUNCH();
-  group_norm_finalize<T><<<unsigned(batch * groups), 32, 0, stream()>>>(
-      partial, static_cast<const T*>(a.gamma.raw()), static_cast<const T*>(a.beta.raw()), scale,
-      shift, splits, rows, channels, groups, a.eps);
-  CUDA_CHECK_LAUNCH();
-  const int64_t total = int64_t(batch) * rows * channels;
-  group_norm_apply<T, N><<<grid_for(total / N, 256), 256, 0, stream()>>>(
-      x, static_cast<T*>(a.out.raw()), scale, shift, rows, channels, a.act, total);
+
+  // Apply: blocks of (up to) 256 threads over packs × rows, about eight per
+  // multiprocessor, each thread at least four rows.
+  const dim3 apply_block = pack_block(packs);
+  const unsigned across = unsigned((packs + int(apply_block.x) - 1) / int(apply_block.x));
+  const int64_t apply_target = std::max<int64_t>(1, int64_t(sms) * 8 / (batch * int64_t(across)));
+  int64_t apply_rows = std::max<int64_t>(int64_t(apply_block.y) * 4,
+                                         (rows + apply_target - 1) / apply_target);
+  apply_rows = std::max<int64_t>(apply_rows, (rows + 65534) / 65535);  // grid.y limit
+  const unsigned down = unsigned((rows + apply_rows - 1) / apply_rows);
+  group_norm_apply<T, N><<<dim3{across, down, unsigned(batch)}, apply_block, 0, stream()>>>(
+      x, static_cast<T*>(a.out.raw()), scale, shift, rows, apply_rows, channels, a.act);
   CUDA_CHECK_LAUNCH();
 }
 
