@@ -154,11 +154,23 @@ def run_rate(server, rate, duration, steps, seed, timeout):
 
 
 def commit():
+    # A copied tree may carry a stale .git: $COMMIT, where set, names what was built.
+    if os.environ.get("COMMIT"):
+        return os.environ["COMMIT"]
     try:
         return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"], capture_output=True,
                               text=True).stdout.strip() or "unknown"
     except OSError:
         return "unknown"
+
+
+def gpu_name():
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=name", "--format=csv,noheader"], capture_output=True,
+                             text=True).stdout.strip().splitlines()
+        return out[0] if out else "unknown GPU"
+    except OSError:
+        return "unknown GPU"
 
 
 def cpu_name():
@@ -219,8 +231,12 @@ def main():
             server.stop()
     rows.sort(key=lambda r: (modes.index(r["mode"]), r["offered_rate"]))
 
+    # kiln serve's default device is cuda where a GPU is present.
+    on_gpu = args.device == "cuda" or (args.device is None and gpu_name() != "unknown GPU")
     meta = {"date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-            "commit": commit(), "device": f"CPU: {cpu_name()} ({os.cpu_count()} cores)", "dtype": "fp32",
+            "commit": commit(),
+            "device": f"GPU: {gpu_name()}" if on_gpu else f"CPU: {cpu_name()} ({os.cpu_count()} cores)",
+            "dtype": args.dtype or ("fp16" if on_gpu else "fp32"),
             "model": args.model or "kiln-tiny (64x64)", "steps": args.steps, "max_batch": args.max_batch,
             "duration_s": args.duration, "endpoint": "POST /v1/images/generations"}
     print()
