@@ -23,7 +23,19 @@ class HostAllocator final : public Allocator {
 HostAllocator g_host;
 Allocator* g_allocators[2] = {&g_host, nullptr};
 
+thread_local int t_long_lived = 0;
+
 }  // namespace
+
+LongLivedAllocations::LongLivedAllocations() {
+  ++t_long_lived;
+}
+LongLivedAllocations::~LongLivedAllocations() {
+  --t_long_lived;
+}
+bool LongLivedAllocations::active() {
+  return t_long_lived > 0;
+}
 
 std::string_view device_name(Device d) {
   return d == Device::CPU ? "cpu" : "cuda";

@@ -52,6 +52,18 @@ class Allocator {
   virtual void copy(void* dst, Device dst_device, const void* src, Device src_device,
                     size_t bytes) = 0;
 };
+// While one is alive, allocations made on this thread are meant to live as long as a
+// model (its weights): a device allocator may pack them tightly instead of rounding
+// them up to the size classes it reuses blocks by. A hint; nests.
+class LongLivedAllocations {
+ public:
+  LongLivedAllocations();
+  ~LongLivedAllocations();
+  LongLivedAllocations(const LongLivedAllocations&) = delete;
+  LongLivedAllocations& operator=(const LongLivedAllocations&) = delete;
+  static bool active();
+};
+
 void register_allocator(Device device, Allocator* allocator);
 Allocator& allocator_for(Device device);
 bool device_available(Device device);

@@ -19,18 +19,23 @@ void Attention::load(const WeightLoader& w, const std::string& prefix, int64_t q
 
 namespace {
 
-Linear concatenated(const std::vector<const Linear*>& parts) {
-  Linear fused;
+// The parts' weights go back to the host and are freed on the device before the
+// fused weight is uploaded, so that it can take the place they held among the
+// model's packed weights instead of leaving a hole of their size there.
+Linear concatenated(const std::vector<Linear*>& parts) {
+  const Device device = parts.front()->weight.device();
   std::vector<Tensor> weights, biases;
-  for (const Linear* p : parts) {
-    weights.push_back(p->weight);
-    if (p->bias.defined()) biases.push_back(p->bias);
+  for (Linear* p : parts) {
+    weights.push_back(p->weight.to(Device::CPU));
+    if (p->bias.defined()) biases.push_back(p->bias.to(Device::CPU));
+    *p = {};
   }
-  fused.weight = ops::concat_rows(weights);  // [Σ out, in]
-  if (!biases.empty()) {
-    KILN_CHECK(biases.size() == parts.size(), "attention projections with and without bias");
-    fused.bias = ops::concat_rows(biases);
-  }
+  KILN_CHECK(biases.empty() || biases.size() == parts.size(),
+             "attention projections with and without bias");
+  const LongLivedAllocations weight;
+  Linear fused;
+  fused.weight = ops::concat_rows(weights).to(device);  // [Σ out, in]
+  if (!biases.empty()) fused.bias = ops::concat_rows(biases).to(device);
   return fused;
 }
 
@@ -39,13 +44,10 @@ Linear concatenated(const std::vector<const Linear*>& parts) {
 void Attention::fuse_projections(bool self_attention) {
   if (to_k.weight.device() != Device::CUDA || to_kv.weight.defined() || to_qkv.weight.defined())
     return;
-  if (self_attention && to_q.weight.dim(1) == to_k.weight.dim(1)) {
+  if (self_attention && to_q.weight.dim(1) == to_k.weight.dim(1))
     to_qkv = concatenated({&to_q, &to_k, &to_v});
-    to_q = to_k = to_v = {};
-  } else {
+  else
     to_kv = concatenated({&to_k, &to_v});
-    to_k = to_v = {};
-  }
 }
 
 Tensor Attention::operator()(const Tensor& x, const Tensor& context, const Tensor& residual) const {

@@ -59,6 +59,7 @@ Shape WeightLoader::shape_of(const std::string& name) const {
 }
 
 Tensor WeightLoader::place(const Tensor& host) const {
+  const LongLivedAllocations weights;  // packed, not rounded to reuse classes (CUDA)
   return ops::to(host, device_, dtype_);
 }
 

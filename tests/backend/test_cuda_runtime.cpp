@@ -41,6 +41,44 @@ TEST_F(Runtime, RowViewsReadAndWriteTheirOwnRows) {
   }
 }
 
+// Weights (long-lived allocations) are packed into slabs, not rounded to the reuse
+// classes: many odd sizes take little more than their bytes, each keeps its values,
+// a freed one's place is reused, and the slabs go back to the driver once empty.
+TEST_F(Runtime, LongLivedAllocationsArePackedAndReturned) {
+  cuda::release_cached_memory();
+  const size_t start = cuda::memory_stats().reserved;
+  std::vector<Tensor> host, device;
+  size_t bytes = 0;
+  {
+    const LongLivedAllocations weights;
+    for (int i = 0; i < 40; ++i) {
+      // 1.25 MiB + odd: classes would round these up by about 20%.
+      const int64_t n = 655360 + 1000 * i + 7;
+      host.push_back(ops::cast(random_tensor({n}, DType::F32, next_seed()), DType::F16));
+      device.push_back(host.back().to(Device::CUDA));
+      bytes += size_t(n) * 2;
+    }
+  }
+  const size_t packed = cuda::memory_stats().reserved - start;
+  EXPECT_GE(packed, bytes);
+  EXPECT_LE(packed, bytes + (size_t(64) << 20)) << "more than one slab of slack";
+  EXPECT_LT(packed, bytes * 11 / 10 + (size_t(64) << 20));
+  // A freed block's place is taken by the next one that fits.
+  const int64_t n3 = device[3].numel();
+  device[3] = {};
+  {
+    const LongLivedAllocations weights;
+    device[3] = host[3].to(Device::CUDA);
+  }
+  EXPECT_EQ(cuda::memory_stats().reserved - start, packed) << "a new slab for a block that fit";
+  ASSERT_EQ(device[3].numel(), n3);
+  for (size_t i = 0; i < device.size(); ++i)
+    EXPECT_EQ(std::memcmp(device[i].to(Device::CPU).raw(), host[i].raw(), host[i].nbytes()), 0)
+        << "block " << i;
+  device.clear();
+  EXPECT_EQ(cuda::memory_stats().reserved, start) << "empty slabs are returned to the driver";
+}
+
 // The SDXL reference inputs already on the device, as a captured forward needs them.
 UNet2DConditionModel::Inputs unet_inputs_on_cuda(const golden::References& ref,
                                                  const std::string& c) {

@@ -8,6 +8,11 @@
 // class or larger (up to twice its size), so that the same sequence of requests
 // maps to the same blocks run after run. A pool (CapturedForward's arena) keeps its blocks apart
 // from everyone else's, so the addresses a captured graph writes are never handed to anyone else.
+//
+// Long-lived allocations (a model's weights, made under LongLivedAllocations) are
+// packed instead: 256-byte aligned ranges of 64 MiB slabs, best fit, neighbours
+// merged when freed, a slab returned to the driver when it is empty. Rounded to the
+// classes, SDXL's 4.9 GB of UNet weights would take 0.5 GB more.
 #include <algorithm>
 #include <cstring>
 #include <map>
@@ -36,6 +41,8 @@ class CachingAllocator final : public Allocator {
   std::shared_ptr<Buffer> allocate(size_t bytes) override {
     if (bytes == 0) return std::make_shared<Buffer>(Device::CUDA, nullptr, 0, nullptr);
     context();  // the device is set up before the first cudaMalloc
+    if (LongLivedAllocations::active() && t_pool == 0 && !context().capturing)
+      return allocate_packed(bytes);
     size_t size = size_class(bytes);
     void* ptr = nullptr;
     {
@@ -142,6 +149,81 @@ class CachingAllocator final : public Allocator {
     int pool = 0;
   };
 
+  // --- the packed region -------------------------------------------------------
+  static constexpr size_t kSlab = size_t(64) << 20;
+  static constexpr size_t kPackAlign = 256;
+  struct Range {
+    size_t size = 0;
+    char* slab = nullptr;  // the cudaMalloc'd base it lies in
+  };
+
+  std::shared_ptr<Buffer> allocate_packed(size_t bytes) {
+    const size_t size = (bytes + kPackAlign - 1) / kPackAlign * kPackAlign;
+    char* ptr = nullptr;
+    {
+      std::lock_guard<std::mutex> lock(mu_);
+      auto fit = packed_free_.lower_bound({size, nullptr});  // best fit: smallest that holds it
+      if (fit == packed_free_.end()) {
+        const size_t slab_size = std::max(kSlab, (size + (size_t(2) << 20) - 1) >> 21 << 21);
+        char* slab = static_cast<char*>(device_malloc(slab_size));
+        slabs_[slab] = slab_size;
+        add_free_range(slab, Range{slab_size, slab});
+        fit = packed_free_.lower_bound({size, nullptr});
+      }
+      ptr = fit->second;
+      const Range range = packed_by_address_.at(ptr);
+      remove_free_range(ptr);
+      if (range.size > size) add_free_range(ptr + size, Range{range.size - size, range.slab});
+      packed_[ptr] = Range{size, range.slab};
+      in_use_ += size;
+      peak_in_use_ = std::max(peak_in_use_, in_use_);
+      if (poison_) CUDA_CHECK(cudaMemsetAsync(ptr, 0xFF, size, stream()));
+    }
+    return std::make_shared<Buffer>(Device::CUDA, ptr, bytes, [this](void* p) { release(p); });
+  }
+
+  void add_free_range(char* at, Range range) {
+    packed_free_.emplace(std::make_pair(range.size, at), at);
+    packed_by_address_[at] = range;
+  }
+  void remove_free_range(char* at) {
+    const Range range = packed_by_address_.at(at);
+    packed_free_.erase({range.size, at});
+    packed_by_address_.erase(at);
+  }
+
+  // Under mu_: `at` (a packed block) becomes free, merged with free neighbours of
+  // its slab; an empty slab goes back to the driver.
+  void release_packed(char* at, Range range) {
+    in_use_ -= range.size;
+    auto next = packed_by_address_.find(at + range.size);
+    if (next != packed_by_address_.end() && next->second.slab == range.slab) {
+      range.size += next->second.size;
+      remove_free_range(next->first);
+    }
+    auto after = packed_by_address_.lower_bound(at);
+    if (after != packed_by_address_.begin()) {
+      auto before = std::prev(after);
+      if (before->second.slab == range.slab && before->first + before->second.size == at) {
+        at = before->first;
+        range.size += before->second.size;
+        remove_free_range(at);
+      }
+    }
+    if (at == range.slab && range.size == slabs_.at(range.slab) && !context().capturing) {
+      // Queued kernels may still read the weights being dropped. Called from a
+      // tensor's destructor: errors are not thrown from here (a failed free keeps
+      // the slab, as a free range).
+      if (cudaStreamSynchronize(stream()) == cudaSuccess && cudaFree(range.slab) == cudaSuccess) {
+        reserved_ -= range.size;
+        slabs_.erase(range.slab);
+        return;
+      }
+      (void)cudaGetLastError();
+    }
+    add_free_range(at, range);
+  }
+
   void* device_malloc(size_t size) {
     void* ptr = nullptr;
     cudaError_t e = cudaMalloc(&ptr, size);
@@ -185,6 +267,12 @@ class CachingAllocator final : public Allocator {
 
   void release(void* ptr) {
     std::lock_guard<std::mutex> lock(mu_);
+    if (auto packed = packed_.find(static_cast<char*>(ptr)); packed != packed_.end()) {
+      const Range range = packed->second;
+      packed_.erase(packed);
+      release_packed(static_cast<char*>(ptr), range);
+      return;
+    }
     auto it = blocks_.find(ptr);
     if (it == blocks_.end()) return;  // cannot happen; never throw from a destructor
     in_use_ -= it->second.size;
@@ -193,6 +281,10 @@ class CachingAllocator final : public Allocator {
 
   std::mutex mu_;
   std::unordered_map<void*, Block> blocks_;
+  std::map<char*, size_t> slabs_;                                 // base -> bytes
+  std::unordered_map<char*, Range> packed_;                       // live packed blocks
+  std::map<char*, Range> packed_by_address_;                      // free ranges
+  std::map<std::pair<size_t, char*>, char*> packed_free_;         // the same, by size
   std::map<int, std::multimap<size_t, void*>> free_;
   size_t in_use_ = 0, peak_in_use_ = 0, reserved_ = 0, peak_reserved_ = 0, mallocs_ = 0;
   int last_pool_ = 0;
