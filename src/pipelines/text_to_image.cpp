@@ -285,6 +285,24 @@ std::shared_mutex& TextToImagePipeline::device_mutex() {
   return mutex;
 }
 
+void TextToImagePipeline::warm_up(int width, int height, int batch, bool cfg) const {
+  TextToImageRequest request;
+  request.prompt = "a photograph of an astronaut riding a horse";
+  request.width = width;
+  request.height = height;
+  request.num_inference_steps = 1;
+  if (!cfg) request.guidance_scale = 1.0f;
+  const ResolvedRequest resolved = resolve(request);
+  std::vector<std::unique_ptr<Generation>> generations;
+  std::vector<Generation*> step_batch;
+  for (int i = 0; i < batch; ++i) {
+    generations.push_back(start(resolved));
+    step_batch.push_back(generations.back().get());
+  }
+  step(step_batch);
+  (void)decode(*generations.front());
+}
+
 io::Image TextToImagePipeline::decode(const Generation& g) const {
   return decode_latents(g.latents_);
 }

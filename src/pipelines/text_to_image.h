@@ -115,6 +115,13 @@ class TextToImagePipeline {
   io::Image decode(const Generation& generation) const;
   io::Image decode_latents(const Tensor& latents) const;
 
+  // One denoising step of `batch` generations at width×height (0: native), with
+  // classifier-free guidance or without, and one decode: what makes the plans and
+  // CUDA graphs of that shape before a real request needs them (kiln build, kiln
+  // serve's warm-up). The pipeline decodes image by image whatever the batch, so one
+  // decode makes every VAE plan.
+  void warm_up(int width, int height, int batch, bool cfg) const;
+
   // The A1111 "parameters" text for an image made from `request`.
   std::string a1111_parameters(const ResolvedRequest& request) const;
 

@@ -41,6 +41,9 @@ std::vector<std::string> describe(const ServeConfig& c) {
   lines.push_back(str("worker threads: ", c.worker_threads,
                       c.worker_threads == 0 ? " (encode and decode on the step loop)" : ""));
   lines.push_back(str("preview every: ", c.preview_every, " steps"));
+  lines.push_back(c.warmup_batch > 0
+                      ? str("warm-up: 1..", c.warmup_batch, " generations at each model's native size")
+                      : std::string("warm-up: none"));
   lines.push_back(str("rate limit: ", c.rate_limit_per_minute > 0
                                           ? str(c.rate_limit_per_minute, " requests/min per key")
                                           : std::string("none")));

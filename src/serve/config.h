@@ -44,6 +44,10 @@ struct ServeConfig {
   int worker_threads = 1;    // text encoding, VAE decoding, image encoding off the step loop;
                              // 0: all of it on the step loop
   int preview_every = 5;     // steps between previews for jobs someone watches; 0: none
+  // Before the server reports ready, one step of 1..warmup_batch generations (with
+  // CFG) at each model's native size, so that the first requests do not pay for
+  // timing plans and capturing CUDA graphs. 0: none (the default on the CPU).
+  int warmup_batch = 0;
 
   double rate_limit_per_minute = 0;  // job-creating requests per API key; 0: unlimited
   int request_timeout_s = 300;       // synchronous endpoints give up (504) and cancel after this

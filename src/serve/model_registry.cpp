@@ -11,9 +11,13 @@ ModelRegistry::ModelRegistry(std::vector<ModelSpec> specs) : specs_(std::move(sp
     if (!names.insert(s.name).second) KILN_FAIL("two models are named \"", s.name, "\"");
 }
 
-void ModelRegistry::load_all(const Placement& placement) {
-  for (const ModelSpec& s : specs_)
+void ModelRegistry::load_all(
+    const Placement& placement,
+    const std::function<void(const ModelSpec&, const TextToImagePipeline&)>& prepare) {
+  for (const ModelSpec& s : specs_) {
     pipelines_[s.name] = TextToImagePipeline::load(s.dir, placement);
+    if (prepare) prepare(s, *pipelines_[s.name]);
+  }
   ready_.store(true, std::memory_order_release);
 }
 

@@ -2,6 +2,7 @@
 #pragma once
 
 #include <atomic>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -17,8 +18,11 @@ class ModelRegistry {
  public:
   explicit ModelRegistry(std::vector<ModelSpec> specs);
 
-  // Loads every model (kiln::Error on failure), then ready() turns true.
-  void load_all(const Placement& placement);
+  // Loads every model (kiln::Error on failure) and hands each to `prepare` (the
+  // warm-up), then ready() turns true.
+  void load_all(const Placement& placement,
+                const std::function<void(const ModelSpec&, const TextToImagePipeline&)>& prepare =
+                    {});
   bool ready() const { return ready_.load(std::memory_order_acquire); }
 
   const std::vector<ModelSpec>& specs() const { return specs_; }

@@ -162,7 +162,14 @@ int run_server(const ServeConfig& config) {
   std::exception_ptr load_error;
   std::thread([&] {
     try {
-      models.load_all(config.placement);
+      models.load_all(config.placement, [&](const ModelSpec& spec, const TextToImagePipeline& p) {
+        if (config.warmup_batch <= 0) return;
+        const auto start = std::chrono::steady_clock::now();
+        for (int n = 1; n <= config.warmup_batch; ++n) p.warm_up(0, 0, n, /*cfg=*/true);
+        std::fprintf(stderr, "kiln serve: %s warmed up: 1..%d generations at %dx%d in %.1f s\n",
+                     spec.name.c_str(), config.warmup_batch, p.native_width(), p.native_height(),
+                     std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+      });
     } catch (...) {
       load_error = std::current_exception();
     }

@@ -24,6 +24,29 @@ def test_startup_errors_are_one_clear_line(tmp_path):
     assert "shorter than 16" in one_line_error("--port", 0, "--api-keys", bad_keys)
     assert "unknown batching mode" in one_line_error("--batching", "sometimes")
     assert "--max-batch" in one_line_error("--max-batch", 0)
+    assert "--warmup is on or off" in one_line_error("--warmup", "maybe")
+
+
+def test_warmup_runs_every_batch_size_before_ready():
+    # Off by default on the CPU; asked for, it steps 1..--max-batch generations first.
+    s = KilnServer("--warmup", "on", "--max-batch", 3)
+    try:
+        deadline = time.time() + 10  # stderr is read on a thread of its own
+        while "warmed up" not in s.stderr() and time.time() < deadline:
+            time.sleep(0.05)
+        log = s.stderr()
+        assert "warm-up: 1..3 generations" in log, log
+        assert "kiln-tiny warmed up: 1..3 generations at 64x64" in log, log
+        status, _, body = request("POST", s.url + "/v1/images/generations",
+                                  {"prompt": "after warm-up", "steps": 2, "n": 1})
+        assert status == 200, body
+    finally:
+        assert s.stop() == 0
+    plain = KilnServer()
+    try:
+        assert "warm-up: none" in plain.stderr() and "warmed up" not in plain.stderr()
+    finally:
+        assert plain.stop() == 0
 
 
 def test_port_in_use_is_a_clear_error():

@@ -134,23 +134,7 @@ int build(const std::vector<std::string>& argv) {
     for (int batch : batches) {
       const cuda::PlanStats before = cuda::plan_stats();
       const auto start = std::chrono::steady_clock::now();
-      TextToImageRequest request;
-      request.prompt = "a photograph of an astronaut riding a horse";
-      request.width = shape.width;
-      request.height = shape.height;
-      request.num_inference_steps = 1;
-      if (!cfg) request.guidance_scale = 1.0f;
-      const ResolvedRequest resolved = pipeline->resolve(request);
-      std::vector<std::unique_ptr<Generation> > generations;
-      std::vector<Generation*> step_batch;
-      for (int i = 0; i < batch; ++i) {
-        generations.push_back(pipeline->start(resolved));
-        step_batch.push_back(generations.back().get());
-      }
-      pipeline->step(step_batch);
-      // The pipeline decodes image by image, whatever the batch: one decode
-      // makes every VAE plan.
-      (void)pipeline->decode(*generations.front());
+      pipeline->warm_up(shape.width, shape.height, batch, cfg);
       cuda::synchronize();
       // Kept as it goes, so that an interrupted build loses nothing it made.
       cuda::save_plans();

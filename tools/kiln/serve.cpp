@@ -1,4 +1,5 @@
 // kiln serve: the HTTP server (src/serve). This file only reads the flags.
+#include <algorithm>
 #include <cstdio>
 
 #include "args.h"
@@ -35,6 +36,10 @@ const char* kHelp =
     "  --worker-threads N       threads encoding prompts and decoding images beside the\n"
     "                           step loop (default 1; 0: on the step loop)\n"
     "  --preview-every N        preview every N steps for watched jobs (default 5; 0: off)\n"
+    "  --warmup on|off          before reporting ready, run one step of 1..--max-batch\n"
+    "                           generations at each model's native size, so the first\n"
+    "                           requests do not wait for plans and CUDA graphs (default:\n"
+    "                           on with --device cuda, off on the CPU; at most 32)\n"
     "  --rate-limit N           job requests per minute per key (default 0: no limit)\n"
     "  --request-timeout S      synchronous calls give up after S s (default 300)\n"
     "  --drain-timeout S        on SIGTERM, time given to jobs (default 30)\n"
@@ -93,7 +98,7 @@ int serve(const std::vector<std::string>& argv) {
              "batching",      "max-batch",   "batch-window-ms", "max-queue",     "worker-threads",
              "preview-every", "rate-limit",  "request-timeout", "drain-timeout", "max-body-bytes",
              "http-threads",  "results-dir", "result-ttl",      "max-jobs",      "max-images",
-             "max-steps",     "max-side",    "webhook-retries", "plan-cache"},
+             "max-steps",     "max-side",    "webhook-retries", "plan-cache",    "warmup"},
       {"inject-faults", "resume-interrupted", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
@@ -124,6 +129,11 @@ int serve(const std::vector<std::string>& argv) {
   c.max_queue = int(args.integer("max-queue", 0, 1000000).value_or(c.max_queue));
   c.worker_threads = int(args.integer("worker-threads", 0, 64).value_or(c.worker_threads));
   c.preview_every = int(args.integer("preview-every", 0, 1000).value_or(c.preview_every));
+  const std::string warmup = args.get_or("warmup", c.placement.device == Device::CUDA ? "on" : "off");
+  if (warmup != "on" && warmup != "off")
+    throw UsageError("--warmup is on or off, got \"" + warmup + "\"");
+  if (warmup == "on")
+    c.warmup_batch = c.batching == serve::BatchingMode::None ? 1 : std::min(c.max_batch, 32);
   c.rate_limit_per_minute = args.number("rate-limit", 0, 1e9).value_or(0);
   c.request_timeout_s =
       int(args.integer("request-timeout", 1, 86400).value_or(c.request_timeout_s));
