@@ -77,6 +77,8 @@ class Server:
             m = re.search(r"listening on (http://[\d.]+:\d+)", line)
             if m:
                 self.url = m.group(1)
+            if "warmed up" in line or "warm-up of" in line:
+                print(f"{mode:8} {line.strip()}", flush=True)
             if "ready:" in line:
                 break
         if not self.url:

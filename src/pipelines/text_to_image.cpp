@@ -285,12 +285,12 @@ std::shared_mutex& TextToImagePipeline::device_mutex() {
   return mutex;
 }
 
-void TextToImagePipeline::warm_up(int width, int height, int batch, bool cfg) const {
+void TextToImagePipeline::warm_up(int width, int height, int batch, bool cfg, int calls) const {
   TextToImageRequest request;
   request.prompt = "a photograph of an astronaut riding a horse";
   request.width = width;
   request.height = height;
-  request.num_inference_steps = 1;
+  request.num_inference_steps = std::max(1, calls);
   if (!cfg) request.guidance_scale = 1.0f;
   const ResolvedRequest resolved = resolve(request);
   std::vector<std::unique_ptr<Generation>> generations;
@@ -299,8 +299,22 @@ void TextToImagePipeline::warm_up(int width, int height, int batch, bool cfg) co
     generations.push_back(start(resolved));
     step_batch.push_back(generations.back().get());
   }
-  step(step_batch);
+  for (int i = 0; i < request.num_inference_steps; ++i) step(step_batch);
   (void)decode(*generations.front());
+}
+
+void TextToImagePipeline::warm_up_buckets(int max_generations,
+                                          const std::function<void(int)>& done) const {
+  std::vector<int> counts;  // the largest count of each bucket, ascending
+  for (int n = max_generations; n >= 1; --n)
+    if (counts.empty() || DenoiserGraphs::bucket_rows(2 * n) !=
+                              DenoiserGraphs::bucket_rows(2 * int64_t(counts.back())))
+      counts.push_back(n);
+  std::reverse(counts.begin(), counts.end());
+  for (int n : counts) {
+    warm_up(0, 0, n, /*cfg=*/true, /*calls=*/2);
+    if (done) done(n);
+  }
 }
 
 io::Image TextToImagePipeline::decode(const Generation& g) const {

@@ -120,7 +120,14 @@ class TextToImagePipeline {
   // CUDA graphs of that shape before a real request needs them (kiln build, kiln
   // serve's warm-up). The pipeline decodes image by image whatever the batch, so one
   // decode makes every VAE plan.
-  void warm_up(int width, int height, int batch, bool cfg) const;
+  // `calls` denoiser calls (steps) of the batch: the pipeline's CUDA graphs capture
+  // a shape on its second call.
+  void warm_up(int width, int height, int batch, bool cfg, int calls = 1) const;
+  // For a server: warm_up() at the native size with guidance, two calls each, for the
+  // generation counts up to `max_generations` that reach a new row bucket of the
+  // denoiser's graphs (1, 2, 3, 4, 6, 8, 12, 16...: 2 rows each). `done` hears of
+  // each count once it is warmed. Throws what warm_up() throws.
+  void warm_up_buckets(int max_generations, const std::function<void(int)>& done = {}) const;
 
   // The A1111 "parameters" text for an image made from `request`.
   std::string a1111_parameters(const ResolvedRequest& request) const;

@@ -164,8 +164,19 @@ int run_server(const ServeConfig& config) {
     try {
       models.load_all(config.placement, [&](const ModelSpec& spec, const TextToImagePipeline& p) {
         if (config.warmup_batch <= 0) return;
+        // A failed warm-up (out of memory at a large batch, say) is not a failed start:
+        // what it did not prepare is prepared on first use, as without it.
         const auto start = std::chrono::steady_clock::now();
-        for (int n = 1; n <= config.warmup_batch; ++n) p.warm_up(0, 0, n, /*cfg=*/true);
+        int warmed = 0;
+        try {
+          p.warm_up_buckets(config.warmup_batch, [&](int n) { warmed = n; });
+        } catch (const std::exception& e) {
+          std::fprintf(stderr,
+                       "kiln serve: warning: warm-up of %s stopped after %d generations per "
+                       "call: %s (the rest is prepared on first use; --warmup off skips it)\n",
+                       spec.name.c_str(), warmed, e.what());
+          return;
+        }
         std::fprintf(stderr, "kiln serve: %s warmed up: 1..%d generations at %dx%d in %.1f s\n",
                      spec.name.c_str(), config.warmup_batch, p.native_width(), p.native_height(),
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());

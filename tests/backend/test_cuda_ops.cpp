@@ -1,6 +1,7 @@
 // Every op of the backend interface on CUDA against the CPU reference: the shapes
 // SD 1.5, SD 2.x, SDXL and their text encoders and VAE use, odd sizes that miss
 // every vector path, and f32, f16 and bf16.
+#include <cstring>
 #include <functional>
 #include <tuple>
 #include <vector>
@@ -219,14 +220,26 @@ TEST_P(Attention, PackedMatchesCpu) {
 class AttentionAuto : public CudaTest {};
 
 TEST_F(AttentionAuto, MatchesCpu) {
+  // Plans in memory only, none yet: the first call of each dtype times the kernels.
+  cuda::set_plan_cache("off");
+  cuda::forget_plans();
   for (const DType dt : {DType::F16, DType::BF16}) {
     std::vector<Tensor> in{random_tensor({2, 1024, 3 * 640}, dt, next_seed())};
-    for (int call = 0; call < 2; ++call)
+    for (int call = 0; call < 2; ++call) {
+      const size_t timed = cuda::plan_stats().timed;
       expect_match(str("attention_qkv auto, call ", call + 1), dt, in,
                    [&](const std::vector<Tensor>& t) {
                      return ops::attention_qkv(t[0], 10, 0.125f);
                    });
+      // expect_match also runs the CPU reference, which makes no plans.
+      if (call == 0) {
+        EXPECT_GT(cuda::plan_stats().timed, timed) << "no timing on the first call";
+      } else {
+        EXPECT_EQ(cuda::plan_stats().timed, timed) << "the choice was not reused";
+      }
+    }
   }
+  cuda::set_plan_cache("");
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -268,11 +281,19 @@ TEST_P(GroupNorm, MatchesCpu) {
                  [&](const std::vector<Tensor>& t) {
                    return ops::group_norm(t[0], t[1], t[2], c.groups, 1e-5f, c.act);
                  });
+    // The sums are folded in a fixed order: the same bits every time (graph replay
+    // relies on it).
+    std::vector<Tensor> dev;
+    for (const Tensor& t : in) dev.push_back(on_cuda(t, dt));
+    const Tensor first = ops::group_norm(dev[0], dev[1], dev[2], c.groups, 1e-5f, c.act).to(Device::CPU);
+    const Tensor again = ops::group_norm(dev[0], dev[1], dev[2], c.groups, 1e-5f, c.act).to(Device::CPU);
+    EXPECT_EQ(std::memcmp(first.raw(), again.raw(), first.nbytes()), 0)
+        << "group_norm " << c.n << "x" << c.c << " " << dtype_name(dt) << " differs between runs";
   }
 }
 
 // Groups of up to 16384 values per batch row take the one-launch kernel, larger
-// ones the three-launch path.
+// ones the two-launch path (4096 and 8192 channels: over 48 KiB of shared memory).
 INSTANTIATE_TEST_SUITE_P(Shapes, GroupNorm,
                          ::testing::Values(NormCase{2, 4096, 320, 32, Activation::SiLU},
                                            NormCase{2, 16384, 320, 32, Activation::SiLU},
@@ -287,6 +308,8 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GroupNorm,
                                            NormCase{4, 1024, 1920, 32, Activation::SiLU},  // batch 4
                                            NormCase{2, 4096, 100, 4, Activation::SiLU},  // scalar
                                            NormCase{2, 64, 64, 32, Activation::SiLU},    // fused
+                                           NormCase{1, 256, 4096, 32, Activation::SiLU},
+                                           NormCase{1, 256, 8192, 64, Activation::None},
                                            NormCase{1, 37, 12, 4, Activation::SiLU},       // odd
                                            NormCase{3, 5, 6, 3, Activation::None}));
 

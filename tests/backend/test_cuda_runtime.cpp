@@ -41,41 +41,56 @@ TEST_F(Runtime, RowViewsReadAndWriteTheirOwnRows) {
   }
 }
 
-// Weights (long-lived allocations) are packed into slabs, not rounded to the reuse
-// classes: many odd sizes take little more than their bytes, each keeps its values,
-// a freed one's place is reused, and the slabs go back to the driver once empty.
+// Weights (long-lived allocations) are packed into 64 MiB slabs, not rounded to the
+// reuse classes: 240 blocks of 1 MiB + 1 KiB, which the classes would round to 1.25
+// MiB (300 MiB in all), take four slabs. Each keeps its bytes, a freed block's place
+// is reused, freed neighbours merge, and empty slabs go back to the driver.
 TEST_F(Runtime, LongLivedAllocationsArePackedAndReturned) {
+  cuda::set_poison_allocations(false);
   cuda::release_cached_memory();
   const size_t start = cuda::memory_stats().reserved;
+  constexpr size_t kMiB = size_t(1) << 20;
   std::vector<Tensor> host, device;
-  size_t bytes = 0;
-  {
+  auto upload = [](const Tensor& t) {
     const LongLivedAllocations weights;
-    for (int i = 0; i < 40; ++i) {
-      // 1.25 MiB + odd: classes would round these up by about 20%.
-      const int64_t n = 655360 + 1000 * i + 7;
-      host.push_back(ops::cast(random_tensor({n}, DType::F32, next_seed()), DType::F16));
-      device.push_back(host.back().to(Device::CUDA));
-      bytes += size_t(n) * 2;
-    }
+    return t.to(Device::CUDA);
+  };
+  size_t bytes = 0;
+  for (int i = 0; i < 240; ++i) {
+    Tensor t = Tensor::empty({int64_t(512 * 1024 + 512)}, DType::F16);  // 1 MiB + 1 KiB
+    std::memset(t.raw(), i + 1, t.nbytes());
+    bytes += t.nbytes();
+    host.push_back(t);
+    device.push_back(upload(t));
   }
   const size_t packed = cuda::memory_stats().reserved - start;
   EXPECT_GE(packed, bytes);
-  EXPECT_LE(packed, bytes + (size_t(64) << 20)) << "more than one slab of slack";
-  EXPECT_LT(packed, bytes * 11 / 10 + (size_t(64) << 20));
-  // A freed block's place is taken by the next one that fits.
-  const int64_t n3 = device[3].numel();
+  EXPECT_LE(packed, 256 * kMiB) << "rounded to classes these take 300 MiB";
+
+  // The same place for a block of the same size.
+  const void* third = device[3].raw();
   device[3] = {};
-  {
-    const LongLivedAllocations weights;
-    device[3] = host[3].to(Device::CUDA);
-  }
-  EXPECT_EQ(cuda::memory_stats().reserved - start, packed) << "a new slab for a block that fit";
-  ASSERT_EQ(device[3].numel(), n3);
-  for (size_t i = 0; i < device.size(); ++i)
+  device[3] = upload(host[3]);
+  EXPECT_EQ(device[3].raw(), third);
+  // Three neighbours freed out of order merge into one range that a block of their
+  // total size fills exactly.
+  char* tenth = static_cast<char*>(device[10].raw());
+  const size_t three = static_cast<char*>(device[13].raw()) - tenth;
+  device[10] = {};
+  device[12] = {};
+  device[11] = {};
+  Tensor merged = upload(Tensor::zeros({int64_t(three / 2)}, DType::F16));
+  EXPECT_EQ(merged.raw(), tenth);
+  EXPECT_EQ(cuda::memory_stats().reserved - start, packed) << "a new slab for blocks that fit";
+
+  for (size_t i = 0; i < device.size(); ++i) {
+    if (i >= 10 && i <= 12) continue;
     EXPECT_EQ(std::memcmp(device[i].to(Device::CPU).raw(), host[i].raw(), host[i].nbytes()), 0)
         << "block " << i;
+  }
   device.clear();
+  EXPECT_GT(cuda::memory_stats().reserved, start) << "the merged block is still live";
+  merged = {};
   EXPECT_EQ(cuda::memory_stats().reserved, start) << "empty slabs are returned to the driver";
 }
 

@@ -53,8 +53,12 @@ struct Key {
   std::string name() const {
     char scale_text[32];
     std::snprintf(scale_text, sizeof scale_text, "%.9g", double(scale));
+    // "ours" is what it was timed against: the flash kernel by default.
+    const char* ours = !options().use_flash_attention    ? " ours=banded"
+                       : options().flash_two_tiles_per_warp ? " ours=flash2"
+                                                            : "";
     return str("b", batch, " h", heads, " sq", sq, " sk", sk, " d", d, " q", q_stride, " kv",
-               kv_stride, " o", o_stride, " s", scale_text, " ", dtype_name(dtype));
+               kv_stride, " o", o_stride, " s", scale_text, " ", dtype_name(dtype), ours);
   }
 };
 
@@ -70,7 +74,7 @@ struct Sdpa {
 
 std::mutex g_mu;
 // By key: the choice made by timing (null: our kernel), and the forced cuDNN plans.
-std::map<std::string, std::unique_ptr<Sdpa>> g_chosen, g_forced;
+std::map<std::string, std::shared_ptr<const Sdpa>> g_chosen, g_forced;
 constexpr int kCandidates = 4;  // cuDNN plans timed at most, in its heuristics' order
 
 std::string message(fe::error_t e) {
@@ -117,22 +121,15 @@ std::unique_ptr<Sdpa> describe(const Key& k) {
 // A candidate's device time per call: the median of three runs of `run` after one
 // that warms it up. Waits for the stream.
 float time_ms(const std::function<void()>& run) {
-  cudaEvent_t start, stop;
-  CUDA_CHECK(cudaEventCreate(&start));
-  CUDA_CHECK(cudaEventCreate(&stop));
+  EventTimer timer;
   run();
   std::vector<float> ms;
   for (int i = 0; i < 3; ++i) {
-    CUDA_CHECK(cudaEventRecord(start, stream()));
+    timer.start();
     run();
-    CUDA_CHECK(cudaEventRecord(stop, stream()));
-    CUDA_CHECK(cudaEventSynchronize(stop));
-    float t = 0.0f;
-    CUDA_CHECK(cudaEventElapsedTime(&t, start, stop));
-    ms.push_back(t);
+    timer.stop();
+    ms.push_back(timer.elapsed_ms());
   }
-  CUDA_CHECK(cudaEventDestroy(start));
-  CUDA_CHECK(cudaEventDestroy(stop));
   std::sort(ms.begin(), ms.end());
   return ms[1];
 }
@@ -188,7 +185,12 @@ std::unique_ptr<Sdpa> choose(const Key& k, const Pointers& p, const std::functio
   for (int64_t i = 0; i < count; ++i) {
     const auto workspace = build_plan(*s, i);
     if (!workspace) continue;
-    const float t = time_ms([&] { execute(*s, i, *workspace, p); });
+    float t = 0.0f;
+    try {
+      t = time_ms([&] { execute(*s, i, *workspace, p); });
+    } catch (const Error&) {
+      continue;  // a plan that builds but does not run is not a candidate
+    }
     if (t < best) {
       best = t;
       choice = {true, int(i)};
@@ -244,7 +246,7 @@ bool attention_cudnn(const AttentionArgs& a, const std::function<void()>& ours) 
 
   const bool forced = kernel == Options::AttentionKernel::Cudnn;
   const std::string name = k.name();
-  const Sdpa* s = nullptr;
+  std::shared_ptr<const Sdpa> s;  // kept alive here even if forget_plans() runs meanwhile
   {
     std::lock_guard<std::mutex> lock(g_mu);
     auto& known = forced ? g_forced : g_chosen;
@@ -253,7 +255,7 @@ bool attention_cudnn(const AttentionArgs& a, const std::function<void()>& ours) 
       if (context().capturing) return false;  // cannot build or time inside a capture
       it = known.emplace(name, forced ? first_plan(k) : choose(k, p, ours)).first;
     }
-    s = it->second.get();
+    s = it->second;
   }
   if (!s) return false;
   execute(*s, s->chosen, s->workspace, p);

@@ -37,7 +37,9 @@ Context* make_context() {
   CUDA_CHECK(cudaMalloc(&c->gemm_workspace, c->gemm_workspace_bytes));
   CUBLAS_CHECK(cublasSetWorkspace(c->blas, c->gemm_workspace, c->gemm_workspace_bytes));
   CUDA_CHECK(cudaMalloc(&c->counters, Context::kCounters * sizeof(unsigned)));
-  CUDA_CHECK(cudaMemset(c->counters, 0, Context::kCounters * sizeof(unsigned)));
+  // On kiln's stream (non-blocking: the legacy stream does not order work before it).
+  CUDA_CHECK(cudaMemsetAsync(c->counters, 0, Context::kCounters * sizeof(unsigned), c->stream));
+  CUDA_CHECK(cudaStreamSynchronize(c->stream));
 #if defined(KILN_WITH_CUDNN)
   // cuDNN is optional at run time too: without its library, convolutions take
   // the im2col path.

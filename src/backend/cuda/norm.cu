@@ -37,7 +37,9 @@ __global__ void group_norm_stats(const T* x, float* partial, const T* gamma, con
   float* stage_q = stage_s + kStatThreads * N;  // [Y][X][N]
   float* chan_s = stage_q + kStatThreads * N;   // [C]
   float* chan_q = chan_s + channels;            // [C]
-  __shared__ bool last;
+  // In the dynamic buffer too: with any static shared memory a launch of exactly
+  // 48 KiB dynamic would need the opt-in the launcher only sets above 48 KiB.
+  int& last = *reinterpret_cast<int*>(chan_q + channels);
 
   const int b = blockIdx.y, splits = gridDim.x;
   const int64_t r0 = int64_t(blockIdx.x) * rows_per_block;
@@ -108,7 +110,7 @@ __global__ void group_norm_stats(const T* x, float* partial, const T* gamma, con
   // The last block of this batch row finalizes.
   __threadfence();
   __syncthreads();
-  if (tid == 0) last = atomicAdd(&counters[b], 1u) == unsigned(splits - 1);
+  if (tid == 0) last = atomicAdd(&counters[b], 1u) == unsigned(splits - 1) ? 1 : 0;
   __syncthreads();
   if (!last) return;
   __threadfence();
@@ -429,7 +431,8 @@ void launch_group_norm(const GroupNormArgs& a) {
   float* scale = partial + partial_floats;
   float* shift = scale + channel_floats;
 
-  const size_t smem = (size_t(2) * kStatThreads * N + size_t(2) * channels) * sizeof(float);
+  const size_t smem =
+      (size_t(2) * kStatThreads * N + size_t(2) * channels) * sizeof(float) + sizeof(int);
   static int configured = 48 << 10;
   if (int(smem) > configured) {
     CUDA_CHECK(cudaFuncSetAttribute(group_norm_stats<T, N>,
