@@ -257,7 +257,12 @@ INSTANTIATE_TEST_SUITE_P(
                           AttentionCase{2, 19, 19, 2, 4, true},         // tiny head, scalar loads
                           AttentionCase{1, 100, 70, 2, 100, false},     // d not a multiple of 8
                           AttentionCase{1, 130, 130, 4, 128, true},     // causal over 3 blocks
-                          AttentionCase{1, 300, 300, 3, 64, true}),     // causal, two tiles/warp
+                          AttentionCase{1, 300, 300, 3, 64, true},      // causal, two tiles/warp
+                          // Long rows: the banded path's softmax holds 2, 4 and 8 float4s
+                          // a thread (4096, 5000 causal and 16384 wide), partial last blocks.
+                          AttentionCase{1, 24, 4096, 2, 16, false},
+                          AttentionCase{1, 5000, 5000, 1, 8, true},
+                          AttentionCase{1, 16, 16384, 1, 8, false}),
         ::testing::Values(AttentionPath::Banded, AttentionPath::FlashOneTile,
                           AttentionPath::FlashTwoTiles, AttentionPath::Cudnn)));
 
@@ -292,8 +297,9 @@ TEST_P(GroupNorm, MatchesCpu) {
   }
 }
 
-// Groups of up to 16384 values per batch row take the one-launch kernel, larger
-// ones the two-launch path (4096 and 8192 channels: over 48 KiB of shared memory).
+// Groups that one block holds in registers (up to 49152 values, fewer in f32 or
+// with narrow accesses) take the one-launch kernel, larger ones the two-launch
+// path (4096 and 8192 channels: over 48 KiB of shared memory).
 INSTANTIATE_TEST_SUITE_P(Shapes, GroupNorm,
                          ::testing::Values(NormCase{2, 4096, 320, 32, Activation::SiLU},
                                            NormCase{2, 16384, 320, 32, Activation::SiLU},
@@ -311,6 +317,9 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GroupNorm,
                                            NormCase{1, 256, 4096, 32, Activation::SiLU},
                                            NormCase{1, 256, 8192, 64, Activation::None},
                                            NormCase{1, 37, 12, 4, Activation::SiLU},       // odd
+                                           NormCase{1, 6144, 256, 32, Activation::SiLU},  // at the limit
+                                           NormCase{1, 6145, 256, 32, Activation::SiLU},  // past it
+                                           NormCase{1, 1000, 60, 20, Activation::SiLU},  // 1-wide, 1024 threads
                                            NormCase{3, 5, 6, 3, Activation::None}));
 
 class LayerNorm : public CudaTest,
@@ -345,6 +354,7 @@ TEST_F(Elementwise, BinaryWithBroadcast) {
       {{1, 64, 64, 4}, {4}},                 // SDXL latent statistics
       {{3, 5, 7}, {3, 1, 7}},                // odd, broadcast in the middle
       {{3, 5, 7}, {5, 1}},                   // broadcast along the inner dim
+      {{2, 3, 4, 16}, {1, 3, 1, 16}},        // 16-byte packs, broadcast over two dims
       {{11}, {1}}};
   for (DType dt : kAllTypes)
     for (const auto& [sa, sb] : cases)

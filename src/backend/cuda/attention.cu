@@ -20,6 +20,7 @@
 #include <cfloat>
 #include <cmath>
 #include <functional>
+#include <type_traits>
 
 #include "backend/cuda/device.cuh"
 #include "backend/cuda/ops.h"
@@ -423,6 +424,98 @@ __global__ void softmax_rows_kernel(const float* scores, T* probs, int sk, int r
     out[j] = from_float<T>(j < visible ? expf(s[j] - mx) * inv : 0.0f);
 }
 
+// Rows of up to kHeldColumns scores, each read once from memory into registers
+// (V float4s a thread): the max, the exponentials and their sum from there, one
+// write. The kernel above reads a row three times; on the VAE's 16384-wide rows
+// it was most of the attention's time.
+constexpr int kHeldColumns = 16384;
+
+__device__ __forceinline__ float block_reduce(float v, float* red, bool max) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float other = __shfl_xor_sync(0xffffffffu, v, o);
+    v = max ? fmaxf(v, other) : v + other;
+  }
+  __syncthreads();  // red may still be read from the previous reduction
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = red[0];
+  for (int w = 1; w < int(blockDim.x / 32); ++w) v = max ? fmaxf(v, red[w]) : v + red[w];
+  return v;
+}
+
+template <class T, int V>
+__global__ void softmax_rows_held_kernel(const float* scores, T* probs, int sk, int rows_per_head,
+                                         int q0, bool causal) {
+  const int64_t row = blockIdx.x;
+  const float4* s = reinterpret_cast<const float4*>(scores + row * sk);
+  T* out = probs + row * sk;
+  const int qi = q0 + int(row % rows_per_head);
+  const int visible = causal ? min(sk, qi + 1) : sk;
+  __shared__ float red[32];
+  float x[V][4];
+  float mx = -INFINITY;
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const int c = (k * int(blockDim.x) + int(threadIdx.x)) * 4;
+    float4 f = make_float4(-INFINITY, -INFINITY, -INFINITY, -INFINITY);
+    if (c < sk) f = __ldcs(s + c / 4);  // read once: keep it out of the caches' way
+    x[k][0] = c + 0 < visible ? f.x : -INFINITY;
+    x[k][1] = c + 1 < visible ? f.y : -INFINITY;
+    x[k][2] = c + 2 < visible ? f.z : -INFINITY;
+    x[k][3] = c + 3 < visible ? f.w : -INFINITY;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) mx = fmaxf(mx, x[k][j]);
+  }
+  mx = block_reduce(mx, red, true);
+  float sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < V; ++k)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      x[k][j] = expf(x[k][j] - mx);  // 0 where masked
+      sum += x[k][j];
+    }
+  const float inv = 1.0f / block_reduce(sum, red, false);
+#pragma unroll
+  for (int k = 0; k < V; ++k) {
+    const int c = (k * int(blockDim.x) + int(threadIdx.x)) * 4;
+    if (c >= sk) continue;
+    Pack<T, 4> r;
+#pragma unroll
+    for (int j = 0; j < 4; ++j) r.v[j] = from_float<T>(x[k][j] * inv);
+    *reinterpret_cast<Pack<T, 4>*>(out + c) = r;
+  }
+}
+
+template <class T>
+void softmax_rows(const float* scores, T* probs, int sk, int rows, int rows_per_head, int q0,
+                  bool causal) {
+  if (sk % 4 != 0 || sk > kHeldColumns) {
+    softmax_rows_kernel<T><<<unsigned(rows), 256, 0, stream()>>>(scores, probs, sk, rows_per_head,
+                                                                 q0, causal);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
+  // Up to 512 threads, each with the fewest float4s that cover the row.
+  auto launch = [&](auto held) {
+    constexpr int V = decltype(held)::value;
+    const int per_thread = (sk / 4 + V - 1) / V;  // threads that cover the row
+    const int threads = std::max(32, (per_thread + 31) / 32 * 32);
+    softmax_rows_held_kernel<T, V><<<unsigned(rows), unsigned(threads), 0, stream()>>>(
+        scores, probs, sk, rows_per_head, q0, causal);
+  };
+  if (sk <= 2048)
+    launch(std::integral_constant<int, 1>{});
+  else if (sk <= 4096)
+    launch(std::integral_constant<int, 2>{});
+  else if (sk <= 8192)
+    launch(std::integral_constant<int, 4>{});
+  else
+    launch(std::integral_constant<int, 8>{});
+  CUDA_CHECK_LAUNCH();
+}
+
 cudaDataType_t blas_type(DType t) {
   return t == DType::F32 ? CUDA_R_32F : t == DType::F16 ? CUDA_R_16F : CUDA_R_16BF;
 }
@@ -458,10 +551,8 @@ void attention_banded(const AttentionArgs& a) {
           CUDA_R_32F, sk, int64_t(n) * sk, heads, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
       dispatch_float(a.q.dtype(), [&](auto tag) {
         using T = decltype(tag);
-        softmax_rows_kernel<T><<<unsigned(heads * n), 256, 0, stream()>>>(
-            static_cast<const float*>(scores->data()), static_cast<T*>(probs->data()), sk, n, q0,
-            a.causal);
-        CUDA_CHECK_LAUNCH();
+        softmax_rows<T>(static_cast<const float*>(scores->data()), static_cast<T*>(probs->data()),
+                        sk, heads * n, n, q0, a.causal);
       });
       // out[h] (column-major d × n, token stride o_stride) = V_h · P_h.
       CUBLAS_CHECK(cublasGemmStridedBatchedEx(

@@ -7,6 +7,7 @@
 #include <cmath>
 
 #include "backend/cuda/device.cuh"
+#include "backend/cuda/fast_div.h"
 #include "backend/cuda/ops.h"
 
 namespace kiln::cuda {
@@ -22,10 +23,10 @@ struct BinaryParams {
   const void* a;
   const void* b;
   void* out;
-  int64_t n;  // elements of a
-  int64_t inner;
-  int outer_dims;  // dims of a before the last
-  int64_t dims[Shape::kMaxDims];
+  uint32_t packs;  // of a
+  FastDiv inner;   // packs per row of a
+  int outer_dims;  // dims of a before the last (0: one row)
+  FastDiv dims[Shape::kMaxDims];
   int64_t bstride[Shape::kMaxDims];
   int64_t b_inner_stride;  // 0 or 1
   bool add;
@@ -36,15 +37,20 @@ __global__ void binary_kernel(BinaryParams p) {
   const T* a = static_cast<const T*>(p.a);
   const T* b = static_cast<const T*>(p.b);
   T* out = static_cast<T*>(p.out);
-  const int64_t packs = p.n / N;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < packs;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t e = i * N;
-    const int64_t row = e / p.inner, col = e - row * p.inner;
-    int64_t boff = 0, rem = row;
-    for (int d = p.outer_dims - 1; d >= 0; --d) {
-      boff += (rem % p.dims[d]) * p.bstride[d];
-      rem /= p.dims[d];
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < p.packs;
+       i += gridDim.x * blockDim.x) {
+    const int64_t e = int64_t(i) * N;
+    int64_t boff = 0, col = e;  // one row: b's offset is the column's
+    if (p.outer_dims > 0) {
+      uint32_t row, cp;
+      p.inner.divmod(i, row, cp);
+      col = int64_t(cp) * N;
+      for (int d = p.outer_dims - 1; d >= 0; --d) {
+        uint32_t rest, coord;
+        p.dims[d].divmod(row, rest, coord);
+        boff += int64_t(coord) * p.bstride[d];
+        row = rest;
+      }
     }
     const Pack<T, N> x = *reinterpret_cast<const Pack<T, N>*>(a + e);
     Pack<T, N> y, r;
@@ -130,19 +136,20 @@ __global__ void cast_kernel(const TI* x, TO* out, int64_t n) {
 // ---------------------------------------------------------------------------
 // out[m, j] = x[m, j] * gelu(x[m, n + j])
 template <class T, int N>
-__global__ void geglu_kernel(const T* x, T* out, int64_t m, int64_t n) {
-  const int64_t packs = m * n / N;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < packs;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t e = i * N, row = e / n, col = e - row * n;
-    const T* hidden = x + row * 2 * n + col;
+__global__ void geglu_kernel(const T* x, T* out, uint32_t packs, FastDiv row_packs) {
+  const int64_t n = int64_t(row_packs.divisor()) * N;
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs;
+       i += gridDim.x * blockDim.x) {
+    uint32_t row, cp;
+    row_packs.divmod(i, row, cp);
+    const T* hidden = x + int64_t(row) * 2 * n + int64_t(cp) * N;
     const Pack<T, N> h = *reinterpret_cast<const Pack<T, N>*>(hidden);
     const Pack<T, N> g = *reinterpret_cast<const Pack<T, N>*>(hidden + n);
     Pack<T, N> r;
 #pragma unroll
     for (int j = 0; j < N; ++j)
       r.v[j] = from_float<T>(to_float(h.v[j]) * activate(Activation::GELU, to_float(g.v[j])));
-    *reinterpret_cast<Pack<T, N>*>(out + e) = r;
+    *reinterpret_cast<Pack<T, N>*>(out + int64_t(i) * N) = r;
   }
 }
 
@@ -179,25 +186,26 @@ struct UpsampleParams {
   void* out;
   int64_t batch, h, w, c, ho, wo;
   float sy, sx;
+  uint32_t packs;         // of out
+  FastDiv cp, fwo, fho;  // packs per pixel, output width, output height
 };
 
 template <class T, int N>
 __global__ void upsample_kernel(UpsampleParams p) {
   const T* x = static_cast<const T*>(p.x);
   T* out = static_cast<T*>(p.out);
-  const int64_t cp = p.c / N, total = p.batch * p.ho * p.wo * cp;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t ch = i % cp;
-    int64_t rest = i / cp;
-    const int64_t xo = rest % p.wo;
-    rest /= p.wo;
-    const int64_t y = rest % p.ho, b = rest / p.ho;
+  const int64_t cp = p.cp.divisor();
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < p.packs;
+       i += gridDim.x * blockDim.x) {
+    uint32_t pixel, ch, rest, xo, b, y;
+    p.cp.divmod(i, pixel, ch);
+    p.fwo.divmod(pixel, rest, xo);
+    p.fho.divmod(rest, b, y);
     // torch's 'nearest': floor(dst * (in / out)) with the ratio in float.
     const int64_t iy = min(int64_t(float(y) * p.sy), p.h - 1);
     const int64_t ix = min(int64_t(float(xo) * p.sx), p.w - 1);
     reinterpret_cast<Pack<T, N>*>(out)[i] =
-        reinterpret_cast<const Pack<T, N>*>(x)[((b * p.h + iy) * p.w + ix) * cp + ch];
+        reinterpret_cast<const Pack<T, N>*>(x)[((int64_t(b) * p.h + iy) * p.w + ix) * cp + ch];
   }
 }
 
@@ -229,12 +237,13 @@ __global__ void timestep_kernel(TimestepParams p) {
 // An id outside the table gives a row of NaNs: the model checks ids on the host
 // before they reach the device, and a kernel cannot throw.
 template <class T, int N>
-__global__ void embedding_kernel(const int32_t* ids, const T* table, T* out, int64_t rows,
-                                 int64_t vocab, int64_t c) {
-  const int64_t cp = c / N, total = rows * cp;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t r = i / cp, ch = i - r * cp;
+__global__ void embedding_kernel(const int32_t* ids, const T* table, T* out, uint32_t packs,
+                                 int64_t vocab, FastDiv row_packs) {
+  const int64_t cp = row_packs.divisor();
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs;
+       i += gridDim.x * blockDim.x) {
+    uint32_t r, ch;
+    row_packs.divmod(i, r, ch);
     const int32_t id = ids[r];
     Pack<T, N> v;
     if (id >= 0 && id < vocab) {
@@ -249,12 +258,13 @@ __global__ void embedding_kernel(const int32_t* ids, const T* table, T* out, int
 
 // ---------------------------------------------------------------------------
 template <class T, int N>
-__global__ void bias_act_residual_kernel(T* out, const T* bias, const T* residual, int64_t rows,
-                                         int64_t cols, Activation act) {
-  const int64_t packs = rows * cols / N;
-  for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < packs;
-       i += int64_t(gridDim.x) * blockDim.x) {
-    const int64_t e = i * N, col = e % cols;
+__global__ void bias_act_residual_kernel(T* out, const T* bias, const T* residual, uint32_t packs,
+                                         FastDiv row_packs, Activation act) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs;
+       i += gridDim.x * blockDim.x) {
+    uint32_t row, cp;
+    row_packs.divmod(i, row, cp);
+    const int64_t e = int64_t(i) * N, col = int64_t(cp) * N;
     Pack<T, N> v = *reinterpret_cast<const Pack<T, N>*>(out + e);
     Pack<T, N> bv, rv;
     if (bias) bv = *reinterpret_cast<const Pack<T, N>*>(bias + col);
@@ -280,7 +290,16 @@ int pack_width(int64_t extent, std::initializer_list<const void*> pointers) {
   return extent % kVec<T> == 0 ? kVec<T> : 1;
 }
 
-// Launches kernel<T, kVec<T>> or kernel<T, 1> over `work` packs.
+// Accesses of `width` elements in `elements`, as the 32-bit count the kernels index
+// with (their grid-stride loops add a stride, so at most 2^31).
+uint32_t pack_count(int64_t elements, int width, const char* op) {
+  const int64_t packs = elements / width;
+  KILN_CHECK(packs <= INT32_MAX, op, ": ", elements,
+             " elements are more than one launch indexes on CUDA (2^31 accesses)");
+  return uint32_t(packs);
+}
+
+// Launches kernel<T, kVec<T>> or kernel<T, 1> over `work` elements.
 #define KILN_LAUNCH_PACKED(kernel, T, width, work, ...)                                   \
   do {                                                                                    \
     if ((width) == 1) {                                                                   \
@@ -301,10 +320,10 @@ void binary(const BinaryArgs& a) {
   p.a = a.a.raw();
   p.b = a.b.raw();
   p.out = a.out.raw();
-  p.n = n;
   p.add = a.op == BinaryOp::Add;
+  int64_t inner = n;
+  int64_t dims[Shape::kMaxDims] = {};
   if (a.b.numel() == n) {
-    p.inner = n;
     p.outer_dims = 0;
     p.b_inner_stride = 1;
   } else {
@@ -317,10 +336,11 @@ void binary(const BinaryArgs& a) {
       bstride[i] = extent == 1 ? 0 : s;
       s *= extent;
     }
-    p.inner = a.a.dim(-1);
+    inner = a.a.dim(-1);
     p.outer_dims = nd - 1;
     for (int i = 0; i < nd - 1; ++i) {
-      p.dims[i] = a.a.dim(i);
+      KILN_CHECK(a.a.dim(i) <= INT32_MAX, "binary: ", a.a.describe(), " too large on CUDA");
+      dims[i] = a.a.dim(i);
       p.bstride[i] = bstride[i];
     }
     p.b_inner_stride = bstride[nd - 1];
@@ -328,7 +348,12 @@ void binary(const BinaryArgs& a) {
   dispatch_float(a.a.dtype(), [&](auto tag) {
     using T = decltype(tag);
     // A broadcast inner value needs no alignment of b.
-    const int width = pack_width<T>(p.inner, {p.a, p.out, p.b_inner_stride ? p.b : nullptr});
+    const int width = pack_width<T>(inner, {p.a, p.out, p.b_inner_stride ? p.b : nullptr});
+    p.packs = pack_count(n, width, "binary");
+    if (p.outer_dims > 0) {
+      p.inner = FastDiv(uint32_t(inner / width));
+      for (int i = 0; i < p.outer_dims; ++i) p.dims[i] = FastDiv(uint32_t(dims[i]));
+    }
     KILN_LAUNCH_PACKED(binary_kernel, T, width, n, p);
   });
 }
@@ -396,7 +421,9 @@ void geglu(const GegluArgs& a) {
     using T = decltype(tag);
     const T* x = static_cast<const T*>(a.x.raw());
     T* out = static_cast<T*>(a.out.raw());
-    KILN_LAUNCH_PACKED(geglu_kernel, T, pack_width<T>(n, {x, out}), m * n, x, out, m, n);
+    const int width = pack_width<T>(n, {x, out});
+    KILN_LAUNCH_PACKED(geglu_kernel, T, width, m * n, x, out, pack_count(m * n, width, "geglu"),
+                       FastDiv(uint32_t(n / width)));
   });
 }
 
@@ -451,15 +478,27 @@ void slice_last(const SliceLastArgs& a) {
 }
 
 void upsample_nearest(const UpsampleArgs& a) {
-  UpsampleParams p{a.x.raw(),  a.out.raw(),  a.x.dim(0),   a.x.dim(1), a.x.dim(2),
-                   a.x.dim(3), a.out.dim(1), a.out.dim(2), 0.0f,       0.0f};
+  UpsampleParams p{};
+  p.x = a.x.raw();
+  p.out = a.out.raw();
+  p.batch = a.x.dim(0);
+  p.h = a.x.dim(1);
+  p.w = a.x.dim(2);
+  p.c = a.x.dim(3);
+  p.ho = a.out.dim(1);
+  p.wo = a.out.dim(2);
   p.sy = float(p.h) / float(p.ho);
   p.sx = float(p.w) / float(p.wo);
   const int64_t total = p.batch * p.ho * p.wo * p.c;
   if (total == 0) return;
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    KILN_LAUNCH_PACKED(upsample_kernel, T, pack_width<T>(p.c, {p.x, p.out}), total, p);
+    const int width = pack_width<T>(p.c, {p.x, p.out});
+    p.packs = pack_count(total, width, "upsample_nearest");
+    p.cp = FastDiv(uint32_t(p.c / width));
+    p.fwo = FastDiv(uint32_t(p.wo));
+    p.fho = FastDiv(uint32_t(p.ho));
+    KILN_LAUNCH_PACKED(upsample_kernel, T, width, total, p);
   });
 }
 
@@ -488,8 +527,10 @@ void embedding(const EmbeddingArgs& a) {
     using T = decltype(tag);
     const T* table = static_cast<const T*>(a.table.raw());
     T* out = static_cast<T*>(a.out.raw());
-    KILN_LAUNCH_PACKED(embedding_kernel, T, pack_width<T>(c, {table, out}), rows * c,
-                       a.ids.data<int32_t>(), table, out, rows, vocab, c);
+    const int width = pack_width<T>(c, {table, out});
+    KILN_LAUNCH_PACKED(embedding_kernel, T, width, rows * c, a.ids.data<int32_t>(), table, out,
+                       pack_count(rows * c, width, "embedding"), vocab,
+                       FastDiv(uint32_t(c / width)));
   });
 }
 
@@ -501,8 +542,10 @@ void bias_act_residual(void* out, const void* bias, const void* residual, int64_
     T* o = static_cast<T*>(out);
     const T* b = static_cast<const T*>(bias);
     const T* r = static_cast<const T*>(residual);
-    KILN_LAUNCH_PACKED(bias_act_residual_kernel, T, pack_width<T>(cols, {o, b, r}), rows * cols, o,
-                       b, r, rows, cols, act);
+    const int width = pack_width<T>(cols, {o, b, r});
+    KILN_LAUNCH_PACKED(bias_act_residual_kernel, T, width, rows * cols, o, b, r,
+                       pack_count(rows * cols, width, "bias_act_residual"),
+                       FastDiv(uint32_t(cols / width)), act);
   });
 }
 
