@@ -158,18 +158,29 @@ int run_server(const ServeConfig& config) {
 
   const auto load_start = std::chrono::steady_clock::now();
   // Loaded on a thread of its own that then ends, taking its OpenMP team with it (see
-  // BatchScheduler::start on why idle teams slow the step loop).
+  // BatchScheduler::start on why idle teams slow the step loop). A stop signal while
+  // it runs ends the start-up at the next model or warm-up bucket, rather than after
+  // all of them (a large model's load and warm-up can outlast an orchestrator's grace
+  // period).
+  struct StartupStopped {};
   std::exception_ptr load_error;
-  std::thread([&] {
+  std::atomic<bool> stop_startup{false}, loaded{false};
+  std::thread loader([&] {
     try {
       models.load_all(config.placement, [&](const ModelSpec& spec, const TextToImagePipeline& p) {
+        if (stop_startup) throw StartupStopped{};
         if (config.warmup_batch <= 0) return;
         // A failed warm-up (out of memory at a large batch, say) is not a failed start:
         // what it did not prepare is prepared on first use, as without it.
         const auto start = std::chrono::steady_clock::now();
         int warmed = 0;
         try {
-          p.warm_up_buckets(config.warmup_batch, [&](int n) { warmed = n; });
+          p.warm_up_buckets(config.warmup_batch, [&](int n) {
+            warmed = n;
+            if (stop_startup) throw StartupStopped{};
+          });
+        } catch (const StartupStopped&) {
+          throw;
         } catch (const std::exception& e) {
           std::fprintf(stderr,
                        "kiln serve: warning: warm-up of %s stopped after %d generations per "
@@ -181,10 +192,40 @@ int run_server(const ServeConfig& config) {
                      spec.name.c_str(), config.warmup_batch, p.native_width(), p.native_height(),
                      std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
       });
+    } catch (const StartupStopped&) {
     } catch (...) {
       load_error = std::current_exception();
     }
-  }).join();
+    loaded = true;
+  });
+  int signal_number = 0;
+  while (!loaded) {
+    const timespec poll{0, 100 * 1000 * 1000};
+    siginfo_t info;
+    const int got = sigtimedwait(&stop_signals, &info, &poll);
+    if (got == SIGTERM || got == SIGINT) {
+      signal_number = got;
+      stop_startup = true;
+      std::fprintf(stderr,
+                   "kiln serve: %s while starting: stopping after the current model or "
+                   "warm-up bucket\n",
+                   got == SIGINT ? "SIGINT" : "SIGTERM");
+      break;
+    }
+  }
+  loader.join();
+  if (signal_number != 0) {
+    // No job has run: nothing to drain. Recovered jobs stay in the journal for the
+    // next start.
+    webhooks.stop(std::chrono::steady_clock::now() + std::chrono::seconds(5));
+    store.flush();
+    stopping = true;
+    store.wake_all();
+    http.stop();
+    http_thread.join();
+    std::fprintf(stderr, "kiln serve: stopped before ready\n");
+    return 0;
+  }
   if (load_error) {
     http.stop();
     http_thread.join();
@@ -196,7 +237,6 @@ int run_server(const ServeConfig& config) {
       config.models.size() == 1 ? "" : "s",
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
 
-  int signal_number = 0;
   sigwait(&stop_signals, &signal_number);
   draining = true;
   std::fprintf(stderr, "kiln serve: %s: no new jobs; draining for up to %d s\n",

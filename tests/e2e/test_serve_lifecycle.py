@@ -49,6 +49,26 @@ def test_warmup_runs_every_batch_size_before_ready():
         assert plain.stop() == 0
 
 
+def test_sigterm_while_warming_up_stops_at_once_and_exits_0():
+    # A stop signal during start-up ends it at the next warm-up bucket (on this
+    # machine the whole warm-up of 1..32 generations takes several seconds), not
+    # after every model has loaded and warmed up.
+    s = KilnServer("--warmup", "on", "--max-batch", 32, ready=False)
+    try:
+        assert request("GET", s.url + "/v2/health/ready")[0] == 503
+        sent = time.time()
+        s.proc.send_signal(15)
+        assert s.proc.wait(30) == 0, s.stderr()
+        took = time.time() - sent
+        log = s.stderr()
+        assert "SIGTERM while starting" in log and "stopped before ready" in log, log
+        assert "warmed up" not in log and "ready:" not in log, log
+        assert took < 5, (took, log)
+    finally:
+        if s.proc.poll() is None:
+            s.proc.kill()
+
+
 def test_port_in_use_is_a_clear_error():
     s = KilnServer()
     try:

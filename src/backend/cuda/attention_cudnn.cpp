@@ -76,6 +76,11 @@ std::mutex g_mu;
 // By key: the choice made by timing (null: our kernel), and the forced cuDNN plans.
 std::map<std::string, std::shared_ptr<const Sdpa>> g_chosen, g_forced;
 constexpr int kCandidates = 4;  // cuDNN plans timed at most, in its heuristics' order
+// Shapes kept at most in each map. A plan cannot be dropped once made: a captured
+// CUDA graph may run its kernels. So a process that meets more shapes than this
+// (a server asked for many image sizes) runs the further ones on our kernel, and
+// the memory the graphs and plans hold stays bounded.
+constexpr size_t kMaxShapes = 256;
 
 std::string message(fe::error_t e) {
   return e.get_message();
@@ -253,6 +258,16 @@ bool attention_cudnn(const AttentionArgs& a, const std::function<void()>& ours) 
     auto it = known.find(name);
     if (it == known.end()) {
       if (context().capturing) return false;  // cannot build or time inside a capture
+      if (known.size() >= kMaxShapes) {
+        static std::once_flag warned;
+        std::call_once(warned, [] {
+          std::fprintf(stderr,
+                       "kiln: note: cuDNN attention plans kept for %zu shapes; further shapes "
+                       "run on kiln's attention kernel\n",
+                       kMaxShapes);
+        });
+        return false;
+      }
       it = known.emplace(name, forced ? first_plan(k) : choose(k, p, ours)).first;
     }
     s = it->second;
