@@ -214,18 +214,22 @@ int run_server(const ServeConfig& config) {
     }
   }
   loader.join();
-  if (signal_number != 0) {
-    // No job has run: nothing to drain. Recovered jobs stay in the journal for the
-    // next start.
+  // After the jobs: webhooks due are delivered, what a crash may lose is written
+  // (undelivered webhooks stay due), waiting requests get their answers and event
+  // streams end; then the socket closes.
+  auto shut_down = [&](const char* how) {
     webhooks.stop(std::chrono::steady_clock::now() + std::chrono::seconds(5));
     store.flush();
     stopping = true;
     store.wake_all();
     http.stop();
     http_thread.join();
-    std::fprintf(stderr, "kiln serve: stopped before ready\n");
+    std::fprintf(stderr, "kiln serve: %s\n", how);
     return 0;
-  }
+  };
+  // Stopped while starting: no job has run, so nothing drains; jobs recovered from
+  // the journal stay there for the next start.
+  if (signal_number != 0) return shut_down("stopped before ready");
   if (load_error) {
     http.stop();
     http_thread.join();
@@ -245,15 +249,7 @@ int run_server(const ServeConfig& config) {
       std::chrono::steady_clock::now() + std::chrono::seconds(config.drain_timeout_s);
   scheduler.drain(deadline, str("server shutting down: not finished within the drain timeout (",
                                 config.drain_timeout_s, " s)"));
-  webhooks.stop(std::chrono::steady_clock::now() + std::chrono::seconds(5));
-  store.flush();  // what a crash may lose is written now (undelivered webhooks stay due)
-  // Waiting requests have their answers now; event streams end; then the socket closes.
-  stopping = true;
-  store.wake_all();
-  http.stop();
-  http_thread.join();
-  std::fprintf(stderr, "kiln serve: stopped\n");
-  return 0;
+  return shut_down("stopped");
 }
 
 }  // namespace kiln::serve
