@@ -40,14 +40,25 @@ std::string utc_now() {
   return text;
 }
 
+// With --resume-interrupted, the recovered jobs to queue again once the models
+// have loaded, and the reason each fails with if that cannot be done.
+struct Resumable {
+  std::vector<std::shared_ptr<Job>> jobs;
+  std::string reason;
+};
+
 // The jobs the last process left queued or running: failed as interrupted, or with
-// --resume-interrupted queued again; one whose images are all on disk had finished
-// (only its record's last update was lost) and succeeds without running again.
-void settle_unfinished(const std::vector<std::shared_ptr<Job>>& jobs, const ServeConfig& config,
-                       const ModelRegistry& models, BatchScheduler& scheduler, Metrics& metrics,
-                       const JobStore::Recovered& recovered) {
+// --resume-interrupted left to resume_jobs; one whose images are all on disk had
+// finished (only its record's last update was lost) and succeeds without running
+// again.
+Resumable settle_unfinished(const std::vector<std::shared_ptr<Job>>& jobs,
+                            const ServeConfig& config, const ModelRegistry& models,
+                            Metrics& metrics, const JobStore::Recovered& recovered) {
   const std::string restart = utc_now();
-  int interrupted = 0, resumed = 0, completed = 0;
+  Resumable resumable;
+  resumable.reason =
+      str("interrupted: the server stopped before this job finished (restart at ", restart, ")");
+  int interrupted = 0, completed = 0;
   for (const auto& job : jobs) {
     if (job->all_images_done()) {
       job->finish(JobState::Succeeded, "");
@@ -62,22 +73,16 @@ void settle_unfinished(const std::vector<std::shared_ptr<Job>>& jobs, const Serv
       } else if (job->record().resumes >= kMaxResumes) {
         reason += str("; not resumed again after ", kMaxResumes, " resumes");
       } else {
-        try {
-          job->prepare_resume();
-          scheduler.submit(job, true);
-          ++resumed;
-          continue;
-        } catch (const Error& e) {
-          reason += str("; not resumed: ", e.what());
-        }
+        resumable.jobs.push_back(job);
+        continue;
       }
     }
     job->finish(JobState::Failed, reason);
     ++interrupted;
   }
+  const int resumed = int(resumable.jobs.size());
   metrics.count_recovered("restored", recovered.restored);
   metrics.count_recovered("interrupted", interrupted);
-  metrics.count_recovered("resumed", resumed);
   metrics.count_recovered("completed", completed);
   metrics.count_recovered("expired", recovered.expired);
   metrics.count_recovered("unreadable", recovered.unreadable);
@@ -87,6 +92,25 @@ void settle_unfinished(const std::vector<std::shared_ptr<Job>>& jobs, const Serv
                "skipped\n",
                recovered.restored, interrupted, resumed, completed, recovered.expired,
                recovered.unreadable);
+  return resumable;
+}
+
+// Queued again once the models have loaded, so that a stop during start-up does not
+// count as one of a job's resumes (the journal keeps it as it was for the next start).
+void resume_jobs(const Resumable& resumable, BatchScheduler& scheduler, Metrics& metrics) {
+  int resumed = 0, failed = 0;
+  for (const auto& job : resumable.jobs) {
+    try {
+      job->prepare_resume();
+      scheduler.submit(job, true);
+      ++resumed;
+    } catch (const Error& e) {
+      job->finish(JobState::Failed, str(resumable.reason, "; not resumed: ", e.what()));
+      ++failed;
+    }
+  }
+  metrics.count_recovered("resumed", resumed);
+  metrics.count_recovered("interrupted", failed);
 }
 
 }  // namespace
@@ -133,10 +157,11 @@ int run_server(const ServeConfig& config) {
     log_job_end(job, t);
     send_webhook(job);
   };
+  Resumable resumable;
   if (store.journal()) {
     // Before the socket opens, so a client never sees a known job missing.
     const JobStore::Recovered recovered = store.recover(on_job_end);
-    settle_unfinished(recovered.unfinished, config, models, scheduler, metrics, recovered);
+    resumable = settle_unfinished(recovered.unfinished, config, models, metrics, recovered);
     for (const auto& job : recovered.webhooks_due) send_webhook(*job);
   }
   ServerParts parts{config, models,  store,    scheduler, metrics,
@@ -206,6 +231,7 @@ int run_server(const ServeConfig& config) {
     if (got == SIGTERM || got == SIGINT) {
       signal_number = got;
       stop_startup = true;
+      draining = true;  // no job is taken from here on, even if the load has just finished
       std::fprintf(stderr,
                    "kiln serve: %s while starting: stopping after the current model or "
                    "warm-up bucket\n",
@@ -227,21 +253,24 @@ int run_server(const ServeConfig& config) {
     std::fprintf(stderr, "kiln serve: %s\n", how);
     return 0;
   };
-  // Stopped while starting: no job has run, so nothing drains; jobs recovered from
-  // the journal stay there for the next start.
-  if (signal_number != 0) return shut_down("stopped before ready");
+  // Stopped while starting: no job has been taken (requests get 503 until the models
+  // are ready), so nothing drains; jobs recovered from the journal stay there as they
+  // were for the next start. A signal that came as the load finished takes the
+  // drain below instead: a request may have been taken in between.
+  if (signal_number != 0 && !models.ready()) return shut_down("stopped before ready");
   if (load_error) {
     http.stop();
     http_thread.join();
     std::rethrow_exception(load_error);
   }
+  if (store.journal()) resume_jobs(resumable, scheduler, metrics);
   scheduler.start();
   std::fprintf(
       stderr, "kiln serve: ready: %zu model%s loaded in %.2f s\n", config.models.size(),
       config.models.size() == 1 ? "" : "s",
       std::chrono::duration<double>(std::chrono::steady_clock::now() - load_start).count());
 
-  sigwait(&stop_signals, &signal_number);
+  if (signal_number == 0) sigwait(&stop_signals, &signal_number);
   draining = true;
   std::fprintf(stderr, "kiln serve: %s: no new jobs; draining for up to %d s\n",
                signal_number == SIGINT ? "SIGINT" : "SIGTERM", config.drain_timeout_s);

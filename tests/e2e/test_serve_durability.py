@@ -333,6 +333,31 @@ def test_a_job_resumed_twice_is_not_resumed_a_third_time(tmp_path):
         assert s2.stop() == 0
 
 
+def test_stops_during_start_up_do_not_use_up_a_jobs_resumes(tmp_path):
+    # An orchestrator that stops slow start-ups (SIGTERM during the warm-up) twice: the
+    # job never ran again in them, so the third start still resumes it.
+    s = KilnServer("--results-dir", tmp_path, "--max-batch", 1, "--batch-window-ms", 0)
+    job = post_job(s, {"prompt": "interrupted, then slow starts", "steps": 30, "seed": 5})
+    wait_running(s, job["id"])
+    assert s.kill() == -9
+    path = tmp_path / "jobs" / f"{job['id']}.json"
+    for _ in range(2):
+        slow = KilnServer("--results-dir", tmp_path, "--resume-interrupted", "--warmup", "on",
+                          "--max-batch", 32, ready=False)
+        slow.proc.send_signal(15)
+        assert slow.proc.wait(30) == 0, slow.stderr()
+        assert "stopped before ready" in slow.stderr(), slow.stderr()
+        record = json.loads(path.read_text())
+        assert record["resumes"] == 0 and record["status"] in ("queued", "running"), record
+
+    s3 = KilnServer("--results-dir", tmp_path, "--resume-interrupted")
+    try:
+        done = wait_job(s3, job["id"])
+        assert done["status"] == "succeeded" and done["resumes"] == 1, done
+    finally:
+        assert s3.stop() == 0
+
+
 def test_a_job_that_cannot_be_recorded_is_not_accepted(tmp_path):
     s = KilnServer("--results-dir", tmp_path)
     try:

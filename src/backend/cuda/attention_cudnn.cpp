@@ -76,10 +76,11 @@ std::mutex g_mu;
 // By key: the choice made by timing (null: our kernel), and the forced cuDNN plans.
 std::map<std::string, std::shared_ptr<const Sdpa>> g_chosen, g_forced;
 constexpr int kCandidates = 4;  // cuDNN plans timed at most, in its heuristics' order
-// Shapes kept at most in each map. A plan cannot be dropped once made: a captured
-// CUDA graph may run its kernels. So a process that meets more shapes than this
-// (a server asked for many image sizes) runs the further ones on our kernel, and
-// the memory the graphs and plans hold stays bounded.
+// Shapes kept at most in each map (those timed in favour of our kernel included).
+// A plan is never dropped while the process serves: a captured CUDA graph may run
+// its kernels (only forget_plans, for tests, drops them all). So a process
+// that meets more shapes than this (a server asked for many image sizes) runs the
+// further ones on our kernel, and the memory the graphs and plans hold stays bounded.
 constexpr size_t kMaxShapes = 256;
 
 std::string message(fe::error_t e) {

@@ -448,6 +448,11 @@ void launch_group_norm(const GroupNormArgs& a) {
              Context::kCounters, " on CUDA)");
   const int64_t rows = a.x.dim(1);
   const int packs = channels / N;
+  // Checked before anything is launched (a throw inside a graph capture would leave
+  // half of the op in it).
+  const int64_t total = int64_t(batch) * rows * packs;
+  KILN_CHECK(total <= INT32_MAX, "group_norm: ", a.x.describe(),
+             " is more than one launch indexes on CUDA (2^31 accesses)");
   const T* x = static_cast<const T*>(a.x.raw());
   const int sms = context().props.multiProcessorCount;
   // Statistics: about two blocks per multiprocessor in all, each at least eight
@@ -488,9 +493,6 @@ void launch_group_norm(const GroupNormArgs& a) {
   CUDA_CHECK_LAUNCH();
 
   // Apply: a grid-stride loop of 256-thread blocks, eight per multiprocessor.
-  const int64_t total = int64_t(batch) * rows * packs;
-  KILN_CHECK(total <= INT32_MAX, "group_norm: ", a.x.describe(),
-             " is more than one launch indexes on CUDA (2^31 accesses)");
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t(sms) * 8);
   group_norm_apply<T, N><<<unsigned(blocks), 256, 0, stream()>>>(
       x, static_cast<T*>(a.out.raw()), scale, shift, uint32_t(total),
