@@ -319,6 +319,7 @@ INSTANTIATE_TEST_SUITE_P(Shapes, GroupNorm,
                                            NormCase{1, 37, 12, 4, Activation::SiLU},       // odd
                                            NormCase{1, 6144, 256, 32, Activation::SiLU},  // at the limit
                                            NormCase{1, 6145, 256, 32, Activation::SiLU},  // past it
+                                           NormCase{1, 3072, 256, 32, Activation::SiLU},  // f32's limit
                                            NormCase{1, 1000, 60, 20, Activation::SiLU},  // 1-wide, 1024 threads
                                            NormCase{3, 5, 6, 3, Activation::None}));
 
