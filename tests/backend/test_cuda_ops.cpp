@@ -300,28 +300,26 @@ TEST_P(GroupNorm, MatchesCpu) {
 // Groups that one block holds in registers (up to 49152 values, fewer in f32 or
 // with narrow accesses) take the one-launch kernel, larger ones the two-launch
 // path (4096 and 8192 channels: over 48 KiB of shared memory).
-INSTANTIATE_TEST_SUITE_P(Shapes, GroupNorm,
-                         ::testing::Values(NormCase{2, 4096, 320, 32, Activation::SiLU},
-                                           NormCase{2, 16384, 320, 32, Activation::SiLU},
-                                           NormCase{2, 1024, 640, 32, Activation::SiLU},
-                                           NormCase{2, 512, 640, 32, Activation::SiLU},
-                                           NormCase{2, 64, 1280, 32, Activation::None},
-                                           NormCase{2, 256, 960, 32,
-                                                    Activation::SiLU},  // 30 per group
-                                           NormCase{1, 16384, 128, 32, Activation::SiLU},  // VAE
-                                           NormCase{1, 65536, 512, 32, Activation::SiLU},  // VAE
-                                           NormCase{2, 256, 2560, 32, Activation::SiLU},   // concat
-                                           NormCase{4, 1024, 1920, 32, Activation::SiLU},  // batch 4
-                                           NormCase{2, 4096, 100, 4, Activation::SiLU},  // scalar
-                                           NormCase{2, 64, 64, 32, Activation::SiLU},    // fused
-                                           NormCase{1, 256, 4096, 32, Activation::SiLU},
-                                           NormCase{1, 256, 8192, 64, Activation::None},
-                                           NormCase{1, 37, 12, 4, Activation::SiLU},       // odd
-                                           NormCase{1, 6144, 256, 32, Activation::SiLU},  // at the limit
-                                           NormCase{1, 6145, 256, 32, Activation::SiLU},  // past it
-                                           NormCase{1, 3072, 256, 32, Activation::SiLU},  // f32's limit
-                                           NormCase{1, 1000, 60, 20, Activation::SiLU},  // 1-wide, 1024 threads
-                                           NormCase{3, 5, 6, 3, Activation::None}));
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, GroupNorm,
+    ::testing::Values(
+        NormCase{2, 4096, 320, 32, Activation::SiLU}, NormCase{2, 16384, 320, 32, Activation::SiLU},
+        NormCase{2, 1024, 640, 32, Activation::SiLU}, NormCase{2, 512, 640, 32, Activation::SiLU},
+        NormCase{2, 64, 1280, 32, Activation::None},
+        NormCase{2, 256, 960, 32, Activation::SiLU},    // 30 per group
+        NormCase{1, 16384, 128, 32, Activation::SiLU},  // VAE
+        NormCase{1, 65536, 512, 32, Activation::SiLU},  // VAE
+        NormCase{2, 256, 2560, 32, Activation::SiLU},   // concat
+        NormCase{4, 1024, 1920, 32, Activation::SiLU},  // batch 4
+        NormCase{2, 4096, 100, 4, Activation::SiLU},    // scalar
+        NormCase{2, 64, 64, 32, Activation::SiLU},      // fused
+        NormCase{1, 256, 4096, 32, Activation::SiLU}, NormCase{1, 256, 8192, 64, Activation::None},
+        NormCase{1, 37, 12, 4, Activation::SiLU},      // odd
+        NormCase{1, 6144, 256, 32, Activation::SiLU},  // at the limit
+        NormCase{1, 6145, 256, 32, Activation::SiLU},  // past it
+        NormCase{1, 3072, 256, 32, Activation::SiLU},  // f32's limit
+        NormCase{1, 1000, 60, 20, Activation::SiLU},   // 1-wide, 1024 threads
+        NormCase{3, 5, 6, 3, Activation::None}));
 
 class LayerNorm : public CudaTest,
                   public ::testing::WithParamInterface<std::tuple<int64_t, int64_t>> {};

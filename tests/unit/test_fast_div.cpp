@@ -14,8 +14,8 @@ namespace kiln::cuda {
 namespace {
 
 std::vector<uint32_t> dividends(std::mt19937& rng) {
-  std::vector<uint32_t> n = {0u, 1u, 2u, 3u, 0x7fffffffu, 0x80000000u, 0x80000001u, 0xfffffffeu,
-                             0xffffffffu};
+  std::vector<uint32_t> n = {0u,          1u,          2u,          3u,         0x7fffffffu,
+                             0x80000000u, 0x80000001u, 0xfffffffeu, 0xffffffffu};
   for (uint32_t i = 0; i < 4096; ++i) n.push_back(i);
   for (int b = 1; b < 32; ++b)
     for (int64_t delta : {-1, 0, 1}) n.push_back(uint32_t((int64_t(1) << b) + delta));

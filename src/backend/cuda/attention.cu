@@ -492,8 +492,8 @@ template <class T>
 void softmax_rows(const float* scores, T* probs, int sk, int rows, int rows_per_head, int q0,
                   bool causal) {
   if (sk % 4 != 0 || sk > kHeldColumns) {
-    softmax_rows_kernel<T><<<unsigned(rows), 256, 0, stream()>>>(scores, probs, sk, rows_per_head,
-                                                                 q0, causal);
+    softmax_rows_kernel<T>
+        <<<unsigned(rows), 256, 0, stream()>>>(scores, probs, sk, rows_per_head, q0, causal);
     CUDA_CHECK_LAUNCH();
     return;
   }

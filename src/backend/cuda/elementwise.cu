@@ -138,8 +138,7 @@ __global__ void cast_kernel(const TI* x, TO* out, int64_t n) {
 template <class T, int N>
 __global__ void geglu_kernel(const T* x, T* out, uint32_t packs, FastDiv row_packs) {
   const int64_t n = int64_t(row_packs.divisor()) * N;
-  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs;
-       i += gridDim.x * blockDim.x) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs; i += gridDim.x * blockDim.x) {
     uint32_t row, cp;
     row_packs.divmod(i, row, cp);
     const T* hidden = x + int64_t(row) * 2 * n + int64_t(cp) * N;
@@ -186,7 +185,7 @@ struct UpsampleParams {
   void* out;
   int64_t batch, h, w, c, ho, wo;
   float sy, sx;
-  uint32_t packs;         // of out
+  uint32_t packs;        // of out
   FastDiv cp, fwo, fho;  // packs per pixel, output width, output height
 };
 
@@ -240,8 +239,7 @@ template <class T, int N>
 __global__ void embedding_kernel(const int32_t* ids, const T* table, T* out, uint32_t packs,
                                  int64_t vocab, FastDiv row_packs) {
   const int64_t cp = row_packs.divisor();
-  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs;
-       i += gridDim.x * blockDim.x) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs; i += gridDim.x * blockDim.x) {
     uint32_t r, ch;
     row_packs.divmod(i, r, ch);
     const int32_t id = ids[r];
@@ -260,8 +258,7 @@ __global__ void embedding_kernel(const int32_t* ids, const T* table, T* out, uin
 template <class T, int N>
 __global__ void bias_act_residual_kernel(T* out, const T* bias, const T* residual, uint32_t packs,
                                          FastDiv row_packs, Activation act) {
-  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs;
-       i += gridDim.x * blockDim.x) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs; i += gridDim.x * blockDim.x) {
     uint32_t row, cp;
     row_packs.divmod(i, row, cp);
     const int64_t e = int64_t(i) * N, col = int64_t(cp) * N;

@@ -176,8 +176,7 @@ __global__ void group_norm_apply(const T* x, T* out, const float* scale, const f
                                  uint32_t packs, FastDiv batch_packs, FastDiv row_packs,
                                  Activation act) {
   const int64_t channels = int64_t(row_packs.divisor()) * N;
-  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs;
-       i += gridDim.x * blockDim.x) {
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs; i += gridDim.x * blockDim.x) {
     uint32_t b, within, row, cp;
     batch_packs.divmod(i, b, within);
     row_packs.divmod(within, row, cp);
@@ -198,7 +197,8 @@ __global__ void group_norm_apply(const T* x, T* out, const float* scale, const f
     }
     Pack<T, N> o;
 #pragma unroll
-    for (int j = 0; j < N; ++j) o.v[j] = from_float<T>(activate(act, to_float(v.v[j]) * sc[j] + sh[j]));
+    for (int j = 0; j < N; ++j)
+      o.v[j] = from_float<T>(activate(act, to_float(v.v[j]) * sc[j] + sh[j]));
     *reinterpret_cast<Pack<T, N>*>(out + int64_t(i) * N) = o;
   }
 }
@@ -327,8 +327,7 @@ __device__ __forceinline__ float block_sum(float v, float* red) {
 template <class T, int W>
 __global__ void __launch_bounds__(kResidentThreads)
     group_norm_resident(const T* x, const T* gamma, const T* beta, T* out, int64_t rows,
-                        int channels, int groups, FastDiv group_packs, float eps,
-                        Activation act) {
+                        int channels, int groups, FastDiv group_packs, float eps, Activation act) {
   constexpr int K = kResident<T, W>;
   __shared__ float red[32];
   const int b = blockIdx.x / groups, g = blockIdx.x % groups;
@@ -376,9 +375,9 @@ __global__ void __launch_bounds__(kResidentThreads)
     Pack<T, W> o;
 #pragma unroll
     for (int j = 0; j < W; ++j)
-      o.v[j] = from_float<T>(activate(act, (to_float(v[k].v[j]) - mean) * rstd *
-                                                   to_float(gamma[c + j]) +
-                                               to_float(beta[c + j])));
+      o.v[j] =
+          from_float<T>(activate(act, (to_float(v[k].v[j]) - mean) * rstd * to_float(gamma[c + j]) +
+                                          to_float(beta[c + j])));
     *reinterpret_cast<Pack<T, W>*>(out + base + int64_t(r) * channels + int64_t(jp) * W) = o;
   }
 }
@@ -409,8 +408,8 @@ bool launch_group_norm_resident(const GroupNormArgs& a) {
   auto launch = [&](auto w) {
     constexpr int W = decltype(w)::value;
     if (n > int64_t(kResident<T, W>) * kResidentThreads) return false;
-    group_norm_resident<T, W><<<grid, threads, 0, stream()>>>(
-        x, gamma, beta, out, rows, channels, groups, group_packs, a.eps, a.act);
+    group_norm_resident<T, W><<<grid, threads, 0, stream()>>>(x, gamma, beta, out, rows, channels,
+                                                              groups, group_packs, a.eps, a.act);
     CUDA_CHECK_LAUNCH();
     return true;
   };
