@@ -312,7 +312,7 @@ INSTANTIATE_TEST_SUITE_P(
         NormCase{2, 256, 2560, 32, Activation::SiLU},   // concat
         NormCase{4, 1024, 1920, 32, Activation::SiLU},  // batch 4
         NormCase{2, 4096, 100, 4, Activation::SiLU},    // scalar
-        NormCase{2, 64, 64, 32, Activation::SiLU},      // fused
+        NormCase{2, 64, 64, 32, Activation::SiLU},      // one launch
         NormCase{1, 256, 4096, 32, Activation::SiLU}, NormCase{1, 256, 8192, 64, Activation::None},
         NormCase{1, 37, 12, 4, Activation::SiLU},      // odd
         NormCase{1, 6144, 256, 32, Activation::SiLU},  // at the limit
