@@ -271,13 +271,15 @@ void Job::forget() {
   journal_ = nullptr;
 }
 
-void Job::prepare_resume() {
+bool Job::prepare_resume() {
   std::lock_guard<std::mutex> lock(mutex_);
+  if (ended_) return false;
   state_ = JobState::Queued;
   started_ = {};
   ++resumes_;
   ++revision_;
   if (journal_) journal_->write(*this, record_locked());
+  return true;
 }
 
 bool Job::image_done(int index) const {

@@ -117,8 +117,9 @@ class Job : public std::enable_shared_from_this<Job> {
   void forget();
   JobRecord record() const;
   // --resume-interrupted: a job restored unfinished is queued again; the images it
-  // already has are kept. The count of resumes is on disk when this returns.
-  void prepare_resume();
+  // already has are kept. The count of resumes is on disk when this returns true;
+  // false: the job ended meanwhile (a client cancelled it while the models loaded).
+  bool prepare_resume();
   bool image_done(int index) const;
   bool all_images_done() const;
   // The webhook was delivered, or given up on: a restart need not send it again.

@@ -101,7 +101,7 @@ void resume_jobs(const Resumable& resumable, BatchScheduler& scheduler, Metrics&
   int resumed = 0, failed = 0;
   for (const auto& job : resumable.jobs) {
     try {
-      job->prepare_resume();
+      if (!job->prepare_resume()) continue;  // cancelled while the models loaded
       scheduler.submit(job, true);
       ++resumed;
     } catch (const Error& e) {

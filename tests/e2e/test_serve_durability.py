@@ -305,7 +305,7 @@ def test_a_job_whose_images_reached_the_disk_is_not_run_again(tmp_path):
     s2 = KilnServer("--results-dir", tmp_path, "--resume-interrupted")
     try:
         assert "1 completed from their images" in s2.stderr(), s2.stderr()
-        again = get_job(s2, job["id"])
+        again = get_job(s2, job["id"]); print("AGAIN", s2.stderr())
         assert again["status"] == "succeeded" and again.get("resumes") is None, again
         assert [image_of(s2, r["url"]) for r in again["results"]] == pictures
         assert metric(s2, 'kiln_batch_size_count{model="kiln-tiny"}') == 0  # no denoising step ran
@@ -356,6 +356,30 @@ def test_stops_during_start_up_do_not_use_up_a_jobs_resumes(tmp_path):
         assert done["status"] == "succeeded" and done["resumes"] == 1, done
     finally:
         assert s3.stop() == 0
+
+
+def test_a_job_cancelled_while_the_models_load_is_not_resumed(tmp_path):
+    s = KilnServer("--results-dir", tmp_path, "--max-batch", 1, "--batch-window-ms", 0)
+    job = post_job(s, {"prompt": "cancelled before the resume", "steps": 30})
+    wait_running(s, job["id"])
+    assert s.kill() == -9
+
+    s2 = KilnServer("--results-dir", tmp_path, "--resume-interrupted", "--warmup", "on",
+                    "--max-batch", 32, ready=False)
+    try:
+        assert request("GET", s2.url + "/v2/health/ready")[0] == 503  # still warming up
+        status, _, cancelled = request("DELETE", f"{s2.url}/v1/jobs/{job['id']}")
+        assert status == 200 and cancelled["status"] == "cancelled", cancelled
+        s2.wait_ready()
+        deadline = time.time() + 30  # "ready:" comes after the resumes are queued
+        while "kiln serve: ready:" not in s2.stderr() and time.time() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.5)  # a resumed job would be picked up by now
+        again = get_job(s2, job["id"])
+        assert again["status"] == "cancelled" and again.get("resumes") in (None, 0), again
+        assert metric(s2, 'kiln_batch_size_count{model="kiln-tiny"}') == 0  # it never ran
+    finally:
+        assert s2.stop() == 0
 
 
 def test_a_job_that_cannot_be_recorded_is_not_accepted(tmp_path):
