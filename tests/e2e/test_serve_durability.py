@@ -47,6 +47,16 @@ def wait_running(server, job_id, min_step=1, timeout=60):
     raise AssertionError(f"job {job_id} did not start in {timeout} s")
 
 
+def killed_while_running(tmp_path, prompt, steps):
+    """A job of a server that is killed (SIGKILL) while the job runs; its record stays
+    unfinished in tmp_path's journal."""
+    s = KilnServer("--results-dir", tmp_path, "--max-batch", 1, "--batch-window-ms", 0)
+    job = post_job(s, {"prompt": prompt, "steps": steps})
+    wait_running(s, job["id"])
+    assert s.kill() == -9
+    return job
+
+
 def image_of(server, url):
     """The image behind a result URL, asked of `server` (the URL may name an earlier one's port)."""
     status, hdrs, body = request("GET", server.url + urllib.parse.urlsplit(url).path)
@@ -305,7 +315,7 @@ def test_a_job_whose_images_reached_the_disk_is_not_run_again(tmp_path):
     s2 = KilnServer("--results-dir", tmp_path, "--resume-interrupted")
     try:
         assert "1 completed from their images" in s2.stderr(), s2.stderr()
-        again = get_job(s2, job["id"]); print("AGAIN", s2.stderr())
+        again = get_job(s2, job["id"])
         assert again["status"] == "succeeded" and again.get("resumes") is None, again
         assert [image_of(s2, r["url"]) for r in again["results"]] == pictures
         assert metric(s2, 'kiln_batch_size_count{model="kiln-tiny"}') == 0  # no denoising step ran
@@ -314,10 +324,7 @@ def test_a_job_whose_images_reached_the_disk_is_not_run_again(tmp_path):
 
 
 def test_a_job_resumed_twice_is_not_resumed_a_third_time(tmp_path):
-    s = KilnServer("--results-dir", tmp_path, "--max-batch", 1, "--batch-window-ms", 0)
-    job = post_job(s, {"prompt": "keeps crashing the server", "steps": 150})
-    wait_running(s, job["id"])
-    assert s.kill() == -9
+    job = killed_while_running(tmp_path, "keeps crashing the server", 150)
     path = tmp_path / "jobs" / f"{job['id']}.json"
     record = json.loads(path.read_text())
     assert record["status"] in ("queued", "running") and record["resumes"] == 0
@@ -336,10 +343,7 @@ def test_a_job_resumed_twice_is_not_resumed_a_third_time(tmp_path):
 def test_stops_during_start_up_do_not_use_up_a_jobs_resumes(tmp_path):
     # An orchestrator that stops slow start-ups (SIGTERM during the warm-up) twice: the
     # job never ran again in them, so the third start still resumes it.
-    s = KilnServer("--results-dir", tmp_path, "--max-batch", 1, "--batch-window-ms", 0)
-    job = post_job(s, {"prompt": "interrupted, then slow starts", "steps": 30, "seed": 5})
-    wait_running(s, job["id"])
-    assert s.kill() == -9
+    job = killed_while_running(tmp_path, "interrupted, then slow starts", 30)
     path = tmp_path / "jobs" / f"{job['id']}.json"
     for _ in range(2):
         slow = KilnServer("--results-dir", tmp_path, "--resume-interrupted", "--warmup", "on",
@@ -359,10 +363,7 @@ def test_stops_during_start_up_do_not_use_up_a_jobs_resumes(tmp_path):
 
 
 def test_a_job_cancelled_while_the_models_load_is_not_resumed(tmp_path):
-    s = KilnServer("--results-dir", tmp_path, "--max-batch", 1, "--batch-window-ms", 0)
-    job = post_job(s, {"prompt": "cancelled before the resume", "steps": 30})
-    wait_running(s, job["id"])
-    assert s.kill() == -9
+    job = killed_while_running(tmp_path, "cancelled before the resume", 30)
 
     s2 = KilnServer("--results-dir", tmp_path, "--resume-interrupted", "--warmup", "on",
                     "--max-batch", 32, ready=False)

@@ -430,20 +430,6 @@ __global__ void softmax_rows_kernel(const float* scores, T* probs, int sk, int r
 // it was most of the attention's time.
 constexpr int kHeldColumns = 16384;
 
-__device__ __forceinline__ float block_reduce(float v, float* red, bool max) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) {
-    const float other = __shfl_xor_sync(0xffffffffu, v, o);
-    v = max ? fmaxf(v, other) : v + other;
-  }
-  __syncthreads();  // red may still be read from the previous reduction
-  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
-  __syncthreads();
-  v = red[0];
-  for (int w = 1; w < int(blockDim.x / 32); ++w) v = max ? fmaxf(v, red[w]) : v + red[w];
-  return v;
-}
-
 template <class T, int V>
 __global__ void softmax_rows_held_kernel(const float* scores, T* probs, int sk, int rows_per_head,
                                          int q0, bool causal) {

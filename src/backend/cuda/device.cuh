@@ -76,6 +76,30 @@ __device__ __forceinline__ float activate(Activation act, float x) {
   return x;
 }
 
+// Sum over a warp by butterfly shuffles; every lane gets the same value.
+__device__ __forceinline__ float warp_sum(float v) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+  return v;
+}
+
+// Sum (or max) over a block of whole warps, at most 1024 threads: each warp's result
+// is combined in a fixed order (the same bits run after run), and every thread gets
+// it. `red`: 32 floats of shared memory, free again when this returns.
+__device__ __forceinline__ float block_reduce(float v, float* red, bool max) {
+#pragma unroll
+  for (int o = 16; o > 0; o >>= 1) {
+    const float other = __shfl_xor_sync(0xffffffffu, v, o);
+    v = max ? fmaxf(v, other) : v + other;
+  }
+  __syncthreads();  // red may still be read from the previous reduction
+  if (threadIdx.x % 32 == 0) red[threadIdx.x / 32] = v;
+  __syncthreads();
+  v = red[0];
+  for (int w = 1; w < int(blockDim.x / 32); ++w) v = max ? fmaxf(v, red[w]) : v + red[w];
+  return v;
+}
+
 // Calls f(T{}) with T the element type of a floating DType.
 template <class F>
 void dispatch_float(DType t, F&& f) {

@@ -203,12 +203,6 @@ __global__ void group_norm_apply(const T* x, T* out, const float* scale, const f
   }
 }
 
-__device__ __forceinline__ float warp_sum(float v) {
-#pragma unroll
-  for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
-  return v;
-}
-
 constexpr int kRowsPerBlock = 8;  // one warp per row
 
 // The row read once into registers (K packs of N per lane), two reductions
@@ -313,17 +307,6 @@ constexpr int kResidentThreads = 1024;
 template <class T, int W>
 constexpr int kResident = std::min(24, (sizeof(T) == 4 ? 24 : 48) / W);
 
-__device__ __forceinline__ float block_sum(float v, float* red) {
-  v = warp_sum(v);
-  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
-  __syncthreads();  // red may still be read from the previous reduction
-  if (lane == 0) red[warp] = v;
-  __syncthreads();
-  float total = 0.0f;
-  for (int w = 0; w < int(blockDim.x / 32); ++w) total += red[w];  // fixed order
-  return total;
-}
-
 template <class T, int W>
 __global__ void __launch_bounds__(kResidentThreads)
     group_norm_resident(const T* x, const T* gamma, const T* beta, T* out, int64_t rows,
@@ -351,7 +334,7 @@ __global__ void __launch_bounds__(kResidentThreads)
     }
   }
   const float count = float(n) * W;
-  const float mean = block_sum(s, red) / count;
+  const float mean = block_reduce(s, red, false) / count;
   float q = 0.0f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -363,7 +346,7 @@ __global__ void __launch_bounds__(kResidentThreads)
       }
     }
   }
-  const float rstd = 1.0f / sqrtf(block_sum(q, red) / count + eps);
+  const float rstd = 1.0f / sqrtf(block_reduce(q, red, false) / count + eps);
   const int c0 = g * int(packs) * W;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
