@@ -53,7 +53,8 @@ __global__ void group_norm_stats(const T* x, float* partial, const T* gamma, con
     float s[N] = {}, q[N] = {};
     if (v < packs) {
       // Four rows' loads in flight per thread before any arithmetic (eight measured
-      // no faster: 4.80 against 5.27 ms of GroupNorm in the 1024² VAE decode).
+      // no faster: 4.80 against 5.27 ms of GroupNorm in the 1024² VAE decode, and
+      // again level with four once the apply was fixed).
       constexpr int kUnroll = 4;
       for (int64_t r = r0 + ty; r < r1; r += kUnroll * Y) {
         Pack<T, N> p[kUnroll];
@@ -167,39 +168,53 @@ __global__ void group_norm_stats(const T* x, float* partial, const T* gamma, con
   }
 }
 
-// out = act(x * scale + shift), one access of N channels per thread and step of a
-// grid-stride loop over the whole tensor, at full occupancy (the per-channel scale
-// and shift come from L1). The earlier form held them in registers and walked
-// down rows: 60 registers, half occupancy, 42% of DRAM bandwidth under ncu.
-template <class T, int N>
+// out = act(x * scale + shift) in a grid-stride loop over the whole tensor, U
+// accesses of N channels a thread and step, all U loads issued before any
+// arithmetic (the per-channel scale and shift come from L1). One access a step
+// kept a single 16-byte load in flight per thread: 45% of DRAM bandwidth under
+// ncu on the 1024² VAE decode's 1x1048576x128 (240 us against 128 for a copy).
+template <class T, int N, int U>
 __global__ void group_norm_apply(const T* x, T* out, const float* scale, const float* shift,
                                  uint32_t packs, FastDiv batch_packs, FastDiv row_packs,
                                  Activation act) {
   const int64_t channels = int64_t(row_packs.divisor()) * N;
-  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs; i += gridDim.x * blockDim.x) {
-    uint32_t b, within, row, cp;
-    batch_packs.divmod(i, b, within);
-    row_packs.divmod(within, row, cp);
-    const int64_t c = int64_t(b) * channels + int64_t(cp) * N;
-    const Pack<T, N> v = *reinterpret_cast<const Pack<T, N>*>(x + int64_t(i) * N);
-    float sc[N], sh[N];
-    if constexpr (N % 4 == 0) {
+  const uint32_t stride = gridDim.x * blockDim.x;
+  for (uint32_t i0 = blockIdx.x * blockDim.x + threadIdx.x; i0 < packs; i0 += U * stride) {
+    Pack<T, N> v[U];
 #pragma unroll
-      for (int j = 0; j < N; j += 4) {
-        const float4 a = __ldg(reinterpret_cast<const float4*>(scale + c + j));
-        const float4 d = __ldg(reinterpret_cast<const float4*>(shift + c + j));
-        sc[j] = a.x, sc[j + 1] = a.y, sc[j + 2] = a.z, sc[j + 3] = a.w;
-        sh[j] = d.x, sh[j + 1] = d.y, sh[j + 2] = d.z, sh[j + 3] = d.w;
-      }
-    } else {
-#pragma unroll
-      for (int j = 0; j < N; ++j) sc[j] = __ldg(scale + c + j), sh[j] = __ldg(shift + c + j);
+    for (int u = 0; u < U; ++u) {
+      const uint32_t i = i0 + u * stride;
+      if (i < packs) v[u] = *reinterpret_cast<const Pack<T, N>*>(x + int64_t(i) * N);
     }
-    Pack<T, N> o;
 #pragma unroll
-    for (int j = 0; j < N; ++j)
-      o.v[j] = from_float<T>(activate(act, to_float(v.v[j]) * sc[j] + sh[j]));
-    *reinterpret_cast<Pack<T, N>*>(out + int64_t(i) * N) = o;
+    for (int u = 0; u < U; ++u) {
+      const uint32_t i = i0 + u * stride;
+      if (i >= packs) break;
+      uint32_t b, within, row, cp;
+      batch_packs.divmod(i, b, within);
+      row_packs.divmod(within, row, cp);
+      const int64_t c = int64_t(b) * channels + int64_t(cp) * N;
+      float sc[N], sh[N];
+      if constexpr (N % 4 == 0) {
+#pragma unroll
+        for (int j = 0; j < N; j += 4) {
+          const float4 a = __ldg(reinterpret_cast<const float4*>(scale + c + j));
+          const float4 d = __ldg(reinterpret_cast<const float4*>(shift + c + j));
+          sc[j] = a.x, sc[j + 1] = a.y, sc[j + 2] = a.z, sc[j + 3] = a.w;
+          sh[j] = d.x, sh[j + 1] = d.y, sh[j + 2] = d.z, sh[j + 3] = d.w;
+        }
+      } else {
+#pragma unroll
+        for (int j = 0; j < N; ++j) sc[j] = __ldg(scale + c + j), sh[j] = __ldg(shift + c + j);
+      }
+      Pack<T, N> o;
+#pragma unroll
+      for (int j = 0; j < N; ++j) {
+        const float y = to_float(v[u].v[j]) * sc[j] + sh[j];
+        o.v[j] = from_float<T>(activate_narrow<T>(act, y));
+      }
+      *reinterpret_cast<Pack<T, N>*>(out + int64_t(i) * N) = o;
+    }
   }
 }
 
@@ -358,9 +373,9 @@ __global__ void __launch_bounds__(kResidentThreads)
     Pack<T, W> o;
 #pragma unroll
     for (int j = 0; j < W; ++j)
-      o.v[j] =
-          from_float<T>(activate(act, (to_float(v[k].v[j]) - mean) * rstd * to_float(gamma[c + j]) +
-                                          to_float(beta[c + j])));
+      o.v[j] = from_float<T>(activate_narrow<T>(
+          act,
+          (to_float(v[k].v[j]) - mean) * rstd * to_float(gamma[c + j]) + to_float(beta[c + j])));
     *reinterpret_cast<Pack<T, W>*>(out + base + int64_t(r) * channels + int64_t(jp) * W) = o;
   }
 }
@@ -443,11 +458,12 @@ void launch_group_norm(const GroupNormArgs& a) {
   // L2 round trips that grows with their number (on an H200, 2x4096x320: 342
   // blocks made the whole GroupNorm 27 us).
   const dim3 block = pack_block(packs);
-  // Large tensors (the VAE's, 4M values a batch row and more) take four blocks
-  // per multiprocessor: their fold is short against their reading time (on the
-  // 1024² VAE decode's GroupNorm, 4.8 ms with four, 5.1 with two or eight, 5.3
-  // with sixteen).
-  const int per_sm = rows * channels >= (int64_t(1) << 22) ? 4 : 2;
+  // Large tensors (the VAE's, 4M values a batch row and more) take six blocks
+  // per multiprocessor, as many as the registers allow at once: their fold is
+  // short against their reading time (on the 1024² VAE decode's GroupNorm, before
+  // the apply was fixed, 4.8 ms with four, 5.1 with two or eight, 5.3 with sixteen;
+  // after, 3.64 ms with six against 3.76 with four).
+  const int per_sm = rows * channels >= (int64_t(1) << 22) ? 6 : 2;
   const int64_t target = std::max<int64_t>(1, int64_t(sms) * per_sm / batch);
   const int64_t rows_per_block =
       std::max<int64_t>(int64_t(block.y) * 8, (rows + target - 1) / target);
@@ -474,9 +490,18 @@ void launch_group_norm(const GroupNormArgs& a) {
       scale, shift, context().counters, rows, rows_per_block, channels, groups, a.eps);
   CUDA_CHECK_LAUNCH();
 
-  // Apply: a grid-stride loop of 256-thread blocks, eight per multiprocessor.
-  const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t(sms) * 8);
-  group_norm_apply<T, N><<<unsigned(blocks), 256, 0, stream()>>>(
+  // Apply: a grid-stride loop over as many 256-thread blocks as are resident at once.
+  // Four accesses a step measured level with two and 0.7 ms faster than one on the
+  // 1024² VAE decode's GroupNorm (3.76 against 4.45 ms, with the fast SiLU).
+  constexpr int U = 4;
+  static const int resident = [] {
+    int n = 0;
+    CUDA_CHECK(
+        cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, group_norm_apply<T, N, U>, 256, 0));
+    return std::max(n, 1);
+  }();
+  const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t(sms) * resident);
+  group_norm_apply<T, N, U><<<unsigned(blocks), 256, 0, stream()>>>(
       x, static_cast<T*>(a.out.raw()), scale, shift, uint32_t(total),
       FastDiv(uint32_t(rows * packs)), FastDiv(uint32_t(packs)), a.act);
   CUDA_CHECK_LAUNCH();
