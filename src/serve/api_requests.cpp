@@ -185,7 +185,7 @@ JobSpec build(const Common& c, const ServeConfig& config, const ModelRegistry& m
   if (!models.known(c.model))
     throw bad("model",
               str("unknown model \"", c.model, "\" (available: ", model_list(models), ")"));
-  const TextToImagePipeline* pipeline = models.find(c.model);
+  const TextToImagePipeline* pipeline = models.ready() ? models.find(c.model) : nullptr;
   if (!pipeline)
     throw ApiError(503, "models are still loading; try again shortly", "", "server_error");
   if (c.images < 1 || c.images > config.max_images_per_request)

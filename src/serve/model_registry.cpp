@@ -18,7 +18,7 @@ void ModelRegistry::load_all(
     pipelines_[s.name] = TextToImagePipeline::load(s.dir, placement);
     if (prepare) prepare(s, *pipelines_[s.name]);
   }
-  ready_.store(true, std::memory_order_release);
+  loaded_.store(true, std::memory_order_release);
 }
 
 bool ModelRegistry::known(std::string_view name) const {
@@ -28,7 +28,7 @@ bool ModelRegistry::known(std::string_view name) const {
 }
 
 const TextToImagePipeline* ModelRegistry::find(std::string_view name) const {
-  if (!ready()) return nullptr;
+  if (!loaded()) return nullptr;
   auto it = pipelines_.find(name);
   return it == pipelines_.end() ? nullptr : it->second.get();
 }

@@ -253,18 +253,20 @@ int run_server(const ServeConfig& config) {
     std::fprintf(stderr, "kiln serve: %s\n", how);
     return 0;
   };
-  // Stopped while starting: no job has been taken (requests get 503 until the models
-  // are ready), so nothing drains; jobs recovered from the journal stay there as they
-  // were for the next start. A signal that came as the load finished takes the
-  // drain below instead: a request may have been taken in between.
-  if (signal_number != 0 && !models.ready()) return shut_down("stopped before ready");
+  // Stopped while starting: no job has been taken (requests get 503 until the server
+  // opens below, even when the load has just finished), so nothing drains; jobs
+  // recovered from the journal stay there as they were for the next start.
+  if (signal_number != 0) return shut_down("stopped before ready");
   if (load_error) {
     http.stop();
     http_thread.join();
     std::rethrow_exception(load_error);
   }
+  // The recovered jobs are queued before any new request can be, and /v2/health/ready
+  // turns 200 only once the scheduler runs.
   if (store.journal()) resume_jobs(resumable, scheduler, metrics);
   scheduler.start();
+  models.open();
   std::fprintf(
       stderr, "kiln serve: ready: %zu model%s loaded in %.2f s\n", config.models.size(),
       config.models.size() == 1 ? "" : "s",
