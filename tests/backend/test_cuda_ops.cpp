@@ -271,55 +271,86 @@ struct NormCase {
   int64_t b, n, c;
   int groups;
   Activation act;
+  // The grid-wide kernel takes it in f16 on a GPU of 132 multiprocessors or more
+  // (H100 SXM, H200; with fewer, the largest of these do not fit).
+  bool grid = false;
 };
 
-class GroupNorm : public CudaTest, public ::testing::WithParamInterface<NormCase> {};
+class GroupNorm : public CudaTest,
+                  public ::testing::WithParamInterface<std::tuple<NormCase, bool>> {};
 
 TEST_P(GroupNorm, MatchesCpu) {
-  const NormCase c = GetParam();
+  const auto [c, classic] = GetParam();
+  cuda::options().group_norm_kernel =
+      classic ? cuda::Options::GroupNormKernel::Classic : cuda::Options::GroupNormKernel::Auto;
   for (DType dt : kAllTypes) {
     // An offset mean, as real activations have, tests the variance's accuracy.
     std::vector<Tensor> in{random_tensor({c.b, c.n, c.c}, dt, next_seed(), 2.0f, 3.0f),
                            random_tensor({c.c}, dt, next_seed(), 0.5f, 1.0f),
                            random_tensor({c.c}, dt, next_seed())};
+    const size_t grid_before = cuda::group_norm_grid_calls();
     expect_match(str("group_norm ", c.b, "x", c.n, "x", c.c, " g", c.groups), dt, in,
                  [&](const std::vector<Tensor>& t) {
                    return ops::group_norm(t[0], t[1], t[2], c.groups, 1e-5f, c.act);
                  });
-    // The sums are folded in a fixed order: the same bits every time (graph replay
-    // relies on it).
+    const bool grid_ran = cuda::group_norm_grid_calls() > grid_before;
+    if (classic) EXPECT_FALSE(grid_ran) << "the grid kernel ran though left out";
+    if (!classic && c.grid && dt == DType::F16 && cuda::device_info().multiprocessors >= 132)
+      EXPECT_TRUE(grid_ran) << "group_norm " << c.b << "x" << c.n << "x" << c.c
+                            << " f16 did not take the grid kernel";
+    // The sums are folded in a fixed order: the same bits every time, and in a
+    // replayed graph the same as eager (the grid kernel is a cooperative launch).
     std::vector<Tensor> dev;
     for (const Tensor& t : in) dev.push_back(on_cuda(t, dt));
-    const Tensor first = ops::group_norm(dev[0], dev[1], dev[2], c.groups, 1e-5f, c.act).to(Device::CPU);
-    const Tensor again = ops::group_norm(dev[0], dev[1], dev[2], c.groups, 1e-5f, c.act).to(Device::CPU);
+    auto run = [&] { return ops::group_norm(dev[0], dev[1], dev[2], c.groups, 1e-5f, c.act); };
+    const Tensor first = run().to(Device::CPU);
+    const Tensor again = run().to(Device::CPU);
     EXPECT_EQ(std::memcmp(first.raw(), again.raw(), first.nbytes()), 0)
         << "group_norm " << c.n << "x" << c.c << " " << dtype_name(dt) << " differs between runs";
+    cuda::CapturedForward graph(run);
+    const Tensor replayed = graph.replay().to(Device::CPU);
+    EXPECT_EQ(std::memcmp(first.raw(), replayed.raw(), first.nbytes()), 0)
+        << "group_norm " << c.n << "x" << c.c << " " << dtype_name(dt)
+        << ": graph replay differs from eager";
   }
+  cuda::options().group_norm_kernel = cuda::Options::GroupNormKernel::Auto;
 }
 
-// Groups that one block holds in registers (up to 49152 values, fewer in f32 or
-// with narrow accesses) take the one-launch kernel, larger ones the two-launch
-// path (4096 and 8192 channels: over 48 KiB of shared memory).
+// Tensors the whole GPU holds in registers take the grid kernel (up to about 16 MB
+// in f16 and f32, 8 MB in bf16; 16-byte accesses, a pack of 8 channels in at most
+// two groups); else groups that one block holds in registers (up to 49152 values,
+// fewer in f32 or with narrow accesses) take the one-block kernel, larger ones the
+// two-launch path (4096 and 8192 channels: over 48 KiB of shared memory). Each case
+// also runs with the grid kernel left out.
 INSTANTIATE_TEST_SUITE_P(
     Shapes, GroupNorm,
-    ::testing::Values(
-        NormCase{2, 4096, 320, 32, Activation::SiLU}, NormCase{2, 16384, 320, 32, Activation::SiLU},
-        NormCase{2, 1024, 640, 32, Activation::SiLU}, NormCase{2, 512, 640, 32, Activation::SiLU},
-        NormCase{2, 64, 1280, 32, Activation::None},
-        NormCase{2, 256, 960, 32, Activation::SiLU},    // 30 per group
-        NormCase{1, 16384, 128, 32, Activation::SiLU},  // VAE
-        NormCase{1, 65536, 512, 32, Activation::SiLU},  // VAE
-        NormCase{2, 256, 2560, 32, Activation::SiLU},   // concat
-        NormCase{4, 1024, 1920, 32, Activation::SiLU},  // batch 4
-        NormCase{2, 4096, 100, 4, Activation::SiLU},    // scalar
-        NormCase{2, 64, 64, 32, Activation::SiLU},      // one launch
-        NormCase{1, 256, 4096, 32, Activation::SiLU}, NormCase{1, 256, 8192, 64, Activation::None},
-        NormCase{1, 37, 12, 4, Activation::SiLU},      // odd
-        NormCase{1, 6144, 256, 32, Activation::SiLU},  // at the limit
-        NormCase{1, 6145, 256, 32, Activation::SiLU},  // past it
-        NormCase{1, 3072, 256, 32, Activation::SiLU},  // f32's limit
-        NormCase{1, 1000, 60, 20, Activation::SiLU},   // 1-wide, 1024 threads
-        NormCase{3, 5, 6, 3, Activation::None}));
+    ::testing::Combine(
+        ::testing::Values(
+            NormCase{2, 4096, 320, 32, Activation::SiLU, true},  // SD1.5 64x64, 10 a group
+            NormCase{2, 16384, 320, 32, Activation::SiLU},       // SDXL 128x128: too large
+            NormCase{2, 1024, 640, 32, Activation::SiLU, true},
+            NormCase{2, 512, 640, 32, Activation::SiLU, true},
+            NormCase{2, 64, 1280, 32, Activation::None, true},    // fewer rows than blocks
+            NormCase{2, 256, 960, 32, Activation::SiLU, true},    // 30 per group
+            NormCase{2, 4096, 960, 32, Activation::SiLU, true},   // 15.7 MB in f16
+            NormCase{1, 16384, 128, 32, Activation::SiLU, true},  // VAE: 4 a group
+            NormCase{1, 4096, 512, 32, Activation::SiLU, true},   // VAE 64x64
+            NormCase{1, 16384, 512, 32, Activation::SiLU, true},  // VAE 128x128: 16 MB in f16
+            NormCase{1, 65536, 512, 32, Activation::SiLU},        // VAE: too large
+            NormCase{2, 256, 2560, 32, Activation::SiLU, true},   // concat
+            NormCase{4, 1024, 1920, 32, Activation::SiLU, true},  // batch 4
+            NormCase{3, 777, 320, 32, Activation::SiLU, true},    // rows not a multiple
+            NormCase{2, 4096, 100, 4, Activation::SiLU},          // scalar
+            NormCase{2, 64, 64, 32, Activation::SiLU},  // 2 a group: 4 groups a pack in f16
+            NormCase{1, 256, 4096, 32, Activation::SiLU},
+            NormCase{1, 256, 8192, 64, Activation::None},
+            NormCase{1, 37, 12, 4, Activation::SiLU},      // odd
+            NormCase{1, 6144, 256, 32, Activation::SiLU},  // one-block kernel at its limit
+            NormCase{1, 6145, 256, 32, Activation::SiLU},  // past it
+            NormCase{1, 3072, 256, 32, Activation::SiLU},  // f32's limit
+            NormCase{1, 1000, 60, 20, Activation::SiLU},   // 1-wide, 1024 threads
+            NormCase{3, 5, 6, 3, Activation::None}),
+        ::testing::Bool()));
 
 class LayerNorm : public CudaTest,
                   public ::testing::WithParamInterface<std::tuple<int64_t, int64_t>> {};

@@ -59,6 +59,8 @@ const char* kHelp =
     "                       for comparing the two kernels)\n"
     "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
+    "  --group-norm K       auto or classic: classic leaves out the grid-wide one-launch\n"
+    "                       GroupNorm (default auto; for comparing the two)\n"
     "  --json FILE          also write the rows as JSON\n"
     "  --commit SHA         the commit to record (default: the one kiln was configured at)\n";
 
@@ -418,10 +420,11 @@ void bench_e2e(Bench& b, const fs::path& dir, const std::vector<int>& sizes, int
 }  // namespace
 
 int bench(const std::vector<std::string>& argv) {
-  const Args args(argv,
-                  {"model", "arch", "what", "size", "batch", "steps", "device", "dtype", "warmup",
-                   "reps", "json", "commit", "flash-warp-rows", "attention", "plan-cache"},
-                  {"per-op", "per-shape", "no-graphs", "help"});
+  const Args args(
+      argv,
+      {"model", "arch", "what", "size", "batch", "steps", "device", "dtype", "warmup", "reps",
+       "json", "commit", "flash-warp-rows", "attention", "group-norm", "plan-cache"},
+      {"per-op", "per-shape", "no-graphs", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
     return 0;
@@ -467,6 +470,12 @@ int bench(const std::vector<std::string>& argv) {
     if (it == kernels.end())
       throw UsageError(str("--attention is auto, kiln or cudnn, got \"", *kernel, "\""));
     if (s.cuda()) cuda::options().attention_kernel = it->second;
+  }
+  if (const auto kernel = args.get("group-norm")) {
+    using K = cuda::Options::GroupNormKernel;
+    if (*kernel != "auto" && *kernel != "classic")
+      throw UsageError(str("--group-norm is auto or classic, got \"", *kernel, "\""));
+    if (s.cuda()) cuda::options().group_norm_kernel = *kernel == "auto" ? K::Auto : K::Classic;
   }
   if (s.cuda()) {
     const cuda::DeviceInfo info = cuda::device_info();

@@ -49,6 +49,12 @@ struct Options {
   // no causal mask and head dims that are multiples of 8 (it decides the largest).
   enum class AttentionKernel { Auto, Kiln, Cudnn };
   AttentionKernel attention_kernel = AttentionKernel::Auto;
+  // GroupNorm: Auto takes the one-launch kernel spread over the whole GPU where the
+  // tensor fits in its registers (about 16 MB in f16), else one block per group where
+  // the group fits in one block, else two launches; Classic leaves the grid-wide kernel
+  // out, for tests and comparisons.
+  enum class GroupNormKernel { Auto, Classic };
+  GroupNormKernel group_norm_kernel = GroupNormKernel::Auto;
 };
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).
@@ -57,6 +63,8 @@ bool cudnn_enabled();
 bool cudnn_attention_enabled();
 // Attention calls cuDNN ran so far (tests: that a forced path was taken).
 size_t cudnn_attention_calls();
+// GroupNorm calls the grid-wide one-launch kernel ran so far (tests: that it ran).
+size_t group_norm_grid_calls();
 
 // Plans: the algorithm each GEMM and cuDNN convolution shape runs with, chosen by
 // timing on its first use and kept on disk, one file per GPU (backend/plan_file.h),

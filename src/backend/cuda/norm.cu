@@ -3,14 +3,18 @@
 // runs in a fixed order, so results are the same run after run (a replayed
 // graph reproduces the eager pass bit for bit).
 //
-// Groups small enough for one block's registers take one launch and one pass
-// (group_norm_resident). Larger ones, on NHWC, read whole rows of C channels
-// (coalesced) and sort the per-channel sums into groups, in two launches: partial
-// sums per (batch, block of rows, group), where the last block of each batch row
-// folds them (one warp per group, in a fixed order) with gamma and beta into a
-// per-channel scale and shift; then out = act(x * scale + shift) in a flat
-// grid-stride loop.
+// Tensors the whole GPU holds in registers take one launch and one pass over all
+// multiprocessors (group_norm_grid). Else groups small enough for one block's
+// registers take one launch and one pass (group_norm_resident). Larger ones, on
+// NHWC, read whole rows of C channels (coalesced) and sort the per-channel sums
+// into groups, in two launches: partial sums per (batch, block of rows, group),
+// where the last block of each batch row folds them (one warp per group, in a
+// fixed order) with gamma and beta into a per-channel scale and shift; then
+// out = act(x * scale + shift) in a flat grid-stride loop.
+#include <cooperative_groups.h>
+
 #include <algorithm>
+#include <atomic>
 #include <type_traits>
 
 #include "backend/cuda/device.cuh"
@@ -424,6 +428,232 @@ bool launch_group_norm_resident(const GroupNormArgs& a) {
   }
 }
 
+// Tensors the whole GPU can hold in registers (about 16 MB: one 512-thread block per
+// multiprocessor, up to sixteen 16-byte accesses a thread; 1024 threads with eight
+// would cap them at 64 registers, and eight accesses already spilled): one launch that
+// reads the tensor once and writes it once. Each block takes a run of rows of one
+// batch row, all channels (coalesced whole rows, as the two-launch path reads them),
+// and keeps them in registers; it writes its per-group sums, waits for the whole grid
+// (a cooperative launch, so that every block is resident), folds every block's sums
+// of its batch row in a fixed order (each block the same fold, so the same bits) and
+// normalises what it holds. Against the two launches this saves the second read and
+// the launch and fold latencies that dominated tensors of a few megabytes (on an
+// H200: 2x4096x320 18 us, the VAE's 1x4096x512 18 us and 1x16384x512 36 us a call).
+constexpr int kGridThreads = 512;
+// 16-byte accesses a thread holds, at most: sixteen spill in bf16 (ptxas for sm_90:
+// 1.5 KB of spill loads a thread), none in f16 and f32.
+template <class T>
+constexpr int kGridAccesses = std::is_same_v<T, bfloat16> ? 8 : 16;
+
+template <class T>
+struct GroupNormGridParams {
+  const T* x;
+  const T* gamma;
+  const T* beta;
+  T* out;
+  float2* partial;  // [batch][blocks_per_batch][groups] (sum, sum of squares)
+  int64_t rows;     // per batch row
+  int channels, groups, per_group;
+  int blocks_per_batch;
+  int64_t rows_per_block;
+  float eps;
+  Activation act;
+};
+
+// Threads: a multiple of the row's packs of N channels, so that each thread keeps one
+// pack (and its at most two groups) down all its rows. K: accesses a thread holds.
+// Shared memory: [threads] staged sums, then [groups] (mean, rstd) in f64; after
+// them [2][channels] scale and shift.
+template <class T, int K>
+__global__ void __launch_bounds__(kGridThreads, 1) group_norm_grid(GroupNormGridParams<T> p) {
+  constexpr int N = kVec<T>;
+  extern __shared__ float4 grid_smem[];
+  const int packs = p.channels / N;
+  const int rows_at_once = blockDim.x / packs;
+  const int pack = threadIdx.x % packs;
+  const int b = blockIdx.x / p.blocks_per_batch, part = blockIdx.x % p.blocks_per_batch;
+  // This thread's rows: first, first + rows_at_once, ... (held: how many of them).
+  const int64_t first = int64_t(part) * p.rows_per_block + threadIdx.x / packs;
+  const int64_t end = min(p.rows, int64_t(part + 1) * p.rows_per_block);
+  const int held = first < end ? int((end - first + rows_at_once - 1) / rows_at_once) : 0;
+  const int64_t offset = (int64_t(b) * p.rows + first) * p.channels + int64_t(pack) * N;
+  const int step = rows_at_once * p.channels;  // elements between a thread's rows
+  // The pack's channels c0..c0+N-1 fall in group g0 up to `split`, in g0 + 1 after.
+  const int c0 = pack * N, g0 = c0 / p.per_group;
+  const int split = (g0 + 1) * p.per_group - c0;
+
+  Pack<T, N> v[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+    if (k < held) v[k] = *reinterpret_cast<const Pack<T, N>*>(p.x + offset + k * step);
+  float s0 = 0.0f, q0 = 0.0f, s1 = 0.0f, q1 = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (k >= held) continue;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float f = to_float(v[k].v[j]);
+      if (j < split) {
+        s0 += f;
+        q0 += f * f;
+      } else {
+        s1 += f;
+        q1 += f * f;
+      }
+    }
+  }
+  grid_smem[threadIdx.x] = make_float4(s0, q0, s1, q1);
+  __syncthreads();
+
+  // This block's sums per group: a warp per group over the threads whose pack
+  // touches it, in a fixed order.
+  const int warps = blockDim.x / 32, warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  for (int g = warp; g < p.groups; g += warps) {
+    const int lo = g * p.per_group / N, span = ((g + 1) * p.per_group - 1) / N - lo + 1;
+    const int terms = span * rows_at_once;
+    float s = 0.0f, q = 0.0f;
+    for (int i = lane; i < terms; i += 32) {
+      const int pk = lo + i % span;
+      const float4 st = grid_smem[(i / span) * packs + pk];
+      const bool first_group = pk * N / p.per_group == g;  // else g is the pack's second
+      s += first_group ? st.x : st.z;
+      q += first_group ? st.y : st.w;
+    }
+    s = warp_sum(s);
+    q = warp_sum(q);
+    if (lane == 0)
+      p.partial[(int64_t(b) * p.blocks_per_batch + part) * p.groups + g] = make_float2(s, q);
+  }
+  cooperative_groups::this_grid().sync();
+
+  // Every block of the batch row folds the same partial sums in the same order.
+  double2* stats = reinterpret_cast<double2*>(grid_smem);  // [groups] (mean, rstd)
+  const int staged = max(int(blockDim.x), p.groups);       // float4s before scale/shift
+  float* scale = reinterpret_cast<float*>(grid_smem + staged);
+  float* shift = scale + p.channels;
+  const double count = double(p.rows) * p.per_group;
+  for (int g = warp; g < p.groups; g += warps) {
+    const float2* sums = p.partial + int64_t(b) * p.blocks_per_batch * p.groups + g;
+    double s = 0.0, q = 0.0;
+    for (int i = lane; i < p.blocks_per_batch; i += 32) {
+      const float2 v2 = __ldcg(sums + int64_t(i) * p.groups);
+      s += v2.x;
+      q += v2.y;
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1) {
+      s += __shfl_xor_sync(0xffffffffu, s, o);
+      q += __shfl_xor_sync(0xffffffffu, q, o);
+    }
+    if (lane == 0) {
+      const double mean = s / count;
+      const double var = fmax(q / count - mean * mean, 0.0);
+      stats[g] = make_double2(mean, 1.0 / sqrt(var + double(p.eps)));
+    }
+  }
+  __syncthreads();
+  // Per channel, as the two-launch path computes them: out = act(x * scale + shift).
+  for (int c = threadIdx.x; c < p.channels; c += blockDim.x) {
+    const double2 st = stats[c / p.per_group];
+    const double gm = double(to_float(p.gamma[c]));
+    scale[c] = float(st.y * gm);
+    shift[c] = float(double(to_float(p.beta[c])) - st.x * st.y * gm);
+  }
+  __syncthreads();
+  float sc[N], sh[N];
+#pragma unroll
+  for (int j = 0; j < N; j += 4) {
+    const float4 a = *reinterpret_cast<const float4*>(scale + c0 + j);
+    const float4 d = *reinterpret_cast<const float4*>(shift + c0 + j);
+    sc[j] = a.x, sc[j + 1] = a.y, sc[j + 2] = a.z, sc[j + 3] = a.w;
+    sh[j] = d.x, sh[j + 1] = d.y, sh[j + 2] = d.z, sh[j + 3] = d.w;
+  }
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (k >= held) continue;
+    Pack<T, N> o;
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      o.v[j] = from_float<T>(activate_narrow<T>(p.act, to_float(v[k].v[j]) * sc[j] + sh[j]));
+    *reinterpret_cast<Pack<T, N>*>(p.out + offset + k * step) = o;
+  }
+}
+
+std::atomic<size_t> grid_calls{0};
+
+// False where the tensor does not fit, or its layout does not suit the kernel (the
+// caller takes another path): 16-byte accesses, at most 512 packs a row and as many
+// groups as threads, a pack in at most two groups.
+template <class T>
+bool launch_group_norm_grid(const GroupNormArgs& a) {
+  constexpr int N = kVec<T>;
+  const int batch = int(a.x.dim(0)), channels = int(a.x.dim(2)), groups = a.groups;
+  const int64_t rows = a.x.dim(1);
+  const int per_group = channels / groups;
+  if (channels % N != 0 || !(aligned16(a.x.raw()) && aligned16(a.out.raw()) &&
+                             aligned16(a.gamma.raw()) && aligned16(a.beta.raw())))
+    return false;
+  const int packs = channels / N;
+  if (packs > kGridThreads) return false;
+  const int rows_at_once = kGridThreads / packs, threads = rows_at_once * packs;
+  if (groups > threads) return false;
+  for (int pk = 0; pk < packs; ++pk)
+    if (((pk + 1) * N - 1) / per_group - pk * N / per_group > 1) return false;
+  // Cooperative launches need every block resident at once: one block a
+  // multiprocessor (the kernel's launch bounds), fewer where the device is shared.
+  const cudaDeviceProp& props = context().props;
+  if (!props.cooperativeLaunch) return false;
+  const int blocks_per_batch_max = props.multiProcessorCount / batch;
+  if (blocks_per_batch_max < 1) return false;
+  // Rows spread over as many blocks as there are, each thread holding the fewest.
+  const int64_t rows_per_block = (rows + blocks_per_batch_max - 1) / blocks_per_batch_max;
+  const int64_t accesses = (rows_per_block + rows_at_once - 1) / rows_at_once;
+  if (accesses > kGridAccesses<T>) return false;
+  const int blocks_per_batch = int((rows + rows_per_block - 1) / rows_per_block);
+  const size_t smem =
+      size_t(std::max(threads, groups)) * sizeof(float4) + size_t(2) * channels * sizeof(float);
+
+  const auto buffer = scratch(size_t(batch) * blocks_per_batch * groups * sizeof(float2));
+  GroupNormGridParams<T> params{static_cast<const T*>(a.x.raw()),
+                                static_cast<const T*>(a.gamma.raw()),
+                                static_cast<const T*>(a.beta.raw()),
+                                static_cast<T*>(a.out.raw()),
+                                static_cast<float2*>(buffer->data()),
+                                rows,
+                                channels,
+                                groups,
+                                per_group,
+                                blocks_per_batch,
+                                rows_per_block,
+                                a.eps,
+                                a.act};
+  auto launch = [&](auto k) -> bool {
+    constexpr int K = decltype(k)::value;
+    const void* kernel = reinterpret_cast<const void*>(group_norm_grid<T, K>);
+    static int configured = 48 << 10;  // per instantiation
+    if (int(smem) > configured) {
+      CUDA_CHECK(cudaFuncSetAttribute(group_norm_grid<T, K>,
+                                      cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+      configured = int(smem);
+    }
+    int resident = 0;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&resident, group_norm_grid<T, K>,
+                                                             threads, smem));
+    if (resident < 1) return false;
+    void* args[] = {&params};
+    CUDA_CHECK(cudaLaunchCooperativeKernel(kernel, dim3(unsigned(batch * blocks_per_batch)),
+                                           dim3(unsigned(threads)), args, smem, stream()));
+    CUDA_CHECK_LAUNCH();
+    grid_calls.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  };
+  if (accesses <= 1) return launch(std::integral_constant<int, 1>{});
+  if (accesses <= 2) return launch(std::integral_constant<int, 2>{});
+  if (accesses <= 4) return launch(std::integral_constant<int, 4>{});
+  if (accesses <= 8 || kGridAccesses<T> <= 8) return launch(std::integral_constant<int, 8>{});
+  return launch(std::integral_constant<int, kGridAccesses<T>>{});
+}
+
 template <class T>
 int norm_pack_width(int64_t channels, std::initializer_list<const void*> pointers) {
   for (const void* p : pointers)
@@ -509,12 +739,19 @@ void launch_group_norm(const GroupNormArgs& a) {
 
 }  // namespace
 
+size_t group_norm_grid_calls() {
+  return grid_calls.load(std::memory_order_relaxed);
+}
+
 void group_norm(const GroupNormArgs& a) {
   if (a.x.numel() == 0) return;
   KILN_CHECK(a.x.dim(2) <= 16384, "group_norm: ", a.x.dim(2), " channels (at most 16384 on CUDA)");
   const int64_t per_group = a.x.dim(2) / a.groups;
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
+    if (options().group_norm_kernel == Options::GroupNormKernel::Auto &&
+        launch_group_norm_grid<T>(a))
+      return;
     // One block per group where its accesses are 16 bytes wide, or the group is
     // small. Narrower groups of many rows (SD1.5's 10 and 20 channels at 64x64 and
     // 32x32) are faster through the two launches, which read whole rows: one block

@@ -1,0 +1,88 @@
+#!/usr/bin/env bash
+# A/B of one `kiln bench` flag on the GPU machine in one call: builds kiln (the build
+# stage of scripts/gpu-check.sh, so with the same dependencies; with TEST=1 also its
+# test stage), then runs each workload once per value of the flag, alternating the
+# values, with one plan cache for all runs, and prints the graph-replay times side by
+# side and, per op and shape, the rows whose op matches OPS.
+#
+#   FLAG=group-norm VALUES=classic,auto OPS=group_norm scripts/gpu-ab.sh
+#   WORKLOADS='sd15-512:--arch sd15 --what unet,vae --size 512;vae-1024:--arch sd15 --what vae --size 1024 --reps 5'
+#   SKIP_BUILD=1 ...                 use build-gpu/ as it is
+#   ROUNDS=2 ...                     each value twice, interleaved (the spread of one value)
+#
+# Output in $OUT (default out/gpu-ab): ab.md (the tables) and runs.tgz (every run's
+# markdown and JSON).
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-$PWD/out/gpu-ab}
+mkdir -p "$OUT/runs"
+FLAG=${FLAG:?set FLAG to a kiln bench option without its dashes}
+VALUES=${VALUES:?set VALUES to a comma-separated list}
+OPS=${OPS:-.}
+ROUNDS=${ROUNDS:-1}
+WORKLOADS=${WORKLOADS:-"sd15-512:--arch sd15 --what unet,vae --size 512;vae-1024:--arch sd15 --what vae --size 1024 --reps 5;sdxl-1024:--arch sdxl --what unet --size 1024"}
+COMMIT=${COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
+
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  stages=build
+  [ "${TEST:-0}" = 1 ] && stages=build,test
+  STAGES=$stages BUDGET=${BUDGET:-420} OUT="$OUT/check" COMMIT=$COMMIT scripts/gpu-check.sh \
+    >"$OUT/check.txt" 2>&1
+  grep -E "built|FAILED|passed|failed|components" "$OUT/check.txt"
+fi
+KILN=build-gpu/bin/kiln
+if [ ! -x "$KILN" ]; then
+  echo "gpu-ab: no $KILN; the build's log ends:" >&2
+  tail -30 "$OUT/check.txt" >&2 2>/dev/null
+  exit 1
+fi
+
+export KILN_PLAN_CACHE=${KILN_PLAN_CACHE:-$(mktemp -d /tmp/kiln-plans.XXXXXX)}
+IFS=',' read -r -a values <<<"$VALUES"
+IFS=';' read -r -a workloads <<<"$WORKLOADS"
+for ((round = 1; round <= ROUNDS; ++round)); do
+  for w in "${workloads[@]}"; do
+    name=${w%%:*}
+    read -r -a args <<<"${w#*:}"
+    for v in "${values[@]}"; do
+      echo "gpu-ab: $name --$FLAG $v (round $round)"
+      timeout 200 "$KILN" bench "${args[@]}" --per-shape --commit "$COMMIT" "--$FLAG" "$v" \
+        --json "$OUT/runs/$name-$v-$round.json" >"$OUT/runs/$name-$v-$round.md" 2>&1 ||
+        echo "gpu-ab: $name --$FLAG $v failed: $(tail -2 "$OUT/runs/$name-$v-$round.md")"
+    done
+  done
+done
+
+python3 - "$OUT/runs" "$FLAG" "$OPS" "$ROUNDS" "${values[@]}" <<'EOF' | tee "$OUT/ab.md"
+import glob, os, re, sys
+runs, flag, ops, rounds, values = sys.argv[1], sys.argv[2], re.compile(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
+totals, per_op = {}, {}
+for path in sorted(glob.glob(os.path.join(runs, "*.md"))):
+    stem = os.path.basename(path)[:-3]
+    name, value, rnd = stem.rsplit("-", 2)
+    col = value if rounds == 1 else f"{value} #{rnd}"
+    section = None
+    for line in open(path):
+        m = re.match(r"\| (\S+) \| \d+ \| \d+ \| \S+ \| (eager|graph) \| ([\d.]+) \|", line)
+        if m:
+            totals.setdefault((m[1], m[2]), {})[col] = float(m[3])
+            continue
+        m = re.match(r"per-op: (\S+) batch", line)
+        if m:
+            section = m[1]
+            continue
+        m = re.match(r"\| (.+?) \| (\d+) \| ([\d.]+) \| [\d.]+ \|", line)
+        if m and section and ops.search(m[1]):
+            per_op.setdefault((section, m[1], m[2]), {})[col] = float(m[3])
+cols = [v if rounds == 1 else f"{v} #{r}" for r in range(1, rounds + 1) for v in values]
+print(f"\nkiln bench --{flag}: " + ", ".join(values) + " (ms; per op: graph replay with event nodes)\n")
+print("| workload | mode | " + " | ".join(cols) + " |")
+print("|---|---|" + "---|" * len(cols))
+for (w, mode), row in sorted(totals.items()):
+    print(f"| {w} | {mode} | " + " | ".join(f"{row[c]:.3f}" if c in row else "–" for c in cols) + " |")
+print("\n| workload | op and shape | calls | " + " | ".join(cols) + " |")
+print("|---|---|---|" + "---|" * len(cols))
+for (w, op, calls), row in sorted(per_op.items()):
+    print(f"| {w} | {op} | {calls} | " + " | ".join(f"{row[c]:.3f}" if c in row else "–" for c in cols) + " |")
+EOF
+tar -C "$OUT" -czf "$OUT/runs.tgz" runs && rm -rf "$OUT/runs"
