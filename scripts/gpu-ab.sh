@@ -26,7 +26,8 @@ COMMIT=${COMMIT:-$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)}
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   stages=build
   [ "${TEST:-0}" = 1 ] && stages=build,test
-  STAGES=$stages BUDGET=${BUDGET:-420} OUT="$OUT/check" COMMIT=$COMMIT scripts/gpu-check.sh \
+  STAGES=$stages BUDGET=${BUDGET:-420} OUT="$OUT/check" COMMIT=$COMMIT PACK_LOGS=1 \
+    scripts/gpu-check.sh \
     >"$OUT/check.txt" 2>&1
   grep -E "built|FAILED|passed|failed|components" "$OUT/check.txt"
 fi
