@@ -21,11 +21,9 @@ void ResnetBlock2D::load(const WeightLoader& w, const std::string& prefix, int64
 
 Tensor ResnetBlock2D::operator()(const Tensor& x, const Tensor& temb_act) const {
   Tensor h = conv1(norm1(x, Activation::SiLU));  // [B, H, W, out]
-  if (time_emb_proj) {
-    const Tensor t = (*time_emb_proj)(temb_act);  // [B, out]
-    h = ops::add(h, t.reshape({t.dim(0), 1, 1, t.dim(1)}));
-  }
-  h = norm2(h, Activation::SiLU);
+  // h + time_emb_proj(temb) feeds norm2 alone: the add happens inside it.
+  const Tensor t = time_emb_proj ? (*time_emb_proj)(temb_act) : Tensor();  // [B, out]
+  h = norm2(h, Activation::SiLU, t);
   const Tensor shortcut = conv_shortcut ? (*conv_shortcut)(x) : x;
   Tensor out = conv2(h, shortcut);
   if (output_scale_factor != 1.0f) out = ops::scale(out, 1.0f / output_scale_factor);

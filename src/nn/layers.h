@@ -44,8 +44,10 @@ struct GroupNorm {
 
   void load(const WeightLoader& w, const std::string& prefix, int64_t channels, int groups,
             float eps);
-  Tensor operator()(const Tensor& x, Activation act = Activation::None) const {
-    return ops::group_norm(x, weight, bias, groups, eps, act);
+  // addend [B, C]: normalises x + addend (broadcast over the positions).
+  Tensor operator()(const Tensor& x, Activation act = Activation::None,
+                    const Tensor& addend = {}) const {
+    return ops::group_norm(x, weight, bias, groups, eps, act, addend);
   }
 };
 

@@ -91,7 +91,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dG
 }
 
 Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
-                  Activation act) {
+                  Activation act, const Tensor& addend) {
   KILN_CHECK(x.ndim() >= 2, "group_norm: x ", x.describe());
   const int64_t c = x.dim(-1), b = x.dim(0);
   KILN_CHECK(groups > 0 && c % groups == 0, "group_norm: ", c, " channels in ", groups, " groups");
@@ -105,6 +105,12 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int 
   a.groups = groups;
   a.eps = eps;
   a.act = act;
+  if (addend.defined()) {
+    check_float_like(x, addend, "group_norm", "addend");
+    KILN_CHECK(addend.numel() == b * c && addend.dim(0) == b && addend.dim(-1) == c,
+               "group_norm: addend ", addend.describe(), ", expected [", b, ", ", c, "]");
+    a.addend = addend.reshape({b, c});
+  }
   Tensor out = like(x, x.shape());
   a.out = out.reshape(a.x.shape());
   backend_for(x.device()).group_norm(a);

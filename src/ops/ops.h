@@ -26,9 +26,10 @@ struct Conv2dGeometry {
 Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dGeometry g,
               const Tensor& residual = {});
 
-// x [B, ..., C]: normalised per (batch, group of C/groups channels); then act.
+// x [B, ..., C]: normalised per (batch, group of C/groups channels); then act. With
+// addend [B, C]: group_norm(x + addend broadcast over the positions), in one op.
 Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
-                  Activation act = Activation::None);
+                  Activation act = Activation::None, const Tensor& addend = {});
 // x [..., C] normalised over C.
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps);
 

@@ -274,6 +274,7 @@ struct NormCase {
   // The grid-wide kernel takes it in f16 on a GPU of 132 multiprocessors or more
   // (H100 SXM, H200; with fewer, the largest of these do not fit).
   bool grid = false;
+  bool addend = false;  // x + addend[b, c] normalised (a resnet's time embedding)
 };
 
 class GroupNorm : public CudaTest,
@@ -287,12 +288,15 @@ TEST_P(GroupNorm, MatchesCpu) {
     // An offset mean, as real activations have, tests the variance's accuracy.
     std::vector<Tensor> in{random_tensor({c.b, c.n, c.c}, dt, next_seed(), 2.0f, 3.0f),
                            random_tensor({c.c}, dt, next_seed(), 0.5f, 1.0f),
-                           random_tensor({c.c}, dt, next_seed())};
+                           random_tensor({c.c}, dt, next_seed()),
+                           random_tensor({c.b, c.c}, dt, next_seed(), 1.0f, -1.0f)};
+    const auto op = [&](const std::vector<Tensor>& t) {
+      return ops::group_norm(t[0], t[1], t[2], c.groups, 1e-5f, c.act, c.addend ? t[3] : Tensor());
+    };
     const size_t grid_before = cuda::group_norm_grid_calls();
-    expect_match(str("group_norm ", c.b, "x", c.n, "x", c.c, " g", c.groups), dt, in,
-                 [&](const std::vector<Tensor>& t) {
-                   return ops::group_norm(t[0], t[1], t[2], c.groups, 1e-5f, c.act);
-                 });
+    expect_match(
+        str("group_norm ", c.b, "x", c.n, "x", c.c, " g", c.groups, c.addend ? " + addend" : ""),
+        dt, in, op);
     const bool grid_ran = cuda::group_norm_grid_calls() > grid_before;
     if (classic) EXPECT_FALSE(grid_ran) << "the grid kernel ran though left out";
     if (!classic && c.grid && dt == DType::F16 && cuda::device_info().multiprocessors >= 132)
@@ -302,7 +306,7 @@ TEST_P(GroupNorm, MatchesCpu) {
     // replayed graph the same as eager (the grid kernel is a cooperative launch).
     std::vector<Tensor> dev;
     for (const Tensor& t : in) dev.push_back(on_cuda(t, dt));
-    auto run = [&] { return ops::group_norm(dev[0], dev[1], dev[2], c.groups, 1e-5f, c.act); };
+    auto run = [&] { return op(dev); };
     const Tensor first = run().to(Device::CPU);
     const Tensor again = run().to(Device::CPU);
     EXPECT_EQ(std::memcmp(first.raw(), again.raw(), first.nbytes()), 0)
@@ -326,21 +330,24 @@ INSTANTIATE_TEST_SUITE_P(
     Shapes, GroupNorm,
     ::testing::Combine(
         ::testing::Values(
-            NormCase{2, 4096, 320, 32, Activation::SiLU, true},  // SD1.5 64x64, 10 a group
-            NormCase{2, 16384, 320, 32, Activation::SiLU},       // SDXL 128x128: too large
+            NormCase{2, 4096, 320, 32, Activation::SiLU, true},          // SD1.5 64x64, 10 a group
+            NormCase{2, 4096, 320, 32, Activation::SiLU, true, true},    // + time embedding
+            NormCase{2, 16384, 320, 32, Activation::SiLU},               // SDXL 128x128: too large
+            NormCase{2, 16384, 320, 32, Activation::SiLU, false, true},  // + addend, 2 launches
             NormCase{2, 1024, 640, 32, Activation::SiLU, true},
             NormCase{2, 512, 640, 32, Activation::SiLU, true},
-            NormCase{2, 64, 1280, 32, Activation::None, true},    // fewer rows than blocks
-            NormCase{2, 256, 960, 32, Activation::SiLU, true},    // 30 per group
-            NormCase{2, 4096, 960, 32, Activation::SiLU, true},   // 15.7 MB in f16
-            NormCase{1, 16384, 128, 32, Activation::SiLU, true},  // VAE: 4 a group
-            NormCase{1, 4096, 512, 32, Activation::SiLU, true},   // VAE 64x64
-            NormCase{1, 16384, 512, 32, Activation::SiLU, true},  // VAE 128x128: 16 MB in f16
-            NormCase{1, 65536, 512, 32, Activation::SiLU},        // VAE: too large
-            NormCase{2, 256, 2560, 32, Activation::SiLU, true},   // concat
-            NormCase{4, 1024, 1920, 32, Activation::SiLU, true},  // batch 4
-            NormCase{3, 777, 320, 32, Activation::SiLU, true},    // rows not a multiple
-            NormCase{2, 4096, 100, 4, Activation::SiLU},          // scalar
+            NormCase{2, 64, 1280, 32, Activation::None, true},        // fewer rows than blocks
+            NormCase{2, 64, 1280, 32, Activation::SiLU, true, true},  // + addend (one block)
+            NormCase{2, 256, 960, 32, Activation::SiLU, true},        // 30 per group
+            NormCase{2, 4096, 960, 32, Activation::SiLU, true},       // 15.7 MB in f16
+            NormCase{1, 16384, 128, 32, Activation::SiLU, true},      // VAE: 4 a group
+            NormCase{1, 4096, 512, 32, Activation::SiLU, true},       // VAE 64x64
+            NormCase{1, 16384, 512, 32, Activation::SiLU, true},      // VAE 128x128: 16 MB in f16
+            NormCase{1, 65536, 512, 32, Activation::SiLU},            // VAE: too large
+            NormCase{2, 256, 2560, 32, Activation::SiLU, true},       // concat
+            NormCase{4, 1024, 1920, 32, Activation::SiLU, true},      // batch 4
+            NormCase{3, 777, 320, 32, Activation::SiLU, true},        // rows not a multiple
+            NormCase{2, 4096, 100, 4, Activation::SiLU},              // scalar
             NormCase{2, 64, 64, 32, Activation::SiLU},  // 2 a group: 4 groups a pack in f16
             NormCase{1, 256, 4096, 32, Activation::SiLU},
             NormCase{1, 256, 8192, 64, Activation::None},

@@ -196,6 +196,26 @@ TEST(Ops, GroupNormWithSiluMatchesNaiveStatistics) {
   EXPECT_LT(max_abs_diff(y, ref), 1e-5);
 }
 
+TEST(Ops, GroupNormWithAddendEqualsTheAddThenTheNorm) {
+  // A resnet's time embedding goes into norm2 on the way in: the same values as a
+  // separate broadcast add before it.
+  const int64_t batch = 3, h = 4, w = 5, c = 16;
+  Tensor x = random_tensor({batch, h, w, c}, 41), t = random_tensor({batch, c}, 42, -2, 2);
+  Tensor g = random_tensor({c}, 43), bt = random_tensor({c}, 44);
+  const Tensor fused = ops::group_norm(x, g, bt, 4, 1e-5f, Activation::SiLU, t);
+  const Tensor separate =
+      ops::group_norm(ops::add(x, t.reshape({batch, 1, 1, c})), g, bt, 4, 1e-5f, Activation::SiLU);
+  ASSERT_EQ(fused.shape(), x.shape());
+  for (int64_t i = 0; i < fused.numel(); ++i)
+    ASSERT_EQ(f(fused)[i], f(separate)[i]) << "element " << i;
+  // An addend that is not [B, C] is an error, not a crash.
+  EXPECT_THROW(ops::group_norm(x, g, bt, 4, 1e-5f, Activation::SiLU, random_tensor({c}, 45)),
+               Error);
+  EXPECT_THROW(
+      ops::group_norm(x, g, bt, 4, 1e-5f, Activation::SiLU, random_tensor({batch, c + 1}, 46)),
+      Error);
+}
+
 TEST(Ops, LayerNormMatchesNaiveLoop) {
   const int64_t m = 7, c = 33;
   Tensor x = random_tensor({m, c}, 41, -4, 4), g = random_tensor({c}, 42),

@@ -16,6 +16,17 @@ void group_norm(const GroupNormArgs& a) {
   const float* gamma = a.gamma.data<float>();
   const float* beta = a.beta.data<float>();
   float* out = a.out.data<float>();
+  if (a.addend.defined()) {
+    // out = x + addend[b, c], then normalised in place (each pass reads a row before
+    // writing it), as the separate add did.
+    const float* add = a.addend.data<float>();
+#pragma omp parallel for schedule(static) if (batch * n * c >= kParallelWork)
+    for (int64_t i = 0; i < batch * n; ++i) {
+      const float* ab = add + (i / n) * c;
+      for (int64_t j = 0; j < c; ++j) out[i * c + j] = x[i * c + j] + ab[j];
+    }
+    x = out;
+  }
 
   for (int64_t b = 0; b < batch; ++b) {
     const float* xb = x + b * n * c;

@@ -450,6 +450,7 @@ struct GroupNormGridParams {
   const T* x;
   const T* gamma;
   const T* beta;
+  const T* addend;  // [batch][channels] or null
   T* out;
   float2* partial;  // [batch][blocks_per_batch][groups] (sum, sum of squares)
   int64_t rows;     // per batch row
@@ -486,6 +487,18 @@ __global__ void __launch_bounds__(kGridThreads, 1) group_norm_grid(GroupNormGrid
 #pragma unroll
   for (int k = 0; k < K; ++k)
     if (k < held) v[k] = *reinterpret_cast<const Pack<T, N>*>(p.x + offset + k * step);
+  if (p.addend) {
+    // Rounded to T as the separate add rounded it: the same values either way.
+    const Pack<T, N> ad =
+        *reinterpret_cast<const Pack<T, N>*>(p.addend + int64_t(b) * p.channels + c0);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (k >= held) continue;
+#pragma unroll
+      for (int j = 0; j < N; ++j)
+        v[k].v[j] = from_float<T>(to_float(v[k].v[j]) + to_float(ad.v[j]));
+    }
+  }
   float s0 = 0.0f, q0 = 0.0f, s1 = 0.0f, q1 = 0.0f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -593,6 +606,7 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
   if (channels % N != 0 || !(aligned16(a.x.raw()) && aligned16(a.out.raw()) &&
                              aligned16(a.gamma.raw()) && aligned16(a.beta.raw())))
     return false;
+  if (a.addend.defined() && !aligned16(a.addend.raw())) return false;
   const int packs = channels / N;
   if (packs > kGridThreads) return false;
   const int rows_at_once = kGridThreads / packs, threads = rows_at_once * packs;
@@ -614,19 +628,21 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
       size_t(std::max(threads, groups)) * sizeof(float4) + size_t(2) * channels * sizeof(float);
 
   const auto buffer = scratch(size_t(batch) * blocks_per_batch * groups * sizeof(float2));
-  GroupNormGridParams<T> params{static_cast<const T*>(a.x.raw()),
-                                static_cast<const T*>(a.gamma.raw()),
-                                static_cast<const T*>(a.beta.raw()),
-                                static_cast<T*>(a.out.raw()),
-                                static_cast<float2*>(buffer->data()),
-                                rows,
-                                channels,
-                                groups,
-                                per_group,
-                                blocks_per_batch,
-                                rows_per_block,
-                                a.eps,
-                                a.act};
+  GroupNormGridParams<T> params{
+      static_cast<const T*>(a.x.raw()),
+      static_cast<const T*>(a.gamma.raw()),
+      static_cast<const T*>(a.beta.raw()),
+      a.addend.defined() ? static_cast<const T*>(a.addend.raw()) : nullptr,
+      static_cast<T*>(a.out.raw()),
+      static_cast<float2*>(buffer->data()),
+      rows,
+      channels,
+      groups,
+      per_group,
+      blocks_per_batch,
+      rows_per_block,
+      a.eps,
+      a.act};
   auto launch = [&](auto k) -> bool {
     constexpr int K = decltype(k)::value;
     const void* kernel = reinterpret_cast<const void*>(group_norm_grid<T, K>);
@@ -743,8 +759,23 @@ size_t group_norm_grid_calls() {
   return grid_calls.load(std::memory_order_relaxed);
 }
 
-void group_norm(const GroupNormArgs& a) {
-  if (a.x.numel() == 0) return;
+void group_norm(const GroupNormArgs& args) {
+  if (args.x.numel() == 0) return;
+  // The addend goes in on the way in where the grid kernel runs; elsewhere it is
+  // added into `out` first, which is then normalised in place (every path reads
+  // what it writes before writing it).
+  GroupNormArgs a = args;
+  if (a.addend.defined()) {
+    bool fused = false;
+    dispatch_float(a.x.dtype(), [&](auto tag) {
+      fused = options().group_norm_kernel == Options::GroupNormKernel::Auto &&
+              launch_group_norm_grid<decltype(tag)>(a);
+    });
+    if (fused) return;
+    binary({a.x, a.addend.reshape({a.x.dim(0), 1, a.x.dim(2)}), BinaryOp::Add, a.out});
+    a.x = a.out;
+    a.addend = Tensor();
+  }
   KILN_CHECK(a.x.dim(2) <= 16384, "group_norm: ", a.x.dim(2), " channels (at most 16384 on CUDA)");
   const int64_t per_group = a.x.dim(2) / a.groups;
   dispatch_float(a.x.dtype(), [&](auto tag) {
