@@ -614,7 +614,7 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
   for (int pk = 0; pk < packs; ++pk)
     if (((pk + 1) * N - 1) / per_group - pk * N / per_group > 1) return false;
   // Cooperative launches need every block resident at once: one block a
-  // multiprocessor (the kernel's launch bounds), fewer where the device is shared.
+  // multiprocessor (the kernel's launch bounds and shared memory allow one).
   const cudaDeviceProp& props = context().props;
   if (!props.cooperativeLaunch) return false;
   const int blocks_per_batch_max = props.multiProcessorCount / batch;
@@ -761,6 +761,10 @@ size_t group_norm_grid_calls() {
 
 void group_norm(const GroupNormArgs& args) {
   if (args.x.numel() == 0) return;
+  // Checked before anything is launched (a throw inside a graph capture would leave
+  // half of the op in it).
+  KILN_CHECK(args.x.dim(2) <= 16384, "group_norm: ", args.x.dim(2),
+             " channels (at most 16384 on CUDA)");
   // The addend goes in on the way in where the grid kernel runs; elsewhere it is
   // added into `out` first, which is then normalised in place (every path reads
   // what it writes before writing it).
@@ -776,7 +780,6 @@ void group_norm(const GroupNormArgs& args) {
     a.x = a.out;
     a.addend = Tensor();
   }
-  KILN_CHECK(a.x.dim(2) <= 16384, "group_norm: ", a.x.dim(2), " channels (at most 16384 on CUDA)");
   const int64_t per_group = a.x.dim(2) / a.groups;
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
