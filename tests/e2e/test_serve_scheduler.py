@@ -88,6 +88,10 @@ def test_cancelling_mid_run_leaves_the_rest_of_the_batch_alone(server):
 
 def test_cancelling_a_queued_job(server):
     blockers = [submit(server, {"prompt": f"blocker {i}", "steps": 40}) for i in range(8)]
+    # Until the scheduler has taken them all, a blocker may still be queued ahead (seen
+    # on a loaded machine).
+    for b in blockers:
+        wait_job(server, b["id"], until=("running", "succeeded"))
     queued = submit(server, {"prompt": "queued", "steps": 40, "priority": -5})
     job = request("GET", f"{server.url}/v1/jobs/{queued['id']}")[2]
     assert job["status"] == "queued" and job["queue_position"] == 0
@@ -99,6 +103,8 @@ def test_cancelling_a_queued_job(server):
 
 def test_higher_priority_starts_first(server):
     blockers = [submit(server, {"prompt": f"busy {i}", "steps": 25}) for i in range(8)]
+    for b in blockers:
+        wait_job(server, b["id"], until=("running", "succeeded"))
     low = submit(server, {"prompt": "low", "steps": 4, "priority": -1})
     high = submit(server, {"prompt": "high", "steps": 4, "priority": 10})
     assert request("GET", f"{server.url}/v1/jobs/{high['id']}")[2]["queue_position"] == 0
