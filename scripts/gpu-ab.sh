@@ -5,7 +5,7 @@
 # values, with one plan cache for all runs, and prints the graph-replay times side by
 # side and, per op and shape, the rows whose op matches OPS.
 #
-#   FLAG=group-norm VALUES=classic,auto OPS=group_norm scripts/gpu-ab.sh
+#   FLAG=group-norm VALUES=auto,grid OPS=group_norm scripts/gpu-ab.sh
 #   WORKLOADS='sd15-512:--arch sd15 --what unet,vae --size 512;vae-1024:--arch sd15 --what vae --size 1024 --reps 5'
 #   SKIP_BUILD=1 ...                 use build-gpu/ as it is
 #   ROUNDS=2 ...                     each value twice, interleaved (the spread of one value)

@@ -271,8 +271,8 @@ struct NormCase {
   int64_t b, n, c;
   int groups;
   Activation act;
-  // The grid-wide kernel takes it in f16 on a GPU of 132 multiprocessors or more
-  // (H100 SXM, H200; with fewer, the largest of these do not fit).
+  // When asked for, the grid-wide kernel takes it in f16 on a GPU of 132
+  // multiprocessors or more (H100 SXM, H200; with fewer, the largest do not fit).
   bool grid = false;
   bool addend = false;  // x + addend[b, c] normalised (a resnet's time embedding)
 };
@@ -281,9 +281,9 @@ class GroupNorm : public CudaTest,
                   public ::testing::WithParamInterface<std::tuple<NormCase, bool>> {};
 
 TEST_P(GroupNorm, MatchesCpu) {
-  const auto [c, classic] = GetParam();
+  const auto [c, grid] = GetParam();
   cuda::options().group_norm_kernel =
-      classic ? cuda::Options::GroupNormKernel::Classic : cuda::Options::GroupNormKernel::Auto;
+      grid ? cuda::Options::GroupNormKernel::Grid : cuda::Options::GroupNormKernel::Auto;
   for (DType dt : kAllTypes) {
     // An offset mean, as real activations have, tests the variance's accuracy.
     std::vector<Tensor> in{random_tensor({c.b, c.n, c.c}, dt, next_seed(), 2.0f, 3.0f),
@@ -298,8 +298,8 @@ TEST_P(GroupNorm, MatchesCpu) {
         str("group_norm ", c.b, "x", c.n, "x", c.c, " g", c.groups, c.addend ? " + addend" : ""),
         dt, in, op);
     const bool grid_ran = cuda::group_norm_grid_calls() > grid_before;
-    if (classic) {
-      EXPECT_FALSE(grid_ran) << "the grid kernel ran though left out";
+    if (!grid) {
+      EXPECT_FALSE(grid_ran) << "the grid kernel ran though not asked for";
     } else if (c.grid && dt == DType::F16 && cuda::device_info().multiprocessors >= 132) {
       EXPECT_TRUE(grid_ran) << "group_norm " << c.b << "x" << c.n << "x" << c.c
                             << " f16 did not take the grid kernel";
@@ -322,12 +322,12 @@ TEST_P(GroupNorm, MatchesCpu) {
   cuda::options().group_norm_kernel = cuda::Options::GroupNormKernel::Auto;
 }
 
-// Tensors the whole GPU holds in registers take the grid kernel (up to about 16 MB
-// in f16 and f32, 8 MB in bf16; 16-byte accesses, a pack of 8 channels in at most
-// two groups); else groups that one block holds in registers (up to 49152 values,
-// fewer in f32 or with narrow accesses) take the one-block kernel, larger ones the
-// two-launch path (4096 and 8192 channels: over 48 KiB of shared memory). Each case
-// also runs with the grid kernel left out.
+// Groups that one block holds in registers (up to 49152 values, fewer in f32 or with
+// narrow accesses) take the one-block kernel, larger ones the two-launch path (4096
+// and 8192 channels: over 48 KiB of shared memory). Each case also runs with the grid
+// kernel asked for, which takes tensors the whole GPU holds in registers (up to about
+// 16 MB in f16 and f32, 8 MB in bf16; 16-byte accesses, a pack of 8 channels in at
+// most two groups).
 INSTANTIATE_TEST_SUITE_P(
     Shapes, GroupNorm,
     ::testing::Combine(

@@ -59,8 +59,8 @@ const char* kHelp =
     "                       for comparing the two kernels)\n"
     "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
-    "  --group-norm K       auto or classic: classic leaves out the grid-wide one-launch\n"
-    "                       GroupNorm (default auto; for comparing the two)\n"
+    "  --group-norm K       auto or grid: grid tries the grid-wide one-launch GroupNorm\n"
+    "                       first (default auto; for comparing the two)\n"
     "  --json FILE          also write the rows as JSON\n"
     "  --commit SHA         the commit to record (default: the one kiln was configured at)\n";
 
@@ -473,9 +473,9 @@ int bench(const std::vector<std::string>& argv) {
   }
   if (const auto kernel = args.get("group-norm")) {
     using K = cuda::Options::GroupNormKernel;
-    if (*kernel != "auto" && *kernel != "classic")
-      throw UsageError(str("--group-norm is auto or classic, got \"", *kernel, "\""));
-    if (s.cuda()) cuda::options().group_norm_kernel = *kernel == "auto" ? K::Auto : K::Classic;
+    if (*kernel != "auto" && *kernel != "grid")
+      throw UsageError(str("--group-norm is auto or grid, got \"", *kernel, "\""));
+    if (s.cuda()) cuda::options().group_norm_kernel = *kernel == "auto" ? K::Auto : K::Grid;
   }
   if (s.cuda()) {
     const cuda::DeviceInfo info = cuda::device_info();

@@ -3,9 +3,8 @@
 // runs in a fixed order, so results are the same run after run (a replayed
 // graph reproduces the eager pass bit for bit).
 //
-// Tensors the whole GPU holds in registers take one launch and one pass over all
-// multiprocessors (group_norm_grid). Else groups small enough for one block's
-// registers take one launch and one pass (group_norm_resident). Larger ones, on
+// Groups small enough for one block's registers take one launch and one pass
+// (group_norm_resident). Larger ones, on
 // NHWC, read whole rows of C channels (coalesced) and sort the per-channel sums
 // into groups, in two launches: partial sums per (batch, block of rows, group),
 // where the last block of each batch row folds them (one warp per group, in a
@@ -436,9 +435,12 @@ bool launch_group_norm_resident(const GroupNormArgs& a) {
 // and keeps them in registers; it writes its per-group sums, waits for the whole grid
 // (a cooperative launch, so that every block is resident), folds every block's sums
 // of its batch row in a fixed order (each block the same fold, so the same bits) and
-// normalises what it holds. Against the two launches this saves the second read and
-// the launch and fold latencies that dominated tensors of a few megabytes (on an
-// H200: 2x4096x320 18 us, the VAE's 1x4096x512 18 us and 1x16384x512 36 us a call).
+// normalises what it holds. It was meant to save the second read and the launch and
+// fold latencies of the two-launch path on tensors of a few megabytes, but measured
+// slower on an H200 (bench/cuda-notes.md, v11): under ncu it takes 15 us even on
+// 0.3 MB (2x64x1280), at 0.5% of DRAM bandwidth, a fixed cost not yet explained (a
+// plain launch with a barrier of our own instead of cooperative groups' measured the
+// same). So it runs only when options().group_norm_kernel asks for it.
 constexpr int kGridThreads = 512;
 // 16-byte accesses a thread holds, at most: sixteen spill in bf16 (ptxas for sm_90:
 // 1.5 KB of spill loads a thread), none in f16 and f32.
@@ -772,7 +774,7 @@ void group_norm(const GroupNormArgs& args) {
   if (a.addend.defined()) {
     bool fused = false;
     dispatch_float(a.x.dtype(), [&](auto tag) {
-      fused = options().group_norm_kernel == Options::GroupNormKernel::Auto &&
+      fused = options().group_norm_kernel == Options::GroupNormKernel::Grid &&
               launch_group_norm_grid<decltype(tag)>(a);
     });
     if (fused) return;
@@ -783,7 +785,7 @@ void group_norm(const GroupNormArgs& args) {
   const int64_t per_group = a.x.dim(2) / a.groups;
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    if (options().group_norm_kernel == Options::GroupNormKernel::Auto &&
+    if (options().group_norm_kernel == Options::GroupNormKernel::Grid &&
         launch_group_norm_grid<T>(a))
       return;
     // One block per group where its accesses are 16 bytes wide, or the group is
