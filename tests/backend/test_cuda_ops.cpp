@@ -37,26 +37,16 @@ struct LinearCase {
   Activation act;
 };
 
-// The second parameter: the wide plan search, whose candidates include split-K with f32
-// partial sums and other cluster shapes than the heuristic proposes.
-class Linear : public CudaTest, public ::testing::WithParamInterface<std::tuple<LinearCase, bool>> {
- protected:
-  void TearDown() override {
-    cuda::options().gemm_search = cuda::Options::GemmSearch::Heuristic;
-    CudaTest::TearDown();
-  }
-};
+class Linear : public CudaTest, public ::testing::WithParamInterface<LinearCase> {};
 
 TEST_P(Linear, MatchesCpu) {
-  const auto [c, wide] = GetParam();
-  cuda::options().gemm_search =
-      wide ? cuda::Options::GemmSearch::Wide : cuda::Options::GemmSearch::Heuristic;
+  const LinearCase c = GetParam();
   for (DType dt : kAllTypes) {
     std::vector<Tensor> in{random_tensor({c.m, c.k}, dt, next_seed()),
                            random_tensor({c.n, c.k}, dt, next_seed(), 1.0f / std::sqrt(float(c.k))),
                            random_tensor({c.n}, dt, next_seed()),
                            random_tensor({c.m, c.n}, dt, next_seed())};
-    expect_match(str("linear ", c.m, "x", c.k, "x", c.n, wide ? " wide" : ""), dt, in,
+    expect_match(str("linear ", c.m, "x", c.k, "x", c.n), dt, in,
                  [&](const std::vector<Tensor>& t) {
                    return ops::linear(t[0], t[1], c.bias ? t[2] : Tensor(), c.act,
                                       c.residual ? t[3] : Tensor());
@@ -66,31 +56,24 @@ TEST_P(Linear, MatchesCpu) {
 
 INSTANTIATE_TEST_SUITE_P(
     Shapes, Linear,
-    ::testing::Combine(
-        ::testing::Values(
-            LinearCase{1, 7, 5, true, false, Activation::None},    // odd everything
-            LinearCase{3, 13, 33, false, true, Activation::None},  // residual, no bias
-            LinearCase{154, 768, 768, true, false,
-                       Activation::None},  // CLIP-L q/k/v, 2 × 77 tokens
-            LinearCase{154, 768, 3072, true, false, Activation::QuickGELU},  // CLIP-L fc1
-            LinearCase{154, 1280, 5120, true, false, Activation::GELU},      // bigG fc1
-            LinearCase{154, 3072, 768, true, true, Activation::None},        // fc2 + residual
-            LinearCase{8192, 320, 320, false, false,
-                       Activation::None},  // SD1.5 to_q at 64×64, batch 2
-            LinearCase{8192, 320, 2560, true, false, Activation::None},  // GEGLU projection
-            LinearCase{8192, 1280, 320, true, true, Activation::None},   // FF out + residual
-            LinearCase{2048, 640, 640, true, true, Activation::None},    // SDXL proj_out + residual
-            LinearCase{154, 2048, 640, false, false, Activation::None},  // SDXL to_k on the context
-            LinearCase{2, 320, 1280, true, false, Activation::SiLU},     // time embedding linear_1
-            LinearCase{2, 2816, 1280, true, false, Activation::SiLU},    // SDXL add_embedding
-            LinearCase{37, 96, 40, true, true,
-                       Activation::GELUTanh},                     // tanh GELU fused, + residual
-            LinearCase{5, 24, 16, true, true, Activation::SiLU},  // unfused act + residual
-            LinearCase{128, 5120, 1280, true, true,
-                       Activation::None},  // SD1.5 FF out at 8×8: long K
-            LinearCase{2048, 1280, 1280, true, false,
-                       Activation::None}),  // SDXL: 160 tiles of 128²
-        ::testing::Bool()));
+    ::testing::Values(
+        LinearCase{1, 7, 5, true, false, Activation::None},        // odd everything
+        LinearCase{3, 13, 33, false, true, Activation::None},      // residual, no bias
+        LinearCase{154, 768, 768, true, false, Activation::None},  // CLIP-L q/k/v, 2 × 77 tokens
+        LinearCase{154, 768, 3072, true, false, Activation::QuickGELU},  // CLIP-L fc1
+        LinearCase{154, 1280, 5120, true, false, Activation::GELU},      // bigG fc1
+        LinearCase{154, 3072, 768, true, true, Activation::None},        // fc2 + residual
+        LinearCase{8192, 320, 320, false, false, Activation::None},  // SD1.5 to_q at 64×64, batch 2
+        LinearCase{8192, 320, 2560, true, false, Activation::None},  // GEGLU projection
+        LinearCase{8192, 1280, 320, true, true, Activation::None},   // FF out + residual
+        LinearCase{2048, 640, 640, true, true, Activation::None},    // SDXL proj_out + residual
+        LinearCase{154, 2048, 640, false, false, Activation::None},  // SDXL to_k on the context
+        LinearCase{2, 320, 1280, true, false, Activation::SiLU},     // time embedding linear_1
+        LinearCase{2, 2816, 1280, true, false, Activation::SiLU},    // SDXL add_embedding
+        LinearCase{37, 96, 40, true, true, Activation::GELUTanh},    // tanh GELU fused, + residual
+        LinearCase{5, 24, 16, true, true, Activation::SiLU},         // unfused act + residual
+        LinearCase{128, 5120, 1280, true, true, Activation::None},   // SD1.5 FF out at 8×8: long K
+        LinearCase{2048, 1280, 1280, true, false, Activation::None}));  // SDXL: 160 tiles of 128²
 
 // ---------------------------------------------------------------------------
 struct ConvCase {

@@ -61,8 +61,6 @@ const char* kHelp =
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
     "  --group-norm K       auto or grid: grid tries the grid-wide one-launch GroupNorm\n"
     "                       first (default auto; for comparing the two)\n"
-    "  --gemm-search S      heuristic or wide: which GEMM algorithms are timed for each\n"
-    "                       shape's plan (default heuristic; wide: a few hundred)\n"
     "  --json FILE          also write the rows as JSON\n"
     "  --commit SHA         the commit to record (default: the one kiln was configured at)\n";
 
@@ -425,7 +423,7 @@ int bench(const std::vector<std::string>& argv) {
   const Args args(
       argv,
       {"model", "arch", "what", "size", "batch", "steps", "device", "dtype", "warmup", "reps",
-       "json", "commit", "flash-warp-rows", "attention", "group-norm", "gemm-search", "plan-cache"},
+       "json", "commit", "flash-warp-rows", "attention", "group-norm", "plan-cache"},
       {"per-op", "per-shape", "no-graphs", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
@@ -478,12 +476,6 @@ int bench(const std::vector<std::string>& argv) {
     if (*kernel != "auto" && *kernel != "grid")
       throw UsageError(str("--group-norm is auto or grid, got \"", *kernel, "\""));
     if (s.cuda()) cuda::options().group_norm_kernel = *kernel == "auto" ? K::Auto : K::Grid;
-  }
-  if (const auto search = args.get("gemm-search")) {
-    using S = cuda::Options::GemmSearch;
-    if (*search != "heuristic" && *search != "wide")
-      throw UsageError(str("--gemm-search is heuristic or wide, got \"", *search, "\""));
-    if (s.cuda()) cuda::options().gemm_search = *search == "wide" ? S::Wide : S::Heuristic;
   }
   if (s.cuda()) {
     const cuda::DeviceInfo info = cuda::device_info();

@@ -56,12 +56,6 @@ struct Options {
   // its fixed cost.
   enum class GroupNormKernel { Auto, Grid };
   GroupNormKernel group_norm_kernel = GroupNormKernel::Auto;
-  // GEMM plans: Heuristic times cuBLASLt's 16 best fits for each shape; Wide also
-  // times the heuristic's best configurations of every algorithm id and split-K,
-  // swizzle and cluster variants of the best fits (a few hundred candidates a shape,
-  // timed once and kept in the plan cache).
-  enum class GemmSearch { Heuristic, Wide };
-  GemmSearch gemm_search = GemmSearch::Heuristic;
 };
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).

@@ -13,14 +13,9 @@
 // choice is also kept in the plan cache (plan_cache.h), so that a later process
 // takes it after cuBLASLt confirms that it still applies.
 #include <algorithm>
-#include <cstdio>
-#include <cstdlib>
 #include <cstring>
-#include <limits>
 #include <map>
 #include <mutex>
-#include <optional>
-#include <set>
 #include <tuple>
 #include <vector>
 
@@ -88,7 +83,7 @@ std::map<Key, Plan> g_plans;
 
 constexpr int kCandidates = 16;
 
-cublasStatus_t try_run(const Plan& plan, const GemmParams& p, bool residual_in_c) {
+void run(const Plan& plan, const GemmParams& p, bool residual_in_c) {
   const float alpha = 1.0f, beta = residual_in_c ? 1.0f : 0.0f;
   Context& c = context();
   // The bias pointer is an attribute of the descriptor; set it for this call.
@@ -96,232 +91,9 @@ cublasStatus_t try_run(const Plan& plan, const GemmParams& p, bool residual_in_c
     CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(plan.op, CUBLASLT_MATMUL_DESC_BIAS_POINTER, &p.bias,
                                                 sizeof(p.bias)));
   const void* cmat = residual_in_c ? p.residual : p.c;
-  return cublasLtMatmul(c.lt, plan.op, &alpha, p.b, plan.weight, p.a, plan.act, &beta, cmat,
-                        plan.out, p.c, plan.out, &plan.algo, c.gemm_workspace,
-                        c.gemm_workspace_bytes, c.stream);
-}
-
-void run(const Plan& plan, const GemmParams& p, bool residual_in_c) {
-  CUBLAS_CHECK(try_run(plan, p, residual_in_c));
-}
-
-template <typename T>
-T config(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr) {
-  T value{};
-  size_t written = 0;
-  if (cublasLtMatmulAlgoConfigGetAttribute(&algo, attr, &value, sizeof(value), &written) !=
-      CUBLAS_STATUS_SUCCESS)
-    return T{};
-  return value;
-}
-
-template <typename T>
-bool set_config(cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoConfigAttributes_t attr, T value) {
-  return cublasLtMatmulAlgoConfigSetAttribute(&algo, attr, &value, sizeof(value)) ==
-         CUBLAS_STATUS_SUCCESS;
-}
-
-template <typename T>
-T capability(const cublasLtMatmulAlgo_t& algo, cublasLtMatmulAlgoCapAttributes_t attr) {
-  T value{};
-  size_t written = 0;
-  if (cublasLtMatmulAlgoCapGetAttribute(&algo, attr, &value, sizeof(value), &written) !=
-      CUBLAS_STATUS_SUCCESS)
-    return T{};
-  return value;
-}
-
-// What makes two configured algorithms the same kernel and launch.
-auto config_tuple(const cublasLtMatmulAlgo_t& a) {
-  return std::make_tuple(config<int32_t>(a, CUBLASLT_ALGO_CONFIG_ID),
-                         config<uint32_t>(a, CUBLASLT_ALGO_CONFIG_TILE_ID),
-                         config<int32_t>(a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM),
-                         config<uint32_t>(a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME),
-                         config<uint32_t>(a, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING),
-                         config<uint32_t>(a, CUBLASLT_ALGO_CONFIG_CUSTOM_OPTION),
-                         config<uint32_t>(a, CUBLASLT_ALGO_CONFIG_STAGES_ID),
-                         config<uint16_t>(a, CUBLASLT_ALGO_CONFIG_INNER_SHAPE_ID),
-                         config<uint16_t>(a, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID));
-}
-
-struct Candidate {
-  cublasLtMatmulAlgo_t algo;
-  size_t workspace;
-};
-
-cublasLtMatmulPreference_t preference(const Key& key, cublasLtMatmulSearch_t mode) {
-  cublasLtMatmulPreference_t pref;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
-  const uint64_t ws = context().gemm_workspace_bytes;
-  const uint32_t search = mode;
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_SEARCH_MODE, &search,
-                                                    sizeof(search)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
-                                                    &ws, sizeof(ws)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &key.align_b, sizeof(uint32_t)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &key.align_a, sizeof(uint32_t)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &key.align_c, sizeof(uint32_t)));
-  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
-      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &key.align_d, sizeof(uint32_t)));
-  return pref;
-}
-
-// The heuristic's answers for `pref`, those that can run, appended to `out`.
-void ask_heuristic(const Plan& plan, cublasLtMatmulPreference_t pref, int count,
-                   cublasLtMatmulHeuristicResult_t* results, std::vector<Candidate>& out) {
-  int found = 0;
-  if (cublasLtMatmulAlgoGetHeuristic(context().lt, plan.op, plan.weight, plan.act, plan.out,
-                                     plan.out, pref, count, results,
-                                     &found) != CUBLAS_STATUS_SUCCESS)
-    return;
-  for (int i = 0; i < found; ++i)
-    if (results[i].state == CUBLAS_STATUS_SUCCESS)
-      out.push_back({results[i].algo, results[i].workspaceSize});
-}
-
-// Whether a configured algorithm runs on these descriptors, within the workspace and the
-// operands' alignment; its workspace when it does.
-std::optional<size_t> check(const Plan& plan, const Key& key, const cublasLtMatmulAlgo_t& algo) {
-  cublasLtMatmulHeuristicResult_t result{};
-  if (cublasLtMatmulAlgoCheck(context().lt, plan.op, plan.weight, plan.act, plan.out, plan.out,
-                              &algo, &result) != CUBLAS_STATUS_SUCCESS ||
-      result.state != CUBLAS_STATUS_SUCCESS ||
-      result.workspaceSize > context().gemm_workspace_bytes)
-    return std::nullopt;
-  if (capability<uint32_t>(algo, CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_A_BYTES) > key.align_b ||
-      capability<uint32_t>(algo, CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_B_BYTES) > key.align_a ||
-      capability<uint32_t>(algo, CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_C_BYTES) > key.align_c ||
-      capability<uint32_t>(algo, CUBLASLT_ALGO_CAP_MIN_ALIGNMENT_D_BYTES) > key.align_d)
-    return std::nullopt;
-  return result.workspaceSize;
-}
-
-// What gets timed. The default: the heuristic's best fits. The wide search adds, for
-// every algorithm id cuBLASLt has for these types, the heuristic's best configurations
-// of that id, and variants of the best fits the heuristic does not propose: split-K with
-// f32 partial sums (for the shapes with too few output tiles to fill the GPU), CTA
-// swizzling flipped, other thread-block cluster shapes.
-std::vector<Candidate> candidates(const Plan& plan, const Key& key, bool wide) {
-  constexpr int kBestFits = 64, kPerAlgoId = 8, kVaried = 8, kMaxIds = 128;
-  cublasLtMatmulHeuristicResult_t results[kBestFits];
-  std::vector<Candidate> out;
-  cublasLtMatmulPreference_t pref = preference(key, CUBLASLT_SEARCH_BEST_FIT);
-  ask_heuristic(plan, pref, wide ? kBestFits : kCandidates, results, out);
-  CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-  if (!wide || out.empty()) return out;
-
-  const cudaDataType_t type = cuda_type(key.dtype);
-  int ids[kMaxIds];
-  int n_ids = 0;
-  if (cublasLtMatmulAlgoGetIds(context().lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, type, type, type, type,
-                               kMaxIds, ids, &n_ids) == CUBLAS_STATUS_SUCCESS) {
-    pref = preference(key, CUBLASLT_SEARCH_LIMITED_BY_ALGO_ID);
-    for (int i = 0; i < n_ids; ++i) {
-      for (int r = 0; r < kPerAlgoId; ++r) {
-        results[r] = {};
-        cublasLtMatmulAlgoInit(context().lt, CUBLAS_COMPUTE_32F, CUDA_R_32F, type, type, type, type,
-                               ids[i], &results[r].algo);
-      }
-      ask_heuristic(plan, pref, kPerAlgoId, results, out);
-    }
-    CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-  }
-
-  const size_t varied = std::min<size_t>(out.size(), kVaried);
-  for (size_t i = 0; i < varied; ++i) {
-    const cublasLtMatmulAlgo_t seed = out[i].algo;
-    std::vector<cublasLtMatmulAlgo_t> variants;
-    if (capability<int32_t>(seed, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT) &&
-        (capability<uint32_t>(seed, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK) &
-         CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE) &&
-        config<int32_t>(seed, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) <= 1)
-      for (int32_t split : {2, 3, 4}) {
-        if (key.k / split < 256) break;
-        cublasLtMatmulAlgo_t a = seed;
-        if (set_config(a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, split) &&
-            set_config(a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
-                       uint32_t(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)))
-          variants.push_back(a);
-      }
-    if (capability<uint32_t>(seed, CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT)) {
-      cublasLtMatmulAlgo_t a = seed;
-      if (set_config(a, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING,
-                     config<uint32_t>(seed, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING) ? 0u : 1u))
-        variants.push_back(a);
-    }
-    for (uint16_t cluster : {CUBLASLT_CLUSTER_SHAPE_1x1x1, CUBLASLT_CLUSTER_SHAPE_2x1x1,
-                             CUBLASLT_CLUSTER_SHAPE_1x2x1, CUBLASLT_CLUSTER_SHAPE_2x2x1}) {
-      cublasLtMatmulAlgo_t a = seed;
-      if (config<uint16_t>(seed, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID) != cluster &&
-          set_config(a, CUBLASLT_ALGO_CONFIG_CLUSTER_SHAPE_ID, cluster))
-        variants.push_back(a);
-    }
-    for (const cublasLtMatmulAlgo_t& a : variants)
-      if (const auto workspace = check(plan, key, a)) out.push_back({a, *workspace});
-  }
-
-  // The same kernel and launch once, in the order found.
-  std::vector<Candidate> unique;
-  std::set<decltype(config_tuple(out[0].algo))> seen;
-  for (const Candidate& c : out)
-    if (seen.insert(config_tuple(c.algo)).second) unique.push_back(c);
-  return unique;
-}
-
-// Per-call milliseconds of `reps` runs after one untimed run; infinity when it fails.
-float time_candidate(Plan& plan, const GemmParams& p, bool residual, int reps) {
-  if (try_run(plan, p, residual) != CUBLAS_STATUS_SUCCESS)
-    return std::numeric_limits<float>::infinity();
-  EventTimer timer;
-  timer.start();
-  for (int r = 0; r < reps; ++r) run(plan, p, residual);
-  timer.stop();
-  return timer.elapsed_ms() / float(reps);
-}
-
-// The index of the fastest candidate. Each is timed on three runs; with more than a few,
-// the best handful are timed again in interleaved rounds (a GEMM of a few microseconds
-// varies from one run to the next by about as much as its candidates differ).
-size_t fastest(Plan& plan, const GemmParams& p, bool residual, const std::vector<Candidate>& found,
-               bool wide) {
-  std::vector<std::pair<float, size_t>> ms;
-  for (size_t i = 0; i < found.size(); ++i) {
-    plan.algo = found[i].algo;
-    ms.emplace_back(time_candidate(plan, p, residual, 3), i);
-  }
-  std::stable_sort(ms.begin(), ms.end());
-  constexpr size_t kFinalists = 6;
-  if (!wide || ms.size() < 2) return ms[0].second;
-  const size_t finalists = std::min(kFinalists, ms.size());
-  std::vector<float> best(finalists, std::numeric_limits<float>::infinity());
-  for (int round = 0; round < 3; ++round)
-    for (size_t f = 0; f < finalists; ++f) {
-      plan.algo = found[ms[f].second].algo;
-      best[f] = std::min(best[f], time_candidate(plan, p, residual, 5));
-    }
-  const size_t winner = size_t(std::min_element(best.begin(), best.end()) - best.begin());
-  if (std::getenv("KILN_GEMM_LOG")) {
-    const auto [id, tile, split, reduction, swizzle, custom, stages, inner, cluster] =
-        config_tuple(found[ms[winner].second].algo);
-    std::fprintf(
-        stderr,
-        "kiln gemm: m%lld n%lld k%lld: %zu candidates; best of the first %d %.2f us, "
-        "chosen #%zu %.2f us (id %d tile %u stages %u split %d/%u swizzle %u "
-        "custom %u cluster %u)\n",
-        (long long)p.m, (long long)p.n, (long long)p.k, found.size(), kCandidates,
-        1e3 *
-            [&] {
-              for (const auto& [t, i] : ms)
-                if (i < size_t(kCandidates)) return t;
-              return 0.0f;
-            }(),
-        ms[winner].second, 1e3 * best[winner], id, tile, stages, split, reduction, swizzle, custom,
-        cluster);
-  }
-  return ms[winner].second;
+  CUBLAS_CHECK(cublasLtMatmul(c.lt, plan.op, &alpha, p.b, plan.weight, p.a, plan.act, &beta, cmat,
+                              plan.out, p.c, plan.out, &plan.algo, c.gemm_workspace,
+                              c.gemm_workspace_bytes, c.stream));
 }
 
 Plan make_plan(const Key& key, const GemmParams& p) {
@@ -350,8 +122,7 @@ Plan make_plan(const Key& key, const GemmParams& p) {
                                                 sizeof(bias)));
   }
 
-  const bool wide = options().gemm_search == Options::GemmSearch::Wide;
-  const std::string name = key.name() + (wide ? " wide" : "");
+  const std::string name = key.name();
   if (const auto stored = stored_gemm_plan(name)) {
     // The stored algorithm, if cuBLASLt still accepts it for these descriptors
     // and this workspace; otherwise it is timed again.
@@ -368,19 +139,53 @@ Plan make_plan(const Key& key, const GemmParams& p) {
     }
   }
 
-  std::vector<Candidate> found = candidates(plan, key, wide);
-  if (found.empty()) {  // the caller falls back
+  cublasLtMatmulPreference_t pref;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+  const uint64_t ws = c.gemm_workspace_bytes;
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                    &ws, sizeof(ws)));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &key.align_b, sizeof(uint32_t)));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &key.align_a, sizeof(uint32_t)));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &key.align_c, sizeof(uint32_t)));
+  CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(
+      pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &key.align_d, sizeof(uint32_t)));
+  cublasLtMatmulHeuristicResult_t results[kCandidates];
+  int found = 0;
+  const cublasStatus_t s = cublasLtMatmulAlgoGetHeuristic(
+      c.lt, plan.op, plan.weight, plan.act, plan.out, plan.out, pref, kCandidates, results, &found);
+  CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+  if (s != CUBLAS_STATUS_SUCCESS || found == 0) {  // the caller falls back
     record_gemm_plan(name, {});
     return plan;
   }
 
   // Time the candidates on the real operands once; a graph being captured
   // cannot time, so it takes the heuristic's first choice.
-  size_t best = 0;
-  const bool timed = found.size() == 1 || !c.capturing;
-  if (found.size() > 1 && timed) best = fastest(plan, p, key.residual, found, wide);
-  plan.algo = found[best].algo;
-  plan.workspace = found[best].workspace;
+  int best = 0;
+  const bool timed = found == 1 || !c.capturing;
+  if (found > 1 && timed) {
+    EventTimer timer;
+    float best_ms = 0.0f;
+    for (int i = 0; i < found; ++i) {
+      if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
+      plan.algo = results[i].algo;
+      run(plan, p, key.residual);  // warm-up
+      timer.start();
+      constexpr int kReps = 3;
+      for (int r = 0; r < kReps; ++r) run(plan, p, key.residual);
+      timer.stop();
+      const float ms = timer.elapsed_ms();
+      if (i == 0 || ms < best_ms) {
+        best_ms = ms;
+        best = i;
+      }
+    }
+  }
+  plan.algo = results[best].algo;
+  plan.workspace = results[best].workspaceSize;
   plan.valid = true;
   if (timed) {
     plans::GemmChoice choice{true, {}, plan.workspace};
