@@ -82,12 +82,35 @@ struct ConvCase {
   bool residual;
 };
 
-class Conv2d : public CudaTest, public ::testing::WithParamInterface<std::tuple<ConvCase, bool>> {};
+// Paths: im2col and a GEMM; the default (cuDNN's best algorithm timed against our narrow
+// kernels and, on small images, im2col, the fastest kept); a narrow kernel forced where
+// one applies.
+enum class ConvPath { Im2col, Timed, Narrow };
+
+class Conv2d : public CudaTest,
+               public ::testing::WithParamInterface<std::tuple<ConvCase, ConvPath>> {
+ protected:
+  void TearDown() override {
+    cuda::options().use_cudnn = true;
+    cuda::options().conv_kernel = cuda::Options::ConvKernel::Auto;
+    CudaTest::TearDown();
+  }
+};
 
 TEST_P(Conv2d, MatchesCpu) {
-  const auto [c, use_cudnn] = GetParam();
-  if (use_cudnn && !cuda::cudnn_enabled()) GTEST_SKIP() << "no cuDNN in this build";
-  cuda::options().use_cudnn = use_cudnn;
+  const auto [c, path] = GetParam();
+  if (path == ConvPath::Timed && !cuda::cudnn_enabled()) GTEST_SKIP() << "no cuDNN in this build";
+  cuda::options().use_cudnn = path != ConvPath::Im2col;
+  cuda::options().conv_kernel = path == ConvPath::Narrow ? cuda::Options::ConvKernel::Narrow
+                                                         : cuda::Options::ConvKernel::Auto;
+  // Where a narrow kernel takes the shape (3×3, stride 1, padding 1; 3, 4 or 8 output
+  // channels on a multiple of 32 inputs, or 3, 4 or 8 inputs and at least 32 outputs).
+  const bool same = c.k == 3 && c.stride == 1 && c.pt == 1 && c.pl == 1 && c.pb == 1 && c.pr == 1;
+  const bool narrow = same && (((c.o == 3 || c.o == 4 || c.o == 8) && c.c % 32 == 0) ||
+                               ((c.c == 3 || c.c == 4 || c.c == 8) && c.o >= 32));
+  const char* label = path == ConvPath::Im2col  ? " im2col"
+                      : path == ConvPath::Timed ? " timed"
+                                                : " narrow";
   const ops::Conv2dGeometry g{c.stride, c.pt, c.pl, c.pb, c.pr};
   const int64_t ho = (c.h + c.pt + c.pb - c.k) / c.stride + 1;
   const int64_t wo = (c.w + c.pl + c.pr - c.k) / c.stride + 1;
@@ -97,13 +120,19 @@ TEST_P(Conv2d, MatchesCpu) {
                                          1.0f / std::sqrt(float(c.k * c.k * c.c))),
                            random_tensor({c.o}, dt, next_seed()),
                            random_tensor({c.b, ho, wo, c.o}, dt, next_seed())};
+    const size_t narrow_before = cuda::narrow_conv_calls();
     expect_match(str("conv ", c.b, "x", c.h, "x", c.w, "x", c.c, " -> ", c.o, " k", c.k, " s",
-                     c.stride, use_cudnn ? " cudnn" : " im2col"),
+                     c.stride, label),
                  dt, in, [&](const std::vector<Tensor>& t) {
                    return ops::conv2d(t[0], t[1], t[2], g, c.residual ? t[3] : Tensor());
                  });
+    const size_t narrow_ran = cuda::narrow_conv_calls() - narrow_before;
+    if (path == ConvPath::Narrow) {
+      EXPECT_EQ(narrow_ran, narrow ? 1u : 0u) << label << " " << name(dt);
+    } else if (path == ConvPath::Im2col || !narrow) {
+      EXPECT_EQ(narrow_ran, 0u) << label << " " << name(dt);
+    }
   }
-  cuda::options().use_cudnn = true;
 }
 
 INSTANTIATE_TEST_SUITE_P(
@@ -118,8 +147,14 @@ INSTANTIATE_TEST_SUITE_P(
                           ConvCase{2, 8, 8, 64, 32, 1, 1, 0, 0, 0, 0, true},    // 1×1 shortcut
                           ConvCase{1, 128, 128, 128, 128, 3, 1, 1, 1, 1, 1, true},  // VAE decoder
                           ConvCase{1, 64, 64, 128, 3, 3, 1, 1, 1, 1, 1, false},     // VAE conv_out
-                          ConvCase{2, 13, 10, 24, 40, 3, 1, 1, 1, 1, 1, true}),
-        ::testing::Bool()));
+                          ConvCase{2, 13, 10, 24, 40, 3, 1, 1, 1, 1, 1, true},
+                          ConvCase{2, 64, 64, 320, 4, 3, 1, 1, 1, 1, 1, false},   // SD conv_out
+                          ConvCase{2, 8, 8, 1280, 1280, 3, 1, 1, 1, 1, 1, true},  // SD1.5 8×8 level
+                          ConvCase{1, 32, 32, 512, 8, 3, 1, 1, 1, 1, 1, false},  // VAE enc conv_out
+                          ConvCase{1, 40, 72, 3, 128, 3, 1, 1, 1, 1, 1, false},  // VAE enc conv_in
+                          ConvCase{2, 19, 70, 32, 4, 3, 1, 1, 1, 1, 1, true},    // partial tiles
+                          ConvCase{1, 3, 130, 8, 48, 3, 1, 1, 1, 1, 1, true}),   // partial rows
+        ::testing::Values(ConvPath::Im2col, ConvPath::Timed, ConvPath::Narrow)));
 
 // ---------------------------------------------------------------------------
 struct AttentionCase {

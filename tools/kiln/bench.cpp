@@ -61,6 +61,8 @@ const char* kHelp =
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
     "  --group-norm K       auto or grid: grid tries the grid-wide one-launch GroupNorm\n"
     "                       first (default auto; for comparing the two)\n"
+    "  --conv K             auto or cudnn: auto times cuDNN against kiln's narrow 3x3\n"
+    "                       kernels and im2col + GEMM per shape; cudnn takes cuDNN's alone\n"
     "  --json FILE          also write the rows as JSON\n"
     "  --commit SHA         the commit to record (default: the one kiln was configured at)\n";
 
@@ -423,7 +425,7 @@ int bench(const std::vector<std::string>& argv) {
   const Args args(
       argv,
       {"model", "arch", "what", "size", "batch", "steps", "device", "dtype", "warmup", "reps",
-       "json", "commit", "flash-warp-rows", "attention", "group-norm", "plan-cache"},
+       "json", "commit", "flash-warp-rows", "attention", "group-norm", "conv", "plan-cache"},
       {"per-op", "per-shape", "no-graphs", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
@@ -476,6 +478,12 @@ int bench(const std::vector<std::string>& argv) {
     if (*kernel != "auto" && *kernel != "grid")
       throw UsageError(str("--group-norm is auto or grid, got \"", *kernel, "\""));
     if (s.cuda()) cuda::options().group_norm_kernel = *kernel == "auto" ? K::Auto : K::Grid;
+  }
+  if (const auto kernel = args.get("conv")) {
+    using K = cuda::Options::ConvKernel;
+    if (*kernel != "auto" && *kernel != "cudnn")
+      throw UsageError(str("--conv is auto or cudnn, got \"", *kernel, "\""));
+    if (s.cuda()) cuda::options().conv_kernel = *kernel == "auto" ? K::Auto : K::Cudnn;
   }
   if (s.cuda()) {
     const cuda::DeviceInfo info = cuda::device_info();

@@ -4,10 +4,14 @@
 //  - 1×1, stride 1, no padding: a GEMM over the pixels (bias and residual fused).
 //  - cuDNN, where the build has it and the library loads: symmetric padding, the
 //    algorithm found by timing once per shape (the plan, also kept in the plan
-//    cache for later processes), then one pass for bias and residual.
+//    cache for later processes), then one pass for bias and residual. The plan
+//    also times our narrow kernels (3×3 with few input or output channels) and, for
+//    small images, im2col and a GEMM, and keeps whichever path is fastest.
+//  - Without cuDNN, a narrow kernel where one applies.
 //  - im2col into a bounded column buffer, then a cuBLASLt GEMM with the bias and
 //    residual fused; bands of output rows keep the buffer under 256 MiB.
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -104,6 +108,249 @@ void conv_im2col(const Conv2dArgs& a) {
   }
 }
 
+// ---------------------------------------------------------------------------
+// Narrow 3×3 convolutions (stride 1, padding 1 all round): few output channels (a
+// UNet's or decoder's conv_out: 320 → 4, 128 → 3) or few input channels (conv_in:
+// 4 → 320). cuDNN tiles the narrow side to tens of channels and ran these at 1–13
+// TFLOP/s on an H200 (SD1.5's conv_out 133 µs, SDXL's conv_in 81 µs); direct kernels
+// on the CUDA cores, f32 accumulation, are bound by the input's bytes and their FMAs.
+
+struct NarrowParams {
+  const void* x;
+  const void* weight;    // OHWI
+  const void* bias;      // [O] or null
+  const void* residual;  // like y, or null
+  void* y;
+  int h, w, c, o;
+};
+
+// Few outputs (O of them, all made by each thread): a block makes a tile of 32 output
+// pixels by WARPS·ROWS rows, ROWS a thread, over the input channels in chunks of 32
+// staged in shared memory with a one-pixel halo. A staged pixel is its chunk plus 16
+// bytes, so that the 16-byte reads of a warp's consecutive pixels fall in distinct banks.
+constexpr int kNarrowChunk = 32;
+
+// Elements of the staged input tile (a 16-byte multiple: the weights follow it).
+template <class T, int WARPS, int ROWS>
+__host__ __device__ constexpr size_t few_out_staged_elems() {
+  return size_t(WARPS * ROWS + 2) * 34 * (kNarrowChunk + kVec<T>);
+}
+
+template <class T, int O, int WARPS, int ROWS>
+size_t few_out_smem() {
+  return few_out_staged_elems<T, WARPS, ROWS>() * sizeof(T) + size_t(O) * 9 * kNarrowChunk * 4;
+}
+
+template <class T, int O, int WARPS, int ROWS>
+__global__ void __launch_bounds__(WARPS * 32) conv3x3_few_out(NarrowParams p) {
+  constexpr int V = kVec<T>, kStride = kNarrowChunk + V, kVecs = kNarrowChunk / V;
+  constexpr int kTileH = WARPS * ROWS, kHaloW = 34;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* xs = reinterpret_cast<T*>(smem);
+  float* ws = reinterpret_cast<float*>(smem + few_out_staged_elems<T, WARPS, ROWS>() * sizeof(T));
+  const int tx = threadIdx.x % 32, ty = threadIdx.x / 32;
+  const int x0 = blockIdx.x * 32, y0 = blockIdx.y * kTileH, b = blockIdx.z;
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.weight);
+  float acc[ROWS][O] = {};
+  for (int c0 = 0; c0 < p.c; c0 += kNarrowChunk) {
+    __syncthreads();
+    for (int i = threadIdx.x; i < (kTileH + 2) * kHaloW * kVecs; i += WARPS * 32) {
+      const int pix = i / kVecs, v = i - pix * kVecs;
+      const int gy = y0 - 1 + pix / kHaloW, gx = x0 - 1 + pix % kHaloW;
+      uint4 val = make_uint4(0, 0, 0, 0);
+      if (gy >= 0 && gy < p.h && gx >= 0 && gx < p.w)
+        val = *reinterpret_cast<const uint4*>(x + ((int64_t(b) * p.h + gy) * p.w + gx) * p.c + c0 +
+                                              v * V);
+      *reinterpret_cast<uint4*>(xs + pix * kStride + v * V) = val;
+    }
+    for (int i = threadIdx.x; i < O * 9 * kNarrowChunk; i += WARPS * 32) {
+      const int ot = i / kNarrowChunk, ch = i - ot * kNarrowChunk;  // ot = o * 9 + tap
+      ws[i] = to_float(w[int64_t(ot) * p.c + c0 + ch]);
+    }
+    __syncthreads();
+#pragma unroll
+    for (int tap = 0; tap < 9; ++tap) {
+      const int ky = tap / 3, kx = tap % 3;
+#pragma unroll
+      for (int v = 0; v < kVecs; ++v) {
+        float xf[ROWS][V];
+#pragma unroll
+        for (int r = 0; r < ROWS; ++r) {
+          const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(
+              xs + ((ty + WARPS * r + ky) * kHaloW + tx + kx) * kStride + v * V);
+#pragma unroll
+          for (int e = 0; e < V; ++e) xf[r][e] = to_float(pk.v[e]);
+        }
+#pragma unroll
+        for (int o = 0; o < O; ++o) {
+          const float* wv = ws + (o * 9 + tap) * kNarrowChunk + v * V;
+#pragma unroll
+          for (int e = 0; e < V; ++e)
+#pragma unroll
+            for (int r = 0; r < ROWS; ++r) acc[r][o] = fmaf(xf[r][e], wv[e], acc[r][o]);
+        }
+      }
+    }
+  }
+  const T* bias = static_cast<const T*>(p.bias);
+  const T* residual = static_cast<const T*>(p.residual);
+  T* y = static_cast<T*>(p.y);
+  const int ox = x0 + tx;
+#pragma unroll
+  for (int r = 0; r < ROWS; ++r) {
+    const int oy = y0 + ty + WARPS * r;
+    if (oy >= p.h || ox >= p.w) continue;
+    const int64_t at = ((int64_t(b) * p.h + oy) * p.w + ox) * O;
+#pragma unroll
+    for (int o = 0; o < O; ++o) {
+      float v = acc[r][o];
+      if (bias) v += to_float(bias[o]);
+      if (residual) v += to_float(residual[at + o]);
+      y[at + o] = from_float<T>(v);
+    }
+  }
+}
+
+// Few inputs (C of them): a block makes 64 consecutive output pixels of one image row
+// for every output channel, a thread one channel at a time with its 9·C weights in
+// registers; the three input rows it needs are staged in shared memory as f32.
+constexpr int kFewInPixels = 64;
+
+template <class T, int C>
+__global__ void __launch_bounds__(512) conv3x3_few_in(NarrowParams p) {
+  __shared__ float xs[3][kFewInPixels + 2][C];
+  const int row = blockIdx.y, b = row / p.h, oy = row - b * p.h;
+  const int x0 = blockIdx.x * kFewInPixels;
+  const T* x = static_cast<const T*>(p.x);
+  for (int i = threadIdx.x; i < 3 * (kFewInPixels + 2) * C; i += blockDim.x) {
+    const int ky = i / ((kFewInPixels + 2) * C), rem = i - ky * (kFewInPixels + 2) * C;
+    const int px = rem / C, ch = rem - px * C;
+    const int gy = oy - 1 + ky, gx = x0 - 1 + px;
+    xs[ky][px][ch] = gy >= 0 && gy < p.h && gx >= 0 && gx < p.w
+                         ? to_float(x[((int64_t(b) * p.h + gy) * p.w + gx) * C + ch])
+                         : 0.0f;
+  }
+  __syncthreads();
+  const T* w = static_cast<const T*>(p.weight);
+  const T* bias = static_cast<const T*>(p.bias);
+  const T* residual = static_cast<const T*>(p.residual);
+  T* y = static_cast<T*>(p.y);
+  const int pixels = min(kFewInPixels, p.w - x0);
+  for (int o = threadIdx.x; o < p.o; o += blockDim.x) {
+    float wr[9][C];
+#pragma unroll
+    for (int tap = 0; tap < 9; ++tap)
+#pragma unroll
+      for (int ch = 0; ch < C; ++ch) wr[tap][ch] = to_float(w[(int64_t(o) * 9 + tap) * C + ch]);
+    const float b0 = bias ? to_float(bias[o]) : 0.0f;
+    const int64_t base = (int64_t(b) * p.h + oy) * p.w + x0;
+    for (int px = 0; px < pixels; ++px) {
+      float v = 0.0f;
+#pragma unroll
+      for (int tap = 0; tap < 9; ++tap)
+#pragma unroll
+        for (int ch = 0; ch < C; ++ch) v = fmaf(xs[tap / 3][px + tap % 3][ch], wr[tap][ch], v);
+      v += b0;
+      const int64_t at = (base + px) * p.o + o;
+      if (residual) v += to_float(residual[at]);
+      y[at] = from_float<T>(v);
+    }
+  }
+}
+
+bool is_3x3_same(const Conv2dArgs& a) {
+  return a.weight.dim(1) == 3 && a.weight.dim(2) == 3 && a.stride == 1 && a.pad_top == 1 &&
+         a.pad_left == 1 && a.pad_bottom == 1 && a.pad_right == 1;
+}
+
+bool few_out_applies(const Conv2dArgs& a) {
+  const int64_t o = a.weight.dim(0), c = a.x.dim(3);
+  return is_3x3_same(a) && (o == 3 || o == 4 || o == 8) && c % kNarrowChunk == 0 &&
+         aligned16(a.x.raw()) && a.x.dim(2) > 0;
+}
+
+bool few_in_applies(const Conv2dArgs& a) {
+  const int64_t o = a.weight.dim(0), c = a.x.dim(3);
+  return is_3x3_same(a) && (c == 3 || c == 4 || c == 8) && o >= 32 && o <= 4096;
+}
+
+// Whether a narrow kernel takes this convolution.
+bool narrow_applies(const Conv2dArgs& a) {
+  return few_out_applies(a) || few_in_applies(a);
+}
+
+template <class T, int O, int WARPS, int ROWS>
+void launch_few_out(const NarrowParams& p, int n) {
+  constexpr int kTileH = WARPS * ROWS;
+  const size_t smem = few_out_smem<T, O, WARPS, ROWS>();
+  // Shared memory past 48 KiB is opted into once per instantiation.
+  static const bool opted = [&] {
+    CUDA_CHECK(cudaFuncSetAttribute(conv3x3_few_out<T, O, WARPS, ROWS>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    return true;
+  }();
+  (void)opted;
+  const dim3 grid(unsigned((p.w + 31) / 32), unsigned((p.h + kTileH - 1) / kTileH), unsigned(n));
+  conv3x3_few_out<T, O, WARPS, ROWS><<<grid, WARPS * 32, smem, stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+template <class T, int O>
+void few_out(const NarrowParams& p, int n) {
+  // Eight warps of two rows each where that makes two blocks per multiprocessor; small
+  // images (SD1.5's 64×64 latents) take four warps of one row, for more blocks.
+  const int64_t big_blocks = int64_t((p.w + 31) / 32) * ((p.h + 15) / 16) * n;
+  if (big_blocks >= 2 * int64_t(context().props.multiProcessorCount))
+    launch_few_out<T, O, 8, 2>(p, n);
+  else
+    launch_few_out<T, O, 4, 1>(p, n);
+}
+
+std::atomic<size_t> narrow_calls{0};
+
+// y = conv(x) + bias (+ residual) with a narrow kernel; narrow_applies(a) must hold.
+void conv_narrow(const Conv2dArgs& a) {
+  narrow_calls.fetch_add(1, std::memory_order_relaxed);
+  NarrowParams p{a.x.raw(),
+                 a.weight.raw(),
+                 a.bias.defined() ? a.bias.raw() : nullptr,
+                 a.residual.defined() ? a.residual.raw() : nullptr,
+                 a.out.raw(),
+                 int(a.x.dim(1)),
+                 int(a.x.dim(2)),
+                 int(a.x.dim(3)),
+                 int(a.weight.dim(0))};
+  const int n = int(a.x.dim(0));
+  dispatch_float(a.x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if (few_out_applies(a)) {
+      switch (p.o) {
+        case 3:
+          return few_out<T, 3>(p, n);
+        case 4:
+          return few_out<T, 4>(p, n);
+        default:
+          return few_out<T, 8>(p, n);
+      }
+    }
+    const dim3 grid(unsigned((p.w + kFewInPixels - 1) / kFewInPixels), unsigned(n * p.h));
+    const int threads = std::min(512, (p.o + 31) / 32 * 32);
+    switch (p.c) {
+      case 3:
+        conv3x3_few_in<T, 3><<<grid, threads, 0, stream()>>>(p);
+        break;
+      case 4:
+        conv3x3_few_in<T, 4><<<grid, threads, 0, stream()>>>(p);
+        break;
+      default:
+        conv3x3_few_in<T, 8><<<grid, threads, 0, stream()>>>(p);
+        break;
+    }
+    CUDA_CHECK_LAUNCH();
+  });
+}
+
 #if defined(KILN_WITH_CUDNN)
 cudnnDataType_t cudnn_type(DType t) {
   switch (t) {
@@ -121,14 +368,23 @@ cudnnDataType_t cudnn_type(DType t) {
 struct ConvKey {
   int64_t n, h, w, c, o, kh, kw, stride, pad_h, pad_w;
   DType dtype;
-  auto tie() const { return std::tie(n, h, w, c, o, kh, kw, stride, pad_h, pad_w, dtype); }
+  bool cudnn_only;  // Options::ConvKernel::Cudnn: the other paths are not timed
+  auto tie() const {
+    return std::tie(n, h, w, c, o, kh, kw, stride, pad_h, pad_w, dtype, cudnn_only);
+  }
   bool operator<(const ConvKey& k) const { return tie() < k.tie(); }
   // Every field, for the plan cache.
   std::string name() const {
     return str("n", n, " h", h, " w", w, " c", c, " o", o, " k", kh, "x", kw, " stride", stride,
-               " pad", pad_h, ",", pad_w, " ", dtype_name(dtype));
+               " pad", pad_h, ",", pad_w, " ", dtype_name(dtype), cudnn_only ? " cudnn-only" : "");
   }
 };
+
+// What a plan runs: cuDNN's convolution, a narrow kernel of ours, or im2col and a GEMM.
+// The stored choice marks the last two by these algorithm numbers, which cuDNN's
+// enumeration does not use.
+enum class ConvPath { Cudnn, Narrow, Im2col };
+constexpr int kNarrowAlgo = -1, kIm2colAlgo = -2;
 
 struct ConvPlan {
   cudnnTensorDescriptor_t x = nullptr, y = nullptr, bias = nullptr;
@@ -139,6 +395,7 @@ struct ConvPlan {
   size_t workspace = 0;
   bool valid = false;
   bool fused = false;  // bias and residual inside cuDNN's call
+  ConvPath path = ConvPath::Cudnn;
 };
 
 // y = conv(x) + bias (+ z): cuDNN's fused call, which takes the identity
@@ -220,6 +477,12 @@ std::optional<ConvPlan> try_fused(const ConvPlan& plan, const ConvKey& k, const 
 std::optional<ConvPlan> plan_from_store(ConvPlan plan, const ConvKey& k, const Conv2dArgs& a,
                                         const plans::ConvChoice& stored) {
   if (!stored.valid) return plan;
+  if (stored.algo == kNarrowAlgo || stored.algo == kIm2colAlgo) {
+    if (stored.algo == kNarrowAlgo && !narrow_applies(a)) return std::nullopt;
+    plan.path = stored.algo == kNarrowAlgo ? ConvPath::Narrow : ConvPath::Im2col;
+    plan.valid = true;
+    return plan;
+  }
   if (stored.workspace > kConvWorkspaceLimit) return std::nullopt;
   const auto algo = cudnnConvolutionFwdAlgo_t(stored.algo);
   const auto math = cudnnMathType_t(stored.math_type);
@@ -236,6 +499,76 @@ std::optional<ConvPlan> plan_from_store(ConvPlan plan, const ConvKey& k, const C
   plan.algo = algo;
   plan.workspace = stored.workspace;
   plan.valid = true;
+  return plan;
+}
+
+// Runs `plan` on `a`: y = conv(x) + bias (+ residual).
+void run_plan(const ConvPlan& plan, const Conv2dArgs& a) {
+  if (plan.path == ConvPath::Narrow) return conv_narrow(a);
+  if (plan.path == ConvPath::Im2col) return conv_im2col(a);
+  Context& ctx = context();
+  const auto ws = plan.workspace ? scratch(plan.workspace) : nullptr;
+  if (plan.fused && a.bias.defined()) {
+    CUDNN_CHECK(conv_bias_residual(plan, a, ws ? ws->data() : nullptr));
+    return;
+  }
+  const float alpha = 1.0f, beta = 0.0f;
+  CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn, &alpha, plan.x, a.x.raw(), plan.w, a.weight.raw(),
+                                      plan.conv, plan.algo, ws ? ws->data() : nullptr,
+                                      plan.workspace, &beta, plan.y, a.out.raw()));
+  const int64_t rows = a.out.numel() / a.out.dim(3);
+  bias_act_residual(a.out.raw(), a.bias.defined() ? a.bias.raw() : nullptr,
+                    a.residual.defined() ? a.residual.raw() : nullptr, rows, a.out.dim(3),
+                    Activation::None, a.x.dtype());
+}
+
+// Milliseconds a call of `plan` takes: three runs after one untimed (which, for
+// im2col, also times its GEMM's plan).
+float time_plan(const ConvPlan& plan, const Conv2dArgs& a) {
+  run_plan(plan, a);
+  EventTimer timer;
+  timer.start();
+  constexpr int kReps = 3;
+  for (int r = 0; r < kReps; ++r) run_plan(plan, a);
+  timer.stop();
+  return timer.elapsed_ms() / kReps;
+}
+
+// Convolutions with at most this many output pixels also time im2col and a cuBLASLt
+// GEMM: with so few rows cuDNN's kernels leave most of the GPU idle (SD1.5's 8×8
+// level: 26 µs a call at 143 TFLOP/s), where cuBLASLt's heuristic splits K.
+constexpr int64_t kIm2colTimedPixels = 2048;
+
+// cuDNN's plan against our paths where they apply, on the real operands: the fastest
+// is kept (in the plan cache too, through `keep`).
+template <class Keep>
+ConvPlan fastest_path(ConvPlan plan, const ConvKey& k, const Conv2dArgs& a, const Keep& keep,
+                      plans::ConvChoice cudnn_choice) {
+  if (k.cudnn_only) {
+    keep(cudnn_choice);
+    return plan;
+  }
+  const float cudnn_ms = time_plan(plan, a);
+  float best_ms = cudnn_ms;
+  ConvPath best = ConvPath::Cudnn;
+  for (ConvPath path : {ConvPath::Narrow, ConvPath::Im2col}) {
+    if (path == ConvPath::Narrow && !narrow_applies(a)) continue;
+    if (path == ConvPath::Im2col && (a.out.numel() / k.o > kIm2colTimedPixels || k.kh * k.kw == 1))
+      continue;
+    ConvPlan other = plan;
+    other.path = path;
+    const float ms = time_plan(other, a);
+    if (ms < best_ms) {
+      best_ms = ms;
+      best = path;
+    }
+  }
+  if (best == ConvPath::Cudnn) {
+    keep(cudnn_choice);
+    return plan;
+  }
+  plan.path = best;
+  keep({true, best == ConvPath::Narrow ? kNarrowAlgo : kIm2colAlgo, 0, 0, false});
   return plan;
 }
 
@@ -308,13 +641,13 @@ ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
         perf[i].status != CUDNN_STATUS_SUCCESS || perf[i].memory > limit ||
         perf[i].time > 1.15f * perf[chosen].time || !a.bias.defined())
       continue;
-    if (auto fused = try_fused(plan, k, a, perf[i].algo, perf[i].mathType, perf[i].memory)) {
-      keep({true, int(perf[i].algo), int(perf[i].mathType), perf[i].memory, true});
-      return *fused;
-    }
+    if (auto fused = try_fused(plan, k, a, perf[i].algo, perf[i].mathType, perf[i].memory))
+      return fastest_path(*fused, k, a, keep,
+                          {true, int(perf[i].algo), int(perf[i].mathType), perf[i].memory, true});
   }
-  keep({true, int(perf[chosen].algo), int(perf[chosen].mathType), perf[chosen].memory, false});
-  return plan;
+  return fastest_path(
+      plan, k, a, keep,
+      {true, int(perf[chosen].algo), int(perf[chosen].mathType), perf[chosen].memory, false});
 }
 
 // False when cuDNN cannot take this convolution (the caller uses im2col).
@@ -322,9 +655,11 @@ bool conv_cudnn(const Conv2dArgs& a) {
   Context& ctx = context();
   if (!ctx.cudnn || !options().use_cudnn) return false;
   if (a.pad_top != a.pad_bottom || a.pad_left != a.pad_right) return false;
-  const ConvKey key{a.x.dim(0),      a.x.dim(1),      a.x.dim(2),      a.x.dim(3),
-                    a.weight.dim(0), a.weight.dim(1), a.weight.dim(2), a.stride,
-                    a.pad_top,       a.pad_left,      a.x.dtype()};
+  const ConvKey key{
+      a.x.dim(0),      a.x.dim(1),      a.x.dim(2),
+      a.x.dim(3),      a.weight.dim(0), a.weight.dim(1),
+      a.weight.dim(2), a.stride,        a.pad_top,
+      a.pad_left,      a.x.dtype(),     options().conv_kernel == Options::ConvKernel::Cudnn};
   const ConvPlan* plan = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_conv_mu);
@@ -336,24 +671,16 @@ bool conv_cudnn(const Conv2dArgs& a) {
     plan = &it->second;
   }
   if (!plan->valid) return false;
-  const auto ws = plan->workspace ? scratch(plan->workspace) : nullptr;
-  if (plan->fused && a.bias.defined()) {
-    CUDNN_CHECK(conv_bias_residual(*plan, a, ws ? ws->data() : nullptr));
-    return true;
-  }
-  const float alpha = 1.0f, beta = 0.0f;
-  CUDNN_CHECK(cudnnConvolutionForward(
-      ctx.cudnn, &alpha, plan->x, a.x.raw(), plan->w, a.weight.raw(), plan->conv, plan->algo,
-      ws ? ws->data() : nullptr, plan->workspace, &beta, plan->y, a.out.raw()));
-  const int64_t rows = a.out.numel() / a.out.dim(3);
-  bias_act_residual(a.out.raw(), a.bias.defined() ? a.bias.raw() : nullptr,
-                    a.residual.defined() ? a.residual.raw() : nullptr, rows, a.out.dim(3),
-                    Activation::None, a.x.dtype());
+  run_plan(*plan, a);
   return true;
 }
 #endif
 
 }  // namespace
+
+size_t narrow_conv_calls() {
+  return narrow_calls.load(std::memory_order_relaxed);
+}
 
 void forget_conv_plans() {
 #if defined(KILN_WITH_CUDNN)
@@ -392,12 +719,25 @@ void conv2d(const Conv2dArgs& a) {
     gemm_nt(g);
     return;
   }
+  const bool narrow = narrow_applies(a);
+  if (narrow && options().conv_kernel == Options::ConvKernel::Narrow) {
+    count_flops(2.0 * double(a.out.numel()) * double(kh * kw * c));
+    conv_narrow(a);
+    return;
+  }
 #if defined(KILN_WITH_CUDNN)
   if (conv_cudnn(a)) {
     count_flops(2.0 * double(a.out.numel()) * double(kh * kw * c));
     return;
   }
 #endif
+  // Without cuDNN (or while a graph is captured before the shape's plan was made) a
+  // narrow kernel where one applies, else im2col.
+  if (narrow && options().conv_kernel != Options::ConvKernel::Cudnn && options().use_cudnn) {
+    count_flops(2.0 * double(a.out.numel()) * double(kh * kw * c));
+    conv_narrow(a);
+    return;
+  }
   conv_im2col(a);
 }
 

@@ -56,6 +56,13 @@ struct Options {
   // its fixed cost.
   enum class GroupNormKernel { Auto, Grid };
   GroupNormKernel group_norm_kernel = GroupNormKernel::Auto;
+  // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our
+  // narrow kernels (3×3 with 3, 4 or 8 input or output channels) and, on small images,
+  // im2col and a GEMM, once per shape, and keeps the fastest (plan cache); Cudnn takes
+  // cuDNN's alone (as before the narrow kernels, for A/B runs); Narrow forces a narrow
+  // kernel wherever one applies (tests).
+  enum class ConvKernel { Auto, Cudnn, Narrow };
+  ConvKernel conv_kernel = ConvKernel::Auto;
 };
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).
@@ -66,6 +73,8 @@ bool cudnn_attention_enabled();
 size_t cudnn_attention_calls();
 // GroupNorm calls the grid-wide one-launch kernel ran so far (tests: that it ran).
 size_t group_norm_grid_calls();
+// Convolutions a narrow 3×3 kernel ran so far (tests: that it ran).
+size_t narrow_conv_calls();
 
 // Plans: the algorithm each GEMM and cuDNN convolution shape runs with, chosen by
 // timing on its first use and kept on disk, one file per GPU (backend/plan_file.h),
