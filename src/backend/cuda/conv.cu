@@ -536,8 +536,12 @@ float time_plan(const ConvPlan& plan, const Conv2dArgs& a) {
 
 // Convolutions with at most this many output pixels also time im2col and a cuBLASLt
 // GEMM: with so few rows cuDNN's kernels leave most of the GPU idle (SD1.5's 8×8
-// level: 26 µs a call at 143 TFLOP/s), where cuBLASLt's heuristic splits K.
-constexpr int64_t kIm2colTimedPixels = 2048;
+// level: 26 µs a call at 143 TFLOP/s), where cuBLASLt's heuristic splits K. Measured
+// on an H200 (bench/results/2026-12-03-h200-v12): at 128 pixels im2col won inside the
+// model as it did alone (eleven 2x8x8x1280 calls 0.30 → 0.24 ms); at 512 and 2048 it
+// won alone but lost inside the model (SDXL's ten 2x32x32x1280 0.95 → 1.10 ms), its
+// column buffer no longer in L2 there.
+constexpr int64_t kIm2colTimedPixels = 256;
 
 // cuDNN's plan against our paths where they apply, on the real operands: the fastest
 // is kept (in the plan cache too, through `keep`).
