@@ -676,6 +676,9 @@ bool conv_cudnn(const Conv2dArgs& a) {
   }
   if (!plan->valid) return false;
   run_plan(*plan, a);
+  // im2col's GEMM counts its own FLOPs.
+  if (plan->path != ConvPath::Im2col)
+    count_flops(2.0 * double(a.out.numel()) * double(a.weight.numel() / a.weight.dim(0)));
   return true;
 }
 #endif
@@ -730,10 +733,7 @@ void conv2d(const Conv2dArgs& a) {
     return;
   }
 #if defined(KILN_WITH_CUDNN)
-  if (conv_cudnn(a)) {
-    count_flops(2.0 * double(a.out.numel()) * double(kh * kw * c));
-    return;
-  }
+  if (conv_cudnn(a)) return;  // FLOPs counted there
 #endif
   // Without cuDNN (or while a graph is captured before the shape's plan was made) a
   // narrow kernel where one applies, else im2col.
