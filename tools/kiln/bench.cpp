@@ -57,6 +57,8 @@ const char* kHelp =
     "  --no-graphs          skip the CUDA-graph replay of each workload\n"
     "  --flash-warp-rows N  query rows per warp in flash attention, 16 or 32 (default 16;\n"
     "                       for comparing the two kernels)\n"
+    "  --flash-short-kv B   1 or 0: flash attention over at most 128 keys in four-warp\n"
+    "                       blocks (default 1) or eight-warp ones (for A/B)\n"
     "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
     "  --group-norm K       auto or grid: grid tries the grid-wide one-launch GroupNorm\n"
@@ -422,11 +424,11 @@ void bench_e2e(Bench& b, const fs::path& dir, const std::vector<int>& sizes, int
 }  // namespace
 
 int bench(const std::vector<std::string>& argv) {
-  const Args args(
-      argv,
-      {"model", "arch", "what", "size", "batch", "steps", "device", "dtype", "warmup", "reps",
-       "json", "commit", "flash-warp-rows", "attention", "group-norm", "conv", "plan-cache"},
-      {"per-op", "per-shape", "no-graphs", "help"});
+  const Args args(argv,
+                  {"model", "arch", "what", "size", "batch", "steps", "device", "dtype", "warmup",
+                   "reps", "json", "commit", "flash-warp-rows", "flash-short-kv", "attention",
+                   "group-norm", "conv", "plan-cache"},
+                  {"per-op", "per-shape", "no-graphs", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
     return 0;
@@ -465,6 +467,8 @@ int bench(const std::vector<std::string>& argv) {
     if (*rows != 16 && *rows != 32) throw UsageError("--flash-warp-rows is 16 or 32");
     if (s.cuda()) cuda::options().flash_two_tiles_per_warp = *rows == 32;
   }
+  if (const auto on = args.integer("flash-short-kv", 0, 1))
+    if (s.cuda()) cuda::options().flash_short_kv_blocks = *on == 1;
   if (const auto kernel = args.get("attention")) {
     using K = cuda::Options::AttentionKernel;
     const std::map<std::string, K> kernels{{"auto", K::Auto}, {"kiln", K::Kiln}, {"cudnn", K::Cudnn}};

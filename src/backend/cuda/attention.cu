@@ -375,7 +375,7 @@ int padded_head_dim(int d) {
 template <class T>
 void flash(const AttentionParams& p, int batch, int heads, int dp) {
   const bool two = options().flash_two_tiles_per_warp;
-  const bool short_kv = !two && p.sk <= 2 * kBlockN;
+  const bool short_kv = !two && options().flash_short_kv_blocks && p.sk <= 2 * kBlockN;
   switch (dp) {
     case 32:
       if (short_kv) return launch_flash<T, 32, 4, 1>(p, batch, heads);

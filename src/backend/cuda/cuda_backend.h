@@ -43,6 +43,9 @@ struct Options {
   // Measured on an H200 (SDXL 1024², 2026-11-21): 16 rows 9.27 ms of attention a
   // step, 32 rows 9.6 ms, so 16 is the default.
   bool flash_two_tiles_per_warp = false;
+  // Head dims up to 64 with at most two key tiles (cross-attention on 77 text tokens):
+  // blocks of four warps instead of eight, twice the blocks (false: eight, for A/B).
+  bool flash_short_kv_blocks = true;
   // The fused attention kernel where both can run a call: Auto times ours against
   // cuDNN's SDPA on each shape's first call and keeps the faster (plan cache);
   // Kiln and Cudnn force one, for tests and diagnosis. cuDNN's takes f16/bf16 with
