@@ -469,26 +469,29 @@ int bench(const std::vector<std::string>& argv) {
   }
   if (const auto on = args.integer("flash-short-kv", 0, 1))
     if (s.cuda()) cuda::options().flash_short_kv_blocks = *on == 1;
-  if (const auto kernel = args.get("attention")) {
-    using K = cuda::Options::AttentionKernel;
-    const std::map<std::string, K> kernels{{"auto", K::Auto}, {"kiln", K::Kiln}, {"cudnn", K::Cudnn}};
-    const auto it = kernels.find(*kernel);
-    if (it == kernels.end())
-      throw UsageError(str("--attention is auto, kiln or cudnn, got \"", *kernel, "\""));
-    if (s.cuda()) cuda::options().attention_kernel = it->second;
-  }
-  if (const auto kernel = args.get("group-norm")) {
-    using K = cuda::Options::GroupNormKernel;
-    if (*kernel != "auto" && *kernel != "grid")
-      throw UsageError(str("--group-norm is auto or grid, got \"", *kernel, "\""));
-    if (s.cuda()) cuda::options().group_norm_kernel = *kernel == "auto" ? K::Auto : K::Grid;
-  }
-  if (const auto kernel = args.get("conv")) {
-    using K = cuda::Options::ConvKernel;
-    if (*kernel != "auto" && *kernel != "cudnn")
-      throw UsageError(str("--conv is auto or cudnn, got \"", *kernel, "\""));
-    if (s.cuda()) cuda::options().conv_kernel = *kernel == "auto" ? K::Auto : K::Cudnn;
-  }
+  // A flag naming one of an enum's values, set on the backend's options on CUDA.
+  auto kernel_flag = [&](const std::string& flag, const auto& values, auto& option) {
+    const auto value = args.get(flag);
+    if (!value) return;
+    const auto it = values.find(*value);
+    if (it == values.end()) {
+      std::string names;
+      for (const auto& [name, _] : values) names += (names.empty() ? "" : ", ") + name;
+      throw UsageError(str("--", flag, " is one of ", names, ", got \"", *value, "\""));
+    }
+    if (s.cuda()) option = it->second;
+  };
+  using Attn = cuda::Options::AttentionKernel;
+  kernel_flag("attention",
+              std::map<std::string, Attn>{
+                  {"auto", Attn::Auto}, {"kiln", Attn::Kiln}, {"cudnn", Attn::Cudnn}},
+              cuda::options().attention_kernel);
+  using GN = cuda::Options::GroupNormKernel;
+  kernel_flag("group-norm", std::map<std::string, GN>{{"auto", GN::Auto}, {"grid", GN::Grid}},
+              cuda::options().group_norm_kernel);
+  using Conv = cuda::Options::ConvKernel;
+  kernel_flag("conv", std::map<std::string, Conv>{{"auto", Conv::Auto}, {"cudnn", Conv::Cudnn}},
+              cuda::options().conv_kernel);
   if (s.cuda()) {
     const cuda::DeviceInfo info = cuda::device_info();
     gpu = info.name;

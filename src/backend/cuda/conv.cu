@@ -115,6 +115,11 @@ void conv_im2col(const Conv2dArgs& a) {
 // TFLOP/s on an H200 (SD1.5's conv_out 133 µs, SDXL's conv_in 81 µs); direct kernels
 // on the CUDA cores, f32 accumulation, are bound by the input's bytes and their FMAs.
 
+// The multiply-adds of a convolution, for bench's TFLOP/s (im2col's GEMM counts its own).
+void count_conv_flops(const Conv2dArgs& a) {
+  count_flops(2.0 * double(a.out.numel()) * double(a.weight.numel() / a.weight.dim(0)));
+}
+
 struct NarrowParams {
   const void* x;
   const void* weight;    // OHWI
@@ -267,7 +272,7 @@ bool is_3x3_same(const Conv2dArgs& a) {
 bool few_out_applies(const Conv2dArgs& a) {
   const int64_t o = a.weight.dim(0), c = a.x.dim(3);
   return is_3x3_same(a) && (o == 3 || o == 4 || o == 8) && c % kNarrowChunk == 0 &&
-         aligned16(a.x.raw()) && a.x.dim(2) > 0;
+         aligned16(a.x.raw());
 }
 
 bool few_in_applies(const Conv2dArgs& a) {
@@ -552,8 +557,7 @@ ConvPlan fastest_path(ConvPlan plan, const ConvKey& k, const Conv2dArgs& a, cons
     keep(cudnn_choice);
     return plan;
   }
-  const float cudnn_ms = time_plan(plan, a);
-  float best_ms = cudnn_ms;
+  float best_ms = time_plan(plan, a);
   ConvPath best = ConvPath::Cudnn;
   for (ConvPath path : {ConvPath::Narrow, ConvPath::Im2col}) {
     if (path == ConvPath::Narrow && !narrow_applies(a)) continue;
@@ -677,8 +681,7 @@ bool conv_cudnn(const Conv2dArgs& a) {
   if (!plan->valid) return false;
   run_plan(*plan, a);
   // im2col's GEMM counts its own FLOPs.
-  if (plan->path != ConvPath::Im2col)
-    count_flops(2.0 * double(a.out.numel()) * double(a.weight.numel() / a.weight.dim(0)));
+  if (plan->path != ConvPath::Im2col) count_conv_flops(a);
   return true;
 }
 #endif
@@ -728,7 +731,7 @@ void conv2d(const Conv2dArgs& a) {
   }
   const bool narrow = narrow_applies(a);
   if (narrow && options().conv_kernel == Options::ConvKernel::Narrow) {
-    count_flops(2.0 * double(a.out.numel()) * double(kh * kw * c));
+    count_conv_flops(a);
     conv_narrow(a);
     return;
   }
@@ -738,7 +741,7 @@ void conv2d(const Conv2dArgs& a) {
   // Without cuDNN (or while a graph is captured before the shape's plan was made) a
   // narrow kernel where one applies, else im2col.
   if (narrow && options().conv_kernel != Options::ConvKernel::Cudnn && options().use_cudnn) {
-    count_flops(2.0 * double(a.out.numel()) * double(kh * kw * c));
+    count_conv_flops(a);
     conv_narrow(a);
     return;
   }
