@@ -47,6 +47,8 @@ Plans test_plans() {
   p.conv["n2 h64 w64 c320 o320 k3x3 f16"] = ConvChoice{true, 1, 1, 4096, true};
   p.conv["n1 h128 w128 c512 o512 k3x3 f16"] = ConvChoice{true, 6, 2, 0, false};
   p.conv["n1 h7 w7 c3 o5 k3x3 f16"] = ConvChoice{};
+  p.conv["n2 h64 w64 c320 o4 k3x3 f16"] = ConvChoice{true, kConvNarrowAlgo, 0, 0, false};
+  p.conv["n2 h8 w8 c1280 o1280 k3x3 f16"] = ConvChoice{true, kConvIm2colAlgo, 0, 0, false};
   p.attention["b2 h8 sq4096 sk77 d40 f16"] = AttentionChoice{true, 2};
   p.attention["b1 h1 sq19 sk19 d64 bf16"] = AttentionChoice{};
   return p;
@@ -145,6 +147,8 @@ TEST_F(PlanFile, ADamagedFileIsIgnoredWithANoteAndNeverThrows) {
   wrong_type.replace(wrong_type.find("\"multiprocessors\": 132"), 22, "\"multiprocessors\": \"x\"");
   std::string bad_enum = good;
   bad_enum.replace(bad_enum.find("\"math_type\": 1"), 14, "\"math_type\": 999");
+  std::string bad_algo = good;
+  bad_algo.replace(bad_algo.find("\"algo\": -2"), 11, "\"algo\": -3");
   std::string bad_kernel = good;
   bad_kernel.replace(bad_kernel.find("\"cudnn\""), 7, "\"cublas\"");
   std::string bad_plan = good;
@@ -160,6 +164,7 @@ TEST_F(PlanFile, ADamagedFileIsIgnoredWithANoteAndNeverThrows) {
       {"short algorithm", short_hex},
       {"wrong type", wrong_type},
       {"out-of-range enum", bad_enum},
+      {"unknown convolution path", bad_algo},
       {"unknown attention kernel", bad_kernel},
       {"negative attention plan", bad_plan},
   };

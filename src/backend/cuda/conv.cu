@@ -389,7 +389,6 @@ struct ConvKey {
 // The stored choice marks the last two by these algorithm numbers, which cuDNN's
 // enumeration does not use.
 enum class ConvPath { Cudnn, Narrow, Im2col };
-constexpr int kNarrowAlgo = -1, kIm2colAlgo = -2;
 
 struct ConvPlan {
   cudnnTensorDescriptor_t x = nullptr, y = nullptr, bias = nullptr;
@@ -482,9 +481,9 @@ std::optional<ConvPlan> try_fused(const ConvPlan& plan, const ConvKey& k, const 
 std::optional<ConvPlan> plan_from_store(ConvPlan plan, const ConvKey& k, const Conv2dArgs& a,
                                         const plans::ConvChoice& stored) {
   if (!stored.valid) return plan;
-  if (stored.algo == kNarrowAlgo || stored.algo == kIm2colAlgo) {
-    if (stored.algo == kNarrowAlgo && !narrow_applies(a)) return std::nullopt;
-    plan.path = stored.algo == kNarrowAlgo ? ConvPath::Narrow : ConvPath::Im2col;
+  if (stored.algo == plans::kConvNarrowAlgo || stored.algo == plans::kConvIm2colAlgo) {
+    if (stored.algo == plans::kConvNarrowAlgo && !narrow_applies(a)) return std::nullopt;
+    plan.path = stored.algo == plans::kConvNarrowAlgo ? ConvPath::Narrow : ConvPath::Im2col;
     plan.valid = true;
     return plan;
   }
@@ -576,7 +575,8 @@ ConvPlan fastest_path(ConvPlan plan, const ConvKey& k, const Conv2dArgs& a, cons
     return plan;
   }
   plan.path = best;
-  keep({true, best == ConvPath::Narrow ? kNarrowAlgo : kIm2colAlgo, 0, 0, false});
+  keep({true, best == ConvPath::Narrow ? plans::kConvNarrowAlgo : plans::kConvIm2colAlgo, 0, 0,
+        false});
   return plan;
 }
 
