@@ -392,7 +392,9 @@ INSTANTIATE_TEST_SUITE_P(
             NormCase{2, 64, 64, 32, Activation::SiLU},  // 2 a group: 4 groups a pack in f16
             NormCase{1, 256, 4096, 32, Activation::SiLU},
             NormCase{1, 256, 8192, 64, Activation::None},
-            NormCase{1, 37, 12, 4, Activation::SiLU},      // odd
+            NormCase{1, 37, 12, 4, Activation::SiLU},                   // odd
+            NormCase{1, 37, 12, 4, Activation::SiLU, false, true},      // odd, + addend (1-wide)
+            NormCase{2, 1024, 640, 32, Activation::SiLU, false, true},  // + addend, 20 a group
             NormCase{1, 6144, 256, 32, Activation::SiLU},  // one-block kernel at its limit
             NormCase{1, 6145, 256, 32, Activation::SiLU},  // past it
             NormCase{1, 3072, 256, 32, Activation::SiLU},  // f32's limit

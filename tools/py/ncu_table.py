@@ -4,7 +4,12 @@ launch, then one row per kernel and launch shape with the launches' total time. 
 the standard library; lines that are not CSV records (kiln's own output, ncu's
 ==PROF== notes) are skipped.
 
-    python3 tools/py/ncu_table.py ncu.csv [--launches N]
+    python3 tools/py/ncu_table.py ncu.csv [--launches N] [--from-last REGEX]
+
+--from-last keeps the launches from the last one whose kernel matches REGEX to the end
+(one forward pass of several, e.g. `timestep` for a UNet) and prints their summed
+duration, to set against the replayed forward's time: the difference is the gaps
+between kernels.
 """
 
 import argparse
@@ -71,10 +76,21 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("csv")
     parser.add_argument("--launches", type=int, default=200, help="rows of the per-launch table")
+    parser.add_argument("--from-last", metavar="REGEX",
+                        help="only the launches from the last kernel matching REGEX on")
     args = parser.parse_args()
     launches = read(args.csv)
     if not launches:
         sys.exit(f"{args.csv}: no ncu records (was ncu run with --csv, and did the regex match?)")
+    if args.from_last:
+        ids = list(launches)
+        starts = [i for i, lid in enumerate(ids) if re.search(args.from_last, launches[lid]["kernel"])]
+        if not starts:
+            sys.exit(f"{args.csv}: no kernel matches --from-last {args.from_last!r}")
+        launches = collections.OrderedDict((lid, launches[lid]) for lid in ids[starts[-1]:])
+        total = sum(l["metrics"].get("gpu__time_duration.sum") or 0 for l in launches.values())
+        print(f"{len(launches)} launches from the last /{args.from_last}/: {total / 1e3:.3f} ms "
+              "of kernel time\n")
     present = [(m, h) for m, h in COLUMNS if any(m in l["metrics"] for l in launches.values())]
 
     def cell(v):

@@ -33,9 +33,10 @@ constexpr int kStatThreads = 256;
 // partial sums, in a fixed order, into per-channel scale and shift:
 // out = act(x * scale + shift).
 template <class T, int N>
-__global__ void group_norm_stats(const T* x, float* partial, const T* gamma, const T* beta,
-                                 float* scale, float* shift, unsigned* counters, int64_t rows,
-                                 int64_t rows_per_block, int channels, int groups, float eps) {
+__global__ void group_norm_stats(const T* x, const T* addend, float* partial, const T* gamma,
+                                 const T* beta, float* scale, float* shift, unsigned* counters,
+                                 int64_t rows, int64_t rows_per_block, int channels, int groups,
+                                 float eps) {
   extern __shared__ float smem[];
   const int X = blockDim.x, Y = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
   const int tid = ty * X + tx, threads = X * Y;
@@ -56,6 +57,12 @@ __global__ void group_norm_stats(const T* x, float* partial, const T* gamma, con
     const int v = v0 + tx;
     float s[N] = {}, q[N] = {};
     if (v < packs) {
+      // The addend of this pack's channels ([B, C]), or zeros.
+      float add[N] = {};
+      if (addend) {
+#pragma unroll
+        for (int j = 0; j < N; ++j) add[j] = to_float(addend[int64_t(b) * channels + v * N + j]);
+      }
       // Four rows' loads in flight per thread before any arithmetic (eight measured
       // no faster: 4.80 against 5.27 ms of GroupNorm in the 1024² VAE decode, and
       // again level with four once the apply was fixed).
@@ -67,6 +74,11 @@ __global__ void group_norm_stats(const T* x, float* partial, const T* gamma, con
           const int64_t row = r + int64_t(u) * Y;
           if (row < r1) {
             p[u] = *reinterpret_cast<const Pack<T, N>*>(xb + row * channels + v * N);
+            // x + addend rounded to T, what the separate add stored (and the apply reads).
+            if (addend) {
+#pragma unroll
+              for (int j = 0; j < N; ++j) p[u].v[j] = from_float<T>(to_float(p[u].v[j]) + add[j]);
+            }
           } else {
 #pragma unroll
             for (int j = 0; j < N; ++j) p[u].v[j] = from_float<T>(0.0f);
@@ -178,9 +190,9 @@ __global__ void group_norm_stats(const T* x, float* partial, const T* gamma, con
 // kept a single 16-byte load in flight per thread: 45% of DRAM bandwidth under
 // ncu on the 1024² VAE decode's 1x1048576x128 (240 us against 128 for a copy).
 template <class T, int N, int U>
-__global__ void group_norm_apply(const T* x, T* out, const float* scale, const float* shift,
-                                 uint32_t packs, FastDiv batch_packs, FastDiv row_packs,
-                                 Activation act) {
+__global__ void group_norm_apply(const T* x, const T* addend, T* out, const float* scale,
+                                 const float* shift, uint32_t packs, FastDiv batch_packs,
+                                 FastDiv row_packs, Activation act) {
   const int64_t channels = int64_t(row_packs.divisor()) * N;
   const uint32_t stride = gridDim.x * blockDim.x;
   for (uint32_t i0 = blockIdx.x * blockDim.x + threadIdx.x; i0 < packs; i0 += U * stride) {
@@ -214,7 +226,11 @@ __global__ void group_norm_apply(const T* x, T* out, const float* scale, const f
       Pack<T, N> o;
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        const float y = to_float(v[u].v[j]) * sc[j] + sh[j];
+        // With an addend, what is normalised is x + addend rounded to T (as in the stats).
+        const float xv =
+            addend ? to_float(from_float<T>(to_float(v[u].v[j]) + to_float(__ldg(addend + c + j))))
+                   : to_float(v[u].v[j]);
+        const float y = xv * sc[j] + sh[j];
         o.v[j] = from_float<T>(activate_narrow<T>(act, y));
       }
       *reinterpret_cast<Pack<T, N>*>(out + int64_t(i) * N) = o;
@@ -328,16 +344,17 @@ constexpr int kResident = std::min(24, (sizeof(T) == 4 ? 24 : 48) / W);
 
 template <class T, int W>
 __global__ void __launch_bounds__(kResidentThreads)
-    group_norm_resident(const T* x, const T* gamma, const T* beta, T* out, int64_t rows,
-                        int channels, int groups, FastDiv group_packs, float eps, Activation act) {
+    group_norm_resident(const T* x, const T* addend, const T* gamma, const T* beta, T* out,
+                        int64_t rows, int channels, int groups, FastDiv group_packs, float eps,
+                        Activation act) {
   constexpr int K = kResident<T, W>;
   __shared__ float red[32];
   const int b = blockIdx.x / groups, g = blockIdx.x % groups;
   const uint32_t packs = group_packs.divisor();  // accesses per row of the group
   const uint32_t n = uint32_t(rows) * packs;
   const int64_t base = int64_t(b) * rows * channels + int64_t(g) * packs * W;
-  auto offset = [&](uint32_t i) {
-    uint32_t r, j;
+  auto offset = [&](uint32_t i, uint32_t& j) {
+    uint32_t r;
     group_packs.divmod(i, r, j);
     return base + int64_t(r) * channels + int64_t(j) * W;
   };
@@ -347,7 +364,13 @@ __global__ void __launch_bounds__(kResidentThreads)
   for (int k = 0; k < K; ++k) {
     const uint32_t i = k * blockDim.x + threadIdx.x;
     if (i < n) {
-      v[k] = *reinterpret_cast<const Pack<T, W>*>(x + offset(i));
+      uint32_t jp;
+      v[k] = *reinterpret_cast<const Pack<T, W>*>(x + offset(i, jp));
+      if (addend) {  // x + addend rounded to T, what the separate add stored
+        const T* a = addend + int64_t(b) * channels + (g * int(packs) + int(jp)) * W;
+#pragma unroll
+        for (int j = 0; j < W; ++j) v[k].v[j] = from_float<T>(to_float(v[k].v[j]) + to_float(a[j]));
+      }
 #pragma unroll
       for (int j = 0; j < W; ++j) s += to_float(v[k].v[j]);
     }
@@ -393,6 +416,7 @@ bool launch_group_norm_resident(const GroupNormArgs& a) {
   T* out = static_cast<T*>(a.out.raw());
   const T* gamma = static_cast<const T*>(a.gamma.raw());
   const T* beta = static_cast<const T*>(a.beta.raw());
+  const T* addend = a.addend.defined() ? static_cast<const T*>(a.addend.raw()) : nullptr;
   // The widest access that the group's width and the addresses allow.
   const uintptr_t addresses = reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(out);
   int width = 1;
@@ -410,8 +434,8 @@ bool launch_group_norm_resident(const GroupNormArgs& a) {
   auto launch = [&](auto w) {
     constexpr int W = decltype(w)::value;
     if (n > int64_t(kResident<T, W>) * kResidentThreads) return false;
-    group_norm_resident<T, W><<<grid, threads, 0, stream()>>>(x, gamma, beta, out, rows, channels,
-                                                              groups, group_packs, a.eps, a.act);
+    group_norm_resident<T, W><<<grid, threads, 0, stream()>>>(
+        x, addend, gamma, beta, out, rows, channels, groups, group_packs, a.eps, a.act);
     CUDA_CHECK_LAUNCH();
     return true;
   };
@@ -734,8 +758,9 @@ void launch_group_norm(const GroupNormArgs& a) {
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     configured = int(smem);
   }
+  const T* addend = a.addend.defined() ? static_cast<const T*>(a.addend.raw()) : nullptr;
   group_norm_stats<T, N><<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
-      x, partial, static_cast<const T*>(a.gamma.raw()), static_cast<const T*>(a.beta.raw()),
+      x, addend, partial, static_cast<const T*>(a.gamma.raw()), static_cast<const T*>(a.beta.raw()),
       scale, shift, context().counters, rows, rows_per_block, channels, groups, a.eps);
   CUDA_CHECK_LAUNCH();
 
@@ -751,7 +776,7 @@ void launch_group_norm(const GroupNormArgs& a) {
   }();
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t(sms) * resident);
   group_norm_apply<T, N, U><<<unsigned(blocks), 256, 0, stream()>>>(
-      x, static_cast<T*>(a.out.raw()), scale, shift, uint32_t(total),
+      x, addend, static_cast<T*>(a.out.raw()), scale, shift, uint32_t(total),
       FastDiv(uint32_t(rows * packs)), FastDiv(uint32_t(packs)), a.act);
   CUDA_CHECK_LAUNCH();
 }
@@ -768,21 +793,11 @@ void group_norm(const GroupNormArgs& args) {
   // half of the op in it).
   KILN_CHECK(args.x.dim(2) <= 16384, "group_norm: ", args.x.dim(2),
              " channels (at most 16384 on CUDA)");
-  // The addend goes in on the way in where the grid kernel runs; elsewhere it is
-  // added into `out` first, which is then normalised in place (every path reads
-  // what it writes before writing it).
+  // Every path adds the addend ([B, C]) on the way in, rounded to x's dtype as a
+  // separate add would store it (before, the one-block and two-launch paths took
+  // that separate add: a launch and a pass over the tensor more, 22 a step on SD1.5).
   GroupNormArgs a = args;
-  if (a.addend.defined()) {
-    bool fused = false;
-    dispatch_float(a.x.dtype(), [&](auto tag) {
-      fused = options().group_norm_kernel == Options::GroupNormKernel::Grid &&
-              launch_group_norm_grid<decltype(tag)>(a);
-    });
-    if (fused) return;
-    binary({a.x, a.addend.reshape({a.x.dim(0), 1, a.x.dim(2)}), BinaryOp::Add, a.out});
-    a.x = a.out;
-    a.addend = Tensor();
-  }
+  if (a.addend.defined()) a.addend = a.addend.reshape({a.x.dim(0), a.x.dim(2)});
   const int64_t per_group = a.x.dim(2) / a.groups;
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
