@@ -59,8 +59,6 @@ const char* kHelp =
     "                       for comparing the two kernels)\n"
     "  --flash-short-kv B   1 or 0: flash attention over at most 128 keys in four-warp\n"
     "                       blocks, or eight-warp ones (default 0; for A/B)\n"
-    "  --pdl B              1 or 0: programmatic dependent launch of kiln's own kernels\n"
-    "                       (each scheduled while the one before finishes; default 0; for A/B)\n"
     "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
     "  --group-norm K       auto or grid: grid tries the grid-wide one-launch GroupNorm\n"
@@ -428,7 +426,7 @@ void bench_e2e(Bench& b, const fs::path& dir, const std::vector<int>& sizes, int
 int bench(const std::vector<std::string>& argv) {
   const Args args(argv,
                   {"model", "arch", "what", "size", "batch", "steps", "device", "dtype", "warmup",
-                   "reps", "json", "commit", "flash-warp-rows", "flash-short-kv", "pdl", "attention",
+                   "reps", "json", "commit", "flash-warp-rows", "flash-short-kv", "attention",
                    "group-norm", "conv", "plan-cache"},
                   {"per-op", "per-shape", "no-graphs", "help"});
   if (args.has("help")) {
@@ -471,8 +469,6 @@ int bench(const std::vector<std::string>& argv) {
   }
   if (const auto on = args.integer("flash-short-kv", 0, 1))
     if (s.cuda()) cuda::options().flash_short_kv_blocks = *on == 1;
-  if (const auto on = args.integer("pdl", 0, 1))
-    if (s.cuda()) cuda::options().programmatic_launch = *on == 1;
   // A flag naming one of an enum's values, set on the backend's options on CUDA.
   auto kernel_flag = [&](const std::string& flag, const auto& values, auto& option) {
     const auto value = args.get(flag);

@@ -141,7 +141,6 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int valid_rows, int6
 // FLOP (the limit with one m-tile per warp).
 template <class T, int DP, int WARPS, int MT>
 __global__ void __launch_bounds__(WARPS * 32, 2) flash_attention_kernel(AttentionParams p) {
-  kernel_prologue();
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();  // cp.async and bf16 MMA need sm_80; attention() routes older GPUs elsewhere
 #else
@@ -355,7 +354,7 @@ void launch_flash(const AttentionParams& p, int batch, int heads) {
   }();
   (void)configured;
   const dim3 grid{unsigned((p.sq + kBlockM - 1) / kBlockM), unsigned(heads), unsigned(batch)};
-  launch(flash_attention_kernel<T, DP, WARPS, MT>, grid, WARPS * 32, kSmem, p);
+  flash_attention_kernel<T, DP, WARPS, MT><<<grid, WARPS * 32, kSmem, stream()>>>(p);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -408,7 +407,6 @@ void flash(const AttentionParams& p, int batch, int heads, int dp) {
 template <class T>
 __global__ void softmax_rows_kernel(const float* scores, T* probs, int sk, int rows_per_head,
                                     int q0, bool causal) {
-  kernel_prologue();
   const int64_t row = blockIdx.x;
   const float* s = scores + row * sk;
   T* out = probs + row * sk;
@@ -444,7 +442,6 @@ constexpr int kHeldColumns = 16384;
 template <class T, int V>
 __global__ void softmax_rows_held_kernel(const float* scores, T* probs, int sk, int rows_per_head,
                                          int q0, bool causal) {
-  kernel_prologue();
   const int64_t row = blockIdx.x;
   const float4* s = reinterpret_cast<const float4*>(scores + row * sk);
   T* out = probs + row * sk;
@@ -490,26 +487,27 @@ template <class T>
 void softmax_rows(const float* scores, T* probs, int sk, int rows, int rows_per_head, int q0,
                   bool causal) {
   if (sk % 4 != 0 || sk > kHeldColumns) {
-    launch(softmax_rows_kernel<T>, unsigned(rows), 256, 0, scores, probs, sk, rows_per_head, q0, causal);
+    softmax_rows_kernel<T>
+        <<<unsigned(rows), 256, 0, stream()>>>(scores, probs, sk, rows_per_head, q0, causal);
     CUDA_CHECK_LAUNCH();
     return;
   }
   // Up to 512 threads, each with the fewest float4s that cover the row.
-  auto with = [&](auto held) {
+  auto launch = [&](auto held) {
     constexpr int V = decltype(held)::value;
     const int per_thread = (sk / 4 + V - 1) / V;  // threads that cover the row
     const int threads = std::max(32, (per_thread + 31) / 32 * 32);
-    launch(softmax_rows_held_kernel<T, V>, unsigned(rows), unsigned(threads), 0, scores, probs, sk,
-           rows_per_head, q0, causal);
+    softmax_rows_held_kernel<T, V><<<unsigned(rows), unsigned(threads), 0, stream()>>>(
+        scores, probs, sk, rows_per_head, q0, causal);
   };
   if (sk <= 2048)
-    with(std::integral_constant<int, 1>{});
+    launch(std::integral_constant<int, 1>{});
   else if (sk <= 4096)
-    with(std::integral_constant<int, 2>{});
+    launch(std::integral_constant<int, 2>{});
   else if (sk <= 8192)
-    with(std::integral_constant<int, 4>{});
+    launch(std::integral_constant<int, 4>{});
   else
-    with(std::integral_constant<int, 8>{});
+    launch(std::integral_constant<int, 8>{});
   CUDA_CHECK_LAUNCH();
 }
 

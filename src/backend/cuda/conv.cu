@@ -36,7 +36,6 @@ struct Im2colParams {
 // ch]
 template <class T, int N>
 __global__ void im2col_kernel(Im2colParams p) {
-  kernel_prologue();
   const T* x = static_cast<const T*>(p.x);
   Pack<T, N>* col = static_cast<Pack<T, N>*>(p.col);
   const int cp = p.c / N;
@@ -85,9 +84,9 @@ void conv_im2col(const Conv2dArgs& a) {
       using T = decltype(tag);
       const bool vec = c % kVec<T> == 0 && aligned16(p.x) && aligned16(p.col);
       if (vec) {
-        launch(im2col_kernel<T, kVec<T>>, grid_for(n * patch / kVec<T>, 256), 256, 0, p);
+        im2col_kernel<T, kVec<T>><<<grid_for(n * patch / kVec<T>, 256), 256, 0, stream()>>>(p);
       } else {
-        launch(im2col_kernel<T, 1>, grid_for(n * patch, 256), 256, 0, p);
+        im2col_kernel<T, 1><<<grid_for(n * patch, 256), 256, 0, stream()>>>(p);
       }
       CUDA_CHECK_LAUNCH();
     });
@@ -149,7 +148,6 @@ size_t few_out_smem() {
 
 template <class T, int O, int WARPS, int ROWS>
 __global__ void __launch_bounds__(WARPS * 32) conv3x3_few_out(NarrowParams p) {
-  kernel_prologue();
   constexpr int V = kVec<T>, kStride = kNarrowChunk + V, kVecs = kNarrowChunk / V;
   constexpr int kTileH = WARPS * ROWS, kHaloW = 34;
   extern __shared__ __align__(16) unsigned char smem[];
@@ -226,7 +224,6 @@ constexpr int kFewInPixels = 64;
 
 template <class T, int C>
 __global__ void __launch_bounds__(512) conv3x3_few_in(NarrowParams p) {
-  kernel_prologue();
   __shared__ float xs[3][kFewInPixels + 2][C];
   const int row = blockIdx.y, b = row / p.h, oy = row - b * p.h;
   const int x0 = blockIdx.x * kFewInPixels;
@@ -300,7 +297,7 @@ void launch_few_out(const NarrowParams& p, int n) {
   }();
   (void)opted;
   const dim3 grid(unsigned((p.w + 31) / 32), unsigned((p.h + kTileH - 1) / kTileH), unsigned(n));
-  launch(conv3x3_few_out<T, O, WARPS, ROWS>, grid, WARPS * 32, smem, p);
+  conv3x3_few_out<T, O, WARPS, ROWS><<<grid, WARPS * 32, smem, stream()>>>(p);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -346,13 +343,13 @@ void conv_narrow(const Conv2dArgs& a) {
     const int threads = std::min(512, (p.o + 31) / 32 * 32);
     switch (p.c) {
       case 3:
-        launch(conv3x3_few_in<T, 3>, grid, threads, 0, p);
+        conv3x3_few_in<T, 3><<<grid, threads, 0, stream()>>>(p);
         break;
       case 4:
-        launch(conv3x3_few_in<T, 4>, grid, threads, 0, p);
+        conv3x3_few_in<T, 4><<<grid, threads, 0, stream()>>>(p);
         break;
       default:
-        launch(conv3x3_few_in<T, 8>, grid, threads, 0, p);
+        conv3x3_few_in<T, 8><<<grid, threads, 0, stream()>>>(p);
         break;
     }
     CUDA_CHECK_LAUNCH();

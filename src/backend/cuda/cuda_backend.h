@@ -68,10 +68,6 @@ struct Options {
   // kernel wherever one applies (tests).
   enum class ConvKernel { Auto, Cudnn, Narrow };
   ConvKernel conv_kernel = ConvKernel::Auto;
-  // Programmatic dependent launch of kiln's own kernels (sm_90 and later): each may
-  // be scheduled while the kernel before it finishes, and waits for it in its
-  // prologue. Off until an A/B in one run measures it (kiln bench --pdl 0|1).
-  bool programmatic_launch = false;
 };
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).

@@ -8,45 +8,10 @@
 
 #include <cstdint>
 
-#include <utility>
-
 #include "backend/backend.h"
 #include "backend/cuda/context.h"
-#include "backend/cuda/cuda_backend.h"
 
 namespace kiln::cuda {
-
-// Programmatic dependent launch (sm_90 and later). launch() can let a kernel start
-// while the one before it in the stream is still finishing, so that its launch and
-// block scheduling overlap that kernel's tail instead of following it. Every kernel
-// launched through launch() therefore begins with kernel_prologue(): it waits until
-// the previous kernel has completed and its writes are visible (a no-op when there
-// is no such dependency, and on older GPUs), then lets the next kernel be scheduled
-// (its blocks wait in their own prologue; only free resources are taken).
-__device__ __forceinline__ void kernel_prologue() {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-  asm volatile("griddepcontrol.wait;" ::: "memory");
-  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
-#endif
-}
-
-// kernel<<<grid, block, smem, stream()>>>(args...), with programmatic dependent
-// launch when options().programmatic_launch asks for it. The kernel must begin with
-// kernel_prologue().
-template <class... Params, class... Args>
-void launch(void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem, Args&&... args) {
-  cudaLaunchConfig_t config = {};
-  config.gridDim = grid;
-  config.blockDim = block;
-  config.dynamicSmemBytes = smem;
-  config.stream = stream();
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-  attribute[0].val.programmaticStreamSerializationAllowed = 1;
-  config.attrs = attribute;
-  config.numAttrs = options().programmatic_launch ? 1 : 0;
-  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, std::forward<Args>(args)...));
-}
 
 using half = __half;
 using bfloat16 = __nv_bfloat16;

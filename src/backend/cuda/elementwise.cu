@@ -34,7 +34,6 @@ struct BinaryParams {
 
 template <class T, int N>
 __global__ void binary_kernel(BinaryParams p) {
-  kernel_prologue();
   const T* a = static_cast<const T*>(p.a);
   const T* b = static_cast<const T*>(p.b);
   T* out = static_cast<T*>(p.out);
@@ -81,7 +80,6 @@ struct UnaryParams {
 
 template <class T, int N>
 __global__ void unary_kernel(UnaryParams p) {
-  kernel_prologue();
   const T* x = static_cast<const T*>(p.x);
   T* out = static_cast<T*>(p.out);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n / N;
@@ -110,7 +108,6 @@ struct CombinationParams {
 
 template <class T, int N>
 __global__ void combination_kernel(CombinationParams p) {
-  kernel_prologue();
   T* out = static_cast<T*>(p.out);
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < p.n / N;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -131,7 +128,6 @@ __global__ void combination_kernel(CombinationParams p) {
 // ---------------------------------------------------------------------------
 template <class TI, class TO>
 __global__ void cast_kernel(const TI* x, TO* out, int64_t n) {
-  kernel_prologue();
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < n;
        i += int64_t(gridDim.x) * blockDim.x)
     out[i] = from_float<TO>(to_float(x[i]));
@@ -141,7 +137,6 @@ __global__ void cast_kernel(const TI* x, TO* out, int64_t n) {
 // out[m, j] = x[m, j] * gelu(x[m, n + j])
 template <class T, int N>
 __global__ void geglu_kernel(const T* x, T* out, uint32_t packs, FastDiv row_packs) {
-  kernel_prologue();
   const int64_t n = int64_t(row_packs.divisor()) * N;
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs; i += gridDim.x * blockDim.x) {
     uint32_t row, cp;
@@ -171,7 +166,6 @@ struct ConcatParams {
 
 template <class T, int N>
 __global__ void concat_kernel(ConcatParams p) {
-  kernel_prologue();
   const int64_t first = p.offset[0], span = p.offset[p.count] - first;
   const int64_t packs = span / N, work = p.outer * packs;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < work;
@@ -197,7 +191,6 @@ struct UpsampleParams {
 
 template <class T, int N>
 __global__ void upsample_kernel(UpsampleParams p) {
-  kernel_prologue();
   const T* x = static_cast<const T*>(p.x);
   T* out = static_cast<T*>(p.out);
   const int64_t cp = p.cp.divisor();
@@ -226,7 +219,6 @@ struct TimestepParams {
 };
 
 __global__ void timestep_kernel(TimestepParams p) {
-  kernel_prologue();
   const int64_t total = p.batch * p.half_dim;
   for (int64_t i = int64_t(blockIdx.x) * blockDim.x + threadIdx.x; i < total;
        i += int64_t(gridDim.x) * blockDim.x) {
@@ -246,7 +238,6 @@ __global__ void timestep_kernel(TimestepParams p) {
 template <class T, int N>
 __global__ void embedding_kernel(const int32_t* ids, const T* table, T* out, uint32_t packs,
                                  int64_t vocab, FastDiv row_packs) {
-  kernel_prologue();
   const int64_t cp = row_packs.divisor();
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs; i += gridDim.x * blockDim.x) {
     uint32_t r, ch;
@@ -267,7 +258,6 @@ __global__ void embedding_kernel(const int32_t* ids, const T* table, T* out, uin
 template <class T, int N>
 __global__ void bias_act_residual_kernel(T* out, const T* bias, const T* residual, uint32_t packs,
                                          FastDiv row_packs, Activation act) {
-  kernel_prologue();
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs; i += gridDim.x * blockDim.x) {
     uint32_t row, cp;
     row_packs.divmod(i, row, cp);
@@ -310,10 +300,10 @@ uint32_t pack_count(int64_t elements, int width, const char* op) {
 #define KILN_LAUNCH_PACKED(kernel, T, width, work, ...)                                   \
   do {                                                                                    \
     if ((width) == 1) {                                                                   \
-      launch(kernel<T, 1>, grid_for((work), kThreads), kThreads, 0, __VA_ARGS__);          \
+      kernel<T, 1><<<grid_for((work), kThreads), kThreads, 0, stream()>>>(__VA_ARGS__);   \
     } else {                                                                              \
-      launch(kernel<T, kVec<T>>, grid_for((work) / kVec<T>, kThreads), kThreads, 0,       \
-             __VA_ARGS__);                                                                \
+      kernel<T, kVec<T>>                                                                  \
+          <<<grid_for((work) / kVec<T>, kThreads), kThreads, 0, stream()>>>(__VA_ARGS__); \
     }                                                                                     \
     CUDA_CHECK_LAUNCH();                                                                  \
   } while (0)
@@ -414,8 +404,8 @@ void cast(const CastArgs& a) {
     using TI = decltype(in_tag);
     dispatch_float(a.out.dtype(), [&](auto out_tag) {
       using TO = decltype(out_tag);
-      launch(cast_kernel<TI, TO>, grid_for(n, kThreads), kThreads, 0,
-             static_cast<const TI*>(a.x.raw()), static_cast<TO*>(a.out.raw()), n);
+      cast_kernel<TI, TO><<<grid_for(n, kThreads), kThreads, 0, stream()>>>(
+          static_cast<const TI*>(a.x.raw()), static_cast<TO*>(a.out.raw()), n);
       CUDA_CHECK_LAUNCH();
     });
   });
@@ -523,7 +513,7 @@ void timestep_embedding(const TimestepEmbeddingArgs& a) {
   p.scale = a.scale;
   const int64_t total = p.batch * p.half_dim;
   if (total == 0) return;
-  launch(timestep_kernel, grid_for(total, kThreads), kThreads, 0, p);
+  timestep_kernel<<<grid_for(total, kThreads), kThreads, 0, stream()>>>(p);
   CUDA_CHECK_LAUNCH();
 }
 

@@ -37,7 +37,6 @@ __global__ void group_norm_stats(const T* x, const T* addend, float* partial, co
                                  const T* beta, float* scale, float* shift, unsigned* counters,
                                  int64_t rows, int64_t rows_per_block, int channels, int groups,
                                  float eps) {
-  kernel_prologue();
   extern __shared__ float smem[];
   const int X = blockDim.x, Y = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
   const int tid = ty * X + tx, threads = X * Y;
@@ -194,7 +193,6 @@ template <class T, int N, int U>
 __global__ void group_norm_apply(const T* x, const T* addend, T* out, const float* scale,
                                  const float* shift, uint32_t packs, FastDiv batch_packs,
                                  FastDiv row_packs, Activation act) {
-  kernel_prologue();
   const int64_t channels = int64_t(row_packs.divisor()) * N;
   const uint32_t stride = gridDim.x * blockDim.x;
   for (uint32_t i0 = blockIdx.x * blockDim.x + threadIdx.x; i0 < packs; i0 += U * stride) {
@@ -247,7 +245,6 @@ constexpr int kRowsPerBlock = 8;  // one warp per row
 template <class T, int N, int K>
 __global__ void layer_norm_kernel(const T* x, const T* gamma, const T* beta, T* out, int64_t rows,
                                   int channels, float eps) {
-  kernel_prologue();
   const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.y;
   if (row >= rows) return;
   const int lane = threadIdx.x;
@@ -297,7 +294,6 @@ __global__ void layer_norm_kernel(const T* x, const T* gamma, const T* beta, T* 
 template <class T, int N>
 __global__ void layer_norm_wide_kernel(const T* x, const T* gamma, const T* beta, T* out,
                                        int64_t rows, int channels, float eps) {
-  kernel_prologue();
   const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.y;
   if (row >= rows) return;
   const int lane = threadIdx.x;
@@ -351,7 +347,6 @@ __global__ void __launch_bounds__(kResidentThreads)
     group_norm_resident(const T* x, const T* addend, const T* gamma, const T* beta, T* out,
                         int64_t rows, int channels, int groups, FastDiv group_packs, float eps,
                         Activation act) {
-  kernel_prologue();
   constexpr int K = kResident<T, W>;
   __shared__ float red[32];
   const int b = blockIdx.x / groups, g = blockIdx.x % groups;
@@ -436,23 +431,24 @@ bool launch_group_norm_resident(const GroupNormArgs& a) {
   // One access per thread where 1024 threads cover the group, more where not.
   const unsigned threads = unsigned(std::min<int64_t>(kResidentThreads, (n + 31) / 32 * 32));
   const FastDiv group_packs(uint32_t(per_group / width));
-  auto with = [&](auto w) {
+  auto launch = [&](auto w) {
     constexpr int W = decltype(w)::value;
     if (n > int64_t(kResident<T, W>) * kResidentThreads) return false;
-    launch(group_norm_resident<T, W>, grid, threads, 0, x, addend, gamma, beta, out, rows, channels, groups, group_packs, a.eps, a.act);
+    group_norm_resident<T, W><<<grid, threads, 0, stream()>>>(
+        x, addend, gamma, beta, out, rows, channels, groups, group_packs, a.eps, a.act);
     CUDA_CHECK_LAUNCH();
     return true;
   };
   switch (width) {
     case 8:
-      if constexpr (sizeof(T) <= 2) return with(std::integral_constant<int, 8>{});
+      if constexpr (sizeof(T) <= 2) return launch(std::integral_constant<int, 8>{});
       return false;
     case 4:
-      return with(std::integral_constant<int, 4>{});
+      return launch(std::integral_constant<int, 4>{});
     case 2:
-      return with(std::integral_constant<int, 2>{});
+      return launch(std::integral_constant<int, 2>{});
     default:
-      return with(std::integral_constant<int, 1>{});
+      return launch(std::integral_constant<int, 1>{});
   }
 }
 
@@ -674,7 +670,7 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
       rows_per_block,
       a.eps,
       a.act};
-  auto with = [&](auto k) -> bool {
+  auto launch = [&](auto k) -> bool {
     constexpr int K = decltype(k)::value;
     const void* kernel = reinterpret_cast<const void*>(group_norm_grid<T, K>);
     static int configured = 48 << 10;  // per instantiation
@@ -694,11 +690,11 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
     grid_calls.fetch_add(1, std::memory_order_relaxed);
     return true;
   };
-  if (accesses <= 1) return with(std::integral_constant<int, 1>{});
-  if (accesses <= 2) return with(std::integral_constant<int, 2>{});
-  if (accesses <= 4) return with(std::integral_constant<int, 4>{});
-  if (accesses <= 8 || kGridAccesses<T> <= 8) return with(std::integral_constant<int, 8>{});
-  return with(std::integral_constant<int, kGridAccesses<T>>{});
+  if (accesses <= 1) return launch(std::integral_constant<int, 1>{});
+  if (accesses <= 2) return launch(std::integral_constant<int, 2>{});
+  if (accesses <= 4) return launch(std::integral_constant<int, 4>{});
+  if (accesses <= 8 || kGridAccesses<T> <= 8) return launch(std::integral_constant<int, 8>{});
+  return launch(std::integral_constant<int, kGridAccesses<T>>{});
 }
 
 template <class T>
@@ -763,7 +759,8 @@ void launch_group_norm(const GroupNormArgs& a) {
     configured = int(smem);
   }
   const T* addend = a.addend.defined() ? static_cast<const T*>(a.addend.raw()) : nullptr;
-  launch(group_norm_stats<T, N>, dim3{unsigned(splits), unsigned(batch)}, block, smem, x, addend, partial, static_cast<const T*>(a.gamma.raw()), static_cast<const T*>(a.beta.raw()),
+  group_norm_stats<T, N><<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
+      x, addend, partial, static_cast<const T*>(a.gamma.raw()), static_cast<const T*>(a.beta.raw()),
       scale, shift, context().counters, rows, rows_per_block, channels, groups, a.eps);
   CUDA_CHECK_LAUNCH();
 
@@ -778,7 +775,8 @@ void launch_group_norm(const GroupNormArgs& a) {
     return std::max(n, 1);
   }();
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t(sms) * resident);
-  launch(group_norm_apply<T, N, U>, unsigned(blocks), 256, 0, x, addend, static_cast<T*>(a.out.raw()), scale, shift, uint32_t(total),
+  group_norm_apply<T, N, U><<<unsigned(blocks), 256, 0, stream()>>>(
+      x, addend, static_cast<T*>(a.out.raw()), scale, shift, uint32_t(total),
       FastDiv(uint32_t(rows * packs)), FastDiv(uint32_t(packs)), a.act);
   CUDA_CHECK_LAUNCH();
 }
@@ -834,25 +832,26 @@ void layer_norm(const LayerNormArgs& a) {
     const unsigned grid = unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock);
     const int width = norm_pack_width<T>(channels, {x, gamma, beta, out});
     const int per_lane = (channels + 32 * width - 1) / (32 * width);  // packs per lane
-    auto held = [&](auto n, auto k) {
-      launch(layer_norm_kernel<T, decltype(n)::value, decltype(k)::value>, grid, block, 0, x, gamma,
-             beta, out, rows, channels, a.eps);
+    auto launch = [&](auto n, auto k) {
+      layer_norm_kernel<T, decltype(n)::value, decltype(k)::value>
+          <<<grid, block, 0, stream()>>>(x, gamma, beta, out, rows, channels, a.eps);
     };
     using One = std::integral_constant<int, 1>;
     using Vec = std::integral_constant<int, kVec<T>>;
     if (width == 1 || per_lane > 8)
-      launch(width == 1 ? layer_norm_wide_kernel<T, 1> : layer_norm_wide_kernel<T, kVec<T>>, grid,
-             block, 0, x, gamma, beta, out, rows, channels, a.eps);
+      (width == 1 ? layer_norm_wide_kernel<T, 1>
+                  : layer_norm_wide_kernel<T, kVec<T>>)<<<grid, block, 0, stream()>>>(
+          x, gamma, beta, out, rows, channels, a.eps);
     else if (per_lane <= 1)
-      held(Vec{}, One{});
+      launch(Vec{}, One{});
     else if (per_lane <= 2)
-      held(Vec{}, std::integral_constant<int, 2>{});
+      launch(Vec{}, std::integral_constant<int, 2>{});
     else if (per_lane <= 4)
-      held(Vec{}, std::integral_constant<int, 4>{});
+      launch(Vec{}, std::integral_constant<int, 4>{});
     else if (per_lane <= 6)
-      held(Vec{}, std::integral_constant<int, 6>{});
+      launch(Vec{}, std::integral_constant<int, 6>{});
     else
-      held(Vec{}, std::integral_constant<int, 8>{});
+      launch(Vec{}, std::integral_constant<int, 8>{});
     CUDA_CHECK_LAUNCH();
   });
 }
