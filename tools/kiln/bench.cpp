@@ -58,7 +58,7 @@ const char* kHelp =
     "  --flash-warp-rows N  query rows per warp in flash attention, 16 or 32 (default 16;\n"
     "                       for comparing the two kernels)\n"
     "  --flash-short-kv B   1 or 0: flash attention over at most 128 keys in four-warp\n"
-    "                       blocks, or eight-warp ones (default 0; for A/B)\n"
+    "                       blocks, or eight-warp ones (default 1; for A/B)\n"
     "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
     "  --group-norm K       auto or grid: grid tries the grid-wide one-launch GroupNorm\n"

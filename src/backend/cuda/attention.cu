@@ -370,8 +370,8 @@ int padded_head_dim(int d) {
 // key tiles (cross-attention on 77 text tokens) a block has little work, and SDXL's
 // 1024 × 77 calls made 320 blocks of eight warps for 132 multiprocessors (17 µs a call
 // on an H200 where the bytes take about 3): with options().flash_short_kv_blocks, 64
-// rows a block there, four warps of one m-tile, twice the blocks (not yet measured
-// faster, so off by default).
+// rows a block there, four warps of one m-tile, twice the blocks (the default since
+// a same-run A/B: SDXL's 60 calls 1.03 -> 0.93 ms a step).
 // Larger head dims: 64 rows, four warps of one m-tile (registers).
 template <class T>
 void flash(const AttentionParams& p, int batch, int heads, int dp) {

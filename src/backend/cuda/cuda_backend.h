@@ -44,10 +44,10 @@ struct Options {
   // step, 32 rows 9.6 ms, so 16 is the default.
   bool flash_two_tiles_per_warp = false;
   // Head dims up to 64 with at most two key tiles (cross-attention on 77 text tokens):
-  // blocks of four warps instead of eight, twice the blocks. Off until an A/B in one
-  // run shows it faster: the v12 check ran with it on and SDXL's attention summed 5.24
-  // ms against 4.87–5.08 on another machine without it (bench/cuda-notes.md).
-  bool flash_short_kv_blocks = false;
+  // blocks of four warps instead of eight, twice the blocks. Same-run A/B on an H200
+  // (SDXL, --attention kiln; bench/results/2026-12-03-h200-v13): 1024x77 x 20 heads
+  // 1.034 -> 0.927 ms a step (60 calls), 4096x77 0.254 -> 0.246.
+  bool flash_short_kv_blocks = true;
   // The fused attention kernel where both can run a call: Auto times ours against
   // cuDNN's SDPA on each shape's first call and keeps the faster (plan cache);
   // Kiln and Cudnn force one, for tests and diagnosis. cuDNN's takes f16/bf16 with
