@@ -768,10 +768,13 @@ __global__ void __launch_bounds__(cluster_block_threads(K)) group_norm_cluster(C
   Pack<T, V> v[K];
   float s_lo = 0.0f, s_hi = 0.0f;
 #pragma unroll
-  for (int k = 0; k < K; ++k) {
+  for (int k = 0; k < K; ++k) {  // all K loads in flight before any arithmetic
     const int row = first + r0 + k * stride;
-    if (row < last) {
-      v[k] = *reinterpret_cast<const Pack<T, V>*>(x + int64_t(row) * p.channels);
+    if (row < last) v[k] = *reinterpret_cast<const Pack<T, V>*>(x + int64_t(row) * p.channels);
+  }
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (first + r0 + k * stride < last) {
 #pragma unroll
       for (int j = 0; j < V; ++j) {
         // x + addend rounded to T, what a separate add would store.
