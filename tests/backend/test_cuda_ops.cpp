@@ -316,14 +316,13 @@ struct NormCase {
   bool addend = false;  // x + addend[b, c] normalised (a resnet's time embedding)
 };
 
-using GroupNormKernel = cuda::Options::GroupNormKernel;
 class GroupNorm : public CudaTest,
-                  public ::testing::WithParamInterface<std::tuple<NormCase, GroupNormKernel>> {};
+                  public ::testing::WithParamInterface<std::tuple<NormCase, bool>> {};
 
 TEST_P(GroupNorm, MatchesCpu) {
-  const auto [c, kernel] = GetParam();
-  const bool grid = kernel == GroupNormKernel::Grid;
-  cuda::options().group_norm_kernel = kernel;
+  const auto [c, grid] = GetParam();
+  cuda::options().group_norm_kernel =
+      grid ? cuda::Options::GroupNormKernel::Grid : cuda::Options::GroupNormKernel::Auto;
   for (DType dt : kAllTypes) {
     // An offset mean, as real activations have, tests the variance's accuracy.
     std::vector<Tensor> in{random_tensor({c.b, c.n, c.c}, dt, next_seed(), 2.0f, 3.0f),
@@ -334,15 +333,10 @@ TEST_P(GroupNorm, MatchesCpu) {
       return ops::group_norm(t[0], t[1], t[2], c.groups, 1e-5f, c.act, c.addend ? t[3] : Tensor());
     };
     const size_t grid_before = cuda::group_norm_grid_calls();
-    const size_t cluster_before = cuda::group_norm_cluster_calls();
     expect_match(
         str("group_norm ", c.b, "x", c.n, "x", c.c, " g", c.groups, c.addend ? " + addend" : ""),
         dt, in, op);
     const bool grid_ran = cuda::group_norm_grid_calls() > grid_before;
-    if (kernel == GroupNormKernel::Blocks) {
-      EXPECT_EQ(cuda::group_norm_cluster_calls(), cluster_before)
-          << "the cluster kernel ran though Blocks was asked for";
-    }
     if (!grid) {
       EXPECT_FALSE(grid_ran) << "the grid kernel ran though not asked for";
     } else if (c.grid && dt == DType::F16 && cuda::device_info().multiprocessors >= 132) {
@@ -406,40 +400,7 @@ INSTANTIATE_TEST_SUITE_P(
             NormCase{1, 3072, 256, 32, Activation::SiLU},  // f32's limit
             NormCase{1, 1000, 60, 20, Activation::SiLU},   // 1-wide, 1024 threads
             NormCase{3, 5, 6, 3, Activation::None}),
-        ::testing::Values(GroupNormKernel::Auto, GroupNormKernel::Blocks, GroupNormKernel::Grid)));
-
-// Which shapes the cluster kernel takes in f16 on sm_90 (MatchesCpu checks its
-// results): whole groups of at least a pack whose rows fit in eight blocks of 64 KB.
-class GroupNormCluster : public CudaTest {};
-
-TEST_F(GroupNormCluster, TakesTheShapesItIsFor) {
-  if (cuda::device_info().compute_major < 9) GTEST_SKIP() << "clusters need sm_90";
-  struct Case {
-    int64_t b, n, c;
-    int groups;
-    bool cluster;
-  };
-  const std::vector<Case> cases = {
-      {2, 4096, 320, 32, true},    // SD1.5 64x64: 10 a group, runs of 40 channels
-      {2, 1024, 640, 32, true},    // 32x32
-      {2, 256, 1280, 32, true},    // 16x16
-      {2, 64, 1280, 32, true},     // 8x8
-      {2, 1024, 960, 32, true},    // 30 a group: runs of 120 channels
-      {2, 4096, 640, 32, true},    // SDXL 64x64: eight blocks of 64 KB exactly
-      {2, 16384, 320, 32, false},  // SDXL 128x128: more than eight blocks hold
-      {1, 16384, 128, 32, false},  // 4 a group: narrower than a pack
-      {2, 4096, 100, 4, false},    // channels not a multiple of a pack
-  };
-  for (const Case& k : cases) {
-    const Tensor x = on_cuda(random_tensor({k.b, k.n, k.c}, DType::F16, next_seed()), DType::F16);
-    const Tensor gamma = on_cuda(random_tensor({k.c}, DType::F16, next_seed()), DType::F16);
-    const Tensor beta = on_cuda(random_tensor({k.c}, DType::F16, next_seed()), DType::F16);
-    const size_t before = cuda::group_norm_cluster_calls();
-    ops::group_norm(x, gamma, beta, k.groups, 1e-5f, Activation::SiLU);
-    EXPECT_EQ(cuda::group_norm_cluster_calls() > before, k.cluster)
-        << k.b << "x" << k.n << "x" << k.c << " g" << k.groups;
-  }
-}
+        ::testing::Bool()));
 
 class LayerNorm : public CudaTest,
                   public ::testing::WithParamInterface<std::tuple<int64_t, int64_t>> {};

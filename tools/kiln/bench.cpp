@@ -487,8 +487,7 @@ int bench(const std::vector<std::string>& argv) {
                   {"auto", Attn::Auto}, {"kiln", Attn::Kiln}, {"cudnn", Attn::Cudnn}},
               cuda::options().attention_kernel);
   using GN = cuda::Options::GroupNormKernel;
-  kernel_flag("group-norm",
-              std::map<std::string, GN>{{"auto", GN::Auto}, {"blocks", GN::Blocks}, {"grid", GN::Grid}},
+  kernel_flag("group-norm", std::map<std::string, GN>{{"auto", GN::Auto}, {"grid", GN::Grid}},
               cuda::options().group_norm_kernel);
   using Conv = cuda::Options::ConvKernel;
   kernel_flag("conv", std::map<std::string, Conv>{{"auto", Conv::Auto}, {"cudnn", Conv::Cudnn}},

@@ -54,14 +54,12 @@ struct Options {
   // no causal mask and head dims that are multiples of 8 (it decides the largest).
   enum class AttentionKernel { Auto, Kiln, Cudnn };
   AttentionKernel attention_kernel = AttentionKernel::Auto;
-  // GroupNorm: Auto takes one thread-block cluster per run of whole groups where its
-  // rows fit in a cluster's registers (sm_90; up to 512 KB a batch row and run), else
-  // one block per group where the group fits in one block, else two launches. Blocks
-  // skips the clusters (as before them, for A/B runs). Grid first tries the
-  // one-launch kernel spread over the whole GPU (a cooperative launch; tensors up to
-  // about 16 MB in f16), measured slower on an H200 (bench/cuda-notes.md, v11): kept
-  // for tests and for the work on its fixed cost.
-  enum class GroupNormKernel { Auto, Blocks, Grid };
+  // GroupNorm: Auto takes one block per group where the group fits in one block, else
+  // two launches. Grid first tries the one-launch kernel spread over the whole GPU
+  // (a cooperative launch; tensors up to about 16 MB in f16), measured slower than
+  // Auto on an H200 (bench/cuda-notes.md, v11): kept for tests and for the work on
+  // its fixed cost.
+  enum class GroupNormKernel { Auto, Grid };
   GroupNormKernel group_norm_kernel = GroupNormKernel::Auto;
   // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our
   // narrow kernels (3×3 with 3, 4 or 8 input or output channels) and, on small images,
@@ -80,8 +78,6 @@ bool cudnn_attention_enabled();
 size_t cudnn_attention_calls();
 // GroupNorm calls the grid-wide one-launch kernel ran so far (tests: that it ran).
 size_t group_norm_grid_calls();
-// GroupNorm calls the cluster kernel ran so far (tests: that it ran).
-size_t group_norm_cluster_calls();
 // Convolutions a narrow 3×3 kernel ran so far (tests: that it ran).
 size_t narrow_conv_calls();
 

@@ -15,7 +15,6 @@
 
 #include <algorithm>
 #include <atomic>
-#include <numeric>
 #include <type_traits>
 
 #include "backend/cuda/device.cuh"
@@ -698,249 +697,6 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
   return launch(std::integral_constant<int, kGridAccesses<T>>{});
 }
 
-// One thread-block cluster (up to eight blocks) per (batch row, run of CB channels
-// that is whole groups and whole 16-byte packs): the cluster's blocks split the rows,
-// and each holds its rows of the CB channels in registers. Each thread keeps one pack
-// column down its rows, so its channels, and the at most two groups they fall in, are
-// fixed. Group sums go from threads to the block (a tree over the rows in shared
-// memory) and from blocks to the cluster (distributed shared memory), in a fixed order
-// everywhere, so the same bits come every run. The mean comes first, then the centred
-// variance from the registers, then each block normalises what it holds: one launch,
-// one read and one write, and no global atomics or partial sums in memory. The rows
-// of a cluster are at most eight blocks of 4096 packs (64 KB each in f16).
-constexpr int kClusterBlocks = 8;     // the portable cluster size
-constexpr int kClusterPacks = 4096;   // 16-byte packs a block holds at most
-constexpr int kClusterThreads = 1024;
-
-struct ClusterNormParams {
-  const void* x;
-  const void* addend;  // [batch][channels] or null
-  const void* gamma;
-  const void* beta;
-  void* out;
-  int rows;            // positions per batch row
-  int channels;
-  int block_channels;  // CB: the channels a cluster takes
-  int per_group;
-  int rows_per_block;
-  float eps;
-  Activation act;
-};
-
-// Threads a block of K packs a thread may have: 1024 up to two, 512 for four and
-// eight (at 1024 threads, the 64 registers a thread left four spilling; ptxas, sm_90).
-constexpr int cluster_block_threads(int packs_a_thread) {
-  return packs_a_thread <= 2 ? kClusterThreads : kClusterThreads / 2;
-}
-
-template <class T, int K>
-__global__ void __launch_bounds__(cluster_block_threads(K)) group_norm_cluster(ClusterNormParams p) {
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
-  __trap();  // clusters need sm_90; the launcher checks the device first
-#else
-  namespace cg = cooperative_groups;
-  constexpr int V = kVec<T>;
-  __shared__ float2 stage[kClusterThreads];  // [rows at a time][pack columns]
-  __shared__ float sums[V], squares[V];      // this block's, read by the whole cluster
-  __shared__ float mean[V], rstd[V];
-  cg::cluster_group cluster = cg::this_cluster();
-  const int blocks = int(cluster.num_blocks()), rank = int(cluster.block_rank());
-  const int runs = p.channels / p.block_channels;  // clusters per batch row
-  const int b = int(blockIdx.x) / blocks / runs, run = int(blockIdx.x) / blocks % runs;
-  const int columns = p.block_channels / V, tid = int(threadIdx.x);
-  const int column = tid % columns, r0 = tid / columns, stride = int(blockDim.x) / columns;
-  const int groups = p.block_channels / p.per_group;
-  // This thread's V channels: the first `split` in group `lo`, the rest in lo + 1.
-  const int local = column * V, lo = local / p.per_group;
-  const int split = min(V, (lo + 1) * p.per_group - local);
-  const int hi = min(lo + 1, groups - 1);
-  const int64_t c0 = int64_t(run) * p.block_channels + local;
-  const int first = rank * p.rows_per_block, last = min(p.rows, first + p.rows_per_block);
-  const T* x = static_cast<const T*>(p.x) + int64_t(b) * p.rows * p.channels + c0;
-  T* out = static_cast<T*>(p.out) + int64_t(b) * p.rows * p.channels + c0;
-
-  float add[V] = {};
-  if (p.addend) {
-    const T* a = static_cast<const T*>(p.addend) + int64_t(b) * p.channels + c0;
-#pragma unroll
-    for (int j = 0; j < V; ++j) add[j] = to_float(a[j]);
-  }
-  Pack<T, V> v[K];
-  float s_lo = 0.0f, s_hi = 0.0f;
-#pragma unroll
-  for (int k = 0; k < K; ++k) {  // all K loads in flight before any arithmetic
-    const int row = first + r0 + k * stride;
-    if (row < last) v[k] = *reinterpret_cast<const Pack<T, V>*>(x + int64_t(row) * p.channels);
-  }
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    if (first + r0 + k * stride < last) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        // x + addend rounded to T, what a separate add would store.
-        if (p.addend) v[k].v[j] = from_float<T>(to_float(v[k].v[j]) + add[j]);
-        (j < split ? s_lo : s_hi) += to_float(v[k].v[j]);
-      }
-    }
-  }
-
-  // The block's per-group totals of (lo, hi) into `part`, in a fixed order.
-  auto block_sums = [&](float a, float c, float* part) {
-    stage[tid] = make_float2(a, c);
-    __syncthreads();
-    for (int h = stride / 2; h > 0; h /= 2) {
-      if (r0 < h) {
-        const float2 u = stage[tid], w = stage[tid + h * columns];
-        stage[tid] = make_float2(u.x + w.x, u.y + w.y);
-      }
-      __syncthreads();
-    }
-    if (tid < groups) {
-      float t = 0.0f;
-      for (int col = 0; col < columns; ++col) {
-        const int g0 = col * V / p.per_group, g1 = (col * V + V - 1) / p.per_group;
-        if (g0 == tid) t += stage[col].x;
-        if (g1 == tid && g1 != g0) t += stage[col].y;
-      }
-      part[tid] = t;
-    }
-  };
-  // The cluster's total of each group's `part`, the blocks in rank order.
-  auto cluster_total = [&](float* part, int g) {
-    float t = 0.0f;
-    for (int q = 0; q < blocks; ++q) t += cluster.map_shared_rank(part, q)[g];
-    return t;
-  };
-  const float count = float(p.rows) * float(p.per_group);
-
-  block_sums(s_lo, s_hi, sums);
-  cluster.sync();  // every block's sums are in place
-  if (tid < groups) mean[tid] = cluster_total(sums, tid) / count;
-  __syncthreads();
-  const float m_lo = mean[lo], m_hi = mean[hi];
-  float q_lo = 0.0f, q_hi = 0.0f;
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    if (first + r0 + k * stride < last) {
-#pragma unroll
-      for (int j = 0; j < V; ++j) {
-        const float d = to_float(v[k].v[j]) - (j < split ? m_lo : m_hi);
-        (j < split ? q_lo : q_hi) += d * d;
-      }
-    }
-  }
-  block_sums(q_lo, q_hi, squares);
-  cluster.sync();  // every block's squares are in place
-  if (tid < groups) rstd[tid] = 1.0f / sqrtf(cluster_total(squares, tid) / count + p.eps);
-  cluster.sync();  // no block leaves (taking its shared memory) while others read it
-
-  float scale[V], shift[V];
-  const T* gamma = static_cast<const T*>(p.gamma) + c0;
-  const T* beta = static_cast<const T*>(p.beta) + c0;
-#pragma unroll
-  for (int j = 0; j < V; ++j) {
-    const float m = j < split ? m_lo : m_hi, r = j < split ? rstd[lo] : rstd[hi];
-    scale[j] = r * to_float(gamma[j]);
-    shift[j] = to_float(beta[j]) - m * scale[j];
-  }
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const int row = first + r0 + k * stride;
-    if (row < last) {
-      Pack<T, V> o;
-#pragma unroll
-      for (int j = 0; j < V; ++j)
-        o.v[j] = from_float<T>(activate_narrow<T>(p.act, to_float(v[k].v[j]) * scale[j] + shift[j]));
-      *reinterpret_cast<Pack<T, V>*>(out + int64_t(row) * p.channels) = o;
-    }
-  }
-#endif
-}
-
-std::atomic<size_t> cluster_calls{0};
-
-// False where the kernel does not apply (the caller takes another path): a GPU
-// without clusters, groups narrower than a pack, addresses not 16-byte aligned, or
-// more rows than eight blocks hold.
-template <class T>
-bool launch_group_norm_cluster(const GroupNormArgs& a) {
-  constexpr int V = kVec<T>;
-  const cudaDeviceProp& props = context().props;
-  if (props.major < 9) return false;
-  const int64_t batch = a.x.dim(0), rows = a.x.dim(1), channels = a.x.dim(2);
-  const int per_group = int(channels / a.groups);
-  if (per_group < V || channels % V != 0) return false;  // a pack in at most two groups
-  if (!aligned16(a.x.raw()) || !aligned16(a.out.raw())) return false;
-  const int64_t block_channels = std::lcm(int64_t(per_group), int64_t(V));
-  if (channels % block_channels != 0) return false;
-  const int columns = int(block_channels / V);
-  if (columns > kClusterThreads) return false;
-  const int64_t packs = rows * columns;  // a cluster's
-  const int64_t clusters = batch * (channels / block_channels);
-  // The fewest blocks a cluster that hold its rows and, with the other clusters,
-  // fill the GPU.
-  int blocks = 1;
-  while (blocks < kClusterBlocks && (packs > int64_t(blocks) * kClusterPacks ||
-                                     clusters * blocks < props.multiProcessorCount))
-    blocks *= 2;
-  if (packs > int64_t(blocks) * kClusterPacks || clusters * blocks > INT32_MAX) return false;
-  const int64_t rows_per_block = (rows + blocks - 1) / blocks;
-  // Rows at a time (a power of two, for the tree), then packs a thread.
-  int stride = 1;
-  while (stride < rows_per_block && int64_t(stride) * 2 * columns <= kClusterThreads) stride *= 2;
-  int k = 1;
-  while (int64_t(k) * stride < rows_per_block) k *= 2;
-  while (k <= 8 && stride * columns > cluster_block_threads(k) && stride > 1) {
-    stride /= 2;
-    k *= 2;
-  }
-  if (k > 8 || stride * columns > cluster_block_threads(k)) return false;
-
-  const ClusterNormParams params{a.x.raw(),
-                                 a.addend.defined() ? a.addend.raw() : nullptr,
-                                 a.gamma.raw(),
-                                 a.beta.raw(),
-                                 a.out.raw(),
-                                 int(rows),
-                                 int(channels),
-                                 int(block_channels),
-                                 per_group,
-                                 int(rows_per_block),
-                                 a.eps,
-                                 a.act};
-  cudaLaunchConfig_t config = {};
-  config.gridDim = dim3(unsigned(clusters * blocks));
-  config.blockDim = dim3(unsigned(stride * columns));
-  config.stream = stream();
-  cudaLaunchAttribute attribute[1];
-  attribute[0].id = cudaLaunchAttributeClusterDimension;
-  attribute[0].val.clusterDim.x = unsigned(blocks);
-  attribute[0].val.clusterDim.y = 1;
-  attribute[0].val.clusterDim.z = 1;
-  config.attrs = attribute;
-  config.numAttrs = 1;
-  auto with = [&](auto kk) {
-    CUDA_CHECK(cudaLaunchKernelEx(&config, group_norm_cluster<T, decltype(kk)::value>, params));
-  };
-  switch (k) {
-    case 1:
-      with(std::integral_constant<int, 1>{});
-      break;
-    case 2:
-      with(std::integral_constant<int, 2>{});
-      break;
-    case 4:
-      with(std::integral_constant<int, 4>{});
-      break;
-    default:
-      with(std::integral_constant<int, 8>{});
-      break;
-  }
-  CUDA_CHECK_LAUNCH();
-  cluster_calls.fetch_add(1, std::memory_order_relaxed);
-  return true;
-}
-
 template <class T>
 int norm_pack_width(int64_t channels, std::initializer_list<const void*> pointers) {
   for (const void* p : pointers)
@@ -1031,10 +787,6 @@ size_t group_norm_grid_calls() {
   return grid_calls.load(std::memory_order_relaxed);
 }
 
-size_t group_norm_cluster_calls() {
-  return cluster_calls.load(std::memory_order_relaxed);
-}
-
 void group_norm(const GroupNormArgs& args) {
   if (args.x.numel() == 0) return;
   // Checked before anything is launched (a throw inside a graph capture would leave
@@ -1051,9 +803,6 @@ void group_norm(const GroupNormArgs& args) {
     using T = decltype(tag);
     if (options().group_norm_kernel == Options::GroupNormKernel::Grid &&
         launch_group_norm_grid<T>(a))
-      return;
-    if (options().group_norm_kernel != Options::GroupNormKernel::Blocks &&
-        launch_group_norm_cluster<T>(a))
       return;
     // One block per group where its accesses are 16 bytes wide, or the group is
     // small. Narrower groups of many rows (SD1.5's 10 and 20 channels at 64x64 and
