@@ -493,7 +493,7 @@ TEST_F(Elementwise, CastBetweenEveryPair) {
 
 TEST_F(Elementwise, Geglu) {
   for (DType dt : kAllTypes)
-    for (Shape s : {Shape{2, 4096, 2560}, Shape{3, 10}})
+    for (Shape s : {Shape{2, 4096, 2560}, Shape{5, 77, 1280}, Shape{2048, 10240}, Shape{3, 10}})
       expect_match(str("geglu ", s.str()), dt, {random_tensor(s, dt, next_seed())},
                    [&](const std::vector<Tensor>& t) { return ops::geglu(t[0]); });
 }
