@@ -12,6 +12,12 @@
 #                                                 machine's copy may carry a stale .git
 #   PEER_MODES=eager,compile,graphs ...           the peer's modes (default below)
 #   PEER_RUN_CAP=180 ...                          seconds at most for one peer run
+#   STAGES=peer scripts/gpu-check.sh              the peer alone, in a second call right
+#                                                 after one without it, when its compiles
+#                                                 do not fit beside the rest (a slow host:
+#                                                 v13 reached no VAE compile); carry that
+#                                                 call's out/gpu-check and the table joins
+#                                                 both calls' numbers
 #
 # Logs, JSON and the table go to $OUT (default out/gpu-check). The peer needs
 # diffusers: carry its wheel in .whl/ (installed into /tmp/site here). What the
