@@ -148,7 +148,8 @@ TEST_F(PlanFile, ADamagedFileIsIgnoredWithANoteAndNeverThrows) {
   std::string bad_enum = good;
   bad_enum.replace(bad_enum.find("\"math_type\": 1"), 14, "\"math_type\": 999");
   std::string bad_algo = good;
-  bad_algo.replace(bad_algo.find("\"algo\": -2"), 11, "\"algo\": -3");
+  const std::string im2col_algo = "\"algo\": -2";  // made -3, below kiln's own codes
+  bad_algo.replace(bad_algo.find(im2col_algo), im2col_algo.size(), "\"algo\": -3");
   std::string bad_kernel = good;
   bad_kernel.replace(bad_kernel.find("\"cudnn\""), 7, "\"cublas\"");
   std::string bad_plan = good;
