@@ -24,6 +24,26 @@ using golden::References;
 
 constexpr double kCudaComponentNmse = 1e-3;
 constexpr double kCudaImagePsnr = 30.0;
+// Where diffusers itself, run at the same precision, stays below kCudaImagePsnr
+// against its fp32 image (tests/golden/data/<model>/reference_precision.json, made by
+// tools/py/reference_precision.py), kiln's image is held to within this much of the
+// reference's own drift instead: classifier-free guidance can amplify rounding past
+// 30 dB in any implementation (SDXL's ddim_empty_negative: diffusers in bf16 19.7 dB,
+// in fp16 34.4).
+constexpr double kReferenceDriftMargin = 3.0;
+
+// The bound for one case at one precision: kCudaImagePsnr, or the reference's own
+// PSNR at that precision less the margin where that is lower.
+double image_bound(const std::string& model, const std::string& case_name, DType dtype) {
+  std::ifstream in(golden::data_dir() / model / "reference_precision.json");
+  if (!in) return kCudaImagePsnr;
+  const nlohmann::json j = nlohmann::json::parse(in);
+  const char* key = dtype == DType::BF16 ? "bf16" : dtype == DType::F16 ? "fp16" : "fp32";
+  const nlohmann::json& cases = j.at("cases");
+  const auto c = cases.find(case_name);
+  if (c == cases.end() || !c->contains(key) || c->at(key).is_null()) return kCudaImagePsnr;
+  return std::min(kCudaImagePsnr, c->at(key).get<double>() - kReferenceDriftMargin);
+}
 
 class CudaGolden : public ::testing::TestWithParam<std::tuple<std::string, DType>> {
  protected:
@@ -90,9 +110,10 @@ TEST_P(CudaGolden, ImagesMatchDiffusers) {
     ASSERT_EQ(got.width, want.width);
     ASSERT_EQ(got.height, want.height);
     const double p = golden::psnr(got, want);
-    std::printf("[ %s %s ] %-22s PSNR %.1f dB\n", model().c_str(), name(placement().dtype).c_str(),
-                c.name.c_str(), p);
-    EXPECT_GE(p, kCudaImagePsnr);
+    const double bound = image_bound(model(), c.name, placement().dtype);
+    std::printf("[ %s %s ] %-22s (bound %.1f) PSNR %.1f dB\n", model().c_str(),
+                name(placement().dtype).c_str(), c.name.c_str(), bound, p);
+    EXPECT_GE(p, bound);
   }
 }
 
