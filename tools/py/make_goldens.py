@@ -203,28 +203,33 @@ def component_goldens(name, pipe, xl):
               os.path.join(ROOT, name, "components.safetensors"))
 
 
+def prepare_case(pipe, own_scheduler, case):
+    """Sets the case's scheduler on the pipeline and returns the call's arguments."""
+    if case["sampler_case"] == DEFAULT_SAMPLER_CASE:
+        pipe.scheduler = own_scheduler
+    else:
+        cls, extra = SAMPLERS[case["sampler_case"]]
+        pipe.scheduler = cls.from_config(own_scheduler.config, **extra)
+    kwargs = dict(prompt=case["prompt"], num_inference_steps=case["steps"],
+                  guidance_scale=case["guidance_scale"],
+                  generator=torch.Generator("cpu").manual_seed(case["seed"]))
+    if case.get("negative_prompt") is not None:
+        kwargs["negative_prompt"] = case["negative_prompt"]
+    if case.get("width"):
+        kwargs["width"] = case["width"]
+        kwargs["height"] = case["height"]
+    return kwargs
+
+
 def image_goldens(name, pipe_cls, cases, variant=None):
     folder = os.path.join(ROOT, name)
     pipe = pipe_cls.from_pretrained(os.path.join(folder, "model"), torch_dtype=torch.float32,
                                     variant=variant)
     pipe.set_progress_bar_config(disable=True)
     own_scheduler = pipe.scheduler
-    base_config = own_scheduler.config
     os.makedirs(os.path.join(folder, "images"), exist_ok=True)
     for case in cases:
-        if case["sampler_case"] == DEFAULT_SAMPLER_CASE:
-            pipe.scheduler = own_scheduler
-        else:
-            cls, extra = SAMPLERS[case["sampler_case"]]
-            pipe.scheduler = cls.from_config(base_config, **extra)
-        kwargs = dict(prompt=case["prompt"], num_inference_steps=case["steps"],
-                      guidance_scale=case["guidance_scale"],
-                      generator=torch.Generator("cpu").manual_seed(case["seed"]))
-        if case.get("negative_prompt") is not None:
-            kwargs["negative_prompt"] = case["negative_prompt"]
-        if case.get("width"):
-            kwargs["width"] = case["width"]
-            kwargs["height"] = case["height"]
+        kwargs = prepare_case(pipe, own_scheduler, case)
         with torch.no_grad():
             image = pipe(**kwargs).images[0]
         image.save(os.path.join(folder, "images", case["name"] + ".png"))

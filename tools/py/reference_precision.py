@@ -31,7 +31,7 @@ import diffusers  # noqa: E402
 import transformers  # noqa: E402
 from diffusers import StableDiffusionPipeline, StableDiffusionXLPipeline  # noqa: E402
 
-from make_goldens import DEFAULT_SAMPLER_CASE, ROOT, SAMPLERS  # noqa: E402
+from make_goldens import ROOT, prepare_case  # noqa: E402
 
 PIPELINES = {"sd1": StableDiffusionPipeline, "sd2v": StableDiffusionPipeline,
              "sdxl": StableDiffusionXLPipeline}
@@ -57,19 +57,7 @@ def run(name):
         pipe.set_progress_bar_config(disable=True)
         own_scheduler = pipe.scheduler
         for case in cases:
-            if case["sampler_case"] == DEFAULT_SAMPLER_CASE:
-                pipe.scheduler = own_scheduler
-            else:
-                cls, extra = SAMPLERS[case["sampler_case"]]
-                pipe.scheduler = cls.from_config(own_scheduler.config, **extra)
-            kwargs = dict(prompt=case["prompt"], num_inference_steps=case["steps"],
-                          guidance_scale=case["guidance_scale"],
-                          generator=torch.Generator("cpu").manual_seed(case["seed"]))
-            if case.get("negative_prompt") is not None:
-                kwargs["negative_prompt"] = case["negative_prompt"]
-            if case.get("width"):
-                kwargs["width"] = case["width"]
-                kwargs["height"] = case["height"]
+            kwargs = prepare_case(pipe, own_scheduler, case)
             with torch.no_grad():
                 image = np.asarray(pipe(**kwargs).images[0].convert("RGB"))
             golden = np.asarray(Image.open(os.path.join(folder, case["image"])).convert("RGB"))
