@@ -386,8 +386,8 @@ struct ConvKey {
 };
 
 // What a plan runs: cuDNN's convolution, a narrow kernel of ours, or im2col and a GEMM.
-// The stored choice marks the last two by these algorithm numbers, which cuDNN's
-// enumeration does not use.
+// The plan cache stores the last two as plans::kConvNarrowAlgo and kConvIm2colAlgo,
+// algorithm numbers cuDNN's enumeration does not use.
 enum class ConvPath { Cudnn, Narrow, Im2col };
 
 struct ConvPlan {
