@@ -64,7 +64,7 @@ if [ -f .deps/pkgconfig/cpp-httplib.pc ]; then
   export PKG_CONFIG_PATH=$ROOT/.deps/pkgconfig${PKG_CONFIG_PATH:+:$PKG_CONFIG_PATH}
   SERVE=ON
 fi
-CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DKILN_CPU_GEMM=cblas -DCMAKE_CUDA_ARCHITECTURES=90
+CMAKE_ARGS=(-DCMAKE_BUILD_TYPE=Release -DKILN_CPU_GEMM=cblas -DCMAKE_CUDA_ARCHITECTURES=90a
             -DKILN_CUDA=ON -DKILN_SERVE=$SERVE)
 if [ ! -f /usr/include/nlohmann/json.hpp ] || [ ! -f /usr/include/gtest/gtest.h ]; then
   log "using carried nlohmann-json/GoogleTest"; PREFIXES+=("$DEPS")

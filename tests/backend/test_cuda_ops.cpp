@@ -164,15 +164,28 @@ struct AttentionCase {
   bool causal;
 };
 
-// Paths: the banded cuBLAS path, the flash kernel with one m-tile per warp, with two,
-// cuDNN's fused attention (where it takes the shape; ours otherwise).
-enum class AttentionPath { Banded, FlashOneTile, FlashTwoTiles, Cudnn };
+// Paths: the banded cuBLAS path, the mma.sync flash kernel with one m-tile per warp,
+// with two, the wgmma flash kernel in blocks of 128 and 192 rows (Hopper; the mma.sync
+// one elsewhere and where it does not apply), cuDNN's fused attention (where it takes
+// the shape; ours otherwise).
+enum class AttentionPath {
+  Banded,
+  FlashOneTile,
+  FlashTwoTiles,
+  FlashWgmma128,
+  FlashWgmma192,
+  Cudnn
+};
 
 const char* path_name(AttentionPath path) {
   switch (path) {
     case AttentionPath::Banded: return " banded";
     case AttentionPath::FlashOneTile: return " flash 1 tile/warp";
     case AttentionPath::FlashTwoTiles: return " flash 2 tiles/warp";
+    case AttentionPath::FlashWgmma128:
+      return " flash wgmma 128 rows";
+    case AttentionPath::FlashWgmma192:
+      return " flash wgmma 192 rows";
     case AttentionPath::Cudnn: return " cudnn";
   }
   return "";
@@ -184,6 +197,11 @@ class UsePath {
   explicit UsePath(AttentionPath path) {
     cuda::options().use_flash_attention = path != AttentionPath::Banded;
     cuda::options().flash_two_tiles_per_warp = path == AttentionPath::FlashTwoTiles;
+    cuda::options().flash_wgmma =
+        path == AttentionPath::FlashWgmma128 || path == AttentionPath::FlashWgmma192;
+    cuda::options().flash_wgmma_rows = path == AttentionPath::FlashWgmma128   ? 128
+                                       : path == AttentionPath::FlashWgmma192 ? 192
+                                                                              : 0;
     cuda::options().attention_kernel = path == AttentionPath::Cudnn
                                            ? cuda::Options::AttentionKernel::Cudnn
                                            : cuda::Options::AttentionKernel::Kiln;
@@ -191,6 +209,8 @@ class UsePath {
   ~UsePath() {
     cuda::options().use_flash_attention = true;
     cuda::options().flash_two_tiles_per_warp = false;
+    cuda::options().flash_wgmma = cuda::Options{}.flash_wgmma;
+    cuda::options().flash_wgmma_rows = 0;
     cuda::options().attention_kernel = cuda::Options::AttentionKernel::Auto;
   }
 };
@@ -201,11 +221,38 @@ bool cudnn_takes(const AttentionCase& c, DType dt) {
          c.d <= 160;
 }
 
+bool wgmma_path(AttentionPath path) {
+  return path == AttentionPath::FlashWgmma128 || path == AttentionPath::FlashWgmma192;
+}
+
+// Whether the wgmma kernel applies to the case: f16/bf16, no causal mask, a head dim
+// that is a multiple of 8 and pads to 48, 64 or 80.
+bool wgmma_applies(const AttentionCase& c) {
+  return !c.causal && c.d % 8 == 0 && c.d > 32 && c.d <= 80;
+}
+
+// Whether the wgmma flash kernel must have taken a call of this case in `dt` on `path`.
+bool wgmma_takes(const AttentionCase& c, DType dt, AttentionPath path) {
+  return wgmma_path(path) && cuda::flash_wgmma_available() && dt != DType::F32 && wgmma_applies(c);
+}
+
+// The wgmma paths skip what would only run the mma.sync kernel again. SD1.5's
+// 4096 × 4096 costs about 33 s of CPU reference a path, and the check's test stage
+// has 150 s for all backend ops: it runs on the paths the models take by default
+// (the flash kernel with one m-tile a warp, cuDNN's); 1000 × 1000 at head dim 40
+// covers the other kernels' code for it.
+bool skip_on_path(const AttentionCase& c, AttentionPath path) {
+  if (wgmma_path(path) && !wgmma_applies(c)) return true;
+  return c.sq * c.sk > (int64_t(1) << 22) && path != AttentionPath::FlashOneTile &&
+         path != AttentionPath::Cudnn;
+}
+
 class Attention : public CudaTest,
                   public ::testing::WithParamInterface<std::tuple<AttentionCase, AttentionPath>> {};
 
 TEST_P(Attention, MatchesCpu) {
   const auto [c, path] = GetParam();
+  if (skip_on_path(c, path)) GTEST_SKIP() << "covered on another path";
   const UsePath use(path);
   const float scale = float(1.0 / std::sqrt(double(c.d)));
   for (DType dt : kAllTypes) {
@@ -213,6 +260,7 @@ TEST_P(Attention, MatchesCpu) {
                            random_tensor({c.b, c.sk, c.heads * c.d}, dt, next_seed()),
                            random_tensor({c.b, c.sk, c.heads * c.d}, dt, next_seed())};
     const size_t before = cuda::cudnn_attention_calls();
+    const size_t wgmma_before = cuda::flash_wgmma_calls();
     expect_match(str("attention b", c.b, " sq", c.sq, " sk", c.sk, " h", c.heads, " d", c.d,
                      c.causal ? " causal" : "", path_name(path)),
                  dt, in, [&](const std::vector<Tensor>& t) {
@@ -220,6 +268,10 @@ TEST_P(Attention, MatchesCpu) {
                  });
     if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
       EXPECT_GT(cuda::cudnn_attention_calls(), before) << "cuDNN did not run " << dtype_name(dt);
+    }
+    if (wgmma_takes(c, dt, path)) {
+      EXPECT_GT(cuda::flash_wgmma_calls(), wgmma_before)
+          << "the wgmma kernel did not run " << dtype_name(dt);
     }
   }
 }
@@ -229,6 +281,8 @@ TEST_P(Attention, MatchesCpu) {
 TEST_P(Attention, PackedMatchesCpu) {
   const auto [c, path] = GetParam();
   if (c.causal || path == AttentionPath::FlashTwoTiles) GTEST_SKIP() << "covered by MatchesCpu";
+  if (skip_on_path(c, path)) GTEST_SKIP() << "covered on another path";
+  const size_t wgmma_before = cuda::flash_wgmma_calls();
   const UsePath use(path);
   const float scale = float(1.0 / std::sqrt(double(c.d)));
   const int64_t w = c.heads * c.d;
@@ -248,6 +302,10 @@ TEST_P(Attention, PackedMatchesCpu) {
                  });
     if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
       EXPECT_GT(cuda::cudnn_attention_calls(), before) << "cuDNN did not run " << dtype_name(dt);
+    }
+    if (wgmma_takes(c, dt, path)) {
+      EXPECT_GT(cuda::flash_wgmma_calls(), wgmma_before)
+          << "the wgmma kernel did not run " << dtype_name(dt);
     }
   }
 }
@@ -282,28 +340,33 @@ TEST_F(AttentionAuto, MatchesCpu) {
 INSTANTIATE_TEST_SUITE_P(
     Shapes, Attention,
     ::testing::Combine(
-        ::testing::Values(AttentionCase{2, 4096, 4096, 8, 40, false},   // SD1.5 self, 64×64
-                          AttentionCase{2, 4096, 77, 8, 40, false},     // SD1.5 cross
-                          AttentionCase{2, 1024, 1024, 8, 80, false},   // SD1.5 32×32
-                          AttentionCase{2, 256, 77, 8, 160, false},     // SD1.5 16×16 cross
-                          AttentionCase{2, 1024, 1024, 10, 64, false},  // SDXL / SD2 self
-                          AttentionCase{2, 1024, 77, 20, 64, false},    // SDXL cross
-                          AttentionCase{1, 128, 128, 3, 48, true},      // causal, two key tiles
-                          AttentionCase{2, 77, 77, 12, 64, true},       // CLIP-L
-                          AttentionCase{1, 77, 77, 20, 64, true},       // OpenCLIP bigG
-                          AttentionCase{1, 1024, 1024, 1, 512, false},  // VAE mid-block (banded)
-                          AttentionCase{1, 37, 53, 3, 24, false},       // odd everything
-                          AttentionCase{2, 19, 19, 2, 4, true},         // tiny head, scalar loads
-                          AttentionCase{1, 100, 70, 2, 100, false},     // d not a multiple of 8
-                          AttentionCase{1, 130, 130, 4, 128, true},     // causal over 3 blocks
-                          AttentionCase{1, 300, 300, 3, 64, true},      // causal, two tiles/warp
-                          // Long rows: the banded path's softmax holds 2, 4 and 8 float4s
-                          // a thread (4096, 5000 causal and 16384 wide), partial last blocks.
-                          AttentionCase{1, 24, 4096, 2, 16, false},
-                          AttentionCase{1, 5000, 5000, 1, 8, true},
-                          AttentionCase{1, 16, 16384, 1, 8, false}),
+        ::testing::Values(
+            AttentionCase{2, 4096, 4096, 8, 40, false},   // SD1.5 self, 64×64
+            AttentionCase{2, 4096, 77, 8, 40, false},     // SD1.5 cross
+            AttentionCase{2, 1024, 1024, 8, 80, false},   // SD1.5 32×32
+            AttentionCase{2, 256, 77, 8, 160, false},     // SD1.5 16×16 cross
+            AttentionCase{2, 1024, 1024, 10, 64, false},  // SDXL / SD2 self
+            AttentionCase{2, 1024, 77, 20, 64, false},    // SDXL cross
+            AttentionCase{1, 128, 128, 3, 48, true},      // causal, two key tiles
+            AttentionCase{2, 77, 77, 12, 64, true},       // CLIP-L
+            AttentionCase{1, 77, 77, 20, 64, true},       // OpenCLIP bigG
+            AttentionCase{1, 1024, 1024, 1, 512, false},  // VAE mid-block (banded)
+            AttentionCase{1, 37, 53, 3, 24, false},       // odd everything
+            AttentionCase{2, 19, 19, 2, 4, true},         // tiny head, scalar loads
+            AttentionCase{1, 100, 70, 2, 100, false},     // d not a multiple of 8
+            AttentionCase{1, 130, 130, 4, 128, true},     // causal over 3 blocks
+            AttentionCase{1, 300, 300, 3, 64, true},      // causal, two tiles/warp
+            // Long rows: the banded path's softmax holds 2, 4 and 8 float4s
+            // a thread (4096, 5000 causal and 16384 wide), partial last blocks.
+            AttentionCase{1, 24, 4096, 2, 16, false}, AttentionCase{1, 5000, 5000, 1, 8, true},
+            AttentionCase{1, 16, 16384, 1, 8, false},
+            // The wgmma kernel's other cases: the ones column at head dims
+            // 56 and 72, 48 without it, partial query blocks and key tiles.
+            AttentionCase{1, 200, 300, 3, 56, false}, AttentionCase{2, 333, 130, 2, 72, false},
+            AttentionCase{1, 250, 1000, 2, 48, false}, AttentionCase{1, 1000, 1000, 2, 40, false}),
         ::testing::Values(AttentionPath::Banded, AttentionPath::FlashOneTile,
-                          AttentionPath::FlashTwoTiles, AttentionPath::Cudnn)));
+                          AttentionPath::FlashTwoTiles, AttentionPath::FlashWgmma128,
+                          AttentionPath::FlashWgmma192, AttentionPath::Cudnn)));
 
 // ---------------------------------------------------------------------------
 struct NormCase {

@@ -59,6 +59,10 @@ const char* kHelp =
     "                       for comparing the two kernels)\n"
     "  --flash-short-kv B   1 or 0: flash attention over at most 128 keys in four-warp\n"
     "                       blocks, or eight-warp ones (default 1; for A/B)\n"
+    "  --flash-wgmma B      1 or 0: on Hopper, kiln's flash attention on warpgroup MMAs\n"
+    "                       where it applies, or on mma.sync (default 0; for A/B)\n"
+    "  --flash-wgmma-rows N query rows a block of the wgmma kernel: 128 or 192 (default:\n"
+    "                       by head dim)\n"
     "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
     "  --group-norm K       auto or grid: grid tries the grid-wide one-launch GroupNorm\n"
@@ -424,10 +428,11 @@ void bench_e2e(Bench& b, const fs::path& dir, const std::vector<int>& sizes, int
 }  // namespace
 
 int bench(const std::vector<std::string>& argv) {
-  const Args args(argv,
-                  {"model", "arch", "what", "size", "batch", "steps", "device", "dtype", "warmup",
-                   "reps", "json", "commit", "flash-warp-rows", "flash-short-kv", "attention",
-                   "group-norm", "conv", "plan-cache"},
+  const Args args(argv, {"model",           "arch",           "what",        "size",
+                         "batch",           "steps",          "device",      "dtype",
+                         "warmup",          "reps",           "json",        "commit",
+                         "flash-warp-rows", "flash-short-kv", "flash-wgmma", "flash-wgmma-rows",
+                         "attention",       "group-norm",     "conv",        "plan-cache"},
                   {"per-op", "per-shape", "no-graphs", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
@@ -469,6 +474,12 @@ int bench(const std::vector<std::string>& argv) {
   }
   if (const auto on = args.integer("flash-short-kv", 0, 1))
     if (s.cuda()) cuda::options().flash_short_kv_blocks = *on == 1;
+  if (const auto on = args.integer("flash-wgmma", 0, 1))
+    if (s.cuda()) cuda::options().flash_wgmma = *on == 1;
+  if (const auto rows = args.integer("flash-wgmma-rows", 128, 192)) {
+    if (*rows != 128 && *rows != 192) throw UsageError("--flash-wgmma-rows is 128 or 192");
+    if (s.cuda()) cuda::options().flash_wgmma_rows = *rows;
+  }
   // A flag naming one of an enum's values, set on the backend's options on CUDA.
   auto kernel_flag = [&](const std::string& flag, const auto& values, auto& option) {
     const auto value = args.get(flag);

@@ -17,6 +17,7 @@
 // path: cuBLAS products over bands of query rows with an f32 softmax between
 // them, so that only one band's scores exist at a time.
 #include <algorithm>
+#include <atomic>
 #include <cfloat>
 #include <cmath>
 #include <functional>
@@ -24,6 +25,7 @@
 
 #include "backend/cuda/device.cuh"
 #include "backend/cuda/ops.h"
+#include "backend/cuda/wgmma.cuh"
 
 // Built for GPUs older than sm_80 the kernel body below is compiled out (it needs
 // cp.async and bf16 MMA), which leaves its helpers unreferenced on that pass.
@@ -358,6 +360,379 @@ void launch_flash(const AttentionParams& p, int batch, int heads) {
   CUDA_CHECK_LAUNCH();
 }
 
+// ---------------------------------------------------------------------------
+// Hopper (sm_90a): the same scheme on warpgroup MMAs. A warpgroup (four warps) takes
+// 64 query rows; S = Q·K^T and O += P·V are wgmma.mma_async with Q and P from
+// registers (P straight from the score accumulators, as above) and K and V read by
+// the tensor cores from shared memory, once per warpgroup instead of once per warp:
+// mma.sync's fragment loads from shared memory were what bounded the kernel above
+// on this GPU (one 512-byte ldmatrix per two MMAs). A block has WG warpgroups
+// (64·WG rows) sharing 128-key tiles of K and V, double-buffered with cp.async.
+//
+// K and V tiles sit in wgmma's unswizzled layout: 8 keys × 8 features (16 bytes a
+// key) make a 128-byte core matrix, and core (key group g, feature chunk c) is at
+// (g·DP/8 + c)·128 bytes. For S that is B = K^T K-major (features adjacent: leading
+// offset 128 bytes, key groups DP·16 apart); for P·V it is B = V N-major (transposed:
+// feature chunks 128 bytes apart, key groups DP·16).
+//
+// ONES (head dim DP − 8, as SD1.5's 40 in 48): the padding chunk of V holds a 1 in
+// its first column, so P·V also sums each row of P in f32 on the tensor cores, the
+// sum of exactly the rounded probabilities it weighs V with. That frees the f32 adds,
+// and with f16 the exponentials run two at a time (ex2.approx.f16x2) straight into
+// the packed P operand: at head dim 40 the special-function unit, not the tensor
+// cores, is the limit (one exponential per 160 FLOPs).
+
+constexpr int kWgmmaBlockN = 64;  // keys per tile
+constexpr int kWgmmaStages = 3;   // K/V tiles in flight
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// cp.async's writes to shared memory, made visible to the tensor cores' (async) reads.
+__device__ __forceinline__ void fence_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Keeps the compiler from moving register reads and writes across a wgmma.
+template <int N>
+__device__ __forceinline__ void fence_registers(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_registers(uint64_t (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+l"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_registers(uint32_t (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+}
+
+// An unswizzled shared-memory matrix descriptor.
+__device__ __forceinline__ uint64_t smem_descriptor(const void* p, uint32_t leading_bytes,
+                                                    uint32_t stride_bytes) {
+  return uint64_t((smem_address(p) & 0x3FFFF) >> 4) | uint64_t(leading_bytes >> 4) << 16 |
+         uint64_t(stride_bytes >> 4) << 32;
+}
+
+// 2^x for two f16 values at once, on the special-function unit.
+__device__ __forceinline__ uint32_t exp2_half2(float lo, float hi) {
+  uint32_t x = pack2<half>(lo, hi), y;
+  asm("ex2.approx.f16x2 %0, %1;" : "=r"(y) : "r"(x));
+  return y;
+}
+
+// ROWS keys × DP features into the core-matrix layout above; chunks at or past
+// `chunks` are left alone (ONES keeps its constant chunk there), the rest past d
+// and keys past valid_rows are zeros. Eight consecutive threads fill one core
+// matrix (no bank conflicts on the stores).
+template <class T, int DP, int ROWS, int THREADS>
+__device__ __forceinline__ void load_core_tile(T* s, const T* g, int valid_rows, int64_t stride,
+                                               int d, int chunks) {
+  constexpr int kChunks = DP / 8;
+  for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
+    const int r_lo = i & 7, c = (i >> 3) % kChunks, r = (i / (8 * kChunks)) * 8 + r_lo;
+    if (c >= chunks) continue;
+    const bool ok = r < valid_rows && c * 8 < d;
+    cp_async_16(s + ((r >> 3) * kChunks + c) * 64 + r_lo * 8, ok ? g + r * stride + c * 8 : g,
+                ok ? 16 : 0);
+  }
+}
+
+// One warpgroup's online softmax of a 64 × kBlockN score tile (rows r = 0, 1 of this
+// thread: rows `group` and `group + 8` of its warp): keys from `valid` on masked,
+// running maxima updated, P packed as the A operand of P·V, and each row's rescale of
+// what came before in `correction`.
+template <class T, int N, bool HALF_EXP, bool SUM>
+__device__ __forceinline__ void wgmma_softmax(float (&s)[N / 2], uint32_t (&pa)[N / 16][4],
+                                              float (&row_max)[2], float (&row_sum)[2],
+                                              float (&correction)[2], int valid, int quad,
+                                              float scale_log2) {
+  constexpr int kTilesN = N / 8;
+  if (valid < N) {
+#pragma unroll
+    for (int t = 0; t < kTilesN; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (t * 8 + quad * 2 + (e & 1) >= valid) s[t * 4 + e] = -INFINITY;
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < kTilesN; ++t) mx = fmaxf(mx, fmaxf(s[t * 4 + 2 * r], s[t * 4 + 2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float new_max = fmaxf(row_max[r], mx);
+    const float base = new_max == -INFINITY ? 0.0f : new_max * scale_log2;
+    correction[r] = fast_exp2(row_max[r] * scale_log2 - base);
+    row_max[r] = new_max;
+    // Chunk t's pair for row r goes to pa[t / 2][r + 2·(t % 2)] (mma.sync's A layout).
+    if constexpr (HALF_EXP) {
+#pragma unroll
+      for (int t = 0; t < kTilesN; ++t)
+        pa[t / 2][r + 2 * (t % 2)] = exp2_half2(fmaf(s[t * 4 + 2 * r], scale_log2, -base),
+                                                fmaf(s[t * 4 + 2 * r + 1], scale_log2, -base));
+    } else {
+      float sum = 0.0f;
+#pragma unroll
+      for (int t = 0; t < kTilesN; ++t) {
+        const float a = fast_exp2(fmaf(s[t * 4 + 2 * r], scale_log2, -base));
+        const float b = fast_exp2(fmaf(s[t * 4 + 2 * r + 1], scale_log2, -base));
+        if constexpr (SUM) sum += a + b;
+        pa[t / 2][r + 2 * (t % 2)] = pack2<T>(a, b);
+      }
+      if constexpr (SUM) row_sum[r] = row_sum[r] * correction[r] + sum;
+    }
+  }
+}
+
+// The loop is software-pipelined within each warpgroup, so that its tensor-core work
+// overlaps its own softmax: iteration j issues S(j+1) = Q·K(j+1)^T and O += P(j)·V(j)
+// back to back, takes the softmax of S(j+1) while P(j)·V(j) may still run, and only
+// then waits for it to rescale O. K and V go through a ring of three stages, loaded
+// two tiles ahead, with one block barrier an iteration.
+template <class T, int DP, int WG, bool ONES>
+__global__ void __launch_bounds__(WG * 128, WG == 2 && DP <= 64 ? 2 : 1)
+    flash_attention_wgmma_kernel(AttentionParams p) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // wgmma needs sm_90a; attention() sends other GPUs and builds elsewhere
+#elif defined(__CUDA_ARCH__)
+  constexpr int kBlockN = kWgmmaBlockN, kStages = kWgmmaStages, kBlockM = WG * 64;
+  constexpr int kThreads = WG * 128, kPitch = DP + 8, kTilesD = DP / 8, kStepsD = DP / 16;
+  constexpr int kTilesN = kBlockN / 8, kTile = kBlockN * DP;  // elements of a K or V tile
+  constexpr bool kHalfExp = ONES && std::is_same_v<T, half>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* sk = reinterpret_cast<T*>(smem);  // [kStages][kTile], core-matrix layout
+  T* sv = sk + kStages * kTile;        // [kStages][kTile]
+  T* sq = sv + kStages * kTile;        // [kBlockM][kPitch]
+
+  const int m0 = blockIdx.x * kBlockM, head = blockIdx.y, batch = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane >> 2, quad = lane & 3;
+  const int mat = lane >> 3, mat_row = lane & 7;
+
+  const T* qg =
+      static_cast<const T*>(p.q) + (int64_t(batch) * p.sq + m0) * p.q_stride + int64_t(head) * p.d;
+  const T* kg =
+      static_cast<const T*>(p.k) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+  const T* vg =
+      static_cast<const T*>(p.v) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+  const int tiles = (p.sk + kBlockN - 1) / kBlockN;
+  const int v_chunks = ONES ? kTilesD - 1 : kTilesD;
+
+  if constexpr (ONES) {
+    // V's last chunk in every stage: 1 in its first column, zeros after; never reloaded.
+    for (int r = threadIdx.x; r < kStages * kBlockN; r += kThreads) {
+      T* row = sv + (r / kBlockN) * kTile + ((r % kBlockN >> 3) * kTilesD + kTilesD - 1) * 64 +
+               (r & 7) * 8;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) row[e] = from_float<T>(e == 0 ? 1.0f : 0.0f);
+    }
+  }
+  auto load_kv = [&](int tile) {
+    const int n = tile * kBlockN, stage = tile % kStages;
+    load_core_tile<T, DP, kBlockN, kThreads>(sk + stage * kTile, kg + int64_t(n) * p.kv_stride,
+                                             min(kBlockN, p.sk - n), p.kv_stride, p.d, kTilesD);
+    load_core_tile<T, DP, kBlockN, kThreads>(sv + stage * kTile, vg + int64_t(n) * p.kv_stride,
+                                             min(kBlockN, p.sk - n), p.kv_stride, p.d, v_chunks);
+  };
+  auto k_desc = [&](int tile, int kk) {  // K(tile) as B = K^T, features 16·kk on
+    return smem_descriptor(sk + (tile % kStages) * kTile + kk * 128, 128, DP * 16);
+  };
+  auto v_desc = [&](int tile, int kk) {  // V(tile) as B, keys 16·kk on
+    return smem_descriptor(sv + (tile % kStages) * kTile + kk * 2 * kTilesD * 64, DP * 16, 128);
+  };
+
+  load_tile<T, DP, kBlockM, kThreads>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d, true);
+  load_kv(0);
+  if (tiles > 1) load_kv(1);
+  cp_async_commit();
+  cp_async_wait<0>();
+  fence_async_shared();
+  __syncthreads();
+
+  // This warp's 16 query rows as A fragments (the warpgroup's rows 16·(warp % 4)).
+  uint32_t qf[kStepsD][4];
+#pragma unroll
+  for (int kk = 0; kk < kStepsD; ++kk)
+    ldmatrix_x4(qf[kk],
+                sq + (warp * 16 + mat_row + (mat & 1) * 8) * kPitch + kk * 16 + (mat >> 1) * 8);
+
+  float o[kTilesD * 4];
+#pragma unroll
+  for (int i = 0; i < kTilesD * 4; ++i) o[i] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}, correction[2];
+  float s[kTilesN * 4];
+  uint32_t pa[kBlockN / 16][4], pn[kBlockN / 16][4];
+
+  // S(0) and its softmax.
+  wgmma_fence();
+  wgmma_rs_zero<kBlockN, T, 0>(s, qf[0], k_desc(0, 0));
+#pragma unroll
+  for (int kk = 1; kk < kStepsD; ++kk) wgmma_rs<kBlockN, T, 0>(s, qf[kk], k_desc(0, kk), 1);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_registers(s);
+  wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pa, row_max, row_sum, correction, p.sk, quad,
+                                             p.scale_log2);
+
+  // No branch around a wgmma or a wait inside the loop: ptxas serialises the wgmmas of
+  // a loop where it cannot prove each accumulator read comes after its wait.
+  for (int j = 0; j + 1 < tiles; ++j) {
+    // Tile j + 1 is here (loaded an iteration ago) and every warpgroup is past
+    // iteration j − 1, whose stage tile j + 2 takes.
+    if (j > 0) {
+      cp_async_wait<0>();
+      fence_async_shared();
+    }
+    __syncthreads();
+    if (j + 2 < tiles) {
+      load_kv(j + 2);
+      cp_async_commit();
+    }
+    // Every input of both groups is defined before the first is issued (ptxas
+    // serialises wgmmas whose inputs are computed between them).
+    uint64_t kd[kStepsD], vd[kBlockN / 16];
+#pragma unroll
+    for (int kk = 0; kk < kStepsD; ++kk) kd[kk] = k_desc(j + 1, kk);
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) vd[kk] = v_desc(j, kk);
+    fence_registers(kd);
+    fence_registers(vd);
+    fence_registers(o);
+    fence_registers(pa);
+    wgmma_fence();
+    wgmma_rs_zero<kBlockN, T, 0>(s, qf[0], kd[0]);
+#pragma unroll
+    for (int kk = 1; kk < kStepsD; ++kk) wgmma_rs<kBlockN, T, 0>(s, qf[kk], kd[kk], 1);
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) wgmma_rs<DP, T, 1>(o, pa[kk], vd[kk], 1);
+    wgmma_commit();
+    wgmma_wait<1>();  // S(j + 1); P(j)·V(j) may still run
+    fence_registers(s);
+    wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pn, row_max, row_sum, correction,
+                                               p.sk - (j + 1) * kBlockN, quad, p.scale_log2);
+    wgmma_wait<0>();
+    fence_registers(o);
+    fence_registers(pa);  // live until here: pn must not take its registers early
+#pragma unroll
+    for (int t = 0; t < kTilesD; ++t) {
+      o[t * 4 + 0] *= correction[0];
+      o[t * 4 + 1] *= correction[0];
+      o[t * 4 + 2] *= correction[1];
+      o[t * 4 + 3] *= correction[1];
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
+  }
+  // The last tile's P·V (its V became visible at the last iteration's barrier).
+  fence_registers(o);
+  fence_registers(pa);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kBlockN / 16; ++kk) wgmma_rs<DP, T, 1>(o, pa[kk], v_desc(tiles - 1, kk), 1);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_registers(o);
+
+  T* og = static_cast<T*>(p.out) + int64_t(batch) * p.sq * p.o_stride + int64_t(head) * p.d;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float total;
+    if constexpr (ONES) {
+      // Column DP − 8 of O (this row's quad-0 thread) holds the row's sum.
+      total = __shfl_sync(0xffffffffu, o[(kTilesD - 1) * 4 + 2 * r], lane & ~3);
+    } else {
+      total = row_sum[r];
+      total += __shfl_xor_sync(0xffffffffu, total, 1);
+      total += __shfl_xor_sync(0xffffffffu, total, 2);
+    }
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    const int qi = m0 + warp * 16 + group + r * 8;
+    if (qi >= p.sq) continue;
+    T* orow = og + int64_t(qi) * p.o_stride;
+#pragma unroll
+    for (int t = 0; t < kTilesD; ++t) {
+      const int col = t * 8 + quad * 2;
+      if (col < p.d)
+        *reinterpret_cast<uint32_t*>(orow + col) =
+            pack2<T>(o[t * 4 + 2 * r] * inv, o[t * 4 + 2 * r + 1] * inv);
+    }
+  }
+#endif
+}
+
+template <class T, int DP, int WG, bool ONES>
+void launch_flash_wgmma(const AttentionParams& p, int batch, int heads) {
+  constexpr int kBlockM = WG * 64;
+  constexpr size_t kSmem =
+      (size_t(2 * kWgmmaStages) * kWgmmaBlockN * DP + size_t(kBlockM) * (DP + 8)) * sizeof(T);
+  static const bool configured = [] {
+    CUDA_CHECK(cudaFuncSetAttribute(flash_attention_wgmma_kernel<T, DP, WG, ONES>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid{unsigned((p.sq + kBlockM - 1) / kBlockM), unsigned(heads), unsigned(batch)};
+  flash_attention_wgmma_kernel<T, DP, WG, ONES><<<grid, WG * 128, kSmem, stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+std::atomic<size_t> g_wgmma_calls{0};
+
+template <class T, int DP>
+void launch_flash_wgmma_rows(const AttentionParams& p, int batch, int heads) {
+  // 192 rows a block (three warpgroups) read K and V once for more query rows than
+  // 128 (two), but take a whole multiprocessor. Measured on an H200 (v14, one block a
+  // multiprocessor either way): head dim 64 faster with 192 (SDXL 1024² 58 against
+  // 75 µs a call), 40 and 80 with 128 (SD1.5 4096², d40: 207 against 271 µs).
+  int rows = options().flash_wgmma_rows;
+  if (rows == 0) rows = DP == 64 ? 192 : 128;
+  const bool ones = p.d == DP - 8;
+  if (rows == 192) {
+    if (ones) return launch_flash_wgmma<T, DP, 3, true>(p, batch, heads);
+    return launch_flash_wgmma<T, DP, 3, false>(p, batch, heads);
+  }
+  if (ones) return launch_flash_wgmma<T, DP, 2, true>(p, batch, heads);
+  return launch_flash_wgmma<T, DP, 2, false>(p, batch, heads);
+}
+
+// The wgmma kernel where it applies (Hopper, no causal mask, 16-byte rows, padded
+// head dim 48, 64 or 80); false otherwise.
+template <class T>
+bool flash_wgmma(const AttentionParams& p, int batch, int heads, int dp) {
+  if (!options().flash_wgmma || !flash_wgmma_available() || p.causal || !p.vec) return false;
+  switch (dp) {
+    case 48:
+      launch_flash_wgmma_rows<T, 48>(p, batch, heads);
+      break;
+    case 64:
+      launch_flash_wgmma_rows<T, 64>(p, batch, heads);
+      break;
+    case 80:
+      launch_flash_wgmma_rows<T, 80>(p, batch, heads);
+      break;
+    default:
+      return false;
+  }
+  ++g_wgmma_calls;
+  return true;
+}
+
 // The padded head dims there are kernels for; 0 when d is too large.
 int padded_head_dim(int d) {
   for (int dp : {32, 48, 64, 80, 128, 160})
@@ -375,6 +750,7 @@ int padded_head_dim(int d) {
 // Larger head dims: 64 rows, four warps of one m-tile (registers).
 template <class T>
 void flash(const AttentionParams& p, int batch, int heads, int dp) {
+  if (flash_wgmma<T>(p, batch, heads, dp)) return;
   const bool two = options().flash_two_tiles_per_warp;
   const bool short_kv = !two && options().flash_short_kv_blocks && p.sk <= 2 * kBlockN;
   switch (dp) {
@@ -559,6 +935,21 @@ void attention_banded(const AttentionArgs& a) {
 }
 
 }  // namespace
+
+// The wgmma kernel is compiled for sm_90a only (KILN_CUDA_SM90A, from CMake's
+// architecture list) and runs on compute 9.0.
+bool flash_wgmma_available() {
+#if defined(KILN_CUDA_SM90A)
+  static const bool ok = device_info().compute_major == 9 && device_info().compute_minor == 0;
+  return ok;
+#else
+  return false;
+#endif
+}
+
+size_t flash_wgmma_calls() {
+  return g_wgmma_calls.load();
+}
 
 void attention(const AttentionArgs& a) {
   const int batch = int(a.q.dim(0)), sq = int(a.q.dim(1)), sk = int(a.k.dim(1));

@@ -48,6 +48,15 @@ struct Options {
   // (SDXL, --attention kiln; bench/results/2026-12-03-h200-v13): 1024x77 x 20 heads
   // 1.034 -> 0.927 ms a step (60 calls), 4096x77 0.254 -> 0.246.
   bool flash_short_kv_blocks = true;
+  // Hopper (compute 9.0, in a build for sm_90a): the flash kernel on warpgroup MMAs
+  // (wgmma) for padded head dims 48, 64 and 80 without a causal mask, in place of the
+  // mma.sync kernel above. Correct, but off by default: on an H200 it is slower than
+  // cuDNN's SDPA on every UNet shape (SD1.5 4096² × 8 heads, d40: 207 against 141 µs a
+  // call; SDXL 1024² × 20 heads, d64: 58 against 35 µs) and than the mma.sync kernel on
+  // cross-attention (bench/cuda-notes.md, v14).
+  bool flash_wgmma = false;
+  // Query rows a block of the wgmma kernel: 128 or 192; 0 picks by head dim.
+  int flash_wgmma_rows = 0;
   // The fused attention kernel where both can run a call: Auto times ours against
   // cuDNN's SDPA on each shape's first call and keeps the faster (plan cache);
   // Kiln and Cudnn force one, for tests and diagnosis. cuDNN's takes f16/bf16 with
@@ -76,6 +85,10 @@ bool cudnn_enabled();
 bool cudnn_attention_enabled();
 // Attention calls cuDNN ran so far (tests: that a forced path was taken).
 size_t cudnn_attention_calls();
+// Whether the wgmma flash kernel can run here (an sm_90a build on a compute 9.0 GPU),
+// and the attention calls it ran so far (tests: that it ran).
+bool flash_wgmma_available();
+size_t flash_wgmma_calls();
 // GroupNorm calls the grid-wide one-launch kernel ran so far (tests: that it ran).
 size_t group_norm_grid_calls();
 // Convolutions a narrow 3×3 kernel ran so far (tests: that it ran).
