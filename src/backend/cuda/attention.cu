@@ -697,9 +697,10 @@ std::atomic<size_t> g_wgmma_calls{0};
 template <class T, int DP>
 void launch_flash_wgmma_rows(const AttentionParams& p, int batch, int heads) {
   // 192 rows a block (three warpgroups) read K and V once for more query rows than
-  // 128 (two), but take a whole multiprocessor. Measured on an H200 (v14, one block a
-  // multiprocessor either way): head dim 64 faster with 192 (SDXL 1024² 58 against
-  // 75 µs a call), 40 and 80 with 128 (SD1.5 4096², d40: 207 against 271 µs).
+  // 128 (two), but take a whole multiprocessor, where two 128-row blocks share one at
+  // head dims up to 64. Measured on an H200 (v14): head dim 64 faster with 192 (SDXL
+  // 1024² 59 against 68 µs a call; 4096² level), 40 and 80 with 128 (SD1.5 4096², d40:
+  // 206 against 264 µs).
   int rows = options().flash_wgmma_rows;
   if (rows == 0) rows = DP == 64 ? 192 : 128;
   const bool ones = p.d == DP - 8;

@@ -51,9 +51,9 @@ struct Options {
   // Hopper (compute 9.0, in a build for sm_90a): the flash kernel on warpgroup MMAs
   // (wgmma) for padded head dims 48, 64 and 80 without a causal mask, in place of the
   // mma.sync kernel above. Correct, but off by default: on an H200 it is slower than
-  // cuDNN's SDPA on every UNet shape (SD1.5 4096² × 8 heads, d40: 207 against 141 µs a
-  // call; SDXL 1024² × 20 heads, d64: 58 against 35 µs) and than the mma.sync kernel on
-  // cross-attention (bench/cuda-notes.md, v14).
+  // cuDNN's SDPA on every UNet shape (SD1.5 4096² × 8 heads, d40: 206 against 142 µs a
+  // call; SDXL 1024² × 20 heads, d64: 59 against 36 µs) and no faster than the mma.sync
+  // kernel on cross-attention (bench/results/2026-12-03-h200-v14).
   bool flash_wgmma = false;
   // Query rows a block of the wgmma kernel: 128 or 192; 0 picks by head dim.
   int flash_wgmma_rows = 0;
