@@ -364,10 +364,14 @@ void launch_flash(const AttentionParams& p, int batch, int heads) {
 // Hopper (sm_90a): the same scheme on warpgroup MMAs. A warpgroup (four warps) takes
 // 64 query rows; S = Q·K^T and O += P·V are wgmma.mma_async with Q and P from
 // registers (P straight from the score accumulators, as above) and K and V read by
-// the tensor cores from shared memory, once per warpgroup instead of once per warp:
-// mma.sync's fragment loads from shared memory were what bounded the kernel above
-// on this GPU (one 512-byte ldmatrix per two MMAs). A block has WG warpgroups
-// (64·WG rows) sharing 128-key tiles of K and V, double-buffered with cp.async.
+// the tensor cores from shared memory, once per warpgroup instead of once per warp
+// (the kernel above loads a 512-byte ldmatrix fragment per two MMAs). A block has WG
+// warpgroups (64·WG rows) sharing 64-key tiles of K and V.
+//
+// Opt-in (options().flash_wgmma): correct, but on an H200 slower than cuDNN's SDPA on
+// every UNet shape, and ncu finds it latency-bound (half the issue slots idle, no
+// pipe near its limit). bench/cuda-notes.md (v14) has the numbers and what is
+// missing: a producer warp, ping-pong between consumer warpgroups, larger tiles.
 //
 // K and V tiles sit in wgmma's unswizzled layout: 8 keys × 8 features (16 bytes a
 // key) make a 128-byte core matrix, and core (key group g, feature chunk c) is at
@@ -379,8 +383,10 @@ void launch_flash(const AttentionParams& p, int batch, int heads) {
 // its first column, so P·V also sums each row of P in f32 on the tensor cores, the
 // sum of exactly the rounded probabilities it weighs V with. That frees the f32 adds,
 // and with f16 the exponentials run two at a time (ex2.approx.f16x2) straight into
-// the packed P operand: at head dim 40 the special-function unit, not the tensor
-// cores, is the limit (one exponential per 160 FLOPs).
+// the packed P operand. By the units' peak rates (16 exponentials against 4096 FLOPs
+// a cycle and multiprocessor) head dim 40, one exponential per 160 FLOPs, is bound by
+// the exponentials, not the tensor cores. The price is the exponent's rounding to f16
+// (at most 2^-11 of it, relative): the attention tests hold it to the same bounds.
 
 constexpr int kWgmmaBlockN = 64;  // keys per tile
 constexpr int kWgmmaStages = 3;   // K/V tiles in flight
