@@ -59,31 +59,28 @@ def main():
         print("  }")
         print("}")
         print("")
-    print("template <int N, class T, int TRANS_B>")
-    print("__device__ __forceinline__ void wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc,")
-    print("                                         int accumulate) {")
-    for i, n in enumerate(ns):
-        kw = "if constexpr" if i == 0 else "} else if constexpr"
-        print(f"  {kw} (N == {n}) {{")
-        print(f"    wgmma_m64n{n}k16<T, TRANS_B, false>(d, a, desc, accumulate);")
-    print("  } else {")
-    print('    static_assert(N == 0, "no wgmma wrapper for this N: add it to tools/py/gen_wgmma.py");')
-    print("  }")
-    print("}")
-    print("")
-    print("// d = a · B, whatever d held (write-only accumulators: no zeroing first).")
-    print("template <int N, class T, int TRANS_B>")
-    print("__device__ __forceinline__ void wgmma_rs_zero(float (&d)[N / 2], const uint32_t (&a)[4],")
-    print("                                              uint64_t desc) {")
-    for i, n in enumerate(ns):
-        kw = "if constexpr" if i == 0 else "} else if constexpr"
-        print(f"  {kw} (N == {n}) {{")
-        print(f"    wgmma_m64n{n}k16<T, TRANS_B, true>(d, a, desc, 0);")
-    print("  } else {")
-    print('    static_assert(N == 0, "no wgmma wrapper for this N: add it to tools/py/gen_wgmma.py");')
-    print("  }")
-    print("}")
-    print("")
+    dispatchers = [
+        ("", "wgmma_rs(float (&d)[N / 2], const uint32_t (&a)[4], uint64_t desc,",
+         "                                         int accumulate) {", "false", "accumulate"),
+        ("// d = a · B, whatever d held (write-only accumulators: no zeroing first).",
+         "wgmma_rs_zero(float (&d)[N / 2], const uint32_t (&a)[4],",
+         "                                              uint64_t desc) {", "true", "0"),
+    ]
+    for comment, head, tail, zero, accumulate in dispatchers:
+        if comment:
+            print(comment)
+        print("template <int N, class T, int TRANS_B>")
+        print("__device__ __forceinline__ void " + head)
+        print(tail)
+        for i, n in enumerate(ns):
+            kw = "if constexpr" if i == 0 else "} else if constexpr"
+            print(f"  {kw} (N == {n}) {{")
+            print(f"    wgmma_m64n{n}k16<T, TRANS_B, {zero}>(d, a, desc, {accumulate});")
+        print("  } else {")
+        print('    static_assert(N == 0, "no wgmma wrapper for this N: add it to tools/py/gen_wgmma.py");')
+        print("  }")
+        print("}")
+        print("")
     print("}  // namespace kiln::cuda")
 
 
