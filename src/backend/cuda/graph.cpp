@@ -13,6 +13,10 @@ namespace kiln::cuda {
 CapturedForward::CapturedForward(std::function<Tensor()> forward, bool profile_ops) {
   Context& c = context();
   KILN_CHECK(!c.capturing, "a CapturedForward inside another's capture");
+  // The graph's arena is a private pool that the shared cache cannot serve: blocks the
+  // eager passes before it left cached would sit beside it for nothing. SDXL 1024²
+  // batch 2 reserved 5796 MiB with them against 5394 for an eager pass alone (v14).
+  release_cached_memory();
   pool_ = create_pool();
   cudaGraph_t graph = nullptr;
   bool capturing = false;
