@@ -174,6 +174,7 @@ enum class AttentionPath {
   FlashTwoTiles,
   FlashWgmma128,
   FlashWgmma192,
+  FlashWgmmaProducer,
   Cudnn
 };
 
@@ -186,6 +187,8 @@ const char* path_name(AttentionPath path) {
       return " flash wgmma 128 rows";
     case AttentionPath::FlashWgmma192:
       return " flash wgmma 192 rows";
+    case AttentionPath::FlashWgmmaProducer:
+      return " flash wgmma producer";
     case AttentionPath::Cudnn: return " cudnn";
   }
   return "";
@@ -197,8 +200,10 @@ class UsePath {
   explicit UsePath(AttentionPath path) {
     cuda::options().use_flash_attention = path != AttentionPath::Banded;
     cuda::options().flash_two_tiles_per_warp = path == AttentionPath::FlashTwoTiles;
-    cuda::options().flash_wgmma =
-        path == AttentionPath::FlashWgmma128 || path == AttentionPath::FlashWgmma192;
+    cuda::options().flash_wgmma = path == AttentionPath::FlashWgmma128 ||
+                                  path == AttentionPath::FlashWgmma192 ||
+                                  path == AttentionPath::FlashWgmmaProducer;
+    cuda::options().flash_wgmma_producer = path == AttentionPath::FlashWgmmaProducer;
     cuda::options().flash_wgmma_rows = path == AttentionPath::FlashWgmma128   ? 128
                                        : path == AttentionPath::FlashWgmma192 ? 192
                                                                               : 0;
@@ -210,6 +215,7 @@ class UsePath {
     cuda::options().use_flash_attention = true;
     cuda::options().flash_two_tiles_per_warp = false;
     cuda::options().flash_wgmma = cuda::Options{}.flash_wgmma;
+    cuda::options().flash_wgmma_producer = false;
     cuda::options().flash_wgmma_rows = 0;
     cuda::options().attention_kernel = cuda::Options::AttentionKernel::Auto;
   }
@@ -222,7 +228,8 @@ bool cudnn_takes(const AttentionCase& c, DType dt) {
 }
 
 bool wgmma_path(AttentionPath path) {
-  return path == AttentionPath::FlashWgmma128 || path == AttentionPath::FlashWgmma192;
+  return path == AttentionPath::FlashWgmma128 || path == AttentionPath::FlashWgmma192 ||
+         path == AttentionPath::FlashWgmmaProducer;
 }
 
 // Whether the wgmma kernel applies to the case: f16/bf16, no causal mask, a head dim
@@ -366,7 +373,8 @@ INSTANTIATE_TEST_SUITE_P(
             AttentionCase{1, 250, 1000, 2, 48, false}, AttentionCase{1, 1000, 1000, 2, 40, false}),
         ::testing::Values(AttentionPath::Banded, AttentionPath::FlashOneTile,
                           AttentionPath::FlashTwoTiles, AttentionPath::FlashWgmma128,
-                          AttentionPath::FlashWgmma192, AttentionPath::Cudnn)));
+                          AttentionPath::FlashWgmma192, AttentionPath::FlashWgmmaProducer,
+                          AttentionPath::Cudnn)));
 
 // ---------------------------------------------------------------------------
 struct NormCase {

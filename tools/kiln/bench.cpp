@@ -63,6 +63,8 @@ const char* kHelp =
     "                       where it applies, or on mma.sync (default 0; for A/B)\n"
     "  --flash-wgmma-rows N query rows a block of the wgmma kernel: 128 or 192 (default:\n"
     "                       by head dim)\n"
+    "  --flash-wgmma-producer B  1: the wgmma kernel with a producer warp and ping-pong\n"
+    "                       (work in progress; default 0)\n"
     "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
     "  --group-norm K       auto or grid: grid tries the grid-wide one-launch GroupNorm\n"
@@ -479,6 +481,8 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().flash_short_kv_blocks = *on == 1;
   if (const auto on = args.integer("flash-wgmma", 0, 1))
     if (s.cuda()) cuda::options().flash_wgmma = *on == 1;
+  if (const auto on = args.integer("flash-wgmma-producer", 0, 1))
+    if (s.cuda()) cuda::options().flash_wgmma_producer = *on == 1;
   if (const auto rows = args.integer("flash-wgmma-rows", 128, 192)) {
     if (*rows != 128 && *rows != 192) throw UsageError("--flash-wgmma-rows is 128 or 192");
     if (s.cuda()) cuda::options().flash_wgmma_rows = *rows;

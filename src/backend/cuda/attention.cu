@@ -698,6 +698,258 @@ void launch_flash_wgmma(const AttentionParams& p, int batch, int heads) {
   CUDA_CHECK_LAUNCH();
 }
 
+// ---------------------------------------------------------------------------
+// WORK IN PROGRESS, NOT YET RUN ON A GPU (branch wip/attention-producer): the wgmma
+// kernel above with FA3's structure in part. A producer warp (the block's last)
+// loads K and V through a ring of kProducerStages stages with cp.async and signals
+// each stage's mbarrier; the consumer warpgroups never issue loads and never meet at
+// a block barrier in the loop: each waits on the stage's "full" barrier and releases
+// it on its "empty" one (one thread a warpgroup). Named barriers pass a token round
+// the consumer warpgroups so that they issue their GEMMs in turn (ping-pong): one's
+// softmax runs under the others' GEMMs.
+
+constexpr int kProducerStages = 4;
+
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)), "r"(count)
+               : "memory");
+}
+// Returns once the barrier's phase of this parity has completed.
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n}\n" ::"r"(smem_address(bar)),
+      "r"(parity)
+      : "memory");
+}
+// An arrival from the threads where `on` holds: predicated, not branched (a branch in
+// the loop makes ptxas serialise the wgmmas).
+__device__ __forceinline__ void mbarrier_arrive_if(uint64_t* bar, bool on) {
+  asm volatile(
+      "{\n.reg .pred on;\nsetp.ne.b32 on, %1, 0;\n"
+      "@on mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(smem_address(bar)),
+      "r"(int(on))
+      : "memory");
+}
+// An arrival on `bar` once this thread's cp.asyncs so far have landed.
+__device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_address(bar))
+               : "memory");
+}
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+template <class T, int DP, int WG, bool ONES>
+__global__ void __launch_bounds__(WG * 128 + 32, 1)
+    flash_attention_producer_kernel(AttentionParams p) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();
+#elif defined(__CUDA_ARCH__)
+  constexpr int kBlockN = kWgmmaBlockN, kStages = kProducerStages, kBlockM = WG * 64;
+  constexpr int kConsumers = WG * 128, kThreads = kConsumers + 32;
+  constexpr int kPitch = DP + 8, kTilesD = DP / 8, kStepsD = DP / 16;
+  constexpr int kTilesN = kBlockN / 8, kTile = kBlockN * DP;
+  constexpr bool kHalfExp = ONES && std::is_same_v<T, half>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem);  // [kStages], count 32 (producer lanes)
+  uint64_t* empty = full + kStages;                    // [kStages], count WG
+  T* sk = reinterpret_cast<T*>(smem + 128);            // [kStages][kTile]
+  T* sv = sk + kStages * kTile;                        // [kStages][kTile]
+  T* sq = sv + kStages * kTile;                        // [kBlockM][kPitch]
+
+  const int m0 = blockIdx.x * kBlockM, head = blockIdx.y, batch = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane >> 2, quad = lane & 3;
+  const int mat = lane >> 3, mat_row = lane & 7;
+  const T* qg =
+      static_cast<const T*>(p.q) + (int64_t(batch) * p.sq + m0) * p.q_stride + int64_t(head) * p.d;
+  const T* kg =
+      static_cast<const T*>(p.k) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+  const T* vg =
+      static_cast<const T*>(p.v) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+  const int tiles = (p.sk + kBlockN - 1) / kBlockN;
+  const int v_chunks = ONES ? kTilesD - 1 : kTilesD;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(&full[s], 32);
+      mbarrier_init(&empty[s], WG);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  if constexpr (ONES) {
+    for (int r = threadIdx.x; r < kStages * kBlockN; r += kThreads) {
+      T* row = sv + (r / kBlockN) * kTile + ((r % kBlockN >> 3) * kTilesD + kTilesD - 1) * 64 +
+               (r & 7) * 8;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) row[e] = from_float<T>(e == 0 ? 1.0f : 0.0f);
+    }
+  }
+  load_tile<T, DP, kBlockM, kThreads>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d, true);
+  cp_async_commit();
+  cp_async_wait<0>();
+  fence_async_shared();
+  __syncthreads();  // the last block-wide barrier: the roles part here
+
+  if (warp == WG * 4) {
+    // The producer: tile t into stage t % kStages once the consumers released its
+    // previous tile (t − kStages), then an arrival when this lane's copies land.
+    for (int t = 0; t < tiles; ++t) {
+      const int stage = t % kStages, n = t * kBlockN;
+      if (t >= kStages) mbarrier_wait(&empty[stage], (t / kStages - 1) & 1);
+      const int valid = min(kBlockN, p.sk - n);
+      for (int i = lane; i < kBlockN * kTilesD; i += 32) {
+        const int r_lo = i & 7, c = (i >> 3) % kTilesD, r = (i / (8 * kTilesD)) * 8 + r_lo;
+        const int at = ((r >> 3) * kTilesD + c) * 64 + r_lo * 8;
+        const bool ok = r < valid && c * 8 < p.d;
+        const int64_t g = int64_t(n + r) * p.kv_stride + c * 8;
+        cp_async_16(sk + stage * kTile + at, ok ? kg + g : kg, ok ? 16 : 0);
+        if (c < v_chunks) cp_async_16(sv + stage * kTile + at, ok ? vg + g : vg, ok ? 16 : 0);
+      }
+      cp_async_arrive(&full[stage]);
+    }
+    return;
+  }
+
+  const int wg = warp / 4;
+  const bool leader = threadIdx.x % 128 == 0;
+  auto k_desc = [&](int tile, int kk) {
+    return smem_descriptor(sk + (tile % kStages) * kTile + kk * 128, 128, DP * 16);
+  };
+  auto v_desc = [&](int tile, int kk) {
+    return smem_descriptor(sv + (tile % kStages) * kTile + kk * 2 * kTilesD * 64, DP * 16, 128);
+  };
+  auto wait_full = [&](int tile) {
+    mbarrier_wait(&full[tile % kStages], (tile / kStages) & 1);
+    fence_async_shared();
+  };
+
+  uint32_t qf[kStepsD][4];
+#pragma unroll
+  for (int kk = 0; kk < kStepsD; ++kk)
+    ldmatrix_x4(qf[kk],
+                sq + (warp * 16 + mat_row + (mat & 1) * 8) * kPitch + kk * 16 + (mat >> 1) * 8);
+
+  float o[kTilesD * 4];
+#pragma unroll
+  for (int i = 0; i < kTilesD * 4; ++i) o[i] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}, correction[2];
+  float s[kTilesN * 4];
+  uint32_t pa[kBlockN / 16][4], pn[kBlockN / 16][4];
+
+  wait_full(0);
+  wgmma_fence();
+  wgmma_rs_zero<kBlockN, T, 0>(s, qf[0], k_desc(0, 0));
+#pragma unroll
+  for (int kk = 1; kk < kStepsD; ++kk) wgmma_rs<kBlockN, T, 0>(s, qf[kk], k_desc(0, kk), 1);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_registers(s);
+  wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pa, row_max, row_sum, correction, p.sk, quad,
+                                             p.scale_log2);
+
+  // The first warpgroup holds the token first (its own barrier, half arrived).
+  constexpr int kPair = 256;  // a named barrier's threads: the waiting warpgroup and the one before
+  if (WG > 1 && wg == 0) named_barrier_arrive(1, kPair);
+  for (int j = 0; j + 1 < tiles; ++j) {
+    // Stage j − 1 (K and V of tile j − 1) was read by the last iteration's GEMMs.
+    if (j > 0) mbarrier_arrive_if(&empty[(j - 1) % kStages], leader);
+    wait_full(j + 1);
+    uint64_t kd[kStepsD], vd[kBlockN / 16];
+#pragma unroll
+    for (int kk = 0; kk < kStepsD; ++kk) kd[kk] = k_desc(j + 1, kk);
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) vd[kk] = v_desc(j, kk);
+    fence_registers(kd);
+    fence_registers(vd);
+    fence_registers(o);
+    fence_registers(pa);
+    if (WG > 1) named_barrier_sync(1 + wg, kPair);
+    wgmma_fence();
+    wgmma_rs_zero<kBlockN, T, 0>(s, qf[0], kd[0]);
+#pragma unroll
+    for (int kk = 1; kk < kStepsD; ++kk) wgmma_rs<kBlockN, T, 0>(s, qf[kk], kd[kk], 1);
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) wgmma_rs<DP, T, 1>(o, pa[kk], vd[kk], 1);
+    wgmma_commit();
+    if (WG > 1) named_barrier_arrive(1 + (wg + 1) % WG, kPair);
+    wgmma_wait<1>();
+    fence_registers(s);
+    wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pn, row_max, row_sum, correction,
+                                               p.sk - (j + 1) * kBlockN, quad, p.scale_log2);
+    wgmma_wait<0>();
+    fence_registers(o);
+    fence_registers(pa);
+#pragma unroll
+    for (int t = 0; t < kTilesD; ++t) {
+      o[t * 4 + 0] *= correction[0];
+      o[t * 4 + 1] *= correction[0];
+      o[t * 4 + 2] *= correction[1];
+      o[t * 4 + 3] *= correction[1];
+    }
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk)
+#pragma unroll
+      for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
+  }
+  fence_registers(o);
+  fence_registers(pa);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < kBlockN / 16; ++kk) wgmma_rs<DP, T, 1>(o, pa[kk], v_desc(tiles - 1, kk), 1);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_registers(o);
+
+  T* og = static_cast<T*>(p.out) + int64_t(batch) * p.sq * p.o_stride + int64_t(head) * p.d;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float total;
+    if constexpr (ONES) {
+      total = __shfl_sync(0xffffffffu, o[(kTilesD - 1) * 4 + 2 * r], lane & ~3);
+    } else {
+      total = row_sum[r];
+      total += __shfl_xor_sync(0xffffffffu, total, 1);
+      total += __shfl_xor_sync(0xffffffffu, total, 2);
+    }
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    const int qi = m0 + warp * 16 + group + r * 8;
+    if (qi >= p.sq) continue;
+    T* orow = og + int64_t(qi) * p.o_stride;
+#pragma unroll
+    for (int t = 0; t < kTilesD; ++t) {
+      const int col = t * 8 + quad * 2;
+      if (col < p.d)
+        *reinterpret_cast<uint32_t*>(orow + col) =
+            pack2<T>(o[t * 4 + 2 * r] * inv, o[t * 4 + 2 * r + 1] * inv);
+    }
+  }
+#endif
+}
+
+template <class T, int DP, int WG, bool ONES>
+void launch_flash_producer(const AttentionParams& p, int batch, int heads) {
+  constexpr int kBlockM = WG * 64;
+  constexpr size_t kSmem =
+      128 +
+      (size_t(2 * kProducerStages) * kWgmmaBlockN * DP + size_t(kBlockM) * (DP + 8)) * sizeof(T);
+  static const bool configured = [] {
+    CUDA_CHECK(cudaFuncSetAttribute(flash_attention_producer_kernel<T, DP, WG, ONES>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid{unsigned((p.sq + kBlockM - 1) / kBlockM), unsigned(heads), unsigned(batch)};
+  flash_attention_producer_kernel<T, DP, WG, ONES><<<grid, WG * 128 + 32, kSmem, stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
 std::atomic<size_t> g_wgmma_calls{0};
 
 template <class T, int DP>
@@ -710,6 +962,14 @@ void launch_flash_wgmma_rows(const AttentionParams& p, int batch, int heads) {
   int rows = options().flash_wgmma_rows;
   if (rows == 0) rows = DP == 64 ? 192 : 128;
   const bool ones = p.d == DP - 8;
+  if (options().flash_wgmma_producer) {
+    if (rows == 192 && DP <= 64) {  // three warpgroups and a warp at head dim 80 spill
+      if (ones) return launch_flash_producer<T, DP, 3, true>(p, batch, heads);
+      return launch_flash_producer<T, DP, 3, false>(p, batch, heads);
+    }
+    if (ones) return launch_flash_producer<T, DP, 2, true>(p, batch, heads);
+    return launch_flash_producer<T, DP, 2, false>(p, batch, heads);
+  }
   if (rows == 192) {
     if (ones) return launch_flash_wgmma<T, DP, 3, true>(p, batch, heads);
     return launch_flash_wgmma<T, DP, 3, false>(p, batch, heads);

@@ -57,6 +57,9 @@ struct Options {
   bool flash_wgmma = false;
   // Query rows a block of the wgmma kernel: 128 or 192; 0 picks by head dim.
   int flash_wgmma_rows = 0;
+  // WORK IN PROGRESS, not yet run on a GPU: the wgmma kernel with a producer warp,
+  // mbarrier stages and ping-pong between its consumer warpgroups.
+  bool flash_wgmma_producer = false;
   // The fused attention kernel where both can run a call: Auto times ours against
   // cuDNN's SDPA on each shape's first call and keeps the faster (plan cache);
   // Kiln and Cudnn force one, for tests and diagnosis. cuDNN's takes f16/bf16 with
