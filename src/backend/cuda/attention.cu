@@ -963,9 +963,11 @@ void launch_flash_wgmma_rows(const AttentionParams& p, int batch, int heads) {
   if (rows == 0) rows = DP == 64 ? 192 : 128;
   const bool ones = p.d == DP - 8;
   if (options().flash_wgmma_producer) {
-    if (rows == 192 && DP <= 64) {  // three warpgroups and a warp at head dim 80 spill
-      if (ones) return launch_flash_producer<T, DP, 3, true>(p, batch, heads);
-      return launch_flash_producer<T, DP, 3, false>(p, batch, heads);
+    if constexpr (DP <= 64) {  // three warpgroups and a warp at head dim 80 spill
+      if (rows == 192) {
+        if (ones) return launch_flash_producer<T, DP, 3, true>(p, batch, heads);
+        return launch_flash_producer<T, DP, 3, false>(p, batch, heads);
+      }
     }
     if (ones) return launch_flash_producer<T, DP, 2, true>(p, batch, heads);
     return launch_flash_producer<T, DP, 2, false>(p, batch, heads);
