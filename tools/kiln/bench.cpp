@@ -433,11 +433,28 @@ void bench_e2e(Bench& b, const fs::path& dir, const std::vector<int>& sizes, int
 }  // namespace
 
 int bench(const std::vector<std::string>& argv) {
-  const Args args(argv, {"model",           "arch",           "what",        "size",
-                         "batch",           "steps",          "device",      "dtype",
-                         "warmup",          "reps",           "json",        "commit",
-                         "flash-warp-rows", "flash-short-kv", "flash-wgmma", "flash-wgmma-rows",
-                         "attention",       "group-norm",     "conv",        "plan-cache"},
+  const Args args(argv,
+                  {"model",
+                   "arch",
+                   "what",
+                   "size",
+                   "batch",
+                   "steps",
+                   "device",
+                   "dtype",
+                   "warmup",
+                   "reps",
+                   "json",
+                   "commit",
+                   "flash-warp-rows",
+                   "flash-short-kv",
+                   "flash-wgmma",
+                   "flash-wgmma-rows",
+                   "flash-wgmma-producer",
+                   "attention",
+                   "group-norm",
+                   "conv",
+                   "plan-cache"},
                   {"per-op", "per-shape", "no-graphs", "help"});
   if (args.has("help")) {
     std::fputs(kHelp, stdout);
