@@ -36,9 +36,12 @@ struct Conv2dArgs {
 struct GroupNormArgs {
   Tensor x;  // [B, N, C]: statistics per (batch, group) over N positions and C/groups channels
   Tensor gamma, beta;  // [C]
-  // [B, C] or undefined: x + addend[b, c], rounded to x's dtype, is what is normalised
-  // (a resnet's time embedding, added on the way in instead of in a pass of its own).
+  // [B, W] or undefined: x + addend[b, addend_col + c], rounded to x's dtype, is what
+  // is normalised (a resnet's time embedding, added on the way in instead of in a pass
+  // of its own). W is C, or wider where the embeddings of many resnets sit side by
+  // side, one GEMM's output.
   Tensor addend;
+  int64_t addend_col = 0;
   int groups = 32;
   float eps = 1e-5f;
   Activation act = Activation::None;  // applied after the affine transform (GroupNorm+SiLU)

@@ -267,7 +267,70 @@ std::unique_ptr<UNet2DConditionModel> UNet2DConditionModel::load(const std::file
   m->conv_norm_out->load(w, "conv_norm_out", ch[0], c.norm_num_groups, c.norm_eps);
   m->conv_out.load(w, "conv_out", ch[0], c.out_channels, c.conv_out_kernel,
                    ops::Conv2dGeometry::same(c.conv_out_kernel));
+  m->fuse_context_projections();
+  m->fuse_time_projections();
   return m;
+}
+
+// The text context is the same for every block, so the k and v of all the attentions
+// that read it can come from one GEMM of [B·T, context dim] by the concatenated
+// weights, at the start of the forward. Separately they are 16 (SD1.5) or 70 (SDXL)
+// GEMMs of 154 rows that read the weights at well under the GPU's bandwidth: SDXL's
+// took 0.79 ms a step (v12). Only on CUDA; the CPU path stays the plain reference.
+void UNet2DConditionModel::fuse_context_projections() {
+  std::vector<nn::Attention*> all;
+  auto collect = [&all](std::vector<nn::Transformer2DModel>& transformers) {
+    for (nn::Transformer2DModel& t : transformers)
+      for (nn::Attention* a : t.context_attentions()) all.push_back(a);
+  };
+  for (DownBlock& b : down_blocks) collect(b.attentions);
+  if (mid_block) collect(mid_block->attentions);
+  for (UpBlock& b : up_blocks) collect(b.attentions);
+  if (all.empty() || all.front()->to_k.weight.device() != Device::CUDA) return;
+  const nn::Linear& first = all.front()->to_k;
+  bool one_gemm = true;
+  for (const nn::Attention* a : all)
+    one_gemm = one_gemm && a->to_k.weight.dim(1) == first.weight.dim(1) &&
+               a->to_k.bias.defined() == first.bias.defined() &&
+               a->to_v.bias.defined() == first.bias.defined();
+  if (!one_gemm) {  // per-block context dims (no diffusers UNet here has them): k and v per block
+    for (nn::Attention* a : all) a->fuse_projections(/*self_attention=*/false);
+    return;
+  }
+  std::vector<nn::Linear*> parts;
+  int64_t col = 0;
+  for (nn::Attention* a : all) {
+    a->read_kv_from_context(col);
+    col += a->to_k.out_features() + a->to_v.out_features();
+    for (nn::Linear* p : a->context_projections()) parts.push_back(p);
+  }
+  context_kv_ = nn::concatenate(parts);
+}
+
+// The same for the time embedding: each resnet projects it to its channels (22 GEMMs
+// of 2 rows a step on SD1.5), and norm2 reads its columns of the one output.
+void UNet2DConditionModel::fuse_time_projections() {
+  std::vector<nn::ResnetBlock2D*> resnets;
+  for (DownBlock& b : down_blocks)
+    for (nn::ResnetBlock2D& r : b.resnets) resnets.push_back(&r);
+  if (mid_block)
+    for (nn::ResnetBlock2D& r : mid_block->resnets) resnets.push_back(&r);
+  for (UpBlock& b : up_blocks)
+    for (nn::ResnetBlock2D& r : b.resnets) resnets.push_back(&r);
+  bool one_time_gemm = !resnets.empty();
+  for (const nn::ResnetBlock2D* r : resnets)
+    one_time_gemm =
+        one_time_gemm && r->time_emb_proj &&
+        r->time_emb_proj->bias.defined() == resnets.front()->time_emb_proj->bias.defined();
+  if (!one_time_gemm || resnets.front()->time_emb_proj->weight.device() != Device::CUDA) return;
+  std::vector<nn::Linear*> parts;
+  int64_t col = 0;
+  for (nn::ResnetBlock2D* r : resnets) {
+    const int64_t out = r->time_emb_proj->out_features();
+    parts.push_back(r->project_time_from(col));
+    col += out;
+  }
+  time_proj_ = nn::concatenate(parts);
 }
 
 Tensor UNet2DConditionModel::forward(const Inputs& in) const {
@@ -304,8 +367,12 @@ Tensor UNet2DConditionModel::forward(const Inputs& in) const {
                c.projection_class_embeddings_input_dim);
     emb = ops::add(emb, (*add_embedding)(add));
   }
-  const Tensor temb_act = ops::activate(emb, Activation::SiLU);  // what every resnet adds
-  const Tensor context = ops::to(in.encoder_hidden_states, dev, dt);
+  // What every resnet projects and adds, or (fused) all of their projections at once.
+  Tensor temb_act = ops::activate(emb, Activation::SiLU);
+  if (time_proj_.weight.defined()) temb_act = time_proj_(temb_act);
+  const Tensor text = ops::to(in.encoder_hidden_states, dev, dt);
+  // Fused context projections: every attention reads its k and v from this one tensor.
+  const Tensor context = context_kv_.weight.defined() ? context_kv_(text) : text;
 
   Tensor x = ops::to(sample, dev, dt);
   if (c.center_input_sample) {

@@ -88,6 +88,15 @@ class UNet2DConditionModel {
   std::vector<UpBlock> up_blocks;
   std::optional<nn::GroupNorm> conv_norm_out;
   nn::Conv2d conv_out;
+  // On CUDA: the k and v projections of every attention that reads the text context,
+  // concatenated, so that one GEMM a forward makes them all (fuse_context_projections).
+  nn::Linear context_kv_;
+  // On CUDA: every resnet's projection of the time embedding, concatenated, so that one
+  // GEMM a forward makes them all (fuse_time_projections).
+  nn::Linear time_proj_;
+
+  void fuse_context_projections();
+  void fuse_time_projections();
 };
 
 }  // namespace kiln

@@ -17,12 +17,8 @@ void Attention::load(const WeightLoader& w, const std::string& prefix, int64_t q
   scale = float(1.0 / std::sqrt(double(dim_head)));
 }
 
-namespace {
-
-// The parts' weights go back to the host and are freed on the device before the
-// fused weight is uploaded, so that it can take the place they held among the
-// model's packed weights instead of leaving a hole of their size there.
-Linear concatenated(const std::vector<Linear*>& parts) {
+Linear concatenate(const std::vector<Linear*>& parts) {
+  KILN_CHECK(!parts.empty(), "concatenate: no projections");
   const Device device = parts.front()->weight.device();
   std::vector<Tensor> weights, biases;
   for (Linear* p : parts) {
@@ -39,19 +35,23 @@ Linear concatenated(const std::vector<Linear*>& parts) {
   return fused;
 }
 
-}  // namespace
-
 void Attention::fuse_projections(bool self_attention) {
   if (to_k.weight.device() != Device::CUDA || to_kv.weight.defined() || to_qkv.weight.defined())
     return;
   if (self_attention && to_q.weight.dim(1) == to_k.weight.dim(1))
-    to_qkv = concatenated({&to_q, &to_k, &to_v});
+    to_qkv = concatenate({&to_q, &to_k, &to_v});
   else
-    to_kv = concatenated({&to_k, &to_v});
+    to_kv = concatenate({&to_k, &to_v});
 }
 
 Tensor Attention::operator()(const Tensor& x, const Tensor& context, const Tensor& residual) const {
   const Tensor& kv = context.defined() ? context : x;
+  if (context_kv_col >= 0) {
+    KILN_CHECK(context.defined(),
+               "an attention reading its k and v from the context called without one");
+    const Tensor o = ops::attention_kv(to_q(x), context, heads, scale, context_kv_col);
+    return to_out(o, Activation::None, residual);
+  }
   if (to_qkv.weight.defined()) {
     KILN_CHECK(!context.defined(), "a self-attention with fused projections called with a context");
     const Tensor o = ops::attention_qkv(to_qkv(x), heads, scale);

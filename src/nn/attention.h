@@ -1,6 +1,8 @@
 // diffusers' Attention (to_q, to_k, to_v, to_out.0) and FeedForward.
 #pragma once
 
+#include <vector>
+
 #include "nn/layers.h"
 
 namespace kiln::nn {
@@ -19,6 +21,10 @@ struct Attention {
   Linear to_qkv, to_kv;
   int heads = 1;
   float scale = 1.0f;
+  // After read_kv_from_context(): the context this attention is given is the k and v
+  // of many attentions side by side ([B, T, Σ]), one GEMM's output; its own k and v
+  // start at this column. -1: the context is the text, projected here.
+  int64_t context_kv_col = -1;
 
   // query_dim → heads × dim_head; keys and values from context_dim features.
   void load(const WeightLoader& w, const std::string& prefix, int64_t query_dim,
@@ -29,10 +35,21 @@ struct Attention {
   // 2048×1280×1280 makes 80 tiles for 132 SMs); one with N three times as wide does.
   // On the CPU nothing changes: that path stays the plain reference.
   void fuse_projections(bool self_attention);
+  // For one GEMM across attentions that share a context: the k and v projections are
+  // handed over (to_k and to_v emptied, in that order) and from now on the context
+  // passed in is that GEMM's output, read from column `col`.
+  std::vector<Linear*> context_projections() { return {&to_k, &to_v}; }
+  void read_kv_from_context(int64_t col) { context_kv_col = col; }
   // x: [B, S, query_dim], context: [B, T, context_dim] (x itself when undefined)
   // → [B, S, query_dim], plus `residual` when given.
   Tensor operator()(const Tensor& x, const Tensor& context = {}, const Tensor& residual = {}) const;
 };
+
+// The projections as one: their weights (and biases, all or none) concatenated along
+// the outputs, on the device the first one was on. The parts are emptied; their
+// weights go through the host, so that the result takes their place among the
+// model's packed weights instead of leaving a hole of their size.
+Linear concatenate(const std::vector<Linear*>& parts);
 
 // FeedForward with GEGLU (net.0.proj → 2 × inner, net.2 → dim) or GELU.
 struct FeedForward {

@@ -22,8 +22,12 @@ void ResnetBlock2D::load(const WeightLoader& w, const std::string& prefix, int64
 Tensor ResnetBlock2D::operator()(const Tensor& x, const Tensor& temb_act) const {
   Tensor h = conv1(norm1(x, Activation::SiLU));  // [B, H, W, out]
   // h + time_emb_proj(temb) feeds norm2 alone: the add happens inside it.
-  const Tensor t = time_emb_proj ? (*time_emb_proj)(temb_act) : Tensor();  // [B, out]
-  h = norm2(h, Activation::SiLU, t);
+  if (temb_col >= 0) {
+    h = norm2(h, Activation::SiLU, temb_act, temb_col);
+  } else {
+    const Tensor t = time_emb_proj ? (*time_emb_proj)(temb_act) : Tensor();  // [B, out]
+    h = norm2(h, Activation::SiLU, t);
+  }
   const Tensor shortcut = conv_shortcut ? (*conv_shortcut)(x) : x;
   Tensor out = conv2(h, shortcut);
   if (output_scale_factor != 1.0f) out = ops::scale(out, 1.0f / output_scale_factor);
@@ -57,8 +61,7 @@ void BasicTransformerBlock::load(const WeightLoader& w, const std::string& prefi
   norm2.load(w, prefix + ".norm2", dim, o.norm_eps);
   attn2.load(w, prefix + ".attn2", dim, o.cross_attention_dim, o.heads, o.dim_head,
              o.attention_bias);
-  attn1.fuse_projections(!o.only_cross_attention);
-  attn2.fuse_projections(false);
+  if (!o.only_cross_attention) attn1.fuse_projections(/*self_attention=*/true);
   norm3.load(w, prefix + ".norm3", dim, o.norm_eps);
   ff.load(w, prefix + ".ff", dim, o.activation_fn);
 }
@@ -68,6 +71,11 @@ Tensor BasicTransformerBlock::operator()(const Tensor& x, const Tensor& context)
   Tensor h = attn1(norm1(x), only_cross_attention ? context : Tensor(), x);
   h = attn2(norm2(h), context, h);
   return ff(norm3(h), h);
+}
+
+std::vector<Attention*> BasicTransformerBlock::context_attentions() {
+  if (only_cross_attention) return {&attn1, &attn2};
+  return {&attn2};
 }
 
 void Transformer2DModel::load(const WeightLoader& w, const std::string& prefix, int64_t channels,
@@ -88,6 +96,13 @@ Tensor Transformer2DModel::operator()(const Tensor& x, const Tensor& context) co
   Tensor tokens = proj_in(norm(x).reshape({b, h * wd, c}));  // [B, H*W, inner]
   for (const BasicTransformerBlock& block : transformer_blocks) tokens = block(tokens, context);
   return proj_out(tokens, Activation::None, x.reshape({b, h * wd, c})).reshape(x.shape());
+}
+
+std::vector<Attention*> Transformer2DModel::context_attentions() {
+  std::vector<Attention*> all;
+  for (BasicTransformerBlock& block : transformer_blocks)
+    for (Attention* a : block.context_attentions()) all.push_back(a);
+  return all;
 }
 
 void TimestepEmbedding::load(const WeightLoader& w, const std::string& prefix, int64_t in,

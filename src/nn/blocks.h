@@ -17,6 +17,10 @@ struct ResnetBlock2D {
   std::optional<Linear> time_emb_proj;  // absent in the VAE
   std::optional<Linear> conv_shortcut;  // 1×1, when in != out
   float output_scale_factor = 1.0f;
+  // After project_time_from(): what the block is given is every resnet's projection of
+  // the time embedding side by side ([B, Σ out]), one GEMM's output; its own starts at
+  // this column. -1: it is given the embedding and projects it here.
+  int64_t temb_col = -1;
 
   struct Options {
     int groups = 32;
@@ -27,8 +31,15 @@ struct ResnetBlock2D {
   void load(const WeightLoader& w, const std::string& prefix, int64_t in, int64_t out,
             const Options& options);
   // x: [B, H, W, in], temb_act: [B, temb_channels] with the nonlinearity already
-  // applied (the same for every block, so computed once per forward).
+  // applied (the same for every block, so computed once per forward), or the
+  // projections (see temb_col).
   Tensor operator()(const Tensor& x, const Tensor& temb_act = {}) const;
+  // Hands time_emb_proj over (emptied) for one GEMM across resnets; from now on the
+  // block reads its projection from column `col` of what it is given.
+  Linear* project_time_from(int64_t col) {
+    temb_col = col;
+    return &*time_emb_proj;
+  }
 };
 
 // Stride-2 3×3 convolution. padding 0 means diffusers' (0, 1, 0, 1) zero pad.
@@ -60,9 +71,14 @@ struct BasicTransformerBlock {
     std::string activation_fn = "geglu";
     float norm_eps = 1e-5f;
   };
+  // On CUDA the self-attention's projections are fused here; those that read the
+  // context are left to the model (context_attentions()), which can make the k and v
+  // of all its blocks in one GEMM.
   void load(const WeightLoader& w, const std::string& prefix, int64_t dim, const Options& o);
   // x: [B, S, dim], context: [B, T, cross_attention_dim]
   Tensor operator()(const Tensor& x, const Tensor& context) const;
+  // The attentions that are given the context: attn2, and attn1 too when only_cross_attention.
+  std::vector<Attention*> context_attentions();
 };
 
 struct Transformer2DModel {
@@ -74,6 +90,7 @@ struct Transformer2DModel {
             int groups, const BasicTransformerBlock::Options& o);
   // x: [B, H, W, C], context: [B, T, cross_attention_dim] → [B, H, W, C]
   Tensor operator()(const Tensor& x, const Tensor& context) const;
+  std::vector<Attention*> context_attentions();  // every block's, in order
 };
 
 // linear_1 → act → linear_2, with an optional cond_proj added to the input.

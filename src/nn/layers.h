@@ -44,10 +44,11 @@ struct GroupNorm {
 
   void load(const WeightLoader& w, const std::string& prefix, int64_t channels, int groups,
             float eps);
-  // addend [B, C]: normalises x + addend (broadcast over the positions).
-  Tensor operator()(const Tensor& x, Activation act = Activation::None,
-                    const Tensor& addend = {}) const {
-    return ops::group_norm(x, weight, bias, groups, eps, act, addend);
+  // addend [B, C]: normalises x + addend (broadcast over the positions); see
+  // ops::group_norm for addend_col.
+  Tensor operator()(const Tensor& x, Activation act = Activation::None, const Tensor& addend = {},
+                    int64_t addend_col = -1) const {
+    return ops::group_norm(x, weight, bias, groups, eps, act, addend, addend_col);
   }
 };
 

@@ -91,7 +91,7 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dG
 }
 
 Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
-                  Activation act, const Tensor& addend) {
+                  Activation act, const Tensor& addend, int64_t addend_col) {
   KILN_CHECK(x.ndim() >= 2, "group_norm: x ", x.describe());
   const int64_t c = x.dim(-1), b = x.dim(0);
   KILN_CHECK(groups > 0 && c % groups == 0, "group_norm: ", c, " channels in ", groups, " groups");
@@ -107,9 +107,17 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int 
   a.act = act;
   if (addend.defined()) {
     check_float_like(x, addend, "group_norm", "addend");
-    KILN_CHECK(addend.numel() == b * c && addend.dim(0) == b && addend.dim(-1) == c,
-               "group_norm: addend ", addend.describe(), ", expected [", b, ", ", c, "]");
-    a.addend = addend.reshape({b, c});
+    if (addend_col < 0) {
+      KILN_CHECK(addend.numel() == b * c && addend.dim(0) == b && addend.dim(-1) == c,
+                 "group_norm: addend ", addend.describe(), ", expected [", b, ", ", c, "]");
+      a.addend = addend.reshape({b, c});
+    } else {
+      KILN_CHECK(addend.ndim() == 2 && addend.dim(0) == b && addend_col + c <= addend.dim(1),
+                 "group_norm: addend ", addend.describe(), " from column ", addend_col,
+                 ": expected [", b, ", ", addend_col + c, "] or wider");
+      a.addend = addend;
+      a.addend_col = addend_col;
+    }
   }
   Tensor out = like(x, x.shape());
   a.out = out.reshape(a.x.shape());
@@ -177,19 +185,21 @@ Tensor attention_qkv(const Tensor& qkv, int heads, float scale) {
   return a.out;
 }
 
-Tensor attention_kv(const Tensor& q, const Tensor& kv, int heads, float scale) {
+Tensor attention_kv(const Tensor& q, const Tensor& kv, int heads, float scale, int64_t kv_col) {
   KILN_CHECK(q.ndim() == 3 && kv.ndim() == 3, "attention_kv: q ", q.describe(), ", kv ",
              kv.describe(), " (expected [B, S, heads*D] and [B, Sk, 2*heads*D])");
   check_float_like(q, kv, "attention_kv", "kv");
   KILN_CHECK(heads > 0 && q.dim(2) % heads == 0, "attention_kv: ", q.dim(2), " features in ", heads,
              " heads");
-  KILN_CHECK(kv.dim(0) == q.dim(0) && kv.dim(2) == 2 * q.dim(2), "attention_kv: q ",
-             q.shape().str(), " and kv ", kv.shape().str(), " do not agree");
+  KILN_CHECK(kv.dim(0) == q.dim(0) && kv_col >= 0 && kv_col + 2 * q.dim(2) <= kv.dim(2),
+             "attention_kv: q ", q.shape().str(), " and kv ", kv.shape().str(), " from column ",
+             kv_col, " do not agree");
   AttentionArgs a;
   a.q = q;
   a.k = a.v = kv;
   a.width = q.dim(2);
-  a.v_col = q.dim(2);
+  a.k_col = kv_col;
+  a.v_col = kv_col + q.dim(2);
   a.heads = heads;
   a.scale = scale;
   a.out = like(q, q.shape());

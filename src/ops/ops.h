@@ -27,18 +27,23 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dG
               const Tensor& residual = {});
 
 // x [B, ..., C]: normalised per (batch, group of C/groups channels); then act. With
-// addend [B, C]: group_norm(x + addend broadcast over the positions), in one op.
+// addend [B, C]: group_norm(x + addend broadcast over the positions), in one op. Or,
+// with addend_col ≥ 0, addend [B, W]: its columns addend_col .. addend_col + C are added
+// (the time embeddings of many resnets side by side, one GEMM's output).
 Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
-                  Activation act = Activation::None, const Tensor& addend = {});
+                  Activation act = Activation::None, const Tensor& addend = {},
+                  int64_t addend_col = -1);
 // x [..., C] normalised over C.
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps);
 
 // q [B, Sq, H*D], k and v [B, Sk, H*D] → [B, Sq, H*D]; softmax(q k^T * scale) v per head.
 // The same from packed projections, as one GEMM of the concatenated weights makes
 // them: qkv [B, S, 3 * heads * D] (q, k, v side by side; self-attention), or q with
-// kv [B, Sk, 2 * heads * D] (k, v side by side).
+// kv [B, Sk, 2 * heads * D] (k, v side by side). kv may be wider, the k and v of many
+// attentions side by side (one GEMM made them all): this one's k starts at column
+// kv_col, its v right after.
 Tensor attention_qkv(const Tensor& qkv, int heads, float scale);
-Tensor attention_kv(const Tensor& q, const Tensor& kv, int heads, float scale);
+Tensor attention_kv(const Tensor& q, const Tensor& kv, int heads, float scale, int64_t kv_col = 0);
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale,
                  bool causal = false);
 

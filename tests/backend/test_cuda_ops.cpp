@@ -301,11 +301,14 @@ TEST_P(Attention, PackedMatchesCpu) {
       expect_match(
           "attention_qkv " + label, dt, {random_tensor({c.b, c.sq, 3 * w}, dt, next_seed())},
           [&](const std::vector<Tensor>& t) { return ops::attention_qkv(t[0], c.heads, scale); });
+    // k and v from a wider tensor, past its first column, as the UNet's one GEMM for
+    // every cross-attention's k and v makes them.
+    const int64_t col = 8;
     expect_match("attention_kv " + label, dt,
                  {random_tensor({c.b, c.sq, w}, dt, next_seed()),
-                  random_tensor({c.b, c.sk, 2 * w}, dt, next_seed())},
+                  random_tensor({c.b, c.sk, 2 * w + 2 * col}, dt, next_seed())},
                  [&](const std::vector<Tensor>& t) {
-                   return ops::attention_kv(t[0], t[1], c.heads, scale);
+                   return ops::attention_kv(t[0], t[1], c.heads, scale, col);
                  });
     if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
       EXPECT_GT(cuda::cudnn_attention_calls(), before) << "cuDNN did not run " << dtype_name(dt);
@@ -385,6 +388,9 @@ struct NormCase {
   // multiprocessors or more (H100 SXM, H200; with fewer, the largest do not fit).
   bool grid = false;
   bool addend = false;  // x + addend[b, c] normalised (a resnet's time embedding)
+  // ≥ 0: the addend is wider ([B, C + 24]), read from this column (the UNet's one GEMM
+  // for every resnet's time embedding makes them so).
+  int64_t addend_col = -1;
 };
 
 class GroupNorm : public CudaTest,
@@ -396,16 +402,18 @@ TEST_P(GroupNorm, MatchesCpu) {
       grid ? cuda::Options::GroupNormKernel::Grid : cuda::Options::GroupNormKernel::Auto;
   for (DType dt : kAllTypes) {
     // An offset mean, as real activations have, tests the variance's accuracy.
-    std::vector<Tensor> in{random_tensor({c.b, c.n, c.c}, dt, next_seed(), 2.0f, 3.0f),
-                           random_tensor({c.c}, dt, next_seed(), 0.5f, 1.0f),
-                           random_tensor({c.c}, dt, next_seed()),
-                           random_tensor({c.b, c.c}, dt, next_seed(), 1.0f, -1.0f)};
+    std::vector<Tensor> in{
+        random_tensor({c.b, c.n, c.c}, dt, next_seed(), 2.0f, 3.0f),
+        random_tensor({c.c}, dt, next_seed(), 0.5f, 1.0f), random_tensor({c.c}, dt, next_seed()),
+        random_tensor({c.b, c.addend_col < 0 ? c.c : c.c + 24}, dt, next_seed(), 1.0f, -1.0f)};
     const auto op = [&](const std::vector<Tensor>& t) {
-      return ops::group_norm(t[0], t[1], t[2], c.groups, 1e-5f, c.act, c.addend ? t[3] : Tensor());
+      return ops::group_norm(t[0], t[1], t[2], c.groups, 1e-5f, c.act, c.addend ? t[3] : Tensor(),
+                             c.addend_col);
     };
     const size_t grid_before = cuda::group_norm_grid_calls();
     expect_match(
-        str("group_norm ", c.b, "x", c.n, "x", c.c, " g", c.groups, c.addend ? " + addend" : ""),
+        str("group_norm ", c.b, "x", c.n, "x", c.c, " g", c.groups, c.addend ? " + addend" : "",
+            c.addend_col >= 0 ? str(" from column ", c.addend_col) : ""),
         dt, in, op);
     const bool grid_ran = cuda::group_norm_grid_calls() > grid_before;
     if (!grid) {
@@ -446,25 +454,28 @@ INSTANTIATE_TEST_SUITE_P(
             NormCase{2, 4096, 320, 32, Activation::SiLU, true, true},    // + time embedding
             NormCase{2, 16384, 320, 32, Activation::SiLU},               // SDXL 128x128: too large
             NormCase{2, 16384, 320, 32, Activation::SiLU, false, true},  // + addend, 2 launches
+            NormCase{2, 16384, 320, 32, Activation::SiLU, false, true, 8},  // wider, 2 launches
             NormCase{2, 1024, 640, 32, Activation::SiLU, true},
             NormCase{2, 512, 640, 32, Activation::SiLU, true},
-            NormCase{2, 64, 1280, 32, Activation::None, true},        // fewer rows than blocks
-            NormCase{2, 64, 1280, 32, Activation::SiLU, true, true},  // + addend (one block)
-            NormCase{2, 256, 960, 32, Activation::SiLU, true},        // 30 per group
-            NormCase{2, 4096, 960, 32, Activation::SiLU, true},       // 15.7 MB in f16
-            NormCase{1, 16384, 128, 32, Activation::SiLU, true},      // VAE: 4 a group
-            NormCase{1, 4096, 512, 32, Activation::SiLU, true},       // VAE 64x64
-            NormCase{1, 16384, 512, 32, Activation::SiLU, true},      // VAE 128x128: 16 MB in f16
-            NormCase{1, 65536, 512, 32, Activation::SiLU},            // VAE: too large
-            NormCase{2, 256, 2560, 32, Activation::SiLU, true},       // concat
-            NormCase{4, 1024, 1920, 32, Activation::SiLU, true},      // batch 4
-            NormCase{3, 777, 320, 32, Activation::SiLU, true},        // rows not a multiple
-            NormCase{2, 4096, 100, 4, Activation::SiLU},              // scalar
+            NormCase{2, 64, 1280, 32, Activation::None, true},            // fewer rows than blocks
+            NormCase{2, 64, 1280, 32, Activation::SiLU, true, true},      // + addend (one block)
+            NormCase{2, 64, 1280, 32, Activation::SiLU, true, true, 16},  // wider (one block, grid)
+            NormCase{2, 256, 960, 32, Activation::SiLU, true},            // 30 per group
+            NormCase{2, 4096, 960, 32, Activation::SiLU, true},           // 15.7 MB in f16
+            NormCase{1, 16384, 128, 32, Activation::SiLU, true},          // VAE: 4 a group
+            NormCase{1, 4096, 512, 32, Activation::SiLU, true},           // VAE 64x64
+            NormCase{1, 16384, 512, 32, Activation::SiLU, true},  // VAE 128x128: 16 MB in f16
+            NormCase{1, 65536, 512, 32, Activation::SiLU},        // VAE: too large
+            NormCase{2, 256, 2560, 32, Activation::SiLU, true},   // concat
+            NormCase{4, 1024, 1920, 32, Activation::SiLU, true},  // batch 4
+            NormCase{3, 777, 320, 32, Activation::SiLU, true},    // rows not a multiple
+            NormCase{2, 4096, 100, 4, Activation::SiLU},          // scalar
             NormCase{2, 64, 64, 32, Activation::SiLU},  // 2 a group: 4 groups a pack in f16
             NormCase{1, 256, 4096, 32, Activation::SiLU},
             NormCase{1, 256, 8192, 64, Activation::None},
             NormCase{1, 37, 12, 4, Activation::SiLU},                   // odd
             NormCase{1, 37, 12, 4, Activation::SiLU, false, true},      // odd, + addend (1-wide)
+            NormCase{2, 37, 12, 4, Activation::SiLU, false, true, 5},   // odd, wider, odd column
             NormCase{2, 1024, 640, 32, Activation::SiLU, false, true},  // + addend, 20 a group
             NormCase{1, 6144, 256, 32, Activation::SiLU},  // one-block kernel at its limit
             NormCase{1, 6145, 256, 32, Activation::SiLU},  // past it

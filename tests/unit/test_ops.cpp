@@ -143,6 +143,18 @@ TEST(Ops, PackedAttentionEqualsUnpacked) {
   const Tensor unpacked = ops::attention(q, ops::slice_last(kv, 0, width),
                                          ops::slice_last(kv, width, 2 * width), int(heads), 0.3f);
   EXPECT_EQ(max_abs_diff(cross, values(unpacked)), 0.0);
+
+  // Many attentions' k and v side by side (the UNet's one GEMM for all of them): this
+  // one's from column 5.
+  const int64_t col = 5;
+  const Tensor many = random_tensor({batch, sk, 2 * width + 3 * col}, 35, -2, 2);
+  const Tensor at = ops::attention_kv(q, many, int(heads), 0.3f, col);
+  const Tensor sliced =
+      ops::attention(q, ops::slice_last(many, col, col + width),
+                     ops::slice_last(many, col + width, col + 2 * width), int(heads), 0.3f);
+  EXPECT_EQ(max_abs_diff(at, values(sliced)), 0.0);
+  EXPECT_THROW(ops::attention_kv(q, many, int(heads), 0.3f, 3 * col + 1), Error);  // past the end
+  EXPECT_THROW(ops::attention_kv(q, many, int(heads), 0.3f, -1), Error);
   EXPECT_THROW(ops::attention_qkv(random_tensor({1, 4, 10}, 33), 2, 1.0f), Error);  // not 3 parts
   EXPECT_THROW(ops::attention_kv(q, random_tensor({batch, sk, width}, 34), int(heads), 1.0f),
                Error);  // kv too narrow
@@ -214,6 +226,19 @@ TEST(Ops, GroupNormWithAddendEqualsTheAddThenTheNorm) {
   EXPECT_THROW(
       ops::group_norm(x, g, bt, 4, 1e-5f, Activation::SiLU, random_tensor({batch, c + 1}, 46)),
       Error);
+
+  // Many resnets' embeddings side by side (one GEMM made them): this one's from column 3.
+  const Tensor wide = random_tensor({batch, c + 7}, 47, -2, 2);
+  const Tensor from_wide = ops::group_norm(x, g, bt, 4, 1e-5f, Activation::SiLU, wide, 3);
+  const Tensor sliced =
+      ops::group_norm(x, g, bt, 4, 1e-5f, Activation::SiLU, ops::slice_last(wide, 3, 3 + c));
+  for (int64_t i = 0; i < from_wide.numel(); ++i)
+    ASSERT_EQ(f(from_wide)[i], f(sliced)[i]) << "element " << i;
+  EXPECT_THROW(ops::group_norm(x, g, bt, 4, 1e-5f, Activation::SiLU, wide, 8),
+               Error);  // past the end
+  EXPECT_THROW(
+      ops::group_norm(x, g, bt, 4, 1e-5f, Activation::SiLU, wide.reshape({batch, 1, c + 7}), 0),
+      Error);  // not [B, W]
 }
 
 TEST(Ops, LayerNormMatchesNaiveLoop) {

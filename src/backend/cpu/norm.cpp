@@ -19,10 +19,11 @@ void group_norm(const GroupNormArgs& a) {
   if (a.addend.defined()) {
     // out = x + addend[b, c], then normalised in place (each pass reads a row before
     // writing it), as the separate add did.
-    const float* add = a.addend.data<float>();
+    const float* add = a.addend.data<float>() + a.addend_col;
+    const int64_t add_stride = a.addend.dim(1);
 #pragma omp parallel for schedule(static) if (batch * n * c >= kParallelWork)
     for (int64_t i = 0; i < batch * n; ++i) {
-      const float* ab = add + (i / n) * c;
+      const float* ab = add + (i / n) * add_stride;
       for (int64_t j = 0; j < c; ++j) out[i * c + j] = x[i * c + j] + ab[j];
     }
     x = out;

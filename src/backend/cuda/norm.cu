@@ -33,10 +33,10 @@ constexpr int kStatThreads = 256;
 // partial sums, in a fixed order, into per-channel scale and shift:
 // out = act(x * scale + shift).
 template <class T, int N>
-__global__ void group_norm_stats(const T* x, const T* addend, float* partial, const T* gamma,
-                                 const T* beta, float* scale, float* shift, unsigned* counters,
-                                 int64_t rows, int64_t rows_per_block, int channels, int groups,
-                                 float eps) {
+__global__ void group_norm_stats(const T* x, const T* addend, int64_t addend_stride, float* partial,
+                                 const T* gamma, const T* beta, float* scale, float* shift,
+                                 unsigned* counters, int64_t rows, int64_t rows_per_block,
+                                 int channels, int groups, float eps) {
   extern __shared__ float smem[];
   const int X = blockDim.x, Y = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
   const int tid = ty * X + tx, threads = X * Y;
@@ -57,11 +57,12 @@ __global__ void group_norm_stats(const T* x, const T* addend, float* partial, co
     const int v = v0 + tx;
     float s[N] = {}, q[N] = {};
     if (v < packs) {
-      // The addend of this pack's channels ([B, C]), or zeros.
+      // The addend of this pack's channels (row b of it), or zeros.
       float add[N] = {};
       if (addend) {
 #pragma unroll
-        for (int j = 0; j < N; ++j) add[j] = to_float(addend[int64_t(b) * channels + v * N + j]);
+        for (int j = 0; j < N; ++j)
+          add[j] = to_float(addend[int64_t(b) * addend_stride + v * N + j]);
       }
       // Four rows' loads in flight per thread before any arithmetic (eight measured
       // no faster: 4.80 against 5.27 ms of GroupNorm in the 1024² VAE decode, and
@@ -190,9 +191,9 @@ __global__ void group_norm_stats(const T* x, const T* addend, float* partial, co
 // kept a single 16-byte load in flight per thread: 45% of DRAM bandwidth under
 // ncu on the 1024² VAE decode's 1x1048576x128 (240 us against 128 for a copy).
 template <class T, int N, int U>
-__global__ void group_norm_apply(const T* x, const T* addend, T* out, const float* scale,
-                                 const float* shift, uint32_t packs, FastDiv batch_packs,
-                                 FastDiv row_packs, Activation act) {
+__global__ void group_norm_apply(const T* x, const T* addend, int64_t addend_stride, T* out,
+                                 const float* scale, const float* shift, uint32_t packs,
+                                 FastDiv batch_packs, FastDiv row_packs, Activation act) {
   const int64_t channels = int64_t(row_packs.divisor()) * N;
   const uint32_t stride = gridDim.x * blockDim.x;
   for (uint32_t i0 = blockIdx.x * blockDim.x + threadIdx.x; i0 < packs; i0 += U * stride) {
@@ -210,6 +211,7 @@ __global__ void group_norm_apply(const T* x, const T* addend, T* out, const floa
       batch_packs.divmod(i, b, within);
       row_packs.divmod(within, row, cp);
       const int64_t c = int64_t(b) * channels + int64_t(cp) * N;
+      const T* add = addend ? addend + int64_t(b) * addend_stride + int64_t(cp) * N : nullptr;
       float sc[N], sh[N];
       if constexpr (N % 4 == 0) {
 #pragma unroll
@@ -228,8 +230,8 @@ __global__ void group_norm_apply(const T* x, const T* addend, T* out, const floa
       for (int j = 0; j < N; ++j) {
         // With an addend, what is normalised is x + addend rounded to T (as in the stats).
         const float xv =
-            addend ? to_float(from_float<T>(to_float(v[u].v[j]) + to_float(__ldg(addend + c + j))))
-                   : to_float(v[u].v[j]);
+            add ? to_float(from_float<T>(to_float(v[u].v[j]) + to_float(__ldg(add + j))))
+                : to_float(v[u].v[j]);
         const float y = xv * sc[j] + sh[j];
         o.v[j] = from_float<T>(activate_narrow<T>(act, y));
       }
@@ -344,9 +346,9 @@ constexpr int kResident = std::min(24, (sizeof(T) == 4 ? 24 : 48) / W);
 
 template <class T, int W>
 __global__ void __launch_bounds__(kResidentThreads)
-    group_norm_resident(const T* x, const T* addend, const T* gamma, const T* beta, T* out,
-                        int64_t rows, int channels, int groups, FastDiv group_packs, float eps,
-                        Activation act) {
+    group_norm_resident(const T* x, const T* addend, int64_t addend_stride, const T* gamma,
+                        const T* beta, T* out, int64_t rows, int channels, int groups,
+                        FastDiv group_packs, float eps, Activation act) {
   constexpr int K = kResident<T, W>;
   __shared__ float red[32];
   const int b = blockIdx.x / groups, g = blockIdx.x % groups;
@@ -367,7 +369,7 @@ __global__ void __launch_bounds__(kResidentThreads)
       uint32_t jp;
       v[k] = *reinterpret_cast<const Pack<T, W>*>(x + offset(i, jp));
       if (addend) {  // x + addend rounded to T, what the separate add stored
-        const T* a = addend + int64_t(b) * channels + (g * int(packs) + int(jp)) * W;
+        const T* a = addend + int64_t(b) * addend_stride + (g * int(packs) + int(jp)) * W;
 #pragma unroll
         for (int j = 0; j < W; ++j) v[k].v[j] = from_float<T>(to_float(v[k].v[j]) + to_float(a[j]));
       }
@@ -407,6 +409,16 @@ __global__ void __launch_bounds__(kResidentThreads)
   }
 }
 
+// The addend's first channel of batch row 0 (its column addend_col), or null, and the
+// elements between its batch rows.
+template <class T>
+const T* addend_start(const GroupNormArgs& a) {
+  return a.addend.defined() ? static_cast<const T*>(a.addend.raw()) + a.addend_col : nullptr;
+}
+int64_t addend_stride(const GroupNormArgs& a) {
+  return a.addend.defined() ? a.addend.dim(1) : 0;
+}
+
 // False where the group does not fit (the caller takes the two-launch path).
 template <class T>
 bool launch_group_norm_resident(const GroupNormArgs& a) {
@@ -416,7 +428,7 @@ bool launch_group_norm_resident(const GroupNormArgs& a) {
   T* out = static_cast<T*>(a.out.raw());
   const T* gamma = static_cast<const T*>(a.gamma.raw());
   const T* beta = static_cast<const T*>(a.beta.raw());
-  const T* addend = a.addend.defined() ? static_cast<const T*>(a.addend.raw()) : nullptr;
+  const T* addend = addend_start<T>(a);
   // The widest access that the group's width and the addresses allow.
   const uintptr_t addresses = reinterpret_cast<uintptr_t>(x) | reinterpret_cast<uintptr_t>(out);
   int width = 1;
@@ -434,8 +446,9 @@ bool launch_group_norm_resident(const GroupNormArgs& a) {
   auto launch = [&](auto w) {
     constexpr int W = decltype(w)::value;
     if (n > int64_t(kResident<T, W>) * kResidentThreads) return false;
-    group_norm_resident<T, W><<<grid, threads, 0, stream()>>>(
-        x, addend, gamma, beta, out, rows, channels, groups, group_packs, a.eps, a.act);
+    group_norm_resident<T, W><<<grid, threads, 0, stream()>>>(x, addend, addend_stride(a), gamma,
+                                                              beta, out, rows, channels, groups,
+                                                              group_packs, a.eps, a.act);
     CUDA_CHECK_LAUNCH();
     return true;
   };
@@ -477,7 +490,8 @@ struct GroupNormGridParams {
   const T* x;
   const T* gamma;
   const T* beta;
-  const T* addend;  // [batch][channels] or null
+  const T* addend;  // row b at addend + b * addend_stride, or null
+  int64_t addend_stride;
   T* out;
   float2* partial;  // [batch][blocks_per_batch][groups] (sum, sum of squares)
   int64_t rows;     // per batch row
@@ -517,7 +531,7 @@ __global__ void __launch_bounds__(kGridThreads, 1) group_norm_grid(GroupNormGrid
   if (p.addend) {
     // Rounded to T as the separate add rounded it: the same values either way.
     const Pack<T, N> ad =
-        *reinterpret_cast<const Pack<T, N>*>(p.addend + int64_t(b) * p.channels + c0);
+        *reinterpret_cast<const Pack<T, N>*>(p.addend + int64_t(b) * p.addend_stride + c0);
 #pragma unroll
     for (int k = 0; k < K; ++k) {
       if (k >= held) continue;
@@ -633,7 +647,8 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
   if (channels % N != 0 || !(aligned16(a.x.raw()) && aligned16(a.out.raw()) &&
                              aligned16(a.gamma.raw()) && aligned16(a.beta.raw())))
     return false;
-  if (a.addend.defined() && !aligned16(a.addend.raw())) return false;
+  if (a.addend.defined() && (!aligned16(addend_start<T>(a)) || addend_stride(a) % N != 0))
+    return false;
   const int packs = channels / N;
   if (packs > kGridThreads) return false;
   const int rows_at_once = kGridThreads / packs, threads = rows_at_once * packs;
@@ -655,21 +670,21 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
       size_t(std::max(threads, groups)) * sizeof(float4) + size_t(2) * channels * sizeof(float);
 
   const auto buffer = scratch(size_t(batch) * blocks_per_batch * groups * sizeof(float2));
-  GroupNormGridParams<T> params{
-      static_cast<const T*>(a.x.raw()),
-      static_cast<const T*>(a.gamma.raw()),
-      static_cast<const T*>(a.beta.raw()),
-      a.addend.defined() ? static_cast<const T*>(a.addend.raw()) : nullptr,
-      static_cast<T*>(a.out.raw()),
-      static_cast<float2*>(buffer->data()),
-      rows,
-      channels,
-      groups,
-      per_group,
-      blocks_per_batch,
-      rows_per_block,
-      a.eps,
-      a.act};
+  GroupNormGridParams<T> params{static_cast<const T*>(a.x.raw()),
+                                static_cast<const T*>(a.gamma.raw()),
+                                static_cast<const T*>(a.beta.raw()),
+                                addend_start<T>(a),
+                                addend_stride(a),
+                                static_cast<T*>(a.out.raw()),
+                                static_cast<float2*>(buffer->data()),
+                                rows,
+                                channels,
+                                groups,
+                                per_group,
+                                blocks_per_batch,
+                                rows_per_block,
+                                a.eps,
+                                a.act};
   auto launch = [&](auto k) -> bool {
     constexpr int K = decltype(k)::value;
     const void* kernel = reinterpret_cast<const void*>(group_norm_grid<T, K>);
@@ -758,10 +773,11 @@ void launch_group_norm(const GroupNormArgs& a) {
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     configured = int(smem);
   }
-  const T* addend = a.addend.defined() ? static_cast<const T*>(a.addend.raw()) : nullptr;
+  const T* addend = addend_start<T>(a);
   group_norm_stats<T, N><<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
-      x, addend, partial, static_cast<const T*>(a.gamma.raw()), static_cast<const T*>(a.beta.raw()),
-      scale, shift, context().counters, rows, rows_per_block, channels, groups, a.eps);
+      x, addend, addend_stride(a), partial, static_cast<const T*>(a.gamma.raw()),
+      static_cast<const T*>(a.beta.raw()), scale, shift, context().counters, rows, rows_per_block,
+      channels, groups, a.eps);
   CUDA_CHECK_LAUNCH();
 
   // Apply: a grid-stride loop over as many 256-thread blocks as are resident at once.
@@ -776,7 +792,7 @@ void launch_group_norm(const GroupNormArgs& a) {
   }();
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t(sms) * resident);
   group_norm_apply<T, N, U><<<unsigned(blocks), 256, 0, stream()>>>(
-      x, addend, static_cast<T*>(a.out.raw()), scale, shift, uint32_t(total),
+      x, addend, addend_stride(a), static_cast<T*>(a.out.raw()), scale, shift, uint32_t(total),
       FastDiv(uint32_t(rows * packs)), FastDiv(uint32_t(packs)), a.act);
   CUDA_CHECK_LAUNCH();
 }
@@ -793,11 +809,15 @@ void group_norm(const GroupNormArgs& args) {
   // half of the op in it).
   KILN_CHECK(args.x.dim(2) <= 16384, "group_norm: ", args.x.dim(2),
              " channels (at most 16384 on CUDA)");
-  // Every path adds the addend ([B, C]) on the way in, rounded to x's dtype as a
+  // Every path adds the addend (row b of it) on the way in, rounded to x's dtype as a
   // separate add would store it (before, the one-block and two-launch paths took
   // that separate add: a launch and a pass over the tensor more, 22 a step on SD1.5).
   GroupNormArgs a = args;
-  if (a.addend.defined()) a.addend = a.addend.reshape({a.x.dim(0), a.x.dim(2)});
+  KILN_CHECK(
+      !a.addend.defined() || (a.addend.ndim() == 2 && a.addend.dim(0) == a.x.dim(0) &&
+                              a.addend_col >= 0 && a.addend_col + a.x.dim(2) <= a.addend.dim(1)),
+      "group_norm: addend ", a.addend.describe(), " from column ", a.addend_col, " for ",
+      a.x.describe());
   const int64_t per_group = a.x.dim(2) / a.groups;
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
