@@ -1,5 +1,7 @@
 #include "models/unet_2d_condition.h"
 
+#include <algorithm>
+
 #include "ops/ops.h"
 
 namespace kiln {
@@ -186,16 +188,25 @@ std::unique_ptr<UNet2DConditionModel> UNet2DConditionModel::load(const std::file
     m->add_embedding->load(w, "add_embedding", c.projection_class_embeddings_input_dim, time_dim);
   }
 
+  // On CUDA the projections of the text context and of the time embedding are fused
+  // across blocks (fuse_context_projections): their weights are loaded on the host and
+  // uploaded once, concatenated.
+  const bool on_cuda = placement.device == Device::CUDA;
+  const bool one_context = std::all_of(c.cross_attention_dim.begin(), c.cross_attention_dim.end(),
+                                       [&](int64_t d) { return d == c.cross_attention_dim[0]; });
+  const nn::WeightLoader host = w.on_host();
   nn::ResnetBlock2D::Options resnet;
   resnet.groups = c.norm_num_groups;
   resnet.eps = c.norm_eps;
   resnet.temb_channels = time_dim;
+  resnet.time_from = on_cuda ? &host : nullptr;
   auto transformer_options = [&](size_t block, int64_t channels, bool only_cross) {
     nn::BasicTransformerBlock::Options o;
     o.heads = int(c.num_attention_heads[block]);
     o.dim_head = channels / o.heads;
     o.cross_attention_dim = c.cross_attention_dim[block];
     o.only_cross_attention = only_cross;
+    o.context_from = on_cuda && one_context ? &host : nullptr;
     return o;
   };
 
@@ -267,8 +278,10 @@ std::unique_ptr<UNet2DConditionModel> UNet2DConditionModel::load(const std::file
   m->conv_norm_out->load(w, "conv_norm_out", ch[0], c.norm_num_groups, c.norm_eps);
   m->conv_out.load(w, "conv_out", ch[0], c.out_channels, c.conv_out_kernel,
                    ops::Conv2dGeometry::same(c.conv_out_kernel));
-  m->fuse_context_projections();
-  m->fuse_time_projections();
+  if (on_cuda) {
+    m->fuse_context_projections(one_context);
+    m->fuse_time_projections();
+  }
   return m;
 }
 
@@ -277,7 +290,7 @@ std::unique_ptr<UNet2DConditionModel> UNet2DConditionModel::load(const std::file
 // weights, at the start of the forward. Separately they are 16 (SD1.5) or 70 (SDXL)
 // GEMMs of 154 rows that read the weights at well under the GPU's bandwidth: SDXL's
 // took 0.79 ms a step (v12). Only on CUDA; the CPU path stays the plain reference.
-void UNet2DConditionModel::fuse_context_projections() {
+void UNet2DConditionModel::fuse_context_projections(bool one_gemm) {
   std::vector<nn::Attention*> all;
   auto collect = [&all](std::vector<nn::Transformer2DModel>& transformers) {
     for (nn::Transformer2DModel& t : transformers)
@@ -286,17 +299,11 @@ void UNet2DConditionModel::fuse_context_projections() {
   for (DownBlock& b : down_blocks) collect(b.attentions);
   if (mid_block) collect(mid_block->attentions);
   for (UpBlock& b : up_blocks) collect(b.attentions);
-  if (all.empty() || all.front()->to_k.weight.device() != Device::CUDA) return;
-  const nn::Linear& first = all.front()->to_k;
-  bool one_gemm = true;
-  for (const nn::Attention* a : all)
-    one_gemm = one_gemm && a->to_k.weight.dim(1) == first.weight.dim(1) &&
-               a->to_k.bias.defined() == first.bias.defined() &&
-               a->to_v.bias.defined() == first.bias.defined();
   if (!one_gemm) {  // per-block context dims (no diffusers UNet here has them): k and v per block
     for (nn::Attention* a : all) a->fuse_projections(/*self_attention=*/false);
     return;
   }
+  if (all.empty()) return;
   std::vector<nn::Linear*> parts;
   int64_t col = 0;
   for (nn::Attention* a : all) {
@@ -304,7 +311,7 @@ void UNet2DConditionModel::fuse_context_projections() {
     col += a->to_k.out_features() + a->to_v.out_features();
     for (nn::Linear* p : a->context_projections()) parts.push_back(p);
   }
-  context_kv_ = nn::concatenate(parts);
+  context_kv_ = nn::concatenate(parts, placement_.device);
 }
 
 // The same for the time embedding: each resnet projects it to its channels (22 GEMMs
@@ -317,12 +324,6 @@ void UNet2DConditionModel::fuse_time_projections() {
     for (nn::ResnetBlock2D& r : mid_block->resnets) resnets.push_back(&r);
   for (UpBlock& b : up_blocks)
     for (nn::ResnetBlock2D& r : b.resnets) resnets.push_back(&r);
-  bool one_time_gemm = !resnets.empty();
-  for (const nn::ResnetBlock2D* r : resnets)
-    one_time_gemm =
-        one_time_gemm && r->time_emb_proj &&
-        r->time_emb_proj->bias.defined() == resnets.front()->time_emb_proj->bias.defined();
-  if (!one_time_gemm || resnets.front()->time_emb_proj->weight.device() != Device::CUDA) return;
   std::vector<nn::Linear*> parts;
   int64_t col = 0;
   for (nn::ResnetBlock2D* r : resnets) {
@@ -330,7 +331,7 @@ void UNet2DConditionModel::fuse_time_projections() {
     parts.push_back(r->project_time_from(col));
     col += out;
   }
-  time_proj_ = nn::concatenate(parts);
+  time_proj_ = nn::concatenate(parts, placement_.device);
 }
 
 Tensor UNet2DConditionModel::forward(const Inputs& in) const {

@@ -95,7 +95,10 @@ class UNet2DConditionModel {
   // GEMM a forward makes them all (fuse_time_projections).
   nn::Linear time_proj_;
 
-  void fuse_context_projections();
+  // Called on CUDA once the blocks are loaded with their context and time projections
+  // on the host. one_gemm: every cross-attention reads a context of the same width
+  // (else each attention's k and v are fused on their own).
+  void fuse_context_projections(bool one_gemm);
   void fuse_time_projections();
 };
 

@@ -7,19 +7,19 @@ namespace kiln::nn {
 
 void Attention::load(const WeightLoader& w, const std::string& prefix, int64_t query_dim,
                      int64_t context_dim, int h, int64_t dim_head, bool qkv_bias, bool out_bias,
-                     const AttentionNames& names) {
+                     const AttentionNames& names, const WeightLoader* kv_from) {
   const int64_t inner = h * dim_head;
+  const WeightLoader& kv = kv_from ? *kv_from : w;
   to_q.load(w, prefix + "." + names.q, query_dim, inner, qkv_bias);
-  to_k.load(w, prefix + "." + names.k, context_dim, inner, qkv_bias);
-  to_v.load(w, prefix + "." + names.v, context_dim, inner, qkv_bias);
+  to_k.load(kv, prefix + "." + names.k, context_dim, inner, qkv_bias);
+  to_v.load(kv, prefix + "." + names.v, context_dim, inner, qkv_bias);
   to_out.load(w, prefix + "." + names.out, inner, query_dim, out_bias);
   heads = h;
   scale = float(1.0 / std::sqrt(double(dim_head)));
 }
 
-Linear concatenate(const std::vector<Linear*>& parts) {
+Linear concatenate(const std::vector<Linear*>& parts, Device device) {
   KILN_CHECK(!parts.empty(), "concatenate: no projections");
-  const Device device = parts.front()->weight.device();
   std::vector<Tensor> weights, biases;
   for (Linear* p : parts) {
     weights.push_back(p->weight.to(Device::CPU));
@@ -39,9 +39,9 @@ void Attention::fuse_projections(bool self_attention) {
   if (to_k.weight.device() != Device::CUDA || to_kv.weight.defined() || to_qkv.weight.defined())
     return;
   if (self_attention && to_q.weight.dim(1) == to_k.weight.dim(1))
-    to_qkv = concatenate({&to_q, &to_k, &to_v});
+    to_qkv = concatenate({&to_q, &to_k, &to_v}, Device::CUDA);
   else
-    to_kv = concatenate({&to_k, &to_v});
+    to_kv = concatenate({&to_k, &to_v}, Device::CUDA);
 }
 
 Tensor Attention::operator()(const Tensor& x, const Tensor& context, const Tensor& residual) const {

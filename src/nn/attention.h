@@ -27,9 +27,11 @@ struct Attention {
   int64_t context_kv_col = -1;
 
   // query_dim → heads × dim_head; keys and values from context_dim features.
+  // kv_from: where to_k and to_v come from, when not from w (the host, for a model
+  // that concatenates them across attentions).
   void load(const WeightLoader& w, const std::string& prefix, int64_t query_dim,
             int64_t context_dim, int heads, int64_t dim_head, bool qkv_bias, bool out_bias = true,
-            const AttentionNames& names = {});
+            const AttentionNames& names = {}, const WeightLoader* kv_from = nullptr);
   // On CUDA: one GEMM for k and v, and for q too when the attention is only ever called
   // without a context (self_attention). Small projections do not fill the GPU (SDXL's
   // 2048×1280×1280 makes 80 tiles for 132 SMs); one with N three times as wide does.
@@ -45,11 +47,13 @@ struct Attention {
   Tensor operator()(const Tensor& x, const Tensor& context = {}, const Tensor& residual = {}) const;
 };
 
-// The projections as one: their weights (and biases, all or none) concatenated along
-// the outputs, on the device the first one was on. The parts are emptied; their
-// weights go through the host, so that the result takes their place among the
-// model's packed weights instead of leaving a hole of their size.
-Linear concatenate(const std::vector<Linear*>& parts);
+// The projections as one, on `device`: their weights (and biases, all or none)
+// concatenated along the outputs. The parts are emptied. Parts on the device go
+// through the host and are freed before the result is uploaded, so that it can take
+// their place among the model's packed weights; that place is one hole only where
+// the parts were loaded one after the other (one attention's q, k, v). Parts loaded
+// far apart should be loaded on the host (WeightLoader::on_host) instead.
+Linear concatenate(const std::vector<Linear*>& parts, Device device);
 
 // FeedForward with GEGLU (net.0.proj → 2 × inner, net.2 → dim) or GELU.
 struct FeedForward {

@@ -8,7 +8,8 @@ void ResnetBlock2D::load(const WeightLoader& w, const std::string& prefix, int64
   conv1.load(w, prefix + ".conv1", in, out, 3, ops::Conv2dGeometry::same(3));
   if (o.temb_channels > 0) {
     time_emb_proj.emplace();
-    time_emb_proj->load(w, prefix + ".time_emb_proj", o.temb_channels, out);
+    time_emb_proj->load(o.time_from ? *o.time_from : w, prefix + ".time_emb_proj", o.temb_channels,
+                        out);
   }
   norm2.load(w, prefix + ".norm2", out, o.groups, o.eps);
   conv2.load(w, prefix + ".conv2", out, out, 3, ops::Conv2dGeometry::same(3));
@@ -57,10 +58,11 @@ void BasicTransformerBlock::load(const WeightLoader& w, const std::string& prefi
   only_cross_attention = o.only_cross_attention;
   norm1.load(w, prefix + ".norm1", dim, o.norm_eps);
   attn1.load(w, prefix + ".attn1", dim, o.only_cross_attention ? o.cross_attention_dim : dim,
-             o.heads, o.dim_head, o.attention_bias);
+             o.heads, o.dim_head, o.attention_bias, true, {},
+             o.only_cross_attention ? o.context_from : nullptr);
   norm2.load(w, prefix + ".norm2", dim, o.norm_eps);
   attn2.load(w, prefix + ".attn2", dim, o.cross_attention_dim, o.heads, o.dim_head,
-             o.attention_bias);
+             o.attention_bias, true, {}, o.context_from);
   if (!o.only_cross_attention) attn1.fuse_projections(/*self_attention=*/true);
   norm3.load(w, prefix + ".norm3", dim, o.norm_eps);
   ff.load(w, prefix + ".ff", dim, o.activation_fn);

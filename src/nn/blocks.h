@@ -27,6 +27,9 @@ struct ResnetBlock2D {
     float eps = 1e-6f;
     int64_t temb_channels = 0;  // 0: no time embedding
     float output_scale_factor = 1.0f;
+    // Where time_emb_proj comes from when not from the block's loader (the host, for a
+    // model that concatenates them across resnets).
+    const WeightLoader* time_from = nullptr;
   };
   void load(const WeightLoader& w, const std::string& prefix, int64_t in, int64_t out,
             const Options& options);
@@ -70,6 +73,10 @@ struct BasicTransformerBlock {
     bool attention_bias = false;
     std::string activation_fn = "geglu";
     float norm_eps = 1e-5f;
+    // Where the k and v projections of the attentions that read the context come from
+    // when not from the block's loader (the host, for a model that concatenates them
+    // across blocks: see context_attentions()).
+    const WeightLoader* context_from = nullptr;
   };
   // On CUDA the self-attention's projections are fused here; those that read the
   // context are left to the model (context_attentions()), which can make the k and v

@@ -32,6 +32,9 @@ class WeightLoader {
 
   bool has(const std::string& name) const;
   Device device() const { return device_; }
+  // The same weights kept on the host (in this loader's dtype): for parts that a model
+  // concatenates before it uploads them, so that the device never holds both.
+  WeightLoader on_host() const { return {weights_, Device::CPU, dtype_}; }
   DType dtype() const { return dtype_; }
 
   // A weight of exactly `shape` (a linear weight stored as a 1×1 convolution,
