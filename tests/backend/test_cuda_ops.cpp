@@ -3,6 +3,8 @@
 // every vector path, and f32, f16 and bf16.
 #include <cstring>
 #include <functional>
+#include <map>
+#include <string>
 #include <tuple>
 #include <vector>
 
@@ -13,21 +15,59 @@ namespace {
 
 const DType kAllTypes[] = {DType::F32, DType::F16, DType::BF16};
 
-// Runs `op` on CPU f32 copies and on CUDA tensors of `dtype` of the same
-// inputs, and checks the NMSE of the results.
-void expect_match(const std::string& what, DType dtype, const std::vector<Tensor>& inputs,
-                  const std::function<Tensor(const std::vector<Tensor>&)>& op,
-                  double tol_scale = 1.0) {
+using Op = std::function<Tensor(const std::vector<Tensor>&)>;
+
+// Runs `op` on CUDA tensors of `dtype` made from `inputs` (CPU f32) and checks the NMSE
+// of the result against `expected`, the op on the CPU copies.
+void expect_close(const std::string& what, DType dtype, const std::vector<Tensor>& inputs,
+                  const Op& op, const Tensor& expected, double tol_scale = 1.0) {
   SCOPED_TRACE(what + " " + name(dtype));
   std::vector<Tensor> gpu;
   for (const Tensor& t : inputs)
     gpu.push_back(t.dtype() == DType::F32 ? on_cuda(t, dtype) : t.to(Device::CUDA));
-  const Tensor expected = op(inputs);
   const Tensor actual = op(gpu);
   ASSERT_EQ(actual.device(), Device::CUDA);
   ASSERT_EQ(actual.dtype(), expected.dtype() == DType::F32 ? dtype : expected.dtype());
   const double e = nmse(actual, expected);
   EXPECT_LE(e, tolerance(dtype) * tol_scale) << what << " " << name(dtype) << ": nmse " << e;
+}
+
+// Runs `op` on CPU f32 copies and on CUDA tensors of `dtype` of the same
+// inputs, and checks the NMSE of the results.
+void expect_match(const std::string& what, DType dtype, const std::vector<Tensor>& inputs,
+                  const Op& op, double tol_scale = 1.0) {
+  expect_close(what, dtype, inputs, op, op(inputs), tol_scale);
+}
+
+// Inputs and CPU result of one op on one case in one dtype, shared by the kernels
+// (paths) that run the same case: the inputs come from seeds of the key's own, so
+// every path sees the same ones, and the reference is computed once, not once a path
+// (SD1.5's 4096² attention: about 33 s of references a path in v14). The cache holds
+// one case: a key of another case empties it.
+struct Reference {
+  std::vector<Tensor> inputs;
+  Tensor expected;
+};
+const Reference& shared_reference(const std::string& case_key, const std::string& op_key,
+                                  DType dtype, const std::vector<Shape>& shapes, const Op& op) {
+  static std::string current;
+  static std::map<std::string, Reference> cache;
+  static const uint64_t base = next_seed();  // a run's inputs differ from the last run's
+  if (case_key != current) {
+    cache.clear();
+    current = case_key;
+  }
+  const std::string key = op_key + " " + name(dtype);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    Reference r;
+    const uint64_t seed = base ^ std::hash<std::string>{}(case_key + " " + key);
+    for (size_t i = 0; i < shapes.size(); ++i)
+      r.inputs.push_back(random_tensor(shapes[i], dtype, seed + 0x9e3779b97f4a7c15ull * (i + 1)));
+    r.expected = op(r.inputs);
+    it = cache.emplace(key, std::move(r)).first;
+  }
+  return it->second;
 }
 
 // ---------------------------------------------------------------------------
@@ -243,15 +283,12 @@ bool wgmma_takes(const AttentionCase& c, DType dt, AttentionPath path) {
   return wgmma_path(path) && cuda::flash_wgmma_available() && dt != DType::F32 && wgmma_applies(c);
 }
 
-// The wgmma paths skip what would only run the mma.sync kernel again. SD1.5's
-// 4096 × 4096 costs about 33 s of CPU reference a path, and the check's test stage
-// has 150 s for all backend ops: it runs on the paths the models take by default
-// (the flash kernel with one m-tile a warp, cuDNN's); 1000 × 1000 at head dim 40
-// covers the other kernels' code for it.
+// The wgmma paths skip what would only run the mma.sync kernel again. Every path runs
+// SD1.5's 4096 × 4096: its CPU references (about 33 s for one path's three dtypes and
+// three ops in v14, when each path made its own) are shared by the paths
+// (shared_reference).
 bool skip_on_path(const AttentionCase& c, AttentionPath path) {
-  if (wgmma_path(path) && !wgmma_applies(c)) return true;
-  return c.sq * c.sk > (int64_t(1) << 22) && path != AttentionPath::FlashOneTile &&
-         path != AttentionPath::Cudnn;
+  return wgmma_path(path) && !wgmma_applies(c);
 }
 
 class Attention : public CudaTest,
@@ -262,17 +299,18 @@ TEST_P(Attention, MatchesCpu) {
   if (skip_on_path(c, path)) GTEST_SKIP() << "covered on another path";
   const UsePath use(path);
   const float scale = float(1.0 / std::sqrt(double(c.d)));
+  const std::string case_key = str("b", c.b, " sq", c.sq, " sk", c.sk, " h", c.heads, " d", c.d,
+                                   c.causal ? " causal" : "");
+  const Op op = [&](const std::vector<Tensor>& t) {
+    return ops::attention(t[0], t[1], t[2], c.heads, scale, c.causal);
+  };
   for (DType dt : kAllTypes) {
-    std::vector<Tensor> in{random_tensor({c.b, c.sq, c.heads * c.d}, dt, next_seed()),
-                           random_tensor({c.b, c.sk, c.heads * c.d}, dt, next_seed()),
-                           random_tensor({c.b, c.sk, c.heads * c.d}, dt, next_seed())};
+    const Reference& ref = shared_reference(
+        case_key, "attention", dt,
+        {{c.b, c.sq, c.heads * c.d}, {c.b, c.sk, c.heads * c.d}, {c.b, c.sk, c.heads * c.d}}, op);
     const size_t before = cuda::cudnn_attention_calls();
     const size_t wgmma_before = cuda::flash_wgmma_calls();
-    expect_match(str("attention b", c.b, " sq", c.sq, " sk", c.sk, " h", c.heads, " d", c.d,
-                     c.causal ? " causal" : "", path_name(path)),
-                 dt, in, [&](const std::vector<Tensor>& t) {
-                   return ops::attention(t[0], t[1], t[2], c.heads, scale, c.causal);
-                 });
+    expect_close("attention " + case_key + path_name(path), dt, ref.inputs, op, ref.expected);
     if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
       EXPECT_GT(cuda::cudnn_attention_calls(), before) << "cuDNN did not run " << dtype_name(dt);
     }
@@ -293,23 +331,25 @@ TEST_P(Attention, PackedMatchesCpu) {
   const UsePath use(path);
   const float scale = float(1.0 / std::sqrt(double(c.d)));
   const int64_t w = c.heads * c.d;
+  const std::string case_key = str("b", c.b, " sq", c.sq, " sk", c.sk, " h", c.heads, " d", c.d);
+  // k and v from a wider tensor, past its first column, as the UNet's one GEMM for
+  // every cross-attention's k and v makes them.
+  const int64_t col = 8;
+  const Op qkv = [&](const std::vector<Tensor>& t) { return ops::attention_qkv(t[0], c.heads, scale); };
+  const Op kv = [&](const std::vector<Tensor>& t) {
+    return ops::attention_kv(t[0], t[1], c.heads, scale, col);
+  };
   for (DType dt : kAllTypes) {
-    const std::string label =
-        str("b", c.b, " sq", c.sq, " sk", c.sk, " h", c.heads, " d", c.d, path_name(path));
+    const std::string label = case_key + path_name(path);
     const size_t before = cuda::cudnn_attention_calls();
-    if (c.sq == c.sk)
-      expect_match(
-          "attention_qkv " + label, dt, {random_tensor({c.b, c.sq, 3 * w}, dt, next_seed())},
-          [&](const std::vector<Tensor>& t) { return ops::attention_qkv(t[0], c.heads, scale); });
-    // k and v from a wider tensor, past its first column, as the UNet's one GEMM for
-    // every cross-attention's k and v makes them.
-    const int64_t col = 8;
-    expect_match("attention_kv " + label, dt,
-                 {random_tensor({c.b, c.sq, w}, dt, next_seed()),
-                  random_tensor({c.b, c.sk, 2 * w + 2 * col}, dt, next_seed())},
-                 [&](const std::vector<Tensor>& t) {
-                   return ops::attention_kv(t[0], t[1], c.heads, scale, col);
-                 });
+    if (c.sq == c.sk) {
+      const Reference& ref =
+          shared_reference(case_key, "attention_qkv", dt, {{c.b, c.sq, 3 * w}}, qkv);
+      expect_close("attention_qkv " + label, dt, ref.inputs, qkv, ref.expected);
+    }
+    const Reference& ref = shared_reference(case_key, "attention_kv", dt,
+                                            {{c.b, c.sq, w}, {c.b, c.sk, 2 * w + 2 * col}}, kv);
+    expect_close("attention_kv " + label, dt, ref.inputs, kv, ref.expected);
     if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
       EXPECT_GT(cuda::cudnn_attention_calls(), before) << "cuDNN did not run " << dtype_name(dt);
     }
