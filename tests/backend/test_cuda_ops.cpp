@@ -215,6 +215,7 @@ enum class AttentionPath {
   FlashWgmma128,
   FlashWgmma192,
   FlashWgmmaProducer,
+  FlashShortKv,  // the kernel for at most 128 keys (the others where it does not apply)
   Cudnn
 };
 
@@ -229,6 +230,8 @@ const char* path_name(AttentionPath path) {
       return " flash wgmma 192 rows";
     case AttentionPath::FlashWgmmaProducer:
       return " flash wgmma producer";
+    case AttentionPath::FlashShortKv:
+      return " flash short kv";
     case AttentionPath::Cudnn: return " cudnn";
   }
   return "";
@@ -244,6 +247,7 @@ class UsePath {
                                   path == AttentionPath::FlashWgmma192 ||
                                   path == AttentionPath::FlashWgmmaProducer;
     cuda::options().flash_wgmma_producer = path == AttentionPath::FlashWgmmaProducer;
+    cuda::options().flash_short_kv_kernel = path == AttentionPath::FlashShortKv;
     cuda::options().flash_wgmma_rows = path == AttentionPath::FlashWgmma128   ? 128
                                        : path == AttentionPath::FlashWgmma192 ? 192
                                                                               : 0;
@@ -256,6 +260,7 @@ class UsePath {
     cuda::options().flash_two_tiles_per_warp = false;
     cuda::options().flash_wgmma = cuda::Options{}.flash_wgmma;
     cuda::options().flash_wgmma_producer = false;
+    cuda::options().flash_short_kv_kernel = false;
     cuda::options().flash_wgmma_rows = 0;
     cuda::options().attention_kernel = cuda::Options::AttentionKernel::Auto;
   }
@@ -283,11 +288,18 @@ bool wgmma_takes(const AttentionCase& c, DType dt, AttentionPath path) {
   return wgmma_path(path) && cuda::flash_wgmma_available() && dt != DType::F32 && wgmma_applies(c);
 }
 
+// Whether the short-KV kernel must have taken a call of this case in `dt` on `path`.
+bool short_kv_takes(const AttentionCase& c, DType dt, AttentionPath path) {
+  return path == AttentionPath::FlashShortKv && dt != DType::F32 && !c.causal && c.sk <= 128 &&
+         c.d <= 160;
+}
+
 // The wgmma paths skip what would only run the mma.sync kernel again. Every path runs
 // SD1.5's 4096 × 4096: its CPU references (about 33 s for one path's three dtypes and
 // three ops in v14, when each path made its own) are shared by the paths
 // (shared_reference).
 bool skip_on_path(const AttentionCase& c, AttentionPath path) {
+  if (path == AttentionPath::FlashShortKv) return c.causal || c.sk > 128;
   return wgmma_path(path) && !wgmma_applies(c);
 }
 
@@ -310,6 +322,7 @@ TEST_P(Attention, MatchesCpu) {
         {{c.b, c.sq, c.heads * c.d}, {c.b, c.sk, c.heads * c.d}, {c.b, c.sk, c.heads * c.d}}, op);
     const size_t before = cuda::cudnn_attention_calls();
     const size_t wgmma_before = cuda::flash_wgmma_calls();
+    const size_t short_before = cuda::flash_short_kv_calls();
     expect_close("attention " + case_key + path_name(path), dt, ref.inputs, op, ref.expected);
     if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
       EXPECT_GT(cuda::cudnn_attention_calls(), before) << "cuDNN did not run " << dtype_name(dt);
@@ -317,6 +330,10 @@ TEST_P(Attention, MatchesCpu) {
     if (wgmma_takes(c, dt, path)) {
       EXPECT_GT(cuda::flash_wgmma_calls(), wgmma_before)
           << "the wgmma kernel did not run " << dtype_name(dt);
+    }
+    if (short_kv_takes(c, dt, path)) {
+      EXPECT_GT(cuda::flash_short_kv_calls(), short_before)
+          << "the short-KV kernel did not run " << dtype_name(dt);
     }
   }
 }
@@ -328,6 +345,7 @@ TEST_P(Attention, PackedMatchesCpu) {
   if (c.causal || path == AttentionPath::FlashTwoTiles) GTEST_SKIP() << "covered by MatchesCpu";
   if (skip_on_path(c, path)) GTEST_SKIP() << "covered on another path";
   const size_t wgmma_before = cuda::flash_wgmma_calls();
+  const size_t short_before = cuda::flash_short_kv_calls();
   const UsePath use(path);
   const float scale = float(1.0 / std::sqrt(double(c.d)));
   const int64_t w = c.heads * c.d;
@@ -356,6 +374,10 @@ TEST_P(Attention, PackedMatchesCpu) {
     if (wgmma_takes(c, dt, path)) {
       EXPECT_GT(cuda::flash_wgmma_calls(), wgmma_before)
           << "the wgmma kernel did not run " << dtype_name(dt);
+    }
+    if (short_kv_takes(c, dt, path)) {
+      EXPECT_GT(cuda::flash_short_kv_calls(), short_before)
+          << "the short-KV kernel did not run " << dtype_name(dt);
     }
   }
 }
@@ -413,11 +435,13 @@ INSTANTIATE_TEST_SUITE_P(
             // The wgmma kernel's other cases: the ones column at head dims
             // 56 and 72, 48 without it, partial query blocks and key tiles.
             AttentionCase{1, 200, 300, 3, 56, false}, AttentionCase{2, 333, 130, 2, 72, false},
-            AttentionCase{1, 250, 1000, 2, 48, false}, AttentionCase{1, 1000, 1000, 2, 40, false}),
+            AttentionCase{1, 250, 1000, 2, 48, false}, AttentionCase{1, 1000, 1000, 2, 40, false},
+            // The short-KV kernel's 128-key variant (81 to 128 keys), a partial block.
+            AttentionCase{1, 200, 113, 3, 80, false}),
         ::testing::Values(AttentionPath::Banded, AttentionPath::FlashOneTile,
                           AttentionPath::FlashTwoTiles, AttentionPath::FlashWgmma128,
                           AttentionPath::FlashWgmma192, AttentionPath::FlashWgmmaProducer,
-                          AttentionPath::Cudnn)));
+                          AttentionPath::FlashShortKv, AttentionPath::Cudnn)));
 
 // ---------------------------------------------------------------------------
 struct NormCase {

@@ -64,7 +64,9 @@ const char* kHelp =
     "  --flash-wgmma-rows N query rows a block of the wgmma kernel: 128 or 192 (default:\n"
     "                       by head dim)\n"
     "  --flash-wgmma-producer B  1: the wgmma kernel with a producer warp and ping-pong\n"
-    "                       (work in progress; default 0)\n"
+    "                       (default 0; for A/B)\n"
+    "  --flash-short-kv-kernel B  1: attention over at most 128 keys (cross-attention)\n"
+    "                       in a kernel of its own (default 0; for A/B)\n"
     "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
     "  --group-norm K       auto or grid: grid tries the grid-wide one-launch GroupNorm\n"
@@ -451,6 +453,7 @@ int bench(const std::vector<std::string>& argv) {
                    "flash-wgmma",
                    "flash-wgmma-rows",
                    "flash-wgmma-producer",
+                   "flash-short-kv-kernel",
                    "attention",
                    "group-norm",
                    "conv",
@@ -500,6 +503,8 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().flash_wgmma = *on == 1;
   if (const auto on = args.integer("flash-wgmma-producer", 0, 1))
     if (s.cuda()) cuda::options().flash_wgmma_producer = *on == 1;
+  if (const auto on = args.integer("flash-short-kv-kernel", 0, 1))
+    if (s.cuda()) cuda::options().flash_short_kv_kernel = *on == 1;
   if (const auto rows = args.integer("flash-wgmma-rows", 128, 192)) {
     if (*rows != 128 && *rows != 192) throw UsageError("--flash-wgmma-rows is 128 or 192");
     if (s.cuda()) cuda::options().flash_wgmma_rows = *rows;

@@ -360,6 +360,189 @@ void launch_flash(const AttentionParams& p, int batch, int heads) {
   CUDA_CHECK_LAUNCH();
 }
 
+// Attention over at most NK keys without a causal mask: cross-attention on the text's
+// 77 tokens (NK 80) or up to 128 (NK 128). Four warps of 16 query rows, 64 rows a
+// block, as the flash kernel's short-KV blocks; what differs is that the keys are one
+// tile of NK: K and V are loaded once and padded to NK, not to two 64-key tiles, and
+// the softmax takes one pass. At 77 keys that is 37% fewer MMAs, and at head dim 64
+// 32 KB of shared memory a block against 46.
+template <class T, int DP, int NK>
+__global__ void __launch_bounds__(128) flash_short_kv_kernel(AttentionParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+  constexpr int kBlockM = 64, kThreads = 128;
+  constexpr int kPitch = DP + 8, kTilesD = DP / 8, kStepsD = DP / 16;
+  constexpr int kTilesN = NK / 8, kStepsN = NK / 16;
+  static_assert(NK % 16 == 0, "keys in steps of 16");
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sq = reinterpret_cast<T*>(smem);  // [kBlockM][kPitch]
+  T* sk = sq + kBlockM * kPitch;       // [NK][kPitch]
+  T* sv = sk + NK * kPitch;            // [NK][kPitch]
+
+  const int m0 = blockIdx.x * kBlockM, head = blockIdx.y, batch = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane >> 2, quad = lane & 3;
+  const int mat = lane >> 3, mat_row = lane & 7;
+  const T* qg =
+      static_cast<const T*>(p.q) + (int64_t(batch) * p.sq + m0) * p.q_stride + int64_t(head) * p.d;
+  const T* kg =
+      static_cast<const T*>(p.k) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+  const T* vg =
+      static_cast<const T*>(p.v) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+
+  // Q and K first; V lands while the scores and the softmax run.
+  load_tile<T, DP, kBlockM, kThreads>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d, p.vec);
+  load_tile<T, DP, NK, kThreads>(sk, kg, p.sk, p.kv_stride, p.d, p.vec);
+  cp_async_commit();
+  load_tile<T, DP, NK, kThreads>(sv, vg, p.sk, p.kv_stride, p.d, p.vec);
+  cp_async_commit();
+  cp_async_wait<1>();
+  __syncthreads();
+
+  uint32_t qf[kStepsD][4];
+#pragma unroll
+  for (int kk = 0; kk < kStepsD; ++kk)
+    ldmatrix_x4(qf[kk], sq + (warp * 16 + mat_row + (mat & 1) * 8) * kPitch + kk * 16 +
+                            (mat >> 1) * 8);
+
+  // S = Q K^T: 16 rows × NK keys a warp.
+  float s[kTilesN][4];
+#pragma unroll
+  for (int t = 0; t < kTilesN; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < kStepsD; ++kk) {
+#pragma unroll
+    for (int np = 0; np < kTilesN / 2; ++np) {
+      uint32_t kb[4];
+      ldmatrix_x4(kb, sk + (np * 16 + mat_row + (mat >> 1) * 8) * kPitch + kk * 16 + (mat & 1) * 8);
+      mma_16816<T>(s[2 * np], qf[kk], kb[0], kb[1]);
+      mma_16816<T>(s[2 * np + 1], qf[kk], kb[2], kb[3]);
+    }
+  }
+  // The padding keys (zeros in shared memory) take no weight.
+  if (p.sk < NK) {
+#pragma unroll
+    for (int t = 0; t < kTilesN; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (t * 8 + quad * 2 + (e & 1) >= p.sk) s[t][e] = -INFINITY;
+  }
+
+  // One-pass softmax (unnormalised; the row sums divide at the end).
+  float row_sum[2];
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < kTilesN; ++t) mx = fmaxf(mx, fmaxf(s[t][2 * r], s[t][2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float base = mx == -INFINITY ? 0.0f : mx * p.scale_log2;
+    float sum = 0.0f;
+#pragma unroll
+    for (int t = 0; t < kTilesN; ++t) {
+#pragma unroll
+      for (int e = 0; e < 2; ++e) {
+        const float pv = fast_exp2(fmaf(s[t][2 * r + e], p.scale_log2, -base));
+        s[t][2 * r + e] = pv;
+        sum += pv;
+      }
+    }
+    row_sum[r] = sum;
+  }
+
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // O = P V: the score accumulators are already laid out as A fragments.
+  float o[kTilesD][4];
+#pragma unroll
+  for (int t = 0; t < kTilesD; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+#pragma unroll
+  for (int kk = 0; kk < kStepsN; ++kk) {
+    uint32_t pa[4];
+    pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+    pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+    pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+    pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+    for (int dp = 0; dp < kStepsD; ++dp) {
+      uint32_t vb[4];
+      ldmatrix_x4_trans(vb,
+                        sv + (kk * 16 + mat_row + (mat & 1) * 8) * kPitch + dp * 16 + (mat >> 1) * 8);
+      mma_16816<T>(o[2 * dp], pa, vb[0], vb[1]);
+      mma_16816<T>(o[2 * dp + 1], pa, vb[2], vb[3]);
+    }
+  }
+
+  T* og = static_cast<T*>(p.out) + int64_t(batch) * p.sq * p.o_stride + int64_t(head) * p.d;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float total = row_sum[r];
+    total += __shfl_xor_sync(0xffffffffu, total, 1);
+    total += __shfl_xor_sync(0xffffffffu, total, 2);
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    const int qi = m0 + warp * 16 + group + r * 8;
+    if (qi >= p.sq) continue;
+    T* orow = og + int64_t(qi) * p.o_stride;
+#pragma unroll
+    for (int t = 0; t < kTilesD; ++t) {
+      const int col = t * 8 + quad * 2;
+      const float a = o[t][2 * r] * inv, b = o[t][2 * r + 1] * inv;
+      if (p.vec) {
+        if (col < p.d) *reinterpret_cast<uint32_t*>(orow + col) = pack2<T>(a, b);
+      } else {
+        if (col < p.d) orow[col] = from_float<T>(a);
+        if (col + 1 < p.d) orow[col + 1] = from_float<T>(b);
+      }
+    }
+  }
+#endif
+}
+
+std::atomic<size_t> g_short_kv_calls{0};
+
+template <class T, int DP, int NK>
+void launch_flash_short_kv(const AttentionParams& p, int batch, int heads) {
+  constexpr size_t kSmem = size_t(64 + 2 * NK) * (DP + 8) * sizeof(T);
+  static const bool configured = [] {
+    CUDA_CHECK(cudaFuncSetAttribute(flash_short_kv_kernel<T, DP, NK>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid{unsigned((p.sq + 63) / 64), unsigned(heads), unsigned(batch)};
+  flash_short_kv_kernel<T, DP, NK><<<grid, 128, kSmem, stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+  ++g_short_kv_calls;
+}
+
+// The short-KV kernel where options().flash_short_kv_kernel asks for it and the call
+// fits (at most 128 keys, no causal mask); false otherwise.
+template <class T>
+bool flash_short_kv(const AttentionParams& p, int batch, int heads, int dp) {
+  if (!options().flash_short_kv_kernel || p.causal || p.sk > 128) return false;
+  const bool short80 = p.sk <= 80;
+  auto launch = [&](auto d) {
+    constexpr int D = decltype(d)::value;
+    if (short80)
+      launch_flash_short_kv<T, D, 80>(p, batch, heads);
+    else
+      launch_flash_short_kv<T, D, 128>(p, batch, heads);
+    return true;
+  };
+  switch (dp) {
+    case 32: return launch(std::integral_constant<int, 32>{});
+    case 48: return launch(std::integral_constant<int, 48>{});
+    case 64: return launch(std::integral_constant<int, 64>{});
+    case 80: return launch(std::integral_constant<int, 80>{});
+    case 128: return launch(std::integral_constant<int, 128>{});
+    case 160: return launch(std::integral_constant<int, 160>{});
+  }
+  return false;
+}
+
 // ---------------------------------------------------------------------------
 // Hopper (sm_90a): the same scheme on warpgroup MMAs. A warpgroup (four warps) takes
 // 64 query rows; S = Q·K^T and O += P·V are wgmma.mma_async with Q and P from
@@ -1026,6 +1209,7 @@ int padded_head_dim(int d) {
 // Larger head dims: 64 rows, four warps of one m-tile (registers).
 template <class T>
 void flash(const AttentionParams& p, int batch, int heads, int dp) {
+  if (flash_short_kv<T>(p, batch, heads, dp)) return;
   if (flash_wgmma<T>(p, batch, heads, dp)) return;
   const bool two = options().flash_two_tiles_per_warp;
   const bool short_kv = !two && options().flash_short_kv_blocks && p.sk <= 2 * kBlockN;
@@ -1225,6 +1409,10 @@ bool flash_wgmma_available() {
 
 size_t flash_wgmma_calls() {
   return g_wgmma_calls.load();
+}
+
+size_t flash_short_kv_calls() {
+  return g_short_kv_calls.load();
 }
 
 void attention(const AttentionArgs& a) {

@@ -57,9 +57,17 @@ struct Options {
   bool flash_wgmma = false;
   // Query rows a block of the wgmma kernel: 128 or 192; 0 picks by head dim.
   int flash_wgmma_rows = 0;
-  // WORK IN PROGRESS, not yet run on a GPU: the wgmma kernel with a producer warp,
-  // mbarrier stages and ping-pong between its consumer warpgroups.
+  // With flash_wgmma: the wgmma kernel with a producer warp, mbarrier stages and
+  // ping-pong between its consumer warpgroups. Correct, off: 7–10% faster than the
+  // plain wgmma kernel at head dims 64 and 80, 22% slower at 40, and cuDNN's SDPA
+  // faster than both (bench/results/2026-12-03-h200-v15).
   bool flash_wgmma_producer = false;
+  // Not yet run on a GPU: attention over at most 128 keys, no causal mask (the text's
+  // 77 tokens), in a kernel of its own. K and V are loaded once, padded to 80 or 128
+  // keys instead of two 64-key tiles (77 keys: 37% fewer MMAs), in 32 KB of shared
+  // memory at head dim 64 instead of 46, so that SDXL's 640 blocks of 1024 × 77 can be
+  // resident at once.
+  bool flash_short_kv_kernel = false;
   // The fused attention kernel where both can run a call: Auto times ours against
   // cuDNN's SDPA on each shape's first call and keeps the faster (plan cache);
   // Kiln and Cudnn force one, for tests and diagnosis. cuDNN's takes f16/bf16 with
@@ -92,6 +100,7 @@ size_t cudnn_attention_calls();
 // and the attention calls it ran so far (tests: that it ran).
 bool flash_wgmma_available();
 size_t flash_wgmma_calls();
+size_t flash_short_kv_calls();  // launches of the short-KV kernel (flash_short_kv_kernel)
 // GroupNorm calls the grid-wide one-launch kernel ran so far (tests: that it ran).
 size_t group_norm_grid_calls();
 // Convolutions a narrow 3×3 kernel ran so far (tests: that it ran).
