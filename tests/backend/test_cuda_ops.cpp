@@ -303,6 +303,26 @@ bool skip_on_path(const AttentionCase& c, AttentionPath path) {
   return wgmma_path(path) && !wgmma_applies(c);
 }
 
+// The launch counters of the kernels a path asks for, taken before a case's calls:
+// expect_taken fails where the path's kernel should have run and did not.
+struct KernelCalls {
+  size_t cudnn = cuda::cudnn_attention_calls(), wgmma = cuda::flash_wgmma_calls(),
+         short_kv = cuda::flash_short_kv_calls();
+  void expect_taken(const AttentionCase& c, DType dt, AttentionPath path) const {
+    if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
+      EXPECT_GT(cuda::cudnn_attention_calls(), cudnn) << "cuDNN did not run " << dtype_name(dt);
+    }
+    if (wgmma_takes(c, dt, path)) {
+      EXPECT_GT(cuda::flash_wgmma_calls(), wgmma)
+          << "the wgmma kernel did not run " << dtype_name(dt);
+    }
+    if (short_kv_takes(c, dt, path)) {
+      EXPECT_GT(cuda::flash_short_kv_calls(), short_kv)
+          << "the short-KV kernel did not run " << dtype_name(dt);
+    }
+  }
+};
+
 class Attention : public CudaTest,
                   public ::testing::WithParamInterface<std::tuple<AttentionCase, AttentionPath>> {};
 
@@ -320,21 +340,9 @@ TEST_P(Attention, MatchesCpu) {
     const Reference& ref = shared_reference(
         case_key, "attention", dt,
         {{c.b, c.sq, c.heads * c.d}, {c.b, c.sk, c.heads * c.d}, {c.b, c.sk, c.heads * c.d}}, op);
-    const size_t before = cuda::cudnn_attention_calls();
-    const size_t wgmma_before = cuda::flash_wgmma_calls();
-    const size_t short_before = cuda::flash_short_kv_calls();
+    const KernelCalls calls;
     expect_close("attention " + case_key + path_name(path), dt, ref.inputs, op, ref.expected);
-    if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
-      EXPECT_GT(cuda::cudnn_attention_calls(), before) << "cuDNN did not run " << dtype_name(dt);
-    }
-    if (wgmma_takes(c, dt, path)) {
-      EXPECT_GT(cuda::flash_wgmma_calls(), wgmma_before)
-          << "the wgmma kernel did not run " << dtype_name(dt);
-    }
-    if (short_kv_takes(c, dt, path)) {
-      EXPECT_GT(cuda::flash_short_kv_calls(), short_before)
-          << "the short-KV kernel did not run " << dtype_name(dt);
-    }
+    calls.expect_taken(c, dt, path);
   }
 }
 
@@ -344,8 +352,6 @@ TEST_P(Attention, PackedMatchesCpu) {
   const auto [c, path] = GetParam();
   if (c.causal || path == AttentionPath::FlashTwoTiles) GTEST_SKIP() << "covered by MatchesCpu";
   if (skip_on_path(c, path)) GTEST_SKIP() << "covered on another path";
-  const size_t wgmma_before = cuda::flash_wgmma_calls();
-  const size_t short_before = cuda::flash_short_kv_calls();
   const UsePath use(path);
   const float scale = float(1.0 / std::sqrt(double(c.d)));
   const int64_t w = c.heads * c.d;
@@ -359,7 +365,7 @@ TEST_P(Attention, PackedMatchesCpu) {
   };
   for (DType dt : kAllTypes) {
     const std::string label = case_key + path_name(path);
-    const size_t before = cuda::cudnn_attention_calls();
+    const KernelCalls calls;
     if (c.sq == c.sk) {
       const Reference& ref =
           shared_reference(case_key, "attention_qkv", dt, {{c.b, c.sq, 3 * w}}, qkv);
@@ -368,17 +374,7 @@ TEST_P(Attention, PackedMatchesCpu) {
     const Reference& ref = shared_reference(case_key, "attention_kv", dt,
                                             {{c.b, c.sq, w}, {c.b, c.sk, 2 * w + 2 * col}}, kv);
     expect_close("attention_kv " + label, dt, ref.inputs, kv, ref.expected);
-    if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
-      EXPECT_GT(cuda::cudnn_attention_calls(), before) << "cuDNN did not run " << dtype_name(dt);
-    }
-    if (wgmma_takes(c, dt, path)) {
-      EXPECT_GT(cuda::flash_wgmma_calls(), wgmma_before)
-          << "the wgmma kernel did not run " << dtype_name(dt);
-    }
-    if (short_kv_takes(c, dt, path)) {
-      EXPECT_GT(cuda::flash_short_kv_calls(), short_before)
-          << "the short-KV kernel did not run " << dtype_name(dt);
-    }
+    calls.expect_taken(c, dt, path);
   }
 }
 

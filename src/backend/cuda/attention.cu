@@ -118,6 +118,18 @@ __device__ __forceinline__ uint32_t pack2<bfloat16>(float lo, float hi) {
   return *reinterpret_cast<const uint32_t*>(&h);
 }
 
+// Output columns col and col + 1 of a row, those below d: as one 4-byte store where
+// the rows are 16-byte aligned (vec), else one at a time.
+template <class T>
+__device__ __forceinline__ void store_pair(T* orow, int col, float a, float b, int d, bool vec) {
+  if (vec) {
+    if (col < d) *reinterpret_cast<uint32_t*>(orow + col) = pack2<T>(a, b);
+  } else {
+    if (col < d) orow[col] = from_float<T>(a);
+    if (col + 1 < d) orow[col + 1] = from_float<T>(b);
+  }
+}
+
 // rows × DP tile into shared memory (pitch DP + 8), zeros outside [valid rows, d).
 template <class T, int DP, int ROWS, int THREADS>
 __device__ __forceinline__ void load_tile(T* s, const T* g, int valid_rows, int64_t stride, int d,
@@ -333,12 +345,7 @@ __global__ void __launch_bounds__(WARPS * 32, 2) flash_attention_kernel(Attentio
       for (int t = 0; t < kTilesD; ++t) {
         const int col = t * 8 + quad * 2;
         const float a = o[mt][t][2 * r] * inv, b = o[mt][t][2 * r + 1] * inv;
-        if (p.vec) {
-          if (col < p.d) *reinterpret_cast<uint32_t*>(orow + col) = pack2<T>(a, b);
-        } else {
-          if (col < p.d) orow[col] = from_float<T>(a);
-          if (col + 1 < p.d) orow[col + 1] = from_float<T>(b);
-        }
+        store_pair<T>(orow, col, a, b, p.d, p.vec);
       }
     }
   }
@@ -490,12 +497,7 @@ __global__ void __launch_bounds__(128) flash_short_kv_kernel(AttentionParams p) 
     for (int t = 0; t < kTilesD; ++t) {
       const int col = t * 8 + quad * 2;
       const float a = o[t][2 * r] * inv, b = o[t][2 * r + 1] * inv;
-      if (p.vec) {
-        if (col < p.d) *reinterpret_cast<uint32_t*>(orow + col) = pack2<T>(a, b);
-      } else {
-        if (col < p.d) orow[col] = from_float<T>(a);
-        if (col + 1 < p.d) orow[col + 1] = from_float<T>(b);
-      }
+      store_pair<T>(orow, col, a, b, p.d, p.vec);
     }
   }
 #endif
@@ -686,6 +688,51 @@ __device__ __forceinline__ void wgmma_softmax(float (&s)[N / 2], uint32_t (&pa)[
   }
 }
 
+// O's rows (r = 0, 1 of this thread) scaled by their softmax corrections.
+template <int N>
+__device__ __forceinline__ void wgmma_rescale(float (&o)[N], const float (&correction)[2]) {
+#pragma unroll
+  for (int t = 0; t < N / 4; ++t) {
+    o[t * 4 + 0] *= correction[0];
+    o[t * 4 + 1] *= correction[0];
+    o[t * 4 + 2] *= correction[1];
+    o[t * 4 + 3] *= correction[1];
+  }
+}
+
+// A warp's 16 rows of O (from query row row0 on) divided by their sums and stored.
+// With ONES, column DP − 8 of O (the row's quad-0 thread) holds the row's sum.
+template <class T, int DP, bool ONES>
+__device__ __forceinline__ void wgmma_store_out(const float (&o)[DP / 2], const float (&row_sum)[2],
+                                                const AttentionParams& p, int batch, int head,
+                                                int row0, int lane) {
+  constexpr int kTilesD = DP / 8;
+  const int group = lane >> 2, quad = lane & 3;
+  T* og = static_cast<T*>(p.out) + int64_t(batch) * p.sq * p.o_stride + int64_t(head) * p.d;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float total;
+    if constexpr (ONES) {
+      total = __shfl_sync(0xffffffffu, o[(kTilesD - 1) * 4 + 2 * r], lane & ~3);
+    } else {
+      total = row_sum[r];
+      total += __shfl_xor_sync(0xffffffffu, total, 1);
+      total += __shfl_xor_sync(0xffffffffu, total, 2);
+    }
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    const int qi = row0 + group + r * 8;
+    if (qi >= p.sq) continue;
+    T* orow = og + int64_t(qi) * p.o_stride;
+#pragma unroll
+    for (int t = 0; t < kTilesD; ++t) {
+      const int col = t * 8 + quad * 2;
+      if (col < p.d)
+        *reinterpret_cast<uint32_t*>(orow + col) =
+            pack2<T>(o[t * 4 + 2 * r] * inv, o[t * 4 + 2 * r + 1] * inv);
+    }
+  }
+}
+
 // The loop is software-pipelined within each warpgroup, so that its tensor-core work
 // overlaps its own softmax: iteration j issues S(j+1) = Q·K(j+1)^T and O += P(j)·V(j)
 // back to back, takes the softmax of S(j+1) while P(j)·V(j) may still run, and only
@@ -816,13 +863,7 @@ __global__ void __launch_bounds__(WG * 128, WG == 2 && DP <= 64 ? 2 : 1)
     wgmma_wait<0>();
     fence_registers(o);
     fence_registers(pa);  // live until here: pn must not take its registers early
-#pragma unroll
-    for (int t = 0; t < kTilesD; ++t) {
-      o[t * 4 + 0] *= correction[0];
-      o[t * 4 + 1] *= correction[0];
-      o[t * 4 + 2] *= correction[1];
-      o[t * 4 + 3] *= correction[1];
-    }
+    wgmma_rescale(o, correction);
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk)
 #pragma unroll
@@ -838,30 +879,7 @@ __global__ void __launch_bounds__(WG * 128, WG == 2 && DP <= 64 ? 2 : 1)
   wgmma_wait<0>();
   fence_registers(o);
 
-  T* og = static_cast<T*>(p.out) + int64_t(batch) * p.sq * p.o_stride + int64_t(head) * p.d;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float total;
-    if constexpr (ONES) {
-      // Column DP − 8 of O (this row's quad-0 thread) holds the row's sum.
-      total = __shfl_sync(0xffffffffu, o[(kTilesD - 1) * 4 + 2 * r], lane & ~3);
-    } else {
-      total = row_sum[r];
-      total += __shfl_xor_sync(0xffffffffu, total, 1);
-      total += __shfl_xor_sync(0xffffffffu, total, 2);
-    }
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-    const int qi = m0 + warp * 16 + group + r * 8;
-    if (qi >= p.sq) continue;
-    T* orow = og + int64_t(qi) * p.o_stride;
-#pragma unroll
-    for (int t = 0; t < kTilesD; ++t) {
-      const int col = t * 8 + quad * 2;
-      if (col < p.d)
-        *reinterpret_cast<uint32_t*>(orow + col) =
-            pack2<T>(o[t * 4 + 2 * r] * inv, o[t * 4 + 2 * r + 1] * inv);
-    }
-  }
+  wgmma_store_out<T, DP, ONES>(o, row_sum, p, batch, head, m0 + warp * 16, lane);
 #endif
 }
 
@@ -1076,13 +1094,7 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
     wgmma_wait<0>();
     fence_registers(o);
     fence_registers(pa);
-#pragma unroll
-    for (int t = 0; t < kTilesD; ++t) {
-      o[t * 4 + 0] *= correction[0];
-      o[t * 4 + 1] *= correction[0];
-      o[t * 4 + 2] *= correction[1];
-      o[t * 4 + 3] *= correction[1];
-    }
+    wgmma_rescale(o, correction);
 #pragma unroll
     for (int kk = 0; kk < kBlockN / 16; ++kk)
 #pragma unroll
@@ -1097,29 +1109,7 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
   wgmma_wait<0>();
   fence_registers(o);
 
-  T* og = static_cast<T*>(p.out) + int64_t(batch) * p.sq * p.o_stride + int64_t(head) * p.d;
-#pragma unroll
-  for (int r = 0; r < 2; ++r) {
-    float total;
-    if constexpr (ONES) {
-      total = __shfl_sync(0xffffffffu, o[(kTilesD - 1) * 4 + 2 * r], lane & ~3);
-    } else {
-      total = row_sum[r];
-      total += __shfl_xor_sync(0xffffffffu, total, 1);
-      total += __shfl_xor_sync(0xffffffffu, total, 2);
-    }
-    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
-    const int qi = m0 + warp * 16 + group + r * 8;
-    if (qi >= p.sq) continue;
-    T* orow = og + int64_t(qi) * p.o_stride;
-#pragma unroll
-    for (int t = 0; t < kTilesD; ++t) {
-      const int col = t * 8 + quad * 2;
-      if (col < p.d)
-        *reinterpret_cast<uint32_t*>(orow + col) =
-            pack2<T>(o[t * 4 + 2 * r] * inv, o[t * 4 + 2 * r + 1] * inv);
-    }
-  }
+  wgmma_store_out<T, DP, ONES>(o, row_sum, p, batch, head, m0 + warp * 16, lane);
 #endif
 }
 

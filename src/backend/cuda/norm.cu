@@ -812,12 +812,8 @@ void group_norm(const GroupNormArgs& args) {
   // Every path adds the addend (row b of it) on the way in, rounded to x's dtype as a
   // separate add would store it (before, the one-block and two-launch paths took
   // that separate add: a launch and a pass over the tensor more, 22 a step on SD1.5).
-  GroupNormArgs a = args;
-  KILN_CHECK(
-      !a.addend.defined() || (a.addend.ndim() == 2 && a.addend.dim(0) == a.x.dim(0) &&
-                              a.addend_col >= 0 && a.addend_col + a.x.dim(2) <= a.addend.dim(1)),
-      "group_norm: addend ", a.addend.describe(), " from column ", a.addend_col, " for ",
-      a.x.describe());
+  // ops::group_norm has checked the addend: [B, W], columns addend_col + C in range.
+  const GroupNormArgs& a = args;
   const int64_t per_group = a.x.dim(2) / a.groups;
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
