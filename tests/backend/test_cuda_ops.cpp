@@ -256,13 +256,14 @@ class UsePath {
                                            : cuda::Options::AttentionKernel::Kiln;
   }
   ~UsePath() {
-    cuda::options().use_flash_attention = true;
-    cuda::options().flash_two_tiles_per_warp = false;
-    cuda::options().flash_wgmma = cuda::Options{}.flash_wgmma;
-    cuda::options().flash_wgmma_producer = false;
-    cuda::options().flash_short_kv_kernel = false;
-    cuda::options().flash_wgmma_rows = 0;
-    cuda::options().attention_kernel = cuda::Options::AttentionKernel::Auto;
+    const cuda::Options defaults;
+    cuda::options().use_flash_attention = defaults.use_flash_attention;
+    cuda::options().flash_two_tiles_per_warp = defaults.flash_two_tiles_per_warp;
+    cuda::options().flash_wgmma = defaults.flash_wgmma;
+    cuda::options().flash_wgmma_producer = defaults.flash_wgmma_producer;
+    cuda::options().flash_short_kv_kernel = defaults.flash_short_kv_kernel;
+    cuda::options().flash_wgmma_rows = defaults.flash_wgmma_rows;
+    cuda::options().attention_kernel = defaults.attention_kernel;
   }
 };
 

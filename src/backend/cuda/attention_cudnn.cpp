@@ -54,9 +54,13 @@ struct Key {
     char scale_text[32];
     std::snprintf(scale_text, sizeof scale_text, "%.9g", double(scale));
     // "ours" is what it was timed against: the flash kernel by default.
-    const char* ours = !options().use_flash_attention    ? " ours=banded"
-                       : options().flash_two_tiles_per_warp ? " ours=flash2"
-                                                            : "";
+    const Options& o = options();
+    const char* ours = !o.use_flash_attention                    ? " ours=banded"
+                       : o.flash_short_kv_kernel && sk <= 128    ? " ours=shortkv"
+                       : o.flash_wgmma && o.flash_wgmma_producer ? " ours=wgmma-producer"
+                       : o.flash_wgmma                           ? " ours=wgmma"
+                       : o.flash_two_tiles_per_warp              ? " ours=flash2"
+                                                                 : "";
     return str("b", batch, " h", heads, " sq", sq, " sk", sk, " d", d, " q", q_stride, " kv",
                kv_stride, " o", o_stride, " s", scale_text, " ", dtype_name(dtype), ours);
   }
