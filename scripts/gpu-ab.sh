@@ -62,15 +62,18 @@ for path in sorted(glob.glob(os.path.join(runs, "*.md"))):
     stem = os.path.basename(path)[:-3]
     name, value, rnd = stem.rsplit("-", 2)
     col = value if rounds == 1 else f"{value} #{rnd}"
+    # Rows by the bench's workload, prefixed with the run's own name where that differs
+    # (two runs of one workload with different arguments stay apart).
+    label = lambda w: w if w.startswith(name) else f"{name} {w}"
     section = None
     for line in open(path):
         m = re.match(r"\| (\S+) \| \d+ \| \d+ \| \S+ \| (eager|graph) \| ([\d.]+) \|", line)
         if m:
-            totals.setdefault((m[1], m[2]), {})[col] = float(m[3])
+            totals.setdefault((label(m[1]), m[2]), {})[col] = float(m[3])
             continue
         m = re.match(r"per-op: (\S+) batch", line)
         if m:
-            section = m[1]
+            section = label(m[1])
             continue
         m = re.match(r"\| (.+?) \| (\d+) \| ([\d.]+) \| [\d.]+ \|", line)
         if m and section and ops.search(m[1]):
