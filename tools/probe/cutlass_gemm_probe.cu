@@ -7,7 +7,8 @@
 //
 // CUTLASS is a library here, used as its headers ship in the PyPI wheel
 // nvidia-cutlass==4.2.0.0 (cutlass_library/source/include and tools/util/include);
-// nothing of it is kept in this repository. Here: `python3 -m pip download --no-deps
+// nothing of it is kept in this repository. scripts/gpu-cutlass-probe.sh does all of
+// the below in one device call. Here: `python3 -m pip download --no-deps
 // --only-binary=:all: -d .cutlass nvidia-cutlass==4.2.0.0` (.cutlass/ is ignored; not
 // .whl/, whose wheels gpu-check installs); on the GPU machine, with .cutlass carried:
 //
