@@ -520,11 +520,11 @@ void launch_flash_short_kv(const AttentionParams& p, int batch, int heads) {
   ++g_short_kv_calls;
 }
 
-// The short-KV kernel where options().flash_short_kv_kernel asks for it and the call
-// fits (at most 128 keys, no causal mask); false otherwise.
+// The short-KV kernel where flash_short_kv_takes the call and it has no causal mask;
+// false otherwise.
 template <class T>
 bool flash_short_kv(const AttentionParams& p, int batch, int heads, int dp) {
-  if (!options().flash_short_kv_kernel || p.causal || p.sk > 128) return false;
+  if (p.causal || !flash_short_kv_takes(p.sk)) return false;
   const bool short80 = p.sk <= 80;
   auto launch = [&](auto d) {
     constexpr int D = decltype(d)::value;
@@ -738,6 +738,39 @@ __device__ __forceinline__ void wgmma_store_out(const float (&o)[DP / 2], const 
 // back to back, takes the softmax of S(j+1) while P(j)·V(j) may still run, and only
 // then waits for it to rescale O. K and V go through a ring of three stages, loaded
 // two tiles ahead, with one block barrier an iteration.
+// The end of one tile's step, once the softmax of the next tile's scores has made pn:
+// P·V done, O rescaled by the softmax's correction, pn the next P·V's A operand.
+template <int NO, int NP>
+__device__ __forceinline__ void wgmma_next_p(float (&o)[NO], uint32_t (&pa)[NP][4],
+                                             const uint32_t (&pn)[NP][4],
+                                             const float (&correction)[2]) {
+  wgmma_wait<0>();
+  fence_registers(o);
+  fence_registers(pa);  // live until here: pn must not take its registers early
+  wgmma_rescale(o, correction);
+#pragma unroll
+  for (int kk = 0; kk < NP; ++kk)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
+}
+
+// The last tile's P·V (v_desc(kk): its V as B, keys 16·kk on), then the output rows.
+template <class T, int DP, bool ONES, int NP, class VDesc>
+__device__ __forceinline__ void wgmma_last_pv_store(float (&o)[DP / 2], uint32_t (&pa)[NP][4],
+                                                    VDesc v_desc, const float (&row_sum)[2],
+                                                    const AttentionParams& p, int batch, int head,
+                                                    int row0, int lane) {
+  fence_registers(o);
+  fence_registers(pa);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < NP; ++kk) wgmma_rs<DP, T, 1>(o, pa[kk], v_desc(kk), 1);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_registers(o);
+  wgmma_store_out<T, DP, ONES>(o, row_sum, p, batch, head, row0, lane);
+}
+
 template <class T, int DP, int WG, bool ONES>
 __global__ void __launch_bounds__(WG * 128, WG == 2 && DP <= 64 ? 2 : 1)
     flash_attention_wgmma_kernel(AttentionParams p) {
@@ -860,26 +893,12 @@ __global__ void __launch_bounds__(WG * 128, WG == 2 && DP <= 64 ? 2 : 1)
     fence_registers(s);
     wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pn, row_max, row_sum, correction,
                                                p.sk - (j + 1) * kBlockN, quad, p.scale_log2);
-    wgmma_wait<0>();
-    fence_registers(o);
-    fence_registers(pa);  // live until here: pn must not take its registers early
-    wgmma_rescale(o, correction);
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
+    wgmma_next_p(o, pa, pn, correction);
   }
   // The last tile's P·V (its V became visible at the last iteration's barrier).
-  fence_registers(o);
-  fence_registers(pa);
-  wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < kBlockN / 16; ++kk) wgmma_rs<DP, T, 1>(o, pa[kk], v_desc(tiles - 1, kk), 1);
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_registers(o);
-
-  wgmma_store_out<T, DP, ONES>(o, row_sum, p, batch, head, m0 + warp * 16, lane);
+  wgmma_last_pv_store<T, DP, ONES>(
+      o, pa, [&](int kk) { return v_desc(tiles - 1, kk); }, row_sum, p, batch, head, m0 + warp * 16,
+      lane);
 #endif
 }
 
@@ -1091,25 +1110,11 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
     fence_registers(s);
     wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pn, row_max, row_sum, correction,
                                                p.sk - (j + 1) * kBlockN, quad, p.scale_log2);
-    wgmma_wait<0>();
-    fence_registers(o);
-    fence_registers(pa);
-    wgmma_rescale(o, correction);
-#pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk)
-#pragma unroll
-      for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
+    wgmma_next_p(o, pa, pn, correction);
   }
-  fence_registers(o);
-  fence_registers(pa);
-  wgmma_fence();
-#pragma unroll
-  for (int kk = 0; kk < kBlockN / 16; ++kk) wgmma_rs<DP, T, 1>(o, pa[kk], v_desc(tiles - 1, kk), 1);
-  wgmma_commit();
-  wgmma_wait<0>();
-  fence_registers(o);
-
-  wgmma_store_out<T, DP, ONES>(o, row_sum, p, batch, head, m0 + warp * 16, lane);
+  wgmma_last_pv_store<T, DP, ONES>(
+      o, pa, [&](int kk) { return v_desc(tiles - 1, kk); }, row_sum, p, batch, head, m0 + warp * 16,
+      lane);
 #endif
 }
 
@@ -1385,6 +1390,10 @@ void attention_banded(const AttentionArgs& a) {
 }
 
 }  // namespace
+
+bool flash_short_kv_takes(int64_t sk) {
+  return options().flash_short_kv_kernel && sk <= 128;
+}
 
 // The wgmma kernel is compiled for sm_90a only (KILN_CUDA_SM90A, from CMake's
 // architecture list) and runs on compute 9.0.

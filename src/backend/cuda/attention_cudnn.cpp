@@ -56,7 +56,7 @@ struct Key {
     // "ours" is what it was timed against: the flash kernel by default.
     const Options& o = options();
     const char* ours = !o.use_flash_attention                    ? " ours=banded"
-                       : o.flash_short_kv_kernel && sk <= 128    ? " ours=shortkv"
+                       : flash_short_kv_takes(sk)                ? " ours=shortkv"
                        : o.flash_wgmma && o.flash_wgmma_producer ? " ours=wgmma-producer"
                        : o.flash_wgmma                           ? " ours=wgmma"
                        : o.flash_two_tiles_per_warp              ? " ours=flash2"

@@ -32,6 +32,10 @@ void conv2d(const Conv2dArgs& a);
 
 // attention.cu
 void attention(const AttentionArgs& a);
+// attention.cu: whether the short-KV kernel takes a non-causal attention over `sk`
+// keys (options().flash_short_kv_kernel, at most 128 keys); attention_cudnn.cpp names
+// it in the stored choice it was timed against.
+bool flash_short_kv_takes(int64_t sk);
 // attention_cudnn.cpp: runs `a` through cuDNN's SDPA where that is this shape's
 // choice and answers true; false leaves the call to our kernel. A shape's first
 // call times `ours` (our kernel on the same operands) against cuDNN's plans.
