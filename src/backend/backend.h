@@ -97,8 +97,19 @@ struct LinearCombinationArgs {
 };
 
 struct GegluArgs {
-  Tensor x;    // [M, 2N]: hidden = x[:, :N], gate = x[:, N:]
+  Tensor x;  // [M, 2N]: hidden = x[:, :N], gate = x[:, N:] (block 0)
+  // > 0 (a power of two dividing N): x's columns alternate `block` hidden and `block`
+  // gate columns, the layout linear_geglu's weights are kept in (ops::kGegluBlock).
+  int64_t block = 0;
   Tensor out;  // [M, N] = hidden * gelu(gate)
+};
+
+// geglu(linear(x, weight, bias), kGegluBlock) in one op, where a backend can fuse it.
+struct LinearGegluArgs {
+  Tensor x;       // [M, K]
+  Tensor weight;  // [2N, K], rows alternating blocks of hidden and gate (ops::kGegluBlock)
+  Tensor bias;    // [2N], in the same order, or undefined
+  Tensor out;     // [M, N]
 };
 
 struct ConcatArgs {
@@ -153,6 +164,9 @@ class Backend {
   virtual void unary(const UnaryArgs& a) = 0;
   virtual void linear_combination(const LinearCombinationArgs& a) = 0;
   virtual void geglu(const GegluArgs& a) = 0;
+  // The fused form where this backend has one for these operands: answers false
+  // (having done nothing) otherwise, and ops::linear_geglu takes the two-op path.
+  virtual bool linear_geglu(const LinearGegluArgs&) { return false; }
   virtual void concat(const ConcatArgs& a) = 0;
   virtual void upsample_nearest(const UpsampleArgs& a) = 0;
   virtual void timestep_embedding(const TimestepEmbeddingArgs& a) = 0;

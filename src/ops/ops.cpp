@@ -1,5 +1,7 @@
 #include "ops/ops.h"
 
+#include <cstring>
+
 namespace kiln::ops {
 namespace {
 
@@ -274,15 +276,60 @@ Tensor linear_combination(const std::vector<std::pair<float, Tensor>>& terms) {
   return a.out;
 }
 
-Tensor geglu(const Tensor& x) {
+Tensor geglu(const Tensor& x, int64_t block) {
   const int64_t c = x.dim(-1);
   KILN_CHECK(c % 2 == 0, "geglu: odd feature count ", c);
+  KILN_CHECK(block == 0 || (block > 0 && (block & (block - 1)) == 0 && (c / 2) % block == 0),
+             "geglu: block ", block, " is not a power of two dividing ", c / 2);
   GegluArgs a;
   a.x = x.reshape({x.numel() / std::max<int64_t>(c, 1), c});
+  a.block = block;
   Tensor out = like(x, x.shape().with_last(c / 2));
   a.out = out.reshape({a.x.dim(0), c / 2});
   backend_for(x.device()).geglu(a);
   return out;
+}
+
+Tensor linear_geglu(const Tensor& x, const Tensor& weight, const Tensor& bias) {
+  KILN_CHECK(x.ndim() >= 1 && weight.ndim() == 2, "linear_geglu: x ", x.describe(), ", weight ",
+             weight.describe());
+  check_float_like(x, weight, "linear_geglu", "weight");
+  const int64_t k = x.dim(-1), n2 = weight.dim(0);
+  KILN_CHECK(weight.dim(1) == k, "linear_geglu: x has ", k, " features, weight expects ",
+             weight.dim(1));
+  KILN_CHECK(n2 % (2 * kGegluBlock) == 0, "linear_geglu: ", n2,
+             " weight rows are not whole blocks of ", kGegluBlock, " hidden and gate rows");
+  check_optional_vector(x, bias, n2, "linear_geglu", "bias");
+  const int64_t m = x.numel() / std::max<int64_t>(k, 1);
+  LinearGegluArgs a;
+  a.x = x.reshape({m, k});
+  a.weight = weight;
+  a.bias = bias;
+  Tensor out = like(x, x.shape().with_last(n2 / 2));
+  a.out = out.reshape({m, n2 / 2});
+  if (backend_for(x.device()).linear_geglu(a)) return out;
+  return geglu(linear(x, weight, bias), kGegluBlock);
+}
+
+Tensor interleave_geglu_rows(const Tensor& t) {
+  KILN_CHECK(t.ndim() >= 1 && t.dim(0) % (2 * kGegluBlock) == 0,
+             "interleave_geglu_rows: ", t.describe(),
+             " does not split into hidden and gate blocks of ", kGegluBlock);
+  const Tensor host = t.to(Device::CPU);
+  Tensor out = Tensor::empty(t.shape(), t.dtype(), Device::CPU);
+  const int64_t half = t.dim(0) / 2;
+  const size_t row = dtype_size(t.dtype()) * size_t(t.numel() / t.dim(0));
+  const char* src = static_cast<const char*>(host.raw());
+  char* dst = static_cast<char*>(out.raw());
+  // Output row r: block r / (2 * kGegluBlock); its first kGegluBlock rows are hidden
+  // rows, the next kGegluBlock the gate rows of the same columns.
+  for (int64_t r = 0; r < t.dim(0); ++r) {
+    const int64_t block = r / (2 * kGegluBlock), within = r % (2 * kGegluBlock);
+    const int64_t col = block * kGegluBlock + within % kGegluBlock;
+    const int64_t from = within < kGegluBlock ? col : half + col;
+    std::memcpy(dst + size_t(r) * row, src + size_t(from) * row, row);
+  }
+  return out.to(t.device());
 }
 
 Tensor concat_last(const std::vector<Tensor>& parts) {

@@ -56,8 +56,21 @@ Tensor clamp(const Tensor& x, float lo, float hi);
 // Σ coeff_i * term_i over same-shaped tensors.
 Tensor linear_combination(const std::vector<std::pair<float, Tensor>>& terms);
 
-// x [..., 2N] → [..., N] = x[..., :N] * gelu(x[..., N:]).
-Tensor geglu(const Tensor& x);
+// x [..., 2N] → [..., N] = x[..., :N] * gelu(x[..., N:]). With block > 0 the hidden
+// and gate columns alternate in blocks of `block` instead (GegluArgs::block).
+Tensor geglu(const Tensor& x, int64_t block = 0);
+
+// The feed-forward's gated projection: geglu(linear(x, W, b)) for a weight [2N, K] (and
+// bias [2N]) whose rows alternate kGegluBlock hidden and kGegluBlock gate rows, the
+// order interleave_geglu_rows makes from diffusers' [hidden; gate]. Interleaved, each
+// output tile of a GEMM holds both halves of its columns, so a backend can apply the
+// gate in the GEMM's epilogue and write N columns instead of 2N (CUDA, where built
+// with CUTLASS); elsewhere it is the two ops.
+constexpr int64_t kGegluBlock = 8;
+Tensor linear_geglu(const Tensor& x, const Tensor& weight, const Tensor& bias);
+// t [2N, ...] with rows [hidden (N); gate (N)] → the same rows alternating in blocks of
+// kGegluBlock (N a multiple of kGegluBlock). Any device; the result is on t's.
+Tensor interleave_geglu_rows(const Tensor& t);
 
 // Concatenation along the last dim (channels, for UNet skip connections).
 Tensor concat_last(const std::vector<Tensor>& parts);

@@ -316,6 +316,44 @@ TEST(Ops, GegluConcatSliceAndBroadcastAdd) {
   EXPECT_EQ(max_abs_diff(sum, want), 0.0);
 }
 
+TEST(Ops, GegluOnInterleavedBlocks) {
+  // Columns alternate blocks of 4 hidden and 4 gate columns.
+  Tensor x = random_tensor({3, 16}, 66, -3, 3);
+  Tensor g = ops::geglu(x, 4);
+  ASSERT_EQ(g.shape(), Shape({3, 8}));
+  std::vector<double> ref(24);
+  for (int i = 0; i < 3; ++i)
+    for (int j = 0; j < 8; ++j) {
+      const int h = (j / 4) * 8 + j % 4;
+      ref[size_t(i * 8 + j)] = f(x)[i * 16 + h] * gelu(f(x)[i * 16 + h + 4]);
+    }
+  EXPECT_LT(max_abs_diff(g, ref), 1e-6);
+  EXPECT_THROW(ops::geglu(x, 3), Error);   // not a power of two
+  EXPECT_THROW(ops::geglu(x, 16), Error);  // does not divide the 8 outputs
+}
+
+TEST(Ops, LinearGegluOnInterleavedWeights) {
+  // diffusers' order: rows [hidden (N); gate (N)]; linear_geglu takes them interleaved.
+  const int64_t n = 2 * ops::kGegluBlock, k = 5;
+  Tensor x = random_tensor({2, 3, k}, 67, -2, 2);
+  Tensor w = random_tensor({2 * n, k}, 68, -1, 1), b = random_tensor({2 * n}, 69, -1, 1);
+  const Tensor wi = ops::interleave_geglu_rows(w), bi = ops::interleave_geglu_rows(b);
+  // Row r of the interleaved weight: block r / 16; hidden rows first, then the gate's.
+  for (int64_t r = 0; r < 2 * n; ++r) {
+    const int64_t block = r / (2 * ops::kGegluBlock), within = r % (2 * ops::kGegluBlock);
+    const int64_t col = block * ops::kGegluBlock + within % ops::kGegluBlock;
+    const int64_t from = within < ops::kGegluBlock ? col : n + col;
+    EXPECT_EQ(f(bi)[r], f(b)[from]) << "row " << r;
+    for (int64_t j = 0; j < k; ++j) ASSERT_EQ(f(wi)[r * k + j], f(w)[from * k + j]);
+  }
+  const Tensor fused = ops::linear_geglu(x, wi, bi);
+  ASSERT_EQ(fused.shape(), Shape({2, 3, n}));
+  const Tensor plain = ops::geglu(ops::linear(x, w, b));
+  EXPECT_LT(max_abs_diff(fused, std::vector<double>(f(plain), f(plain) + plain.numel())), 1e-5);
+  EXPECT_THROW(ops::interleave_geglu_rows(random_tensor({24, 2}, 70)), Error);  // 24 % 16
+  EXPECT_THROW(ops::linear_geglu(x, random_tensor({24, k}, 71), Tensor()), Error);
+}
+
 TEST(Ops, LinearCombinationClampAndCastRoundTrip) {
   Tensor a = random_tensor({100}, 71, -10, 10), b = random_tensor({100}, 72, -10, 10);
   Tensor lc = ops::linear_combination({{0.25f, a}, {-2.0f, b}});

@@ -94,10 +94,13 @@ void geglu(const GegluArgs& a) {
   float* out = a.out.data<float>();
 #pragma omp parallel for schedule(static) if (m * n >= kParallelWork)
   for (int64_t i = 0; i < m; ++i) {
-    const float* hidden = x + i * 2 * n;
-    const float* gate = hidden + n;
-    for (int64_t j = 0; j < n; ++j)
-      out[i * n + j] = hidden[j] * apply_activation(Activation::GELU, gate[j]);
+    const float* row = x + i * 2 * n;
+    for (int64_t j = 0; j < n; ++j) {
+      // block 0: [hidden | gate]; else blocks of `block` hidden, then gate, columns.
+      const int64_t h = a.block == 0 ? j : (j / a.block) * 2 * a.block + j % a.block;
+      const int64_t g = a.block == 0 ? n + j : h + a.block;
+      out[i * n + j] = row[h] * apply_activation(Activation::GELU, row[g]);
+    }
   }
 }
 
