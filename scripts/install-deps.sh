@@ -39,4 +39,7 @@ done
 if command -v nvcc >/dev/null 2>&1 || [ -x /usr/local/cuda/bin/nvcc ]; then
   "$(dirname "$0")/fetch-cudnn-frontend.sh" >/dev/null ||
     echo "install-deps: cuDNN frontend headers not fetched; kiln's own attention only"
+  # CUTLASS's headers (the fused GEGLU GEMM); optional like the frontend's.
+  "$(dirname "$0")/fetch-cutlass.sh" >/dev/null ||
+    echo "install-deps: CUTLASS headers not fetched; the GEGLU runs as its own pass"
 fi

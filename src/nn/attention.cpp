@@ -73,7 +73,16 @@ void FeedForward::load(const WeightLoader& w, const std::string& prefix, int64_t
   const int64_t inner = dim * mult;
   if (activation_fn == "geglu") {
     gated = true;
-    proj_in.load(w, prefix + ".net.0.proj", dim, 2 * inner);
+    interleaved = w.device() == Device::CUDA && inner % ops::kGegluBlock == 0;
+    if (interleaved) {  // reordered on the host, so that the device holds one copy
+      Linear host;
+      host.load(w.on_host(), prefix + ".net.0.proj", dim, 2 * inner);
+      const LongLivedAllocations weight;
+      proj_in.weight = ops::interleave_geglu_rows(host.weight).to(w.device());
+      if (host.bias.defined()) proj_in.bias = ops::interleave_geglu_rows(host.bias).to(w.device());
+    } else {
+      proj_in.load(w, prefix + ".net.0.proj", dim, 2 * inner);
+    }
   } else if (activation_fn == "gelu" || activation_fn == "gelu-approximate") {
     gated = false;
     act = activation_fn == "gelu" ? Activation::GELU : Activation::GELUTanh;
@@ -86,7 +95,9 @@ void FeedForward::load(const WeightLoader& w, const std::string& prefix, int64_t
 
 Tensor FeedForward::operator()(const Tensor& x, const Tensor& residual) const {
   // x: [B, S, dim] → hidden [B, S, inner] → [B, S, dim]
-  const Tensor hidden = gated ? ops::geglu(proj_in(x)) : proj_in(x, act);
+  const Tensor hidden = !gated        ? proj_in(x, act)
+                        : interleaved ? ops::linear_geglu(x, proj_in.weight, proj_in.bias)
+                                      : ops::geglu(proj_in(x));
   return proj_out(hidden, Activation::None, residual);
 }
 

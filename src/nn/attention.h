@@ -60,6 +60,9 @@ struct FeedForward {
   Linear proj_in;   // net.0.proj
   Linear proj_out;  // net.2
   bool gated = true;
+  // On CUDA the GEGLU projection's rows are kept interleaved (ops::interleave_geglu_rows)
+  // and run through ops::linear_geglu, which fuses the gate into the GEMM where it can.
+  bool interleaved = false;
   Activation act = Activation::GELU;
 
   void load(const WeightLoader& w, const std::string& prefix, int64_t dim,

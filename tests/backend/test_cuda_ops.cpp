@@ -116,6 +116,57 @@ INSTANTIATE_TEST_SUITE_P(
         LinearCase{2048, 1280, 1280, true, false, Activation::None}));  // SDXL: 160 tiles of 128²
 
 // ---------------------------------------------------------------------------
+// The feed-forward's gated projection on interleaved weights (ops::linear_geglu) against
+// the CPU's projection and GEGLU on diffusers' order: the fused GEMM where it runs
+// (CUTLASS, Hopper; f16 and bf16), and the two-op form it falls back to.
+struct LinearGegluCase {
+  int64_t m, k, n2;
+  bool bias;
+};
+
+class LinearGeglu : public CudaTest, public ::testing::WithParamInterface<LinearGegluCase> {
+ protected:
+  void TearDown() override { cuda::options().geglu_fused = cuda::Options{}.geglu_fused; }
+};
+
+TEST_P(LinearGeglu, MatchesCpu) {
+  const LinearGegluCase c = GetParam();
+  for (DType dt : kAllTypes) {
+    const std::vector<Tensor> in{
+        random_tensor({c.m, c.k}, dt, next_seed()),
+        random_tensor({c.n2, c.k}, dt, next_seed(), 1.0f / std::sqrt(float(c.k))),
+        random_tensor({c.n2}, dt, next_seed())};
+    const Tensor bias = c.bias ? in[2] : Tensor();
+    const Tensor expected = ops::geglu(ops::linear(in[0], in[1], bias));
+    for (bool fused : {true, false}) {
+      cuda::options().geglu_fused = fused;
+      const size_t before = cuda::linear_geglu_fused_calls();
+      expect_close(
+          str("linear_geglu ", c.m, "x", c.k, "x", c.n2, fused ? " fused" : " two ops"), dt, in,
+          [&](const std::vector<Tensor>& t) {
+            return ops::linear_geglu(t[0], ops::interleave_geglu_rows(t[1]),
+                                     c.bias ? ops::interleave_geglu_rows(t[2]) : Tensor());
+          },
+          expected);
+      const bool expect_fused =
+          fused && dt != DType::F32 && c.k % 8 == 0 && cuda::linear_geglu_fused_available();
+      EXPECT_EQ(cuda::linear_geglu_fused_calls() > before, expect_fused)
+          << "fused GEMM ran: " << name(dt) << (fused ? " fused" : " two ops");
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, LinearGeglu,
+    ::testing::Values(LinearGegluCase{1, 8, 16, true},             // one row, one block pair
+                      LinearGegluCase{130, 72, 272, true},         // partial tiles in M and N
+                      LinearGegluCase{300, 200, 512, false},       // no bias, K not a tile's
+                      LinearGegluCase{5, 12, 32, true},            // K % 8 != 0: two ops
+                      LinearGegluCase{4100, 64, 288, true},        // the cooperative form's rows
+                      LinearGegluCase{8192, 320, 2560, true},      // SD1.5 at 64×64, batch 2
+                      LinearGegluCase{2048, 1280, 10240, true}));  // SDXL at 32×32, batch 2
+
+// ---------------------------------------------------------------------------
 struct ConvCase {
   int64_t b, h, w, c, o;
   int k, stride, pt, pl, pb, pr;
@@ -635,10 +686,15 @@ TEST_F(Elementwise, CastBetweenEveryPair) {
 }
 
 TEST_F(Elementwise, Geglu) {
-  for (DType dt : kAllTypes)
+  for (DType dt : kAllTypes) {
     for (Shape s : {Shape{2, 4096, 2560}, Shape{5, 77, 1280}, Shape{2048, 10240}, Shape{3, 10}})
       expect_match(str("geglu ", s.str()), dt, {random_tensor(s, dt, next_seed())},
                    [&](const std::vector<Tensor>& t) { return ops::geglu(t[0]); });
+    // Interleaved hidden and gate blocks: packed (block 8, 16) and not (block 2, 4 in f32).
+    for (int64_t block : {2, 4, 8, 16})
+      expect_match(str("geglu block ", block), dt, {random_tensor({7, 3, 64}, dt, next_seed())},
+                   [&](const std::vector<Tensor>& t) { return ops::geglu(t[0], block); });
+  }
 }
 
 TEST_F(Elementwise, ConcatAndSlice) {

@@ -68,6 +68,9 @@ const char* kHelp =
     "  --flash-short-kv-kernel B  1 or 0: attention over at most 128 keys (cross-\n"
     "                       attention) in a kernel of its own, or in the flash kernel\n"
     "                       (default 1; for A/B)\n"
+    "  --geglu-fused B      1 or 0: the feed-forward's GEGLU in its projection's GEMM\n"
+    "                       (CUTLASS, Hopper), or the projection and a GEGLU pass\n"
+    "                       (default 1 where built; for A/B)\n"
     "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
     "  --group-norm K       auto or grid: grid tries the grid-wide one-launch GroupNorm\n"
@@ -455,6 +458,7 @@ int bench(const std::vector<std::string>& argv) {
                    "flash-wgmma-rows",
                    "flash-wgmma-producer",
                    "flash-short-kv-kernel",
+                   "geglu-fused",
                    "attention",
                    "group-norm",
                    "conv",
@@ -506,6 +510,8 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().flash_wgmma_producer = *on == 1;
   if (const auto on = args.integer("flash-short-kv-kernel", 0, 1))
     if (s.cuda()) cuda::options().flash_short_kv_kernel = *on == 1;
+  if (const auto on = args.integer("geglu-fused", 0, 1))
+    if (s.cuda()) cuda::options().geglu_fused = *on == 1;
   if (const auto rows = args.integer("flash-wgmma-rows", 128, 192)) {
     if (*rows != 128 && *rows != 192) throw UsageError("--flash-wgmma-rows is 128 or 192");
     if (s.cuda()) cuda::options().flash_wgmma_rows = *rows;

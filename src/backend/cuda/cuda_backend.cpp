@@ -155,6 +155,12 @@ class CudaBackend final : public Backend {
     OpScope s("geglu", [&] { return dims(a.x); });
     cuda::geglu(a);
   }
+  bool linear_geglu(const LinearGegluArgs& a) override {
+    if (!options().geglu_fused || !linear_geglu_fused_available()) return false;
+    OpScope s("linear_geglu",
+              [&] { return str(a.x.dim(0), "x", a.weight.dim(0), "x", a.x.dim(1)); });
+    return cuda::linear_geglu(a);
+  }
   void concat(const ConcatArgs& a) override {
     OpScope s("concat", [&] { return dims(a.out); });
     cuda::concat(a);

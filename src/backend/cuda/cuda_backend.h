@@ -90,6 +90,10 @@ struct Options {
   // kernel wherever one applies (tests).
   enum class ConvKernel { Auto, Cudnn, Narrow };
   ConvKernel conv_kernel = ConvKernel::Auto;
+  // The feed-forward's GEGLU in its projection's epilogue (ops::linear_geglu), one
+  // CUTLASS GEMM instead of cuBLASLt's and a pass of its own; where the build has
+  // CUTLASS and the GPU is compute 9.0 (linear_geglu_fused_available()).
+  bool geglu_fused = true;
 };
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).
@@ -107,6 +111,10 @@ size_t flash_short_kv_calls();  // launches of the short-KV kernel (flash_short_
 size_t group_norm_grid_calls();
 // Convolutions a narrow 3×3 kernel ran so far (tests: that it ran).
 size_t narrow_conv_calls();
+// Whether the fused GEGLU GEMM can run here (a build with CUTLASS for sm_90a on a
+// compute 9.0 GPU), and the calls it ran so far (tests: that it ran).
+bool linear_geglu_fused_available();
+size_t linear_geglu_fused_calls();
 
 // Plans: the algorithm each GEMM and cuDNN convolution shape runs with, chosen by
 // timing on its first use and kept on disk, one file per GPU (backend/plan_file.h),

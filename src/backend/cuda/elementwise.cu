@@ -134,16 +134,22 @@ __global__ void cast_kernel(const TI* x, TO* out, int64_t n) {
 }
 
 // ---------------------------------------------------------------------------
-// out[m, j] = x[m, j] * gelu(x[m, n + j])
+// out[m, j] = x[m, j] * gelu(x[m, n + j]); with block_shift >= 0, x's columns alternate
+// blocks of 2^block_shift hidden and gate columns (a pack never straddles a block).
 template <class T, int N>
-__global__ void geglu_kernel(const T* x, T* out, uint32_t packs, FastDiv row_packs) {
+__global__ void geglu_kernel(const T* x, T* out, uint32_t packs, FastDiv row_packs,
+                             int block_shift) {
   const int64_t n = int64_t(row_packs.divisor()) * N;
+  const int64_t block = block_shift >= 0 ? int64_t(1) << block_shift : 0;
   for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < packs; i += gridDim.x * blockDim.x) {
     uint32_t row, cp;
     row_packs.divmod(i, row, cp);
-    const T* hidden = x + int64_t(row) * 2 * n + int64_t(cp) * N;
+    const int64_t col = int64_t(cp) * N;
+    const int64_t at =
+        block ? ((col >> block_shift) << (block_shift + 1)) + (col & (block - 1)) : col;
+    const T* hidden = x + int64_t(row) * 2 * n + at;
     const Pack<T, N> h = *reinterpret_cast<const Pack<T, N>*>(hidden);
-    const Pack<T, N> g = *reinterpret_cast<const Pack<T, N>*>(hidden + n);
+    const Pack<T, N> g = *reinterpret_cast<const Pack<T, N>*>(hidden + (block ? block : n));
     Pack<T, N> r;
 #pragma unroll
     for (int j = 0; j < N; ++j)
@@ -418,9 +424,12 @@ void geglu(const GegluArgs& a) {
     using T = decltype(tag);
     const T* x = static_cast<const T*>(a.x.raw());
     T* out = static_cast<T*>(a.out.raw());
-    const int width = pack_width<T>(n, {x, out});
+    // A pack of `width` columns must stay inside one block of hidden or gate columns.
+    const int width = a.block && a.block < kVec<T> ? 1 : pack_width<T>(n, {x, out});
+    int block_shift = -1;
+    while (a.block && (int64_t(1) << (block_shift + 1)) <= a.block) ++block_shift;
     KILN_LAUNCH_PACKED(geglu_kernel, T, width, m * n, x, out, pack_count(m * n, width, "geglu"),
-                       FastDiv(uint32_t(n / width)));
+                       FastDiv(uint32_t(n / width)), block_shift);
   });
 }
 

@@ -289,4 +289,17 @@ void linear(const LinearArgs& a) {
   gemm_nt(p);
 }
 
+#if !defined(KILN_WITH_CUTLASS)
+// Built without CUTLASS (gemm_geglu.cu): the projection and the GEGLU stay two ops.
+bool linear_geglu(const LinearGegluArgs&) {
+  return false;
+}
+bool linear_geglu_fused_available() {
+  return false;
+}
+size_t linear_geglu_fused_calls() {
+  return 0;
+}
+#endif
+
 }  // namespace kiln::cuda

@@ -27,6 +27,11 @@ struct GemmParams {
 };
 void gemm_nt(const GemmParams& p);
 
+// gemm_geglu.cu (a build with CUTLASS; else gemm.cpp's stand-in, false): ops::linear_geglu
+// as one GEMM with the gate in its epilogue, or false (nothing done) where it does not
+// take these operands.
+bool linear_geglu(const LinearGegluArgs& a);
+
 // conv.cu
 void conv2d(const Conv2dArgs& a);
 
