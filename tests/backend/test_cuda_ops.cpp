@@ -126,11 +126,31 @@ struct LinearGegluCase {
 
 class LinearGeglu : public CudaTest, public ::testing::WithParamInterface<LinearGegluCase> {
  protected:
-  void TearDown() override { cuda::options().geglu_fused = cuda::Options{}.geglu_fused; }
+  void TearDown() override {
+    const cuda::Options defaults;
+    cuda::options().geglu_fused = defaults.geglu_fused;
+    cuda::options().geglu_form = defaults.geglu_form;
+    cuda::options().geglu_wide_stores = defaults.geglu_wide_stores;
+    CudaTest::TearDown();
+  }
 };
 
 TEST_P(LinearGeglu, MatchesCpu) {
   const LinearGegluCase c = GetParam();
+  using Form = cuda::Options::GegluForm;
+  struct Path {
+    const char* name;
+    bool fused;
+    Form form;
+    bool wide;
+  };
+  // The two ops, then the fused GEMM: timed form, each form forced, both store widths.
+  const Path paths[] = {{"two ops", false, Form::Auto, false},
+                        {"fused", true, Form::Auto, false},
+                        {"fused ping-pong", true, Form::PingPong, false},
+                        {"fused ping-pong wide", true, Form::PingPong, true},
+                        {"fused cooperative", true, Form::Cooperative, false},
+                        {"fused cooperative wide", true, Form::Cooperative, true}};
   for (DType dt : kAllTypes) {
     const std::vector<Tensor> in{
         random_tensor({c.m, c.k}, dt, next_seed()),
@@ -138,20 +158,22 @@ TEST_P(LinearGeglu, MatchesCpu) {
         random_tensor({c.n2}, dt, next_seed())};
     const Tensor bias = c.bias ? in[2] : Tensor();
     const Tensor expected = ops::geglu(ops::linear(in[0], in[1], bias));
-    for (bool fused : {true, false}) {
-      cuda::options().geglu_fused = fused;
+    for (const Path& p : paths) {
+      cuda::options().geglu_fused = p.fused;
+      cuda::options().geglu_form = p.form;
+      cuda::options().geglu_wide_stores = p.wide;
       const size_t before = cuda::linear_geglu_fused_calls();
       expect_close(
-          str("linear_geglu ", c.m, "x", c.k, "x", c.n2, fused ? " fused" : " two ops"), dt, in,
+          str("linear_geglu ", c.m, "x", c.k, "x", c.n2, " ", p.name), dt, in,
           [&](const std::vector<Tensor>& t) {
             return ops::linear_geglu(t[0], ops::interleave_geglu_rows(t[1]),
                                      c.bias ? ops::interleave_geglu_rows(t[2]) : Tensor());
           },
           expected);
       const bool expect_fused =
-          fused && dt != DType::F32 && c.k % 8 == 0 && cuda::linear_geglu_fused_available();
+          p.fused && dt != DType::F32 && c.k % 8 == 0 && cuda::linear_geglu_fused_available();
       EXPECT_EQ(cuda::linear_geglu_fused_calls() > before, expect_fused)
-          << "fused GEMM ran: " << name(dt) << (fused ? " fused" : " two ops");
+          << "fused GEMM ran: " << name(dt) << " " << p.name;
     }
   }
 }

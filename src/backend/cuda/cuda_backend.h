@@ -94,6 +94,13 @@ struct Options {
   // CUTLASS GEMM instead of cuBLASLt's and a pass of its own; where the build has
   // CUTLASS and the GPU is compute 9.0 (linear_geglu_fused_available()).
   bool geglu_fused = true;
+  // Its CUTLASS form: Auto times ping-pong 64x256 against cooperative 128x256 (clusters
+  // of two) on each shape's first call outside a capture; the others force one.
+  enum class GegluForm { Auto, PingPong, Cooperative };
+  GegluForm geglu_form = GegluForm::Auto;
+  // Its epilogue's stores: 16 bytes a thread after a transpose within each quad of
+  // threads, or 4 (for A/B).
+  bool geglu_wide_stores = false;
 };
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).

@@ -69,7 +69,10 @@ struct Pair<cutlass::bfloat16_t> {
 // A collective epilogue with the interface of CUTLASS's register-to-global epilogues
 // (run through detail::Sm90TmaWarpSpecializedAdapter, as CUTLASS's own builder does for
 // the no-shared-memory schedule). Problem N is the weight's 2N rows; out is [M, N].
-template <class Element>
+// kWide: 16-byte stores after a transpose within each quad of threads (out 16-byte
+// aligned, ld_out a multiple of 8), else each thread's two adjacent outputs as one
+// 32-bit store.
+template <class Element, bool kWide>
 class GegluEpilogue {
  public:
   using EpilogueSchedule = cutlass::epilogue::NoSmemWarpSpecialized;
@@ -114,7 +117,10 @@ class GegluEpilogue {
   template <class ProblemShape>
   static bool can_implement(ProblemShape const& problem, Arguments const& args) {
     const auto n = cute::get<1>(problem);
-    return args.out != nullptr && n % 16 == 0 && args.ld_out % 2 == 0 && args.ld_out >= n / 2;
+    const int align = kWide ? 8 : 2;  // elements
+    return args.out != nullptr && n % 16 == 0 && args.ld_out % align == 0 &&
+           reinterpret_cast<uintptr_t>(args.out) % (align * sizeof(Element)) == 0 &&
+           args.ld_out >= n / 2;
   }
 
   CUTLASS_HOST_DEVICE
@@ -162,26 +168,72 @@ class GegluEpilogue {
             load ? *reinterpret_cast<const Bias*>(params_.bias + col + 8) : P::make(0.0f, 0.0f);
       }
     }
-    CUTLASS_PRAGMA_UNROLL
-    for (int mi = 0; mi < size<1>(acc); ++mi) {
+    auto output = [&](int mi, int ni, int r, int g) {  // g even: a hidden group
+      const float2 hb = P::to_float2(hidden_bias[ni][g / 2]);
+      const float2 gb = P::to_float2(gate_bias[ni][g / 2]);
+      const float h0 = acc(make_coord(make_coord(0, r, g), mi, ni)) + hb.x;
+      const float h1 = acc(make_coord(make_coord(1, r, g), mi, ni)) + hb.y;
+      const float g0 = acc(make_coord(make_coord(0, r, g + 1), mi, ni)) + gb.x;
+      const float g1 = acc(make_coord(make_coord(1, r, g + 1), mi, ni)) + gb.y;
+      return P::make(h0 * gelu_erf(g0), h1 * gelu_erf(g1));
+    };
+    if constexpr (!kWide) {
       CUTLASS_PRAGMA_UNROLL
-      for (int ni = 0; ni < kN; ++ni) {
+      for (int mi = 0; mi < size<1>(acc); ++mi) {
         CUTLASS_PRAGMA_UNROLL
-        for (int r = 0; r < 2; ++r) {
+        for (int ni = 0; ni < kN; ++ni) {
           CUTLASS_PRAGMA_UNROLL
-          for (int g = 0; g < kGroups; g += 2) {
-            const auto rc = tc(make_coord(make_coord(0, r, g), mi, ni));
-            const int row = get<0>(rc), col = get<1>(rc);  // col: a hidden column, even
-            if (row >= m_total || col >= n_total) continue;
-            const float2 hb = P::to_float2(hidden_bias[ni][g / 2]);
-            const float2 gb = P::to_float2(gate_bias[ni][g / 2]);
-            const float h0 = acc(make_coord(make_coord(0, r, g), mi, ni)) + hb.x;
-            const float h1 = acc(make_coord(make_coord(1, r, g), mi, ni)) + hb.y;
-            const float g0 = acc(make_coord(make_coord(0, r, g + 1), mi, ni)) + gb.x;
-            const float g1 = acc(make_coord(make_coord(1, r, g + 1), mi, ni)) + gb.y;
-            const int out_col = (col >> 4) * 8 + (col & 7);
-            *reinterpret_cast<Bias*>(params_.out + int64_t(row) * params_.ld_out + out_col) =
-                P::make(h0 * gelu_erf(g0), h1 * gelu_erf(g1));
+          for (int r = 0; r < 2; ++r) {
+            CUTLASS_PRAGMA_UNROLL
+            for (int g = 0; g < kGroups; g += 2) {
+              const auto rc = tc(make_coord(make_coord(0, r, g), mi, ni));
+              const int row = get<0>(rc), col = get<1>(rc);  // col: a hidden column, even
+              if (row >= m_total || col >= n_total) continue;
+              const int out_col = (col >> 4) * 8 + (col & 7);
+              *reinterpret_cast<Bias*>(params_.out + int64_t(row) * params_.ld_out + out_col) =
+                  output(mi, ni, r, g);
+            }
+          }
+        }
+      }
+    } else {
+      // Four threads (a quad, lanes differing in their low two bits) hold the same
+      // rows; thread q has columns 2q and 2q + 1 of every group. Per row, eight groups
+      // (four hidden/gate pairs) make 32 output columns: each thread's 32-bit words
+      // go through a 4x4 transpose within the quad, after which thread q holds all
+      // eight outputs of pair q and stores them as one 16-byte word, and the quad
+      // writes 64 contiguous bytes instead of four times 16.
+      static_assert(kGroups % 8 == 0, "wide stores take eight column groups at a time");
+      const int q = (get<1>(tc(make_coord(make_coord(0, 0, 0), 0, 0))) & 7) >> 1;
+      auto pick = [](const uint32_t(&w)[4], int i) {
+        return i == 0 ? w[0] : i == 1 ? w[1] : i == 2 ? w[2] : w[3];
+      };
+      CUTLASS_PRAGMA_UNROLL
+      for (int mi = 0; mi < size<1>(acc); ++mi) {
+        CUTLASS_PRAGMA_UNROLL
+        for (int ni = 0; ni < kN; ++ni) {
+          CUTLASS_PRAGMA_UNROLL
+          for (int r = 0; r < 2; ++r) {
+            CUTLASS_PRAGMA_UNROLL
+            for (int b = 0; b < kGroups; b += 8) {
+              uint32_t w[4];  // w[s]: pair s's two outputs at this thread's columns
+              CUTLASS_PRAGMA_UNROLL
+              for (int s = 0; s < 4; ++s) {
+                const Bias v = output(mi, ni, r, b + 2 * s);
+                w[s] = *reinterpret_cast<const uint32_t*>(&v);
+              }
+              // got[i]: from lane q ^ i, its words of pair q (i = 0: this thread's own).
+              const uint32_t got[4] = {pick(w, q), __shfl_xor_sync(0xffffffffu, pick(w, q ^ 1), 1),
+                                       __shfl_xor_sync(0xffffffffu, pick(w, q ^ 2), 2),
+                                       __shfl_xor_sync(0xffffffffu, pick(w, q ^ 3), 3)};
+              // Position j of pair q came from lane j, i.e. got[q ^ j].
+              const uint4 v{pick(got, q), pick(got, q ^ 1), pick(got, q ^ 2), pick(got, q ^ 3)};
+              const auto rc = tc(make_coord(make_coord(0, r, b + 2 * q), mi, ni));
+              const int row = get<0>(rc), col = get<1>(rc) - 2 * q;  // pair q's first column
+              if (row >= m_total || col >= n_total) continue;
+              const int out_col = (col >> 4) * 8;
+              *reinterpret_cast<uint4*>(params_.out + int64_t(row) * params_.ld_out + out_col) = v;
+            }
           }
         }
       }
@@ -192,11 +244,11 @@ class GegluEpilogue {
   Params params_;
 };
 
-template <class Element_, class Tile, class Cluster, class Schedule>
+template <class Element_, bool kWide, class Tile, class Cluster, class Schedule>
 struct GegluGemm {
   using Element = Element_;
-  using Epilogue =
-      cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<GegluEpilogue<Element>>;
+  using Epilogue = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<
+      GegluEpilogue<Element, kWide>>;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, cutlass::layout::RowMajor, 8,
       Element, cutlass::layout::ColumnMajor, 8, float, Tile, Cluster,
@@ -211,12 +263,12 @@ struct GegluGemm {
 // The two forms the probe found closest to cuBLAS on the UNets' GEGLU shapes (v17,
 // call 1): ping-pong 64x256 on 2048x10240x1280 (78.6 µs, cuBLAS 79.1), cooperative
 // 128x256 in clusters of two on 8192x5120x640 (90.0, cuBLAS 85.5).
-template <class E>
-using PingPong = GegluGemm<E, cute::Shape<cute::_64, cute::_256, cute::_64>,
+template <class E, bool W>
+using PingPong = GegluGemm<E, W, cute::Shape<cute::_64, cute::_256, cute::_64>,
                            cute::Shape<cute::_1, cute::_1, cute::_1>,
                            cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
-template <class E>
-using Cooperative = GegluGemm<E, cute::Shape<cute::_128, cute::_256, cute::_64>,
+template <class E, bool W>
+using Cooperative = GegluGemm<E, W, cute::Shape<cute::_128, cute::_256, cute::_64>,
                               cute::Shape<cute::_2, cute::_1, cute::_1>,
                               cutlass::gemm::KernelTmaWarpSpecializedCooperative>;
 enum class Form { PingPong, Cooperative };
@@ -251,7 +303,9 @@ bool launch(const LinearGegluArgs& a) {
 
 template <class E>
 bool launch_form(Form f, const LinearGegluArgs& a) {
-  return f == Form::PingPong ? launch<PingPong<E>>(a) : launch<Cooperative<E>>(a);
+  if (options().geglu_wide_stores)
+    return f == Form::PingPong ? launch<PingPong<E, true>>(a) : launch<Cooperative<E, true>>(a);
+  return f == Form::PingPong ? launch<PingPong<E, false>>(a) : launch<Cooperative<E, false>>(a);
 }
 
 // The form each shape runs: timed on its first call outside a graph capture (both
@@ -270,6 +324,14 @@ std::map<Key, Form> g_forms;
 
 template <class E>
 bool run_typed(const LinearGegluArgs& a) {
+  switch (options().geglu_form) {  // forced (tests, A/B)
+    case Options::GegluForm::PingPong:
+      return launch_form<E>(Form::PingPong, a);
+    case Options::GegluForm::Cooperative:
+      return launch_form<E>(Form::Cooperative, a);
+    case Options::GegluForm::Auto:
+      break;
+  }
   const Key key{a.x.dim(0), a.weight.dim(0), a.x.dim(1), a.x.dtype(), a.bias.defined()};
   std::lock_guard<std::mutex> lock(g_mu);
   auto it = g_forms.find(key);

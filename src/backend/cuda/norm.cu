@@ -243,7 +243,8 @@ __global__ void group_norm_apply(const T* x, const T* addend, int64_t addend_str
 constexpr int kRowsPerBlock = 8;  // one warp per row
 
 // The row read once into registers (K packs of N per lane), two reductions
-// from there, one write.
+// from there, one write. gamma and beta are loaded with the row, before the
+// reductions, so that their latency is not paid after them.
 template <class T, int N, int K>
 __global__ void layer_norm_kernel(const T* x, const T* gamma, const T* beta, T* out, int64_t rows,
                                   int channels, float eps) {
@@ -252,12 +253,15 @@ __global__ void layer_norm_kernel(const T* x, const T* gamma, const T* beta, T* 
   const int lane = threadIdx.x;
   const T* xr = x + row * channels;
   float v[K][N];
+  Pack<T, N> g[K], bt[K];
   float s = 0.0f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
     const int c = (k * 32 + lane) * N;
     if (c < channels) {
       const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(xr + c);
+      g[k] = *reinterpret_cast<const Pack<T, N>*>(gamma + c);
+      bt[k] = *reinterpret_cast<const Pack<T, N>*>(beta + c);
 #pragma unroll
       for (int j = 0; j < N; ++j) {
         v[k][j] = to_float(p.v[j]);
@@ -280,12 +284,11 @@ __global__ void layer_norm_kernel(const T* x, const T* gamma, const T* beta, T* 
   for (int k = 0; k < K; ++k) {
     const int c = (k * 32 + lane) * N;
     if (c < channels) {
-      const Pack<T, N> g = *reinterpret_cast<const Pack<T, N>*>(gamma + c);
-      const Pack<T, N> bt = *reinterpret_cast<const Pack<T, N>*>(beta + c);
       Pack<T, N> r;
 #pragma unroll
       for (int j = 0; j < N; ++j)
-        r.v[j] = from_float<T>((v[k][j] - mean) * rstd * to_float(g.v[j]) + to_float(bt.v[j]));
+        r.v[j] =
+            from_float<T>((v[k][j] - mean) * rstd * to_float(g[k].v[j]) + to_float(bt[k].v[j]));
       *reinterpret_cast<Pack<T, N>*>(orow + c) = r;
     }
   }
