@@ -130,7 +130,6 @@ class LinearGeglu : public CudaTest, public ::testing::WithParamInterface<Linear
     const cuda::Options defaults;
     cuda::options().geglu_fused = defaults.geglu_fused;
     cuda::options().geglu_form = defaults.geglu_form;
-    cuda::options().geglu_wide_stores = defaults.geglu_wide_stores;
     CudaTest::TearDown();
   }
 };
@@ -142,15 +141,12 @@ TEST_P(LinearGeglu, MatchesCpu) {
     const char* name;
     bool fused;
     Form form;
-    bool wide;
   };
-  // The two ops, then the fused GEMM: timed form, each form forced, both store widths.
-  const Path paths[] = {{"two ops", false, Form::Auto, false},
-                        {"fused", true, Form::Auto, false},
-                        {"fused ping-pong", true, Form::PingPong, false},
-                        {"fused ping-pong wide", true, Form::PingPong, true},
-                        {"fused cooperative", true, Form::Cooperative, false},
-                        {"fused cooperative wide", true, Form::Cooperative, true}};
+  // The two ops, then the fused GEMM: the timed form, then each form forced.
+  const Path paths[] = {{"two ops", false, Form::Auto},
+                        {"fused", true, Form::Auto},
+                        {"fused ping-pong", true, Form::PingPong},
+                        {"fused cooperative", true, Form::Cooperative}};
   for (DType dt : kAllTypes) {
     const std::vector<Tensor> in{
         random_tensor({c.m, c.k}, dt, next_seed()),
@@ -161,7 +157,6 @@ TEST_P(LinearGeglu, MatchesCpu) {
     for (const Path& p : paths) {
       cuda::options().geglu_fused = p.fused;
       cuda::options().geglu_form = p.form;
-      cuda::options().geglu_wide_stores = p.wide;
       const size_t before = cuda::linear_geglu_fused_calls();
       expect_close(
           str("linear_geglu ", c.m, "x", c.k, "x", c.n2, " ", p.name), dt, in,

@@ -73,8 +73,7 @@ const char* kHelp =
     "                       (default 1 where built; for A/B)\n"
     "  --geglu-form K       auto, pingpong or cooperative: the fused GEGLU GEMM's CUTLASS\n"
     "                       kernel (default auto: timed per shape; for A/B)\n"
-    "  --geglu-wide-stores B  1 or 0: its epilogue stores 16 bytes a thread, or 4\n"
-    "                       (default 0; for A/B)\n"
+
     "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
     "  --group-norm K       auto or grid: grid tries the grid-wide one-launch GroupNorm\n"
@@ -464,7 +463,6 @@ int bench(const std::vector<std::string>& argv) {
                    "flash-short-kv-kernel",
                    "geglu-fused",
                    "geglu-form",
-                   "geglu-wide-stores",
                    "attention",
                    "group-norm",
                    "conv",
@@ -518,8 +516,6 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().flash_short_kv_kernel = *on == 1;
   if (const auto on = args.integer("geglu-fused", 0, 1))
     if (s.cuda()) cuda::options().geglu_fused = *on == 1;
-  if (const auto on = args.integer("geglu-wide-stores", 0, 1))
-    if (s.cuda()) cuda::options().geglu_wide_stores = *on == 1;
   if (const auto rows = args.integer("flash-wgmma-rows", 128, 192)) {
     if (*rows != 128 && *rows != 192) throw UsageError("--flash-wgmma-rows is 128 or 192");
     if (s.cuda()) cuda::options().flash_wgmma_rows = *rows;

@@ -98,9 +98,6 @@ struct Options {
   // of two) on each shape's first call outside a capture; the others force one.
   enum class GegluForm { Auto, PingPong, Cooperative };
   GegluForm geglu_form = GegluForm::Auto;
-  // Its epilogue's stores: 16 bytes a thread after a transpose within each quad of
-  // threads, or 4 (for A/B).
-  bool geglu_wide_stores = false;
 };
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).

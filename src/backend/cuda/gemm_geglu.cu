@@ -10,8 +10,9 @@
 // alternate kGegluBlock (8) hidden and 8 gate rows, and a wgmma accumulator gives
 // each thread pairs of adjacent columns in groups of 8, group g + 1 eight columns to
 // the right of group g. So a thread holds the hidden value of its column and, one
-// group on, the gate of the same column: it adds the biases, applies the gate in f32
-// and stores two adjacent outputs as one 32-bit word.
+// group on, the gate of the same column: it adds the biases and applies the gate in
+// f32; a transpose within each quad of threads then gives each thread eight adjacent
+// outputs to store as one 16-byte word.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -69,10 +70,11 @@ struct Pair<cutlass::bfloat16_t> {
 // A collective epilogue with the interface of CUTLASS's register-to-global epilogues
 // (run through detail::Sm90TmaWarpSpecializedAdapter, as CUTLASS's own builder does for
 // the no-shared-memory schedule). Problem N is the weight's 2N rows; out is [M, N].
-// kWide: 16-byte stores after a transpose within each quad of threads (out 16-byte
-// aligned, ld_out a multiple of 8), else each thread's two adjacent outputs as one
-// 32-bit store.
-template <class Element, bool kWide>
+// Stores are 16 bytes a thread, after a transpose within each quad of threads (out
+// 16-byte aligned, ld_out a multiple of 8): against one 32-bit store a thread per
+// column pair, SDXL's 60 calls of 2048x10240x1280 took 5.37 ms a step instead of 5.62
+// (H200, bench/results/2026-12-04-h200-v18).
+template <class Element>
 class GegluEpilogue {
  public:
   using EpilogueSchedule = cutlass::epilogue::NoSmemWarpSpecialized;
@@ -117,10 +119,8 @@ class GegluEpilogue {
   template <class ProblemShape>
   static bool can_implement(ProblemShape const& problem, Arguments const& args) {
     const auto n = cute::get<1>(problem);
-    const int align = kWide ? 8 : 2;  // elements
-    return args.out != nullptr && n % 16 == 0 && args.ld_out % align == 0 &&
-           reinterpret_cast<uintptr_t>(args.out) % (align * sizeof(Element)) == 0 &&
-           args.ld_out >= n / 2;
+    return args.out != nullptr && n % 16 == 0 && args.ld_out % 8 == 0 &&
+           reinterpret_cast<uintptr_t>(args.out) % 16 == 0 && args.ld_out >= n / 2;
   }
 
   CUTLASS_HOST_DEVICE
@@ -177,63 +177,42 @@ class GegluEpilogue {
       const float g1 = acc(make_coord(make_coord(1, r, g + 1), mi, ni)) + gb.y;
       return P::make(h0 * gelu_erf(g0), h1 * gelu_erf(g1));
     };
-    if constexpr (!kWide) {
+    // Four threads (a quad, lanes differing in their low two bits) hold the same
+    // rows; thread q has columns 2q and 2q + 1 of every group. Per row, eight groups
+    // (four hidden/gate pairs) make 32 output columns: each thread's 32-bit words
+    // go through a 4x4 transpose within the quad, after which thread q holds all
+    // eight outputs of pair q and stores them as one 16-byte word, and the quad
+    // writes 64 contiguous bytes instead of four times 16.
+    static_assert(kGroups % 8 == 0, "the stores take eight column groups at a time");
+    const int q = (get<1>(tc(make_coord(make_coord(0, 0, 0), 0, 0))) & 7) >> 1;
+    auto pick = [](const uint32_t(&w)[4], int i) {
+      return i == 0 ? w[0] : i == 1 ? w[1] : i == 2 ? w[2] : w[3];
+    };
+    CUTLASS_PRAGMA_UNROLL
+    for (int mi = 0; mi < size<1>(acc); ++mi) {
       CUTLASS_PRAGMA_UNROLL
-      for (int mi = 0; mi < size<1>(acc); ++mi) {
+      for (int ni = 0; ni < kN; ++ni) {
         CUTLASS_PRAGMA_UNROLL
-        for (int ni = 0; ni < kN; ++ni) {
+        for (int r = 0; r < 2; ++r) {
           CUTLASS_PRAGMA_UNROLL
-          for (int r = 0; r < 2; ++r) {
+          for (int b = 0; b < kGroups; b += 8) {
+            uint32_t w[4];  // w[s]: pair s's two outputs at this thread's columns
             CUTLASS_PRAGMA_UNROLL
-            for (int g = 0; g < kGroups; g += 2) {
-              const auto rc = tc(make_coord(make_coord(0, r, g), mi, ni));
-              const int row = get<0>(rc), col = get<1>(rc);  // col: a hidden column, even
-              if (row >= m_total || col >= n_total) continue;
-              const int out_col = (col >> 4) * 8 + (col & 7);
-              *reinterpret_cast<Bias*>(params_.out + int64_t(row) * params_.ld_out + out_col) =
-                  output(mi, ni, r, g);
+            for (int s = 0; s < 4; ++s) {
+              const Bias v = output(mi, ni, r, b + 2 * s);
+              w[s] = *reinterpret_cast<const uint32_t*>(&v);
             }
-          }
-        }
-      }
-    } else {
-      // Four threads (a quad, lanes differing in their low two bits) hold the same
-      // rows; thread q has columns 2q and 2q + 1 of every group. Per row, eight groups
-      // (four hidden/gate pairs) make 32 output columns: each thread's 32-bit words
-      // go through a 4x4 transpose within the quad, after which thread q holds all
-      // eight outputs of pair q and stores them as one 16-byte word, and the quad
-      // writes 64 contiguous bytes instead of four times 16.
-      static_assert(kGroups % 8 == 0, "wide stores take eight column groups at a time");
-      const int q = (get<1>(tc(make_coord(make_coord(0, 0, 0), 0, 0))) & 7) >> 1;
-      auto pick = [](const uint32_t(&w)[4], int i) {
-        return i == 0 ? w[0] : i == 1 ? w[1] : i == 2 ? w[2] : w[3];
-      };
-      CUTLASS_PRAGMA_UNROLL
-      for (int mi = 0; mi < size<1>(acc); ++mi) {
-        CUTLASS_PRAGMA_UNROLL
-        for (int ni = 0; ni < kN; ++ni) {
-          CUTLASS_PRAGMA_UNROLL
-          for (int r = 0; r < 2; ++r) {
-            CUTLASS_PRAGMA_UNROLL
-            for (int b = 0; b < kGroups; b += 8) {
-              uint32_t w[4];  // w[s]: pair s's two outputs at this thread's columns
-              CUTLASS_PRAGMA_UNROLL
-              for (int s = 0; s < 4; ++s) {
-                const Bias v = output(mi, ni, r, b + 2 * s);
-                w[s] = *reinterpret_cast<const uint32_t*>(&v);
-              }
-              // got[i]: from lane q ^ i, its words of pair q (i = 0: this thread's own).
-              const uint32_t got[4] = {pick(w, q), __shfl_xor_sync(0xffffffffu, pick(w, q ^ 1), 1),
-                                       __shfl_xor_sync(0xffffffffu, pick(w, q ^ 2), 2),
-                                       __shfl_xor_sync(0xffffffffu, pick(w, q ^ 3), 3)};
-              // Position j of pair q came from lane j, i.e. got[q ^ j].
-              const uint4 v{pick(got, q), pick(got, q ^ 1), pick(got, q ^ 2), pick(got, q ^ 3)};
-              const auto rc = tc(make_coord(make_coord(0, r, b + 2 * q), mi, ni));
-              const int row = get<0>(rc), col = get<1>(rc) - 2 * q;  // pair q's first column
-              if (row >= m_total || col >= n_total) continue;
-              const int out_col = (col >> 4) * 8;
-              *reinterpret_cast<uint4*>(params_.out + int64_t(row) * params_.ld_out + out_col) = v;
-            }
+            // got[i]: from lane q ^ i, its words of pair q (i = 0: this thread's own).
+            const uint32_t got[4] = {pick(w, q), __shfl_xor_sync(0xffffffffu, pick(w, q ^ 1), 1),
+                                     __shfl_xor_sync(0xffffffffu, pick(w, q ^ 2), 2),
+                                     __shfl_xor_sync(0xffffffffu, pick(w, q ^ 3), 3)};
+            // Position j of pair q came from lane j, i.e. got[q ^ j].
+            const uint4 v{pick(got, q), pick(got, q ^ 1), pick(got, q ^ 2), pick(got, q ^ 3)};
+            const auto rc = tc(make_coord(make_coord(0, r, b + 2 * q), mi, ni));
+            const int row = get<0>(rc), col = get<1>(rc) - 2 * q;  // pair q's first column
+            if (row >= m_total || col >= n_total) continue;
+            const int out_col = (col >> 4) * 8;
+            *reinterpret_cast<uint4*>(params_.out + int64_t(row) * params_.ld_out + out_col) = v;
           }
         }
       }
@@ -244,11 +223,11 @@ class GegluEpilogue {
   Params params_;
 };
 
-template <class Element_, bool kWide, class Tile, class Cluster, class Schedule>
+template <class Element_, class Tile, class Cluster, class Schedule>
 struct GegluGemm {
   using Element = Element_;
-  using Epilogue = cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<
-      GegluEpilogue<Element, kWide>>;
+  using Epilogue =
+      cutlass::epilogue::collective::detail::Sm90TmaWarpSpecializedAdapter<GegluEpilogue<Element>>;
   using Mainloop = typename cutlass::gemm::collective::CollectiveBuilder<
       cutlass::arch::Sm90, cutlass::arch::OpClassTensorOp, Element, cutlass::layout::RowMajor, 8,
       Element, cutlass::layout::ColumnMajor, 8, float, Tile, Cluster,
@@ -263,12 +242,12 @@ struct GegluGemm {
 // The two forms the probe found closest to cuBLAS on the UNets' GEGLU shapes (v17,
 // call 1): ping-pong 64x256 on 2048x10240x1280 (78.6 µs, cuBLAS 79.1), cooperative
 // 128x256 in clusters of two on 8192x5120x640 (90.0, cuBLAS 85.5).
-template <class E, bool W>
-using PingPong = GegluGemm<E, W, cute::Shape<cute::_64, cute::_256, cute::_64>,
+template <class E>
+using PingPong = GegluGemm<E, cute::Shape<cute::_64, cute::_256, cute::_64>,
                            cute::Shape<cute::_1, cute::_1, cute::_1>,
                            cutlass::gemm::KernelTmaWarpSpecializedPingpong>;
-template <class E, bool W>
-using Cooperative = GegluGemm<E, W, cute::Shape<cute::_128, cute::_256, cute::_64>,
+template <class E>
+using Cooperative = GegluGemm<E, cute::Shape<cute::_128, cute::_256, cute::_64>,
                               cute::Shape<cute::_2, cute::_1, cute::_1>,
                               cutlass::gemm::KernelTmaWarpSpecializedCooperative>;
 enum class Form { PingPong, Cooperative };
@@ -303,9 +282,7 @@ bool launch(const LinearGegluArgs& a) {
 
 template <class E>
 bool launch_form(Form f, const LinearGegluArgs& a) {
-  if (options().geglu_wide_stores)
-    return f == Form::PingPong ? launch<PingPong<E, true>>(a) : launch<Cooperative<E, true>>(a);
-  return f == Form::PingPong ? launch<PingPong<E, false>>(a) : launch<Cooperative<E, false>>(a);
+  return f == Form::PingPong ? launch<PingPong<E>>(a) : launch<Cooperative<E>>(a);
 }
 
 // The form each shape runs: timed on its first call outside a graph capture (both
@@ -375,9 +352,9 @@ bool linear_geglu(const LinearGegluArgs& a) {
   if (t != DType::F16 && t != DType::BF16) return false;
   const int64_t m = a.x.dim(0), n2 = a.weight.dim(0), k = a.x.dim(1);
   if (m == 0 || n2 == 0) return true;  // nothing to write
-  // TMA wants 16-byte aligned rows and bases; the epilogue, 4-byte aligned outputs.
+  // TMA wants 16-byte aligned rows and bases, and so does the epilogue's output.
   if (m > INT32_MAX || n2 > INT32_MAX || k % 8 != 0 || n2 % 16 != 0 || !aligned16(a.x.raw()) ||
-      !aligned16(a.weight.raw()) || reinterpret_cast<uintptr_t>(a.out.raw()) % 4 != 0 ||
+      !aligned16(a.weight.raw()) || !aligned16(a.out.raw()) || a.out.dim(1) % 8 != 0 ||
       (a.bias.defined() && reinterpret_cast<uintptr_t>(a.bias.raw()) % 4 != 0))
     return false;
   count_flops(2.0 * double(m) * double(n2) * double(k));
