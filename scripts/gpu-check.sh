@@ -186,9 +186,17 @@ if has_stage test && [ -x "$TESTS" ]; then
     done
   }
   log "backend ops against the CPU reference"
-  run_suites "$LOGS/backend-ops.log" $(( $(left) > 300 ? 150 : $(left) / 3 )) 'Elementwise.*' \
-    'Runtime.*' 'PlanCache.*' 'Shapes/Linear.*' 'Shapes/LinearGeglu.*' 'Shapes/Conv2d.*' 'Shapes/Attention.*' 'AttentionAuto.*' 'Shapes/GroupNorm.*' \
-    'Shapes/LayerNorm.*'
+  SUITES=('Elementwise.*' 'Runtime.*' 'PlanCache.*' 'Shapes/Linear.*' 'Shapes/LinearGeglu.*'
+          'Shapes/Conv2d.*' 'Shapes/UpsampleConv.*' 'Shapes/Attention.*' 'AttentionAuto.*'
+          'Shapes/GroupNorm.*' 'Shapes/LayerNorm.*')
+  # A suite added to the tests but not to this list would pass unseen (LinearGeglu did).
+  for suite in $("$TESTS" --gtest_list_tests | grep -v '^ ' | grep '\.$'); do
+    case " ${SUITES[*]} Golden/CudaGolden.* Arch/FullSize.* " in
+      *" $suite* "*) ;;
+      *) log "WARNING: test suite $suite is not in gpu-check's list: add it" ;;
+    esac
+  done
+  run_suites "$LOGS/backend-ops.log" $(( $(left) > 300 ? 150 : $(left) / 3 )) "${SUITES[@]}"
   summarize_tests "$LOGS/backend-ops.log" "backend ops"
   grep -E "nmse [0-9.e+-]+$|: Failure|^suite |exception|error|=====.*(Invalid|Address|at 0x)" "$LOGS/backend-ops.log" | head -40
   log "goldens on CUDA (f16, bf16)"

@@ -31,6 +31,10 @@ struct Conv2dArgs {
   int stride = 1;
   int pad_top = 0, pad_left = 0, pad_bottom = 0, pad_right = 0;
   Tensor out;  // [B, HO, WO, O]
+  // The FLOPs of the model's own form of this convolution where this one computes it
+  // another way (ops::upsample2x_conv), so that a backend's count stays the model's;
+  // 0: this convolution's own.
+  double model_flops = 0.0;
 };
 
 struct GroupNormArgs {
@@ -122,6 +126,13 @@ struct UpsampleArgs {
   Tensor out;  // [B, HO, WO, C], nearest: source index floor(dst * in / out)
 };
 
+// The four output phases of ops::upsample2x_conv put in place:
+// out[b, 2i + r, 2j + c, :] = x[b, i + r, j + c, (2r + c)·C : (2r + c + 1)·C].
+struct InterleavePhasesArgs {
+  Tensor x;    // [B, H + 1, W + 1, 4·C]
+  Tensor out;  // [B, 2H, 2W, C]
+};
+
 struct TimestepEmbeddingArgs {
   Tensor timesteps;  // [B] f32
   int dim = 0;
@@ -169,6 +180,7 @@ class Backend {
   virtual bool linear_geglu(const LinearGegluArgs&) { return false; }
   virtual void concat(const ConcatArgs& a) = 0;
   virtual void upsample_nearest(const UpsampleArgs& a) = 0;
+  virtual void interleave_phases(const InterleavePhasesArgs& a) = 0;
   virtual void timestep_embedding(const TimestepEmbeddingArgs& a) = 0;
   virtual void embedding(const EmbeddingArgs& a) = 0;
   virtual void slice_last(const SliceLastArgs& a) = 0;

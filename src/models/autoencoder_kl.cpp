@@ -133,7 +133,7 @@ std::unique_ptr<AutoencoderKL> AutoencoderKL::load(const std::filesystem::path& 
                                     out, o);
     if (i + 1 < n) {
       b.upsampler.emplace();
-      b.upsampler->load(w, p + ".upsamplers.0", out);
+      b.upsampler->load(w, p + ".upsamplers.0", out, /*any_size=*/false);  // always ×2
     }
   }
   m->dec_conv_norm_out.load(w, "decoder.conv_norm_out", ch[0], c.norm_num_groups, 1e-6f);

@@ -43,13 +43,34 @@ void Downsample2D::load(const WeightLoader& w, const std::string& prefix, int64_
   conv.load(w, prefix + ".conv", channels, channels, 3, g);
 }
 
-void Upsample2D::load(const WeightLoader& w, const std::string& prefix, int64_t channels) {
-  conv.load(w, prefix + ".conv", channels, channels, 3, ops::Conv2dGeometry::same(3));
+BlockOptions& block_options() {
+  static BlockOptions options;
+  return options;
+}
+
+void Upsample2D::load(const WeightLoader& w, const std::string& prefix, int64_t channels,
+                      bool any_size) {
+  const bool by_phase = w.device() == Device::CUDA && block_options().upsample_phases;
+  if (!by_phase || any_size)
+    conv.load(w, prefix + ".conv", channels, channels, 3, ops::Conv2dGeometry::same(3));
+  if (by_phase) {  // made on the host, so that the device holds only what it uses
+    Conv2d host;
+    host.load(w.on_host(), prefix + ".conv", channels, channels, 3, ops::Conv2dGeometry::same(3));
+    const ops::PhaseConv on_host = ops::upsample_conv_phases(host.weight, host.bias);
+    const LongLivedAllocations weight;
+    phases.weight = on_host.weight.to(w.device());
+    phases.bias = on_host.bias.to(w.device());
+  }
 }
 
 Tensor Upsample2D::operator()(const Tensor& x, int64_t out_h, int64_t out_w) const {
+  // x: [B, H, W, C] → [B, out_h, out_w, C]
   if (out_h == 0) out_h = x.dim(1) * 2;
   if (out_w == 0) out_w = x.dim(2) * 2;
+  if (phases.weight.defined() && out_h == 2 * x.dim(1) && out_w == 2 * x.dim(2))
+    return ops::upsample2x_conv(x, phases);
+  KILN_CHECK(conv.weight.defined(), "Upsample2D: ", x.shape().str(), " to ", out_h, "x", out_w,
+             ": this upsampler was loaded for exact doublings only");
   return conv(ops::upsample_nearest(x, out_h, out_w));
 }
 

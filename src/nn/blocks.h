@@ -52,10 +52,22 @@ struct Downsample2D {
   Tensor operator()(const Tensor& x) const { return conv(x); }
 };
 
+// Choices in how blocks compute that do not change what they compute.
+struct BlockOptions {
+  // Upsample2D on CUDA by output phase (ops::upsample2x_conv): 2.25× fewer
+  // multiply-adds in its convolution and no upsampled tensor. Off: the direct form,
+  // for A/B runs. Read when a model loads.
+  bool upsample_phases = true;
+};
+BlockOptions& block_options();
+
 // Nearest ×2 (or to an explicit size) followed by a 3×3 convolution.
 struct Upsample2D {
-  Conv2d conv;
-  void load(const WeightLoader& w, const std::string& prefix, int64_t channels);
+  Conv2d conv;            // the 3×3 convolution; left empty where only `phases` is needed
+  ops::PhaseConv phases;  // on CUDA, the same by output phase, for exact doublings
+  // any_size: keep the direct form for explicit sizes (a UNet's odd latent sizes).
+  void load(const WeightLoader& w, const std::string& prefix, int64_t channels,
+            bool any_size = true);
   Tensor operator()(const Tensor& x, int64_t out_h = 0, int64_t out_w = 0) const;
 };
 

@@ -57,8 +57,11 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activat
   return out;
 }
 
-Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dGeometry g,
-              const Tensor& residual) {
+namespace {
+
+// ops::conv2d, with the FLOPs of the model's form where this is another (Conv2dArgs).
+Tensor conv2d_counted(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dGeometry g,
+                      const Tensor& residual, double model_flops) {
   KILN_CHECK(x.ndim() == 4 && weight.ndim() == 4, "conv2d: x ", x.describe(), ", weight ",
              weight.describe(), " (expected NHWC input and OHWI weight)");
   check_float_like(x, weight, "conv2d", "weight");
@@ -88,8 +91,16 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dG
                " does not match output ", a.out.shape().str());
     a.residual = residual;
   }
+  a.model_flops = model_flops;
   backend_for(x.device()).conv2d(a);
   return a.out;
+}
+
+}  // namespace
+
+Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dGeometry g,
+              const Tensor& residual) {
+  return conv2d_counted(x, weight, bias, g, residual, 0.0);
 }
 
 Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
@@ -395,6 +406,64 @@ Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w) {
   a.x = x;
   a.out = like(x, {x.dim(0), out_h, out_w, x.dim(3)});
   backend_for(x.device()).upsample_nearest(a);
+  return a.out;
+}
+
+PhaseConv upsample_conv_phases(const Tensor& weight, const Tensor& bias) {
+  KILN_CHECK(weight.ndim() == 4 && weight.dim(1) == 3 && weight.dim(2) == 3,
+             "upsample_conv_phases: weight ", weight.describe(), " (expected [O, 3, 3, C])");
+  const int64_t o = weight.dim(0), c = weight.dim(3);
+  const Tensor w = to(weight, Device::CPU, DType::F32);
+  Tensor out = Tensor::zeros({4 * o, 2, 2, c}, DType::F32, Device::CPU);
+  const float* src = w.data<float>();
+  float* dst = out.data<float>();
+  // Tap t of parity p sums kernel rows first[p][t] .. last[p][t] (columns alike).
+  constexpr int first[2][2] = {{0, 1}, {0, 2}}, last[2][2] = {{0, 2}, {1, 2}};
+  for (int pr = 0; pr < 2; ++pr)
+    for (int pc = 0; pc < 2; ++pc)
+      for (int64_t oc = 0; oc < o; ++oc)
+        for (int ty = 0; ty < 2; ++ty)
+          for (int tx = 0; tx < 2; ++tx) {
+            float* tap = dst + (((2 * pr + pc) * o + oc) * 4 + ty * 2 + tx) * c;
+            for (int ky = first[pr][ty]; ky <= last[pr][ty]; ++ky)
+              for (int kx = first[pc][tx]; kx <= last[pc][tx]; ++kx) {
+                const float* k = src + ((oc * 3 + ky) * 3 + kx) * c;
+                for (int64_t ch = 0; ch < c; ++ch) tap[ch] += k[ch];
+              }
+          }
+  PhaseConv phases;
+  phases.weight = to(out, weight.device(), weight.dtype());
+  if (bias.defined()) {
+    KILN_CHECK(bias.ndim() == 1 && bias.dim(0) == o, "upsample_conv_phases: bias ", bias.describe(),
+               " for ", o, " outputs");
+    phases.bias = concat_rows({bias, bias, bias, bias});
+  }
+  return phases;
+}
+
+Tensor upsample2x_conv(const Tensor& x, const PhaseConv& phases) {
+  KILN_CHECK(x.ndim() == 4, "upsample2x_conv: x ", x.describe(), " (expected NHWC)");
+  KILN_CHECK(phases.weight.ndim() == 4 && phases.weight.dim(0) % 4 == 0 &&
+                 phases.weight.dim(1) == 2 && phases.weight.dim(2) == 2,
+             "upsample2x_conv: phase weight ", phases.weight.describe(),
+             " (expected [4·O, 2, 2, C])");
+  const int64_t o = phases.weight.dim(0) / 4;
+  // The direct form's FLOPs: 2 · B · 2H · 2W · O · 9 · C.
+  const double model_flops =
+      2.0 * double(x.dim(0) * 4 * x.dim(1) * x.dim(2)) * double(o) * 9.0 * double(x.dim(3));
+  // z: [B, H + 1, W + 1, 4·O]
+  const Tensor z =
+      conv2d_counted(x, phases.weight, phases.bias, Conv2dGeometry::same(3), Tensor(), model_flops);
+  return interleave_phases(z);
+}
+
+Tensor interleave_phases(const Tensor& z) {
+  KILN_CHECK(z.ndim() == 4 && z.dim(1) >= 2 && z.dim(2) >= 2 && z.dim(3) % 4 == 0,
+             "interleave_phases: z ", z.describe(), " (expected [B, H + 1, W + 1, 4·C])");
+  InterleavePhasesArgs a;
+  a.x = z;
+  a.out = like(z, {z.dim(0), 2 * (z.dim(1) - 1), 2 * (z.dim(2) - 1), z.dim(3) / 4});
+  backend_for(z.device()).interleave_phases(a);
   return a.out;
 }
 

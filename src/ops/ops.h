@@ -82,6 +82,27 @@ Tensor slice_last(const Tensor& x, int64_t begin, int64_t end);
 // x [B, H, W, C] → [B, out_h, out_w, C], nearest neighbour.
 Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w);
 
+// conv2d(upsample_nearest(x, 2H, 2W), weight, bias, same(3)) without the upsampled
+// tensor. Each output pixel's row and column parity (its phase) sees a 2×2 window of x
+// whose taps are sums of the 3×3 kernel's: parity 0 weighs input rows i − 1 and i by
+// kernel rows {0} and {1, 2}; parity 1 weighs rows i and i + 1 by {0, 1} and {2}
+// (columns alike). So one 2×2 convolution with padding 1 makes all four phases as 4·O
+// channels, with 16 multiply-adds per output pixel and channel pair where the direct
+// form takes 36, and interleave_phases puts them in place. The same map as the
+// direct form but for the rounding of the summed taps.
+struct PhaseConv {
+  Tensor weight;  // [4·O, 2, 2, C]: phase p = 2·(row parity) + column parity in rows p·O..
+  Tensor bias;    // [4·O] or undefined
+};
+// From a 3×3 convolution's weight [O, 3, 3, C] and bias [O] (or undefined); the sums in
+// f32, the result in weight's dtype on its device.
+PhaseConv upsample_conv_phases(const Tensor& weight, const Tensor& bias);
+// x [B, H, W, C] → [B, 2H, 2W, O].
+Tensor upsample2x_conv(const Tensor& x, const PhaseConv& phases);
+// z [B, H + 1, W + 1, 4·C] → [B, 2H, 2W, C]: out[b, 2i + r, 2j + c] is z[b, i + r, j + c]'s
+// channels (2r + c)·C ...
+Tensor interleave_phases(const Tensor& z);
+
 // timesteps [B] (f32, any device) → [B, dim] sinusoidal embedding, as diffusers'
 // get_timestep_embedding.
 Tensor timestep_embedding(const Tensor& timesteps, int dim, bool flip_sin_to_cos,

@@ -265,6 +265,68 @@ INSTANTIATE_TEST_SUITE_P(
         ::testing::Values(ConvPath::Im2col, ConvPath::Timed, ConvPath::Narrow)));
 
 // ---------------------------------------------------------------------------
+// Upsample2D's convolution by output phase (ops::upsample2x_conv, the form CUDA runs)
+// against the direct form on the CPU: nearest ×2, then the 3×3 convolution.
+struct UpsampleConvCase {
+  int64_t b, h, w, c, o;
+  bool bias;
+};
+
+class UpsampleConv : public CudaTest,
+                     public ::testing::WithParamInterface<std::tuple<UpsampleConvCase, ConvPath>> {
+ protected:
+  void TearDown() override {
+    cuda::options().use_cudnn = true;
+    CudaTest::TearDown();
+  }
+};
+
+TEST_P(UpsampleConv, ByPhaseMatchesDirectOnCpu) {
+  const auto [c, path] = GetParam();
+  if (path == ConvPath::Timed && !cuda::cudnn_enabled()) GTEST_SKIP() << "no cuDNN in this build";
+  cuda::options().use_cudnn = path != ConvPath::Im2col;
+  const std::string what = str("upsample2x_conv ", c.b, "x", c.h, "x", c.w, "x", c.c, " -> ", c.o);
+  for (DType dt : kAllTypes) {
+    // The weights scaled to keep the outputs near 1 (1/sqrt of the fan-in).
+    const Reference& r = shared_reference(
+        what, "direct", dt, {{c.b, c.h, c.w, c.c}, {c.o, 3, 3, c.c}, {c.o}},
+        [&](const std::vector<Tensor>& t) {
+          return ops::conv2d(ops::upsample_nearest(t[0], 2 * c.h, 2 * c.w),
+                             ops::scale(t[1], 1.0f / std::sqrt(float(9 * c.c))),
+                             c.bias ? t[2] : Tensor(), ops::Conv2dGeometry::same(3));
+        });
+    expect_close(
+        what + (path == ConvPath::Im2col ? " im2col" : " timed"), dt, r.inputs,
+        [&](const std::vector<Tensor>& t) {
+          const Tensor w = ops::scale(t[1], 1.0f / std::sqrt(float(9 * c.c)));
+          return ops::upsample2x_conv(t[0], ops::upsample_conv_phases(w, c.bias ? t[2] : Tensor()));
+        },
+        r.expected);
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, UpsampleConv,
+    ::testing::Combine(
+        ::testing::Values(UpsampleConvCase{1, 3, 5, 24, 40, true},         // odd sizes
+                          UpsampleConvCase{2, 7, 6, 13, 16, false},        // odd channels, no bias
+                          UpsampleConvCase{2, 8, 8, 1280, 1280, true},     // SD1.5 up_blocks.0
+                          UpsampleConvCase{2, 32, 32, 640, 640, true},     // SD1.5 up_blocks.2
+                          UpsampleConvCase{2, 64, 64, 640, 640, true},     // SDXL up_blocks.1
+                          UpsampleConvCase{1, 64, 64, 512, 512, true},     // VAE 512² up_blocks.0
+                          UpsampleConvCase{1, 128, 128, 256, 256, true}),  // VAE 512² up_blocks.2
+        ::testing::Values(ConvPath::Im2col, ConvPath::Timed)));
+
+class Elementwise : public CudaTest {};
+
+TEST_F(Elementwise, InterleavePhasesMatchesCpu) {
+  for (DType dt : kAllTypes)
+    for (const Shape& s : {Shape{1, 2, 2, 4}, Shape{2, 5, 9, 12}, Shape{1, 33, 17, 2048}})
+      expect_match(str("interleave_phases ", s.str()), dt, {random_tensor(s, dt, next_seed())},
+                   [](const std::vector<Tensor>& t) { return ops::interleave_phases(t[0]); });
+}
+
+// ---------------------------------------------------------------------------
 struct AttentionCase {
   int64_t b, sq, sk;
   int heads;
@@ -635,8 +697,6 @@ INSTANTIATE_TEST_SUITE_P(Shapes, LayerNorm,
                                            std::tuple<int64_t, int64_t>{13, 5}));
 
 // ---------------------------------------------------------------------------
-class Elementwise : public CudaTest {};
-
 TEST_F(Elementwise, BinaryWithBroadcast) {
   const std::vector<std::pair<Shape, Shape>> cases{
       {{2, 64, 64, 320}, {2, 64, 64, 320}},  // residual add

@@ -276,6 +276,30 @@ TEST(Ops, UpsampleNearestPicksTorchSourceIndices) {
   }
 }
 
+// The phase form of an upsampling convolution against the direct form it replaces on
+// CUDA: the same map, to f32 rounding, at every border, with and without a bias, on
+// square and non-square images.
+TEST(Ops, UpsampleConvByPhaseMatchesUpsampleThenConv) {
+  struct Case {
+    int64_t b, h, w, c, o;
+    bool bias;
+  };
+  for (const Case k : {Case{1, 1, 1, 1, 1, true}, Case{2, 3, 5, 4, 3, true},
+                       Case{1, 4, 4, 8, 16, false}, Case{2, 6, 3, 5, 7, true}}) {
+    const Tensor x = random_tensor({k.b, k.h, k.w, k.c}, 61);
+    const Tensor w = random_tensor({k.o, 3, 3, k.c}, 62);
+    const Tensor bias = k.bias ? random_tensor({k.o}, 63) : Tensor();
+    const Tensor direct = ops::conv2d(ops::upsample_nearest(x, 2 * k.h, 2 * k.w), w, bias,
+                                      ops::Conv2dGeometry::same(3));
+    const Tensor by_phase = ops::upsample2x_conv(x, ops::upsample_conv_phases(w, bias));
+    ASSERT_EQ(by_phase.shape(), direct.shape());
+    std::vector<double> ref(size_t(direct.numel()));
+    for (size_t i = 0; i < ref.size(); ++i) ref[i] = f(direct)[i];
+    EXPECT_LT(max_abs_diff(by_phase, ref), 1e-5)
+        << k.b << "x" << k.h << "x" << k.w << "x" << k.c << " -> " << k.o;
+  }
+}
+
 TEST(Ops, TimestepEmbeddingFollowsDiffusersFormula) {
   const float t[2] = {999.0f, 0.5f};
   Tensor ts = Tensor::from_floats({2}, t);

@@ -18,6 +18,7 @@
 #include "models/autoencoder_kl.h"
 #include "models/clip_text_model.h"
 #include "models/unet_2d_condition.h"
+#include "nn/blocks.h"
 #include "ops/ops.h"
 #include "pipelines/text_to_image.h"
 #include "schedulers/scheduler.h"
@@ -73,6 +74,9 @@ const char* kHelp =
     "                       (default 1 where built; for A/B)\n"
     "  --geglu-form K       auto, pingpong or cooperative: the fused GEGLU GEMM's CUTLASS\n"
     "                       kernel (default auto: timed per shape; for A/B)\n"
+    "  --upsample-phases B  1 or 0: on CUDA, upsampling convolutions by output phase (2x2\n"
+    "                       taps on the small image), or upsampling and a 3x3 convolution\n"
+    "                       (default 1; for A/B)\n"
 
     "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
@@ -463,6 +467,7 @@ int bench(const std::vector<std::string>& argv) {
                    "flash-short-kv-kernel",
                    "geglu-fused",
                    "geglu-form",
+                   "upsample-phases",
                    "attention",
                    "group-norm",
                    "conv",
@@ -500,6 +505,8 @@ int bench(const std::vector<std::string>& argv) {
     return batches.empty() ? std::vector<int>{fallback} : batches;
   };
 
+  if (const auto on = args.integer("upsample-phases", 0, 1))
+    nn::block_options().upsample_phases = *on == 1;
   std::string gpu = "cpu";
 #if defined(KILN_WITH_CUDA)
   if (const auto rows = args.integer("flash-warp-rows", 16, 32)) {

@@ -140,6 +140,24 @@ void upsample_nearest(const UpsampleArgs& a) {
   }
 }
 
+void interleave_phases(const InterleavePhasesArgs& a) {
+  const int64_t batch = a.out.dim(0), ho = a.out.dim(1), wo = a.out.dim(2), c = a.out.dim(3);
+  const int64_t hz = a.x.dim(1), wz = a.x.dim(2);
+  const float* x = a.x.data<float>();
+  float* out = a.out.data<float>();
+#pragma omp parallel for collapse(2) schedule(static) if (a.out.numel() >= kParallelWork)
+  for (int64_t b = 0; b < batch; ++b) {
+    for (int64_t y = 0; y < ho; ++y) {
+      const int64_t r = y % 2, zy = y / 2 + r;
+      for (int64_t xo = 0; xo < wo; ++xo) {
+        const int64_t col = xo % 2, zx = xo / 2 + col;
+        const float* src = x + ((b * hz + zy) * wz + zx) * 4 * c + (2 * r + col) * c;
+        std::copy(src, src + c, out + ((b * ho + y) * wo + xo) * c);
+      }
+    }
+  }
+}
+
 void timestep_embedding(const TimestepEmbeddingArgs& a) {
   const int64_t batch = a.timesteps.dim(0), half = a.dim / 2;
   const float* t = a.timesteps.data<float>();
@@ -232,6 +250,7 @@ class CpuBackend final : public Backend {
   void geglu(const GegluArgs& a) override { cpu::geglu(a); }
   void concat(const ConcatArgs& a) override { cpu::concat(a); }
   void upsample_nearest(const UpsampleArgs& a) override { cpu::upsample_nearest(a); }
+  void interleave_phases(const InterleavePhasesArgs& a) override { cpu::interleave_phases(a); }
   void timestep_embedding(const TimestepEmbeddingArgs& a) override { cpu::timestep_embedding(a); }
   void embedding(const EmbeddingArgs& a) override { cpu::embedding(a); }
   void slice_last(const SliceLastArgs& a) override { cpu::slice_last(a); }

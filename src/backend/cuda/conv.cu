@@ -63,6 +63,17 @@ __global__ void im2col_kernel(Im2colParams p) {
   }
 }
 
+// The multiply-adds of a convolution (twice), for bench's TFLOP/s.
+double conv_flops(const Conv2dArgs& a) {
+  return 2.0 * double(a.out.numel()) * double(a.weight.numel() / a.weight.dim(0));
+}
+
+// Counts the model's FLOPs where this convolution computes another form of its own
+// (Conv2dArgs::model_flops), less `counted` that a GEMM counted already (im2col's).
+void count_conv_flops(const Conv2dArgs& a, double counted = 0.0) {
+  count_flops((a.model_flops > 0.0 ? a.model_flops : conv_flops(a)) - counted);
+}
+
 constexpr size_t kColumnBudget = size_t(256) << 20;
 
 void conv_im2col(const Conv2dArgs& a) {
@@ -106,6 +117,8 @@ void conv_im2col(const Conv2dArgs& a) {
     g.dtype = a.x.dtype();
     gemm_nt(g);
   }
+  // The GEMMs counted this convolution's own FLOPs.
+  if (a.model_flops > 0.0) count_conv_flops(a, conv_flops(a));
 }
 
 // ---------------------------------------------------------------------------
@@ -114,11 +127,6 @@ void conv_im2col(const Conv2dArgs& a) {
 // 4 → 320). cuDNN tiles the narrow side to tens of channels and ran these at 1–13
 // TFLOP/s on an H200 (SD1.5's conv_out 133 µs, SDXL's conv_in 81 µs); direct kernels
 // on the CUDA cores, f32 accumulation, are bound by the input's bytes and their FMAs.
-
-// The multiply-adds of a convolution, for bench's TFLOP/s (im2col's GEMM counts its own).
-void count_conv_flops(const Conv2dArgs& a) {
-  count_flops(2.0 * double(a.out.numel()) * double(a.weight.numel() / a.weight.dim(0)));
-}
 
 struct NarrowParams {
   const void* x;

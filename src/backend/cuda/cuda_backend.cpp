@@ -101,6 +101,7 @@ class OpScope {
 };
 
 const char* conv_name(const Conv2dArgs& a) {
+  if (a.model_flops > 0.0) return "conv2d 3x3 upsample (phases)";
   if (a.weight.dim(1) == 1 && a.weight.dim(2) == 1) return "conv2d 1x1";
   return a.stride == 1 ? "conv2d 3x3" : "conv2d 3x3 s2";
 }
@@ -168,6 +169,10 @@ class CudaBackend final : public Backend {
   void upsample_nearest(const UpsampleArgs& a) override {
     OpScope s("upsample_nearest", [&] { return dims(a.out); });
     cuda::upsample_nearest(a);
+  }
+  void interleave_phases(const InterleavePhasesArgs& a) override {
+    OpScope s("interleave_phases", [&] { return dims(a.out); });
+    cuda::interleave_phases(a);
   }
   void timestep_embedding(const TimestepEmbeddingArgs& a) override {
     OpScope s("timestep_embedding", [&] { return dims(a.out); });

@@ -215,6 +215,33 @@ __global__ void upsample_kernel(UpsampleParams p) {
 }
 
 // ---------------------------------------------------------------------------
+struct InterleaveParams {
+  const void* x;  // [B, H + 1, W + 1, 4·C]
+  void* out;      // [B, 2H, 2W, C]
+  int64_t hz, wz;
+  uint32_t packs;        // of out
+  FastDiv cp, fwo, fho;  // packs per output pixel, output width, output height
+};
+
+template <class T, int N>
+__global__ void interleave_phases_kernel(InterleaveParams p) {
+  const T* x = static_cast<const T*>(p.x);
+  T* out = static_cast<T*>(p.out);
+  const int64_t cp = p.cp.divisor();
+  for (uint32_t i = blockIdx.x * blockDim.x + threadIdx.x; i < p.packs;
+       i += gridDim.x * blockDim.x) {
+    uint32_t pixel, ch, rest, xo, b, y;
+    p.cp.divmod(i, pixel, ch);
+    p.fwo.divmod(pixel, rest, xo);
+    p.fho.divmod(rest, b, y);
+    const uint32_t r = y & 1, c = xo & 1;
+    const int64_t zy = (y >> 1) + r, zx = (xo >> 1) + c;
+    reinterpret_cast<Pack<T, N>*>(out)[i] = reinterpret_cast<const Pack<T, N>*>(
+        x)[((int64_t(b) * p.hz + zy) * p.wz + zx) * 4 * cp + (2 * r + c) * cp + ch];
+  }
+}
+
+// ---------------------------------------------------------------------------
 struct TimestepParams {
   const float* t;
   float* out;
@@ -505,6 +532,26 @@ void upsample_nearest(const UpsampleArgs& a) {
     p.fwo = FastDiv(uint32_t(p.wo));
     p.fho = FastDiv(uint32_t(p.ho));
     KILN_LAUNCH_PACKED(upsample_kernel, T, width, total, p);
+  });
+}
+
+void interleave_phases(const InterleavePhasesArgs& a) {
+  InterleaveParams p{};
+  p.x = a.x.raw();
+  p.out = a.out.raw();
+  p.hz = a.x.dim(1);
+  p.wz = a.x.dim(2);
+  const int64_t c = a.out.dim(3), ho = a.out.dim(1), wo = a.out.dim(2);
+  const int64_t total = a.out.numel();
+  if (total == 0) return;
+  dispatch_float(a.x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    const int width = pack_width<T>(c, {p.x, p.out});
+    p.packs = pack_count(total, width, "interleave_phases");
+    p.cp = FastDiv(uint32_t(c / width));
+    p.fwo = FastDiv(uint32_t(wo));
+    p.fho = FastDiv(uint32_t(ho));
+    KILN_LAUNCH_PACKED(interleave_phases_kernel, T, width, total, p);
   });
 }
 

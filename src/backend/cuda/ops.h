@@ -57,6 +57,7 @@ void linear_combination(const LinearCombinationArgs& a);
 void geglu(const GegluArgs& a);
 void concat(const ConcatArgs& a);
 void upsample_nearest(const UpsampleArgs& a);
+void interleave_phases(const InterleavePhasesArgs& a);
 void timestep_embedding(const TimestepEmbeddingArgs& a);
 void embedding(const EmbeddingArgs& a);
 void slice_last(const SliceLastArgs& a);
