@@ -74,6 +74,8 @@ const char* kHelp =
     "                       (default 1 where built; for A/B)\n"
     "  --geglu-form K       auto, pingpong or cooperative: the fused GEGLU GEMM's CUTLASS\n"
     "                       kernel (default auto: timed per shape; for A/B)\n"
+    "  --conv-workspace-mib N  the largest workspace a cuDNN convolution may take\n"
+    "                       (default 512; for A/B)\n"
     "  --upsample-phases B  1 or 0: on CUDA, upsampling convolutions by output phase (2x2\n"
     "                       taps on the small image), or upsampling and a 3x3 convolution\n"
     "                       (default 1; for A/B)\n"
@@ -468,6 +470,7 @@ int bench(const std::vector<std::string>& argv) {
                    "geglu-fused",
                    "geglu-form",
                    "upsample-phases",
+                   "conv-workspace-mib",
                    "attention",
                    "group-norm",
                    "conv",
@@ -523,6 +526,8 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().flash_short_kv_kernel = *on == 1;
   if (const auto on = args.integer("geglu-fused", 0, 1))
     if (s.cuda()) cuda::options().geglu_fused = *on == 1;
+  if (const auto mib = args.integer("conv-workspace-mib", 0, 1 << 16))
+    if (s.cuda()) cuda::options().conv_workspace_mib = int(*mib);
   if (const auto rows = args.integer("flash-wgmma-rows", 128, 192)) {
     if (*rows != 128 && *rows != 192) throw UsageError("--flash-wgmma-rows is 128 or 192");
     if (s.cuda()) cuda::options().flash_wgmma_rows = *rows;

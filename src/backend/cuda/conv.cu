@@ -424,8 +424,10 @@ cudnnStatus_t conv_bias_residual(const ConvPlan& plan, const Conv2dArgs& a, void
 std::mutex g_conv_mu;
 std::map<ConvKey, ConvPlan> g_conv_plans;
 
-// A workspace bigger than this is not worth its memory.
-constexpr size_t kConvWorkspaceLimit = size_t(512) << 20;
+// A workspace bigger than this is not worth its memory (Options::conv_workspace_mib).
+size_t conv_workspace_limit() {
+  return size_t(options().conv_workspace_mib) << 20;
+}
 
 // Makes the descriptors of `k`; false when cuDNN's output size differs from
 // the one asked for.
@@ -495,7 +497,7 @@ std::optional<ConvPlan> plan_from_store(ConvPlan plan, const ConvKey& k, const C
     plan.valid = true;
     return plan;
   }
-  if (stored.workspace > kConvWorkspaceLimit) return std::nullopt;
+  if (stored.workspace > conv_workspace_limit()) return std::nullopt;
   const auto algo = cudnnConvolutionFwdAlgo_t(stored.algo);
   const auto math = cudnnMathType_t(stored.math_type);
   // As when it was timed: the fused variant holds only once a call with a bias
@@ -604,11 +606,13 @@ ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
   // overwritten anyway) and keep the fastest that needs a workspace we accept.
   size_t free_bytes = 0, total = 0;
   CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total));
-  const size_t limit = std::min(kConvWorkspaceLimit, free_bytes / 4);
-  // A search that free memory constrained is used now but not kept on disk: a later
-  // process with the memory to spare times the shape again.
+  const size_t limit = std::min(conv_workspace_limit(), free_bytes / 4);
+  // A search that free memory or a cap below the default constrained is used now but
+  // not kept on disk: a later process with the memory to spare times the shape again.
   auto keep = [&](const plans::ConvChoice& choice) {
-    if (limit == kConvWorkspaceLimit) record_conv_plan(name, choice);
+    if (limit == conv_workspace_limit() &&
+        options().conv_workspace_mib == Options{}.conv_workspace_mib)
+      record_conv_plan(name, choice);
   };
   // Straight from the driver and back, so that the search's workspace does not
   // linger in the cache.

@@ -90,6 +90,10 @@ struct Options {
   // kernel wherever one applies (tests).
   enum class ConvKernel { Auto, Cudnn, Narrow };
   ConvKernel conv_kernel = ConvKernel::Auto;
+  // The largest workspace a cuDNN convolution algorithm may take, in MiB: the timed
+  // choice is the fastest within it (and within 3% of that, the smallest). Plans made
+  // under another cap are not kept on disk.
+  int conv_workspace_mib = 512;
   // The feed-forward's GEGLU in its projection's epilogue (ops::linear_geglu), one
   // CUTLASS GEMM instead of cuBLASLt's and a pass of its own; where the build has
   // CUTLASS and the GPU is compute 9.0 (linear_geglu_fused_available()).
