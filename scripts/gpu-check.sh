@@ -14,6 +14,7 @@
 #                                                 machine's copy may carry a stale .git
 #   PEER_MODES=eager,compile,graphs ...           the peer's modes (default below)
 #   PEER_RUN_CAP=180 ...                          seconds at most for one peer run
+#   PEER_ONLY=vae-1024 ...                        the peer on these workloads alone
 #   STAGES=peer scripts/gpu-check.sh              the peer alone, in a second call right
 #                                                 after one without it, when its compiles
 #                                                 do not fit beside the rest (a slow host:
@@ -139,6 +140,42 @@ if [ -n "$CUDNN_ROOT" ] && [ -d "$CUDNN_ROOT/lib" ]; then
 fi
 
 # --- build ------------------------------------------------------------------
+# The peer and the full-size references need diffusers: its wheel is carried in .whl/.
+export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
+need_diffusers() {
+  python3 -c "import diffusers" 2>/dev/null ||
+    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
+}
+
+# --- the peer's compiles, ahead of its timings ----------------------------------
+# torch.compile spends one to two minutes a model in Inductor and Triton (v18, v19: the
+# peer's UNets took the last four minutes and its VAE compiles never ran). So the same
+# compiles run here first, in the background while kiln's tests run (neither is timed),
+# and fill Inductor's on-disk caches; the timed peer runs below then find their kernels
+# there and compile in a fraction of the time. What they time is the same compiled code.
+# It starts with the build (the GPU idles then) and is stopped before kiln's bench,
+# which must have the GPU alone. v19's check: SDXL's compile + graphs 56 s with the
+# warm-up's cache against over 114 s without.
+WARM_PID=
+if has_stage peer && has_stage test && [ "${PEER_WARMUP:-1}" = 1 ]; then
+  need_diffusers
+  log "peer: compiles in the background (warm-up, not timed)"
+  setsid bash -c "python3 .peer/bench_diffusers.py sdxl-unet sd15-unet --modes ${PEER_MODES:-graphs}
+                  python3 .peer/bench_diffusers.py vae-1024 vae-512 --modes ${PEER_VAE_MODES:-compile}" \
+    >"$LOGS/peer-warmup.log" 2>&1 &
+  WARM_PID=$!
+fi
+stop_warmup() {
+  [ -n "$WARM_PID" ] || return 0
+  if kill -0 "$WARM_PID" 2>/dev/null; then
+    log "peer: warm-up stopped before kiln's bench ($(grep -cE '^\| [a-z0-9-]+ \| [0-9]' "$LOGS/peer-warmup.log") models done)"
+    kill -- -"$WARM_PID" 2>/dev/null; wait "$WARM_PID" 2>/dev/null
+  else
+    log "peer: warm-up done"
+  fi
+  WARM_PID=
+}
+
 KILN=$BUILD/bin/kiln
 TESTS=$BUILD/bin/kiln_backend_tests
 if has_stage build; then
@@ -157,40 +194,6 @@ if has_stage build; then
   fi
   grep -E "kiln:|CUDA" "$LOGS/configure.log" | sed 's/^/  /'
 fi
-
-# The peer and the full-size references need diffusers: its wheel is carried in .whl/.
-export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
-need_diffusers() {
-  python3 -c "import diffusers" 2>/dev/null ||
-    python3 -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl 2>&1 | tail -2
-}
-
-# --- the peer's compiles, ahead of its timings ----------------------------------
-# torch.compile spends one to two minutes a model in Inductor and Triton (v18, v19: the
-# peer's UNets took the last four minutes and its VAE compiles never ran). So the same
-# compiles run here first, in the background while kiln's tests run (neither is timed),
-# and fill Inductor's on-disk caches; the timed peer runs below then find their kernels
-# there and compile in a fraction of the time. What they time is the same compiled code.
-# The warm-up is stopped before kiln's bench, which must have the GPU alone.
-WARM_PID=
-if has_stage peer && [ "${PEER_WARMUP:-1}" = 1 ]; then
-  need_diffusers
-  log "peer: compiles in the background (warm-up, not timed)"
-  setsid bash -c "python3 .peer/bench_diffusers.py sdxl-unet sd15-unet --modes ${PEER_MODES:-graphs}
-                  python3 .peer/bench_diffusers.py vae-1024 vae-512 --modes ${PEER_VAE_MODES:-compile}" \
-    >"$LOGS/peer-warmup.log" 2>&1 &
-  WARM_PID=$!
-fi
-stop_warmup() {
-  [ -n "$WARM_PID" ] || return 0
-  if kill -0 "$WARM_PID" 2>/dev/null; then
-    log "peer: warm-up stopped before kiln's bench ($(grep -c '^| ' "$LOGS/peer-warmup.log") rows done)"
-    kill -- -"$WARM_PID" 2>/dev/null; wait "$WARM_PID" 2>/dev/null
-  else
-    log "peer: warm-up done"
-  fi
-  WARM_PID=
-}
 
 # --- tests ------------------------------------------------------------------
 summarize_tests() {  # log file, label
@@ -290,6 +293,12 @@ if has_stage peer; then
   need_diffusers
   run_peer() {  # modes, workloads...  (rows are read from stdout: a timeout keeps what finished)
     local modes=$1; shift
+    if [ -n "${PEER_ONLY:-}" ]; then  # the workloads PEER_ONLY names, of these
+      local w keep=()
+      for w in "$@"; do [[ ",$PEER_ONLY," == *",$w,"* ]] && keep+=("$w"); done
+      [ ${#keep[@]} -gt 0 ] || return 0
+      set -- "${keep[@]}"
+    fi
     local t=$(( $(left) - 25 ))
     # One model's compile may not take all that is left (PEER_RUN_CAP seconds at most).
     [ "$t" -gt "${PEER_RUN_CAP:-180}" ] && t=${PEER_RUN_CAP:-180}
@@ -306,7 +315,7 @@ if has_stage peer; then
   run_peer "${PEER_MODES:-graphs}" sdxl-unet
   # The peer's peak device memory for one eager forward (weights included), as
   # kiln's peak column counts it: SDXL's first, the one a target names.
-  if [ "$(left)" -gt 60 ]; then
+  if [ "$(left)" -gt 60 ] && [ -z "${PEER_ONLY:-}" ]; then
     log "peer: peak memory"
     timeout $(( $(left) - 30 < 90 ? $(left) - 30 : 90 )) python3 - .peer sdxl-unet vae-1024 sd15-unet >>"$LOGS/peer.log" 2>&1 <<'EOF'
 import sys
