@@ -57,7 +57,7 @@ done
 python3 - "$OUT/runs" "$FLAG" "$OPS" "$ROUNDS" "${values[@]}" <<'EOF' | tee "$OUT/ab.md"
 import glob, os, re, sys
 runs, flag, ops, rounds, values = sys.argv[1], sys.argv[2], re.compile(sys.argv[3]), int(sys.argv[4]), sys.argv[5:]
-totals, per_op = {}, {}
+totals, peaks, per_op = {}, {}, {}
 for path in sorted(glob.glob(os.path.join(runs, "*.md"))):
     stem = os.path.basename(path)[:-3]
     name, value, rnd = stem.rsplit("-", 2)
@@ -67,9 +67,11 @@ for path in sorted(glob.glob(os.path.join(runs, "*.md"))):
     label = lambda w: w if w.startswith(name) else f"{name} {w}"
     section = None
     for line in open(path):
-        m = re.match(r"\| (\S+) \| \d+ \| \d+ \| \S+ \| (eager|graph) \| ([\d.]+) \|", line)
+        m = re.match(r"\| (\S+) \| \d+ \| \d+ \| \S+ \| (eager|graph) \| ([\d.]+) \|.* \| ([\d.]+) \|$",
+                     line.rstrip())
         if m:
             totals.setdefault((label(m[1]), m[2]), {})[col] = float(m[3])
+            peaks.setdefault((label(m[1]), m[2]), {})[col] = float(m[4])
             continue
         m = re.match(r"per-op: (\S+) batch", line)
         if m:
@@ -79,11 +81,13 @@ for path in sorted(glob.glob(os.path.join(runs, "*.md"))):
         if m and section and ops.search(m[1]):
             per_op.setdefault((section, m[1], m[2]), {})[col] = float(m[3])
 cols = [v if rounds == 1 else f"{v} #{r}" for r in range(1, rounds + 1) for v in values]
-print(f"\nkiln bench --{flag}: " + ", ".join(values) + " (ms; per op: graph replay with event nodes)\n")
-print("| workload | mode | " + " | ".join(cols) + " |")
-print("|---|---|" + "---|" * len(cols))
+print(f"\nkiln bench --{flag}: " + ", ".join(values) + " (ms, and the row's peak MiB; per op: graph replay with event nodes)\n")
+print("| workload | mode | " + " | ".join(cols) + " | " + " | ".join(f"MiB {c}" for c in cols) + " |")
+print("|---|---|" + "---|" * (2 * len(cols)))
 for (w, mode), row in sorted(totals.items()):
-    print(f"| {w} | {mode} | " + " | ".join(f"{row[c]:.3f}" if c in row else "–" for c in cols) + " |")
+    peak = peaks.get((w, mode), {})
+    print(f"| {w} | {mode} | " + " | ".join(f"{row[c]:.3f}" if c in row else "–" for c in cols)
+          + " | " + " | ".join(f"{peak[c]:.0f}" if c in peak else "–" for c in cols) + " |")
 print("\n| workload | op and shape | calls | " + " | ".join(cols) + " |")
 print("|---|---|---|" + "---|" * len(cols))
 for (w, op, calls), row in sorted(per_op.items()):
