@@ -87,8 +87,8 @@ Tensor upsample_nearest(const Tensor& x, int64_t out_h, int64_t out_w);
 // whose taps are sums of the 3×3 kernel's: parity 0 weighs input rows i − 1 and i by
 // kernel rows {0} and {1, 2}; parity 1 weighs rows i and i + 1 by {0, 1} and {2}
 // (columns alike). So one 2×2 convolution with padding 1 makes all four phases as 4·O
-// channels, with 16 multiply-adds per output pixel and channel pair where the direct
-// form takes 36, and interleave_phases puts them in place. The same map as the
+// channels, with 4 multiply-adds per output pixel and channel pair where the direct
+// form takes 9, and interleave_phases puts them in place. The same map as the
 // direct form but for the rounding of the summed taps.
 struct PhaseConv {
   Tensor weight;  // [4·O, 2, 2, C]: phase p = 2·(row parity) + column parity in rows p·O..
