@@ -139,7 +139,6 @@ if [ -n "$CUDNN_ROOT" ] && [ -d "$CUDNN_ROOT/lib" ]; then
   echo "  cudnn: $CUDNN_ROOT ($(ls "$CUDNN_ROOT"/lib | grep -c so) libraries)"
 fi
 
-# --- build ------------------------------------------------------------------
 # The peer and the full-size references need diffusers: its wheel is carried in .whl/.
 export PYTHONPATH=/tmp/site:${PYTHONPATH:-}
 need_diffusers() {
@@ -176,6 +175,7 @@ stop_warmup() {
   WARM_PID=
 }
 
+# --- build ------------------------------------------------------------------
 KILN=$BUILD/bin/kiln
 TESTS=$BUILD/bin/kiln_backend_tests
 if has_stage build; then
@@ -247,7 +247,6 @@ if has_stage test && [ -x "$TESTS" ]; then
     /PSNR/ {p[$2" "$3]++; v=$(NF-1)+0; if (!($2" "$3 in lo) || v < lo[$2" "$3]) lo[$2" "$3]=v}
     END {for (k in n) printf "  %s: %d components, worst nmse %.3g; %d images, lowest PSNR %.1f dB\n", k, n[k], worst[k], p[k], lo[k]}'
 fi
-
 
 # --- full-size correctness ------------------------------------------------------
 # Random-weight UNets with the real SD1.5 and SDXL architectures: diffusers in fp32
