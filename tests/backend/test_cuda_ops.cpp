@@ -192,7 +192,8 @@ struct ConvCase {
 
 // Paths: im2col and a GEMM; the default (cuDNN's best algorithm timed against our narrow
 // kernels and, on small images, im2col, the fastest kept); a narrow kernel forced where
-// one applies.
+// one applies, in each of its forms (CUDA cores; tensor cores with 16, 4 and 2 rows a
+// block, for f16/bf16 with few outputs).
 enum class ConvPath { Im2col, Timed, Narrow };
 
 class Conv2d : public CudaTest,
@@ -201,6 +202,7 @@ class Conv2d : public CudaTest,
   void TearDown() override {
     cuda::options().use_cudnn = true;
     cuda::options().conv_kernel = cuda::Options::ConvKernel::Auto;
+    cuda::options().narrow_conv_form = -1;
     CudaTest::TearDown();
   }
 };
@@ -214,31 +216,41 @@ TEST_P(Conv2d, MatchesCpu) {
   // Where a narrow kernel takes the shape (3×3, stride 1, padding 1; 3, 4 or 8 output
   // channels on a multiple of 32 inputs, or 3, 4 or 8 inputs and at least 32 outputs).
   const bool same = c.k == 3 && c.stride == 1 && c.pt == 1 && c.pl == 1 && c.pb == 1 && c.pr == 1;
-  const bool narrow = same && (((c.o == 3 || c.o == 4 || c.o == 8) && c.c % 32 == 0) ||
-                               ((c.c == 3 || c.c == 4 || c.c == 8) && c.o >= 32));
+  const bool few_out = same && (c.o == 3 || c.o == 4 || c.o == 8) && c.c % 32 == 0;
+  const bool narrow = few_out || (same && (c.c == 3 || c.c == 4 || c.c == 8) && c.o >= 32);
   const char* label = path == ConvPath::Im2col  ? " im2col"
                       : path == ConvPath::Timed ? " timed"
                                                 : " narrow";
   const ops::Conv2dGeometry g{c.stride, c.pt, c.pl, c.pb, c.pr};
   const int64_t ho = (c.h + c.pt + c.pb - c.k) / c.stride + 1;
   const int64_t wo = (c.w + c.pl + c.pr - c.k) / c.stride + 1;
+  const std::vector<int> forms =
+      path == ConvPath::Narrow ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{-1};
   for (DType dt : kAllTypes) {
     std::vector<Tensor> in{random_tensor({c.b, c.h, c.w, c.c}, dt, next_seed()),
                            random_tensor({c.o, c.k, c.k, c.c}, dt, next_seed(),
                                          1.0f / std::sqrt(float(c.k * c.k * c.c))),
                            random_tensor({c.o}, dt, next_seed()),
                            random_tensor({c.b, ho, wo, c.o}, dt, next_seed())};
-    const size_t narrow_before = cuda::narrow_conv_calls();
-    expect_match(str("conv ", c.b, "x", c.h, "x", c.w, "x", c.c, " -> ", c.o, " k", c.k, " s",
-                     c.stride, label),
-                 dt, in, [&](const std::vector<Tensor>& t) {
-                   return ops::conv2d(t[0], t[1], t[2], g, c.residual ? t[3] : Tensor());
-                 });
-    const size_t narrow_ran = cuda::narrow_conv_calls() - narrow_before;
-    if (path == ConvPath::Narrow) {
-      EXPECT_EQ(narrow_ran, narrow ? 1u : 0u) << label << " " << name(dt);
-    } else if (path == ConvPath::Im2col || !narrow) {
-      EXPECT_EQ(narrow_ran, 0u) << label << " " << name(dt);
+    for (int form : forms) {
+      cuda::options().narrow_conv_form = form;
+      const size_t narrow_before = cuda::narrow_conv_calls();
+      const size_t mma_before = cuda::narrow_conv_mma_calls();
+      expect_match(str("conv ", c.b, "x", c.h, "x", c.w, "x", c.c, " -> ", c.o, " k", c.k, " s",
+                       c.stride, label, form >= 0 ? str(" form ", form) : ""),
+                   dt, in, [&](const std::vector<Tensor>& t) {
+                     return ops::conv2d(t[0], t[1], t[2], g, c.residual ? t[3] : Tensor());
+                   });
+      const size_t narrow_ran = cuda::narrow_conv_calls() - narrow_before;
+      const size_t mma_ran = cuda::narrow_conv_mma_calls() - mma_before;
+      if (path == ConvPath::Narrow) {
+        EXPECT_EQ(narrow_ran, narrow ? 1u : 0u) << label << " form " << form << " " << name(dt);
+        // The tensor-core forms run on f16/bf16 with few outputs, and only there.
+        EXPECT_EQ(mma_ran, few_out && form > 0 && dt != DType::F32 ? 1u : 0u)
+            << label << " form " << form << " " << name(dt);
+      } else if (path == ConvPath::Im2col || !narrow) {
+        EXPECT_EQ(narrow_ran, 0u) << label << " " << name(dt);
+      }
     }
   }
 }
@@ -261,6 +273,7 @@ INSTANTIATE_TEST_SUITE_P(
                           ConvCase{1, 32, 32, 512, 8, 3, 1, 1, 1, 1, 1, false},  // VAE enc conv_out
                           ConvCase{1, 40, 72, 3, 128, 3, 1, 1, 1, 1, 1, false},  // VAE enc conv_in
                           ConvCase{2, 19, 70, 32, 4, 3, 1, 1, 1, 1, 1, true},    // partial tiles
+                          ConvCase{1, 37, 45, 96, 3, 3, 1, 1, 1, 1, 1, true},    // 1.5 stages of 64
                           ConvCase{1, 3, 130, 8, 48, 3, 1, 1, 1, 1, 1, true}),   // partial rows
         ::testing::Values(ConvPath::Im2col, ConvPath::Timed, ConvPath::Narrow)));
 

@@ -17,8 +17,12 @@
 #include <optional>
 #include <string>
 #include <tuple>
+#include <type_traits>
+#include <utility>
+#include <vector>
 
 #include "backend/cuda/device.cuh"
+#include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/plan_cache.h"
 
@@ -225,6 +229,173 @@ __global__ void __launch_bounds__(WARPS * 32) conv3x3_few_out(NarrowParams p) {
   }
 }
 
+// Few outputs on the tensor cores (f16/bf16): an implicit GEMM, M the output pixels, N
+// the O outputs padded to 8 (one m16n8k16 column tile), K = 9·C. A block makes 32
+// columns by kRows rows. Each stage holds 32·KS input channels of its tile with a
+// one-pixel halo, and the same channels of the weights, copied by cp.async one stage
+// ahead of the MMAs. Warp w takes ROWS consecutive output rows (from (w / KS)·ROWS) and
+// 32 of the stage's channels (from 32·(w % KS)); each halo row it needs is read from
+// shared memory once per column offset and feeds the MMAs of up to three output rows.
+// The KS warps of a row group sum their parts in a fixed order at the end. The
+// CUDA-core kernel above does 3 FMAs per input value it reads from shared memory;
+// here an ldmatrix of 16 pixels × 16 channels feeds an MMA of 16 × 8 × 16.
+template <int WARPS, int ROWS, int KS>
+struct FewOutMma {
+  static constexpr int kRows = WARPS / KS * ROWS;  // output rows of a block
+  static constexpr int kChannels = 32 * KS;        // input channels of a stage
+  // Elements per staged pixel: 16 bytes over, so that ldmatrix's eight rows (and the
+  // weights' eight outputs) fall in distinct banks.
+  static constexpr int kPitch = kChannels + 8;
+  static constexpr int kHaloW = 34;
+  static constexpr int kStageX = (kRows + 2) * kHaloW * kPitch;
+  static constexpr int kStageW = 8 * 9 * kPitch;  // [o][tap][channel], o padded to 8
+  static constexpr int kStage = kStageX + kStageW;
+  static size_t smem(size_t element) { return 2 * size_t(kStage) * element; }
+};
+
+template <class T, int O, int WARPS, int ROWS, int KS>
+__global__ void __launch_bounds__(WARPS * 32) conv3x3_few_out_mma(NarrowParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();  // cp.async and bf16 MMA need sm_80; conv_narrow routes older GPUs elsewhere
+#else
+  using F = FewOutMma<WARPS, ROWS, KS>;
+  static_assert(WARPS % KS == 0 && O <= 8);
+  constexpr int kPieces = F::kChannels / 8;  // 16-byte copies per staged pixel
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* stages = reinterpret_cast<T*>(smem);  // [2][kStage]
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int split = warp % KS, r0 = warp / KS * ROWS;
+  const int x0 = blockIdx.x * 32, y0 = blockIdx.y * F::kRows, b = blockIdx.z;
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.weight);
+  const int count = (p.c + F::kChannels - 1) / F::kChannels;
+
+  // Stage s: input channels s·kChannels on, zeros outside the image and past C.
+  auto load = [&](int s) {
+    T* xs = stages + (s & 1) * F::kStage;
+    T* ws = xs + F::kStageX;
+    const int c0 = s * F::kChannels;
+    for (int i = threadIdx.x; i < (F::kRows + 2) * F::kHaloW * kPieces; i += WARPS * 32) {
+      const int pix = i / kPieces, piece = i - pix * kPieces;
+      const int gy = y0 - 1 + pix / F::kHaloW, gx = x0 - 1 + pix % F::kHaloW;
+      const int ch = c0 + piece * 8;
+      const bool in = gy >= 0 && gy < p.h && gx >= 0 && gx < p.w && ch < p.c;
+      cp_async_16(xs + pix * F::kPitch + piece * 8,
+                  in ? x + ((int64_t(b) * p.h + gy) * p.w + gx) * p.c + ch : x, in ? 16 : 0);
+    }
+    for (int i = threadIdx.x; i < 8 * 9 * kPieces; i += WARPS * 32) {
+      const int ot = i / kPieces, piece = i - ot * kPieces;  // ot = o·9 + tap (OHWI)
+      const int ch = c0 + piece * 8;
+      const bool in = ot < O * 9 && ch < p.c;
+      cp_async_16(ws + ot * F::kPitch + piece * 8, in ? w + int64_t(ot) * p.c + ch : w,
+                  in ? 16 : 0);
+    }
+    cp_async_commit();
+  };
+
+  float acc[ROWS][2][4] = {};
+  // This lane's row of ldmatrix's four 8×8 matrices: pixels 0-7 / 8-15, channels 0-7 / 8-15.
+  const int a_pix = (lane & 7) + ((lane >> 3) & 1) * 8, a_ch = (lane >> 4) * 8;
+  const int g = lane >> 2, t = lane & 3;  // fragment coordinates: output g, channels 2t, 2t+1
+  load(0);
+  for (int s = 0; s < count; ++s) {
+    if (s + 1 < count) {
+      load(s + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    __syncthreads();
+    const T* xs = stages + (s & 1) * F::kStage;
+    const T* ws = xs + F::kStageX;
+    if (s * F::kChannels + split * 32 < p.c) {
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        const int ch = split * 32 + kk * 16;
+        uint32_t bf[9][2];
+#pragma unroll
+        for (int tap = 0; tap < 9; ++tap) {
+          const T* wp = ws + (g * 9 + tap) * F::kPitch + ch + 2 * t;
+          bf[tap][0] = *reinterpret_cast<const uint32_t*>(wp);
+          bf[tap][1] = *reinterpret_cast<const uint32_t*>(wp + 8);
+        }
+#pragma unroll
+        for (int kx = 0; kx < 3; ++kx)
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+            for (int hr = 0; hr < ROWS + 2; ++hr) {  // halo row r0 + hr: output rows hr - ky
+              uint32_t a[4];
+              ldmatrix_x4(
+                  a, xs + ((r0 + hr) * F::kHaloW + mt * 16 + a_pix + kx) * F::kPitch + ch + a_ch);
+#pragma unroll
+              for (int i = 0; i < ROWS; ++i) {
+                const int ky = hr - i;
+                if (ky >= 0 && ky <= 2)
+                  mma_16816<T>(acc[i][mt], a, bf[ky * 3 + kx][0], bf[ky * 3 + kx][1]);
+              }
+            }
+      }
+    }
+    __syncthreads();
+  }
+
+  if constexpr (KS > 1) {
+    // The stages are free now (the loop ended on a barrier): splits 1.. leave their
+    // sums there, [slot][value][lane], and split 0 adds them in order.
+    constexpr int kValues = ROWS * 2 * 4;
+    float* red = reinterpret_cast<float*>(smem);
+    const int slot0 = warp / KS * (KS - 1);
+    if (split > 0) {
+      float* r = red + (slot0 + split - 1) * kValues * 32 + lane;
+#pragma unroll
+      for (int i = 0; i < ROWS; ++i)
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) r[((i * 2 + mt) * 4 + j) * 32] = acc[i][mt][j];
+    }
+    __syncthreads();
+    if (split > 0) return;
+    for (int k = 1; k < KS; ++k) {
+      const float* r = red + (slot0 + k - 1) * kValues * 32 + lane;
+#pragma unroll
+      for (int i = 0; i < ROWS; ++i)
+#pragma unroll
+        for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+          for (int j = 0; j < 4; ++j) acc[i][mt][j] += r[((i * 2 + mt) * 4 + j) * 32];
+    }
+  }
+
+  const T* bias = static_cast<const T*>(p.bias);
+  const T* residual = static_cast<const T*>(p.residual);
+  T* y = static_cast<T*>(p.y);
+#pragma unroll
+  for (int i = 0; i < ROWS; ++i) {
+    const int oy = y0 + r0 + i;
+    if (oy >= p.h) continue;
+#pragma unroll
+    for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+      for (int h8 = 0; h8 < 2; ++h8) {  // accumulators 0-1: pixel g; 2-3: pixel g + 8
+        const int ox = x0 + mt * 16 + g + h8 * 8;
+        if (ox >= p.w) continue;
+        const int64_t at = ((int64_t(b) * p.h + oy) * p.w + ox) * O;
+#pragma unroll
+        for (int j = 0; j < 2; ++j) {
+          const int o = 2 * t + j;
+          if (o >= O) continue;
+          float v = acc[i][mt][h8 * 2 + j];
+          if (bias) v += to_float(bias[o]);
+          if (residual) v += to_float(residual[at + o]);
+          y[at + o] = from_float<T>(v);
+        }
+      }
+  }
+#endif
+}
+
 // Few inputs (C of them): a block makes 64 consecutive output pixels of one image row
 // for every output channel, a thread one channel at a time with its 9·C weights in
 // registers; the three input rows it needs are staged in shared memory as f32.
@@ -283,6 +454,13 @@ bool few_out_applies(const Conv2dArgs& a) {
          aligned16(a.x.raw());
 }
 
+// The tensor-core form of the few-output kernel: f16/bf16 on sm_80 and later, 16-byte
+// aligned weights (cp.async copies them 16 bytes at a time).
+bool few_out_mma_applies(const Conv2dArgs& a) {
+  return few_out_applies(a) && a.x.dtype() != DType::F32 && aligned16(a.weight.raw()) &&
+         context().props.major >= 8;
+}
+
 bool few_in_applies(const Conv2dArgs& a) {
   const int64_t o = a.weight.dim(0), c = a.x.dim(3);
   return is_3x3_same(a) && (c == 3 || c == 4 || c == 8) && o >= 32 && o <= 4096;
@@ -320,10 +498,64 @@ void few_out(const NarrowParams& p, int n) {
     launch_few_out<T, O, 4, 1>(p, n);
 }
 
-std::atomic<size_t> narrow_calls{0};
+template <class T, int O, int WARPS, int ROWS, int KS>
+void launch_few_out_mma(const NarrowParams& p, int n) {
+  using F = FewOutMma<WARPS, ROWS, KS>;
+  const size_t smem = F::smem(sizeof(T));
+  static const bool opted = [&] {
+    CUDA_CHECK(cudaFuncSetAttribute(conv3x3_few_out_mma<T, O, WARPS, ROWS, KS>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    return true;
+  }();
+  (void)opted;
+  const dim3 grid(unsigned((p.w + 31) / 32), unsigned((p.h + F::kRows - 1) / F::kRows),
+                  unsigned(n));
+  conv3x3_few_out_mma<T, O, WARPS, ROWS, KS><<<grid, WARPS * 32, smem, stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+// Narrow forms (Options::narrow_conv_form): 0 the CUDA-core kernels; 1-3 the
+// tensor-core few-output kernel with 16, 4 or 2 output rows a block (four warps; the
+// shorter tiles split each stage's channels between two warps, for more blocks on
+// small images).
+constexpr int kNarrowForms = 4;
+
+template <class T, int O>
+void few_out_mma(const NarrowParams& p, int n, int form) {
+  if constexpr (std::is_same_v<T, float>) {
+    (void)form;
+    few_out<T, O>(p, n);  // not reached: few_out_mma_applies excludes f32
+  } else if (form == 1) {
+    launch_few_out_mma<T, O, 4, 4, 1>(p, n);
+  } else if (form == 2) {
+    launch_few_out_mma<T, O, 4, 2, 2>(p, n);
+  } else {
+    launch_few_out_mma<T, O, 4, 1, 2>(p, n);
+  }
+}
+
+// The narrow form for `a` where none was timed: the tensor-core kernel where it
+// applies, with the tallest tile that still makes a block for every multiprocessor.
+int default_narrow_form(const Conv2dArgs& a) {
+  if (!few_out_mma_applies(a)) return 0;
+  const int64_t columns = (a.x.dim(2) + 31) / 32, sms = context().props.multiProcessorCount;
+  for (auto [form, rows] : {std::pair{1, 16}, std::pair{2, 4}})
+    if (columns * ((a.x.dim(1) + rows - 1) / rows) * a.x.dim(0) >= sms) return form;
+  return 3;
+}
+
+// The forms worth timing for `a` (the forced one alone where the options force one).
+std::vector<int> narrow_forms(const Conv2dArgs& a) {
+  if (options().narrow_conv_form >= 0) return {options().narrow_conv_form};
+  if (!few_out_mma_applies(a)) return {0};
+  return {0, 1, 2, 3};
+}
+
+std::atomic<size_t> narrow_calls{0}, narrow_mma_calls{0};
 
 // y = conv(x) + bias (+ residual) with a narrow kernel; narrow_applies(a) must hold.
-void conv_narrow(const Conv2dArgs& a) {
+// `form` 1-3 takes the tensor-core kernel where it applies (else the CUDA cores').
+void conv_narrow(const Conv2dArgs& a, int form) {
   narrow_calls.fetch_add(1, std::memory_order_relaxed);
   NarrowParams p{a.x.raw(),
                  a.weight.raw(),
@@ -337,6 +569,17 @@ void conv_narrow(const Conv2dArgs& a) {
   const int n = int(a.x.dim(0));
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
+    if (form > 0 && few_out_mma_applies(a)) {
+      narrow_mma_calls.fetch_add(1, std::memory_order_relaxed);
+      switch (p.o) {
+        case 3:
+          return few_out_mma<T, 3>(p, n, form);
+        case 4:
+          return few_out_mma<T, 4>(p, n, form);
+        default:
+          return few_out_mma<T, 8>(p, n, form);
+      }
+    }
     if (few_out_applies(a)) {
       switch (p.o) {
         case 3:
@@ -382,20 +625,23 @@ struct ConvKey {
   int64_t n, h, w, c, o, kh, kw, stride, pad_h, pad_w;
   DType dtype;
   bool cudnn_only;  // Options::ConvKernel::Cudnn: the other paths are not timed
+  int narrow_form;  // Options::narrow_conv_form: -1, or the one narrow form timed
   auto tie() const {
-    return std::tie(n, h, w, c, o, kh, kw, stride, pad_h, pad_w, dtype, cudnn_only);
+    return std::tie(n, h, w, c, o, kh, kw, stride, pad_h, pad_w, dtype, cudnn_only, narrow_form);
   }
   bool operator<(const ConvKey& k) const { return tie() < k.tie(); }
   // Every field, for the plan cache.
   std::string name() const {
     return str("n", n, " h", h, " w", w, " c", c, " o", o, " k", kh, "x", kw, " stride", stride,
-               " pad", pad_h, ",", pad_w, " ", dtype_name(dtype), cudnn_only ? " cudnn-only" : "");
+               " pad", pad_h, ",", pad_w, " ", dtype_name(dtype), cudnn_only ? " cudnn-only" : "",
+               narrow_form >= 0 ? str(" narrow-form", narrow_form) : "");
   }
 };
 
 // What a plan runs: cuDNN's convolution, a narrow kernel of ours, or im2col and a GEMM.
 // The plan cache stores the last two as plans::kConvNarrowAlgo and kConvIm2colAlgo,
-// algorithm numbers cuDNN's enumeration does not use.
+// algorithm numbers cuDNN's enumeration does not use (a narrow plan's form, 0-3, in
+// its math type).
 enum class ConvPath { Cudnn, Narrow, Im2col };
 
 struct ConvPlan {
@@ -408,6 +654,7 @@ struct ConvPlan {
   bool valid = false;
   bool fused = false;  // bias and residual inside cuDNN's call
   ConvPath path = ConvPath::Cudnn;
+  int narrow_form = 0;  // with ConvPath::Narrow
 };
 
 // y = conv(x) + bias (+ z): cuDNN's fused call, which takes the identity
@@ -492,7 +739,13 @@ std::optional<ConvPlan> plan_from_store(ConvPlan plan, const ConvKey& k, const C
                                         const plans::ConvChoice& stored) {
   if (!stored.valid) return plan;
   if (stored.algo == plans::kConvNarrowAlgo || stored.algo == plans::kConvIm2colAlgo) {
-    if (stored.algo == plans::kConvNarrowAlgo && !narrow_applies(a)) return std::nullopt;
+    if (stored.algo == plans::kConvNarrowAlgo) {
+      const int form = stored.math_type;
+      if (!narrow_applies(a) || form < 0 || form >= kNarrowForms ||
+          (form > 0 && !few_out_mma_applies(a)))
+        return std::nullopt;
+      plan.narrow_form = form;
+    }
     plan.path = stored.algo == plans::kConvNarrowAlgo ? ConvPath::Narrow : ConvPath::Im2col;
     plan.valid = true;
     return plan;
@@ -518,7 +771,7 @@ std::optional<ConvPlan> plan_from_store(ConvPlan plan, const ConvKey& k, const C
 
 // Runs `plan` on `a`: y = conv(x) + bias (+ residual).
 void run_plan(const ConvPlan& plan, const Conv2dArgs& a) {
-  if (plan.path == ConvPath::Narrow) return conv_narrow(a);
+  if (plan.path == ConvPath::Narrow) return conv_narrow(a, plan.narrow_form);
   if (plan.path == ConvPath::Im2col) return conv_im2col(a);
   Context& ctx = context();
   const auto ws = plan.workspace ? scratch(plan.workspace) : nullptr;
@@ -567,27 +820,29 @@ ConvPlan fastest_path(ConvPlan plan, const ConvKey& k, const Conv2dArgs& a, cons
     return plan;
   }
   float best_ms = time_plan(plan, a);
-  ConvPath best = ConvPath::Cudnn;
-  for (ConvPath path : {ConvPath::Narrow, ConvPath::Im2col}) {
-    if (path == ConvPath::Narrow && !narrow_applies(a)) continue;
-    if (path == ConvPath::Im2col && (a.out.numel() / k.o > kIm2colTimedPixels || k.kh * k.kw == 1))
-      continue;
+  ConvPlan best = plan;
+  auto time_other = [&](ConvPath path, int form) {
     ConvPlan other = plan;
     other.path = path;
+    other.narrow_form = form;
     const float ms = time_plan(other, a);
     if (ms < best_ms) {
       best_ms = ms;
-      best = path;
+      best = other;
     }
-  }
-  if (best == ConvPath::Cudnn) {
+  };
+  if (narrow_applies(a))
+    for (int form : narrow_forms(a)) time_other(ConvPath::Narrow, form);
+  if (a.out.numel() / k.o <= kIm2colTimedPixels && k.kh * k.kw > 1) time_other(ConvPath::Im2col, 0);
+  if (best.path == ConvPath::Cudnn) {
     keep(cudnn_choice);
     return plan;
   }
-  plan.path = best;
-  keep({true, best == ConvPath::Narrow ? plans::kConvNarrowAlgo : plans::kConvIm2colAlgo, 0, 0,
-        false});
-  return plan;
+  if (best.path == ConvPath::Narrow)
+    keep({true, plans::kConvNarrowAlgo, best.narrow_form, 0, false});
+  else
+    keep({true, plans::kConvIm2colAlgo, 0, 0, false});
+  return best;
 }
 
 ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
@@ -611,7 +866,7 @@ ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
   // not kept on disk: a later process with the memory to spare times the shape again.
   auto keep = [&](const plans::ConvChoice& choice) {
     if (limit == conv_workspace_limit() &&
-        options().conv_workspace_mib == Options{}.conv_workspace_mib)
+        options().conv_workspace_mib == Options{}.conv_workspace_mib && k.narrow_form < 0)
       record_conv_plan(name, choice);
   };
   // Straight from the driver and back, so that the search's workspace does not
@@ -675,11 +930,19 @@ bool conv_cudnn(const Conv2dArgs& a) {
   Context& ctx = context();
   if (!ctx.cudnn || !options().use_cudnn) return false;
   if (a.pad_top != a.pad_bottom || a.pad_left != a.pad_right) return false;
-  const ConvKey key{
-      a.x.dim(0),      a.x.dim(1),      a.x.dim(2),
-      a.x.dim(3),      a.weight.dim(0), a.weight.dim(1),
-      a.weight.dim(2), a.stride,        a.pad_top,
-      a.pad_left,      a.x.dtype(),     options().conv_kernel == Options::ConvKernel::Cudnn};
+  const ConvKey key{a.x.dim(0),
+                    a.x.dim(1),
+                    a.x.dim(2),
+                    a.x.dim(3),
+                    a.weight.dim(0),
+                    a.weight.dim(1),
+                    a.weight.dim(2),
+                    a.stride,
+                    a.pad_top,
+                    a.pad_left,
+                    a.x.dtype(),
+                    options().conv_kernel == Options::ConvKernel::Cudnn,
+                    options().narrow_conv_form};
   const ConvPlan* plan = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_conv_mu);
@@ -702,6 +965,9 @@ bool conv_cudnn(const Conv2dArgs& a) {
 
 size_t narrow_conv_calls() {
   return narrow_calls.load(std::memory_order_relaxed);
+}
+size_t narrow_conv_mma_calls() {
+  return narrow_mma_calls.load(std::memory_order_relaxed);
 }
 
 void forget_conv_plans() {
@@ -742,9 +1008,12 @@ void conv2d(const Conv2dArgs& a) {
     return;
   }
   const bool narrow = narrow_applies(a);
+  // Without a timed plan: the forced narrow form, or the one for this image's size.
+  const int form =
+      options().narrow_conv_form >= 0 ? options().narrow_conv_form : default_narrow_form(a);
   if (narrow && options().conv_kernel == Options::ConvKernel::Narrow) {
     count_conv_flops(a);
-    conv_narrow(a);
+    conv_narrow(a, form);
     return;
   }
 #if defined(KILN_WITH_CUDNN)
@@ -754,7 +1023,7 @@ void conv2d(const Conv2dArgs& a) {
   // narrow kernel where one applies, else im2col.
   if (narrow && options().conv_kernel != Options::ConvKernel::Cudnn && options().use_cudnn) {
     count_conv_flops(a);
-    conv_narrow(a);
+    conv_narrow(a, form);
     return;
   }
   conv_im2col(a);

@@ -90,6 +90,11 @@ struct Options {
   // kernel wherever one applies (tests).
   enum class ConvKernel { Auto, Cudnn, Narrow };
   ConvKernel conv_kernel = ConvKernel::Auto;
+  // Which narrow kernel: -1 times every form that applies (with a plan; without one,
+  // the tensor-core kernel for f16/bf16 outputs, its tile by the image's size); 0 the
+  // CUDA-core kernels; 1, 2 or 3 the tensor-core few-output kernel (f16/bf16) with 16, 4
+  // or 2 output rows a block. Plans made with a form forced are not kept on disk.
+  int narrow_conv_form = -1;
   // The largest workspace a cuDNN convolution algorithm may take, in MiB: the timed
   // choice is the fastest within it (and within 3% of that, the smallest). Plans made
   // under another cap are not kept on disk.
@@ -117,8 +122,9 @@ size_t flash_wgmma_calls();
 size_t flash_short_kv_calls();  // launches of the short-KV kernel (flash_short_kv_kernel)
 // GroupNorm calls the grid-wide one-launch kernel ran so far (tests: that it ran).
 size_t group_norm_grid_calls();
-// Convolutions a narrow 3×3 kernel ran so far (tests: that it ran).
+// Convolutions a narrow 3×3 kernel ran so far (tests: that it ran), and
 size_t narrow_conv_calls();
+size_t narrow_conv_mma_calls();  // those of them on the tensor cores
 // Whether the fused GEGLU GEMM can run here (a build with CUTLASS for sm_90a on a
 // compute 9.0 GPU), and the calls it ran so far (tests: that it ran).
 bool linear_geglu_fused_available();
