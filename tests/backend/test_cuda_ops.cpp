@@ -192,8 +192,8 @@ struct ConvCase {
 
 // Paths: im2col and a GEMM; the default (cuDNN's best algorithm timed against our narrow
 // kernels and, on small images, im2col, the fastest kept); a narrow kernel forced where
-// one applies, in each of its forms (CUDA cores; tensor cores with 16, 4 and 2 rows a
-// block, for f16/bf16 with few outputs).
+// one applies, in each of its forms (CUDA cores; the tensor-core forms, for f16/bf16
+// with few outputs).
 enum class ConvPath { Im2col, Timed, Narrow };
 
 class Conv2d : public CudaTest,
@@ -225,7 +225,7 @@ TEST_P(Conv2d, MatchesCpu) {
   const int64_t ho = (c.h + c.pt + c.pb - c.k) / c.stride + 1;
   const int64_t wo = (c.w + c.pl + c.pr - c.k) / c.stride + 1;
   const std::vector<int> forms =
-      path == ConvPath::Narrow ? std::vector<int>{0, 1, 2, 3} : std::vector<int>{-1};
+      path == ConvPath::Narrow ? std::vector<int>{0, 1, 2, 3, 4} : std::vector<int>{-1};
   for (DType dt : kAllTypes) {
     std::vector<Tensor> in{random_tensor({c.b, c.h, c.w, c.c}, dt, next_seed()),
                            random_tensor({c.o, c.k, c.k, c.c}, dt, next_seed(),

@@ -76,9 +76,9 @@ const char* kHelp =
     "                       kernel (default auto: timed per shape; for A/B)\n"
     "  --conv-workspace-mib N  the largest workspace a cuDNN convolution may take\n"
     "                       (default 512; for A/B)\n"
-    "  --narrow-conv-form F auto, 0 (CUDA cores) or 1-3 (tensor cores, 16, 4 or 2 rows a\n"
-    "                       block): the 3x3 kernel for few output channels, where it\n"
-    "                       beats cuDNN (default auto: every form timed; for A/B)\n"
+    "  --narrow-conv-form F auto, 0 (CUDA cores) or 1-4 (tensor cores: 16, 4 or 2 rows a\n"
+    "                       block of 4 warps, 16 of 8): the 3x3 kernel for few output\n"
+    "                       channels, where it beats cuDNN (default auto: all timed; A/B)\n"
     "  --upsample-phases B  1 or 0: on CUDA, upsampling convolutions by output phase (2x2\n"
     "                       taps on the small image), or upsampling and a 3x3 convolution\n"
     "                       (default 1; for A/B)\n"
@@ -533,7 +533,7 @@ int bench(const std::vector<std::string>& argv) {
   if (const auto mib = args.integer("conv-workspace-mib", 0, 1 << 16))
     if (s.cuda()) cuda::options().conv_workspace_mib = int(*mib);
   if (args.get("narrow-conv-form") != std::optional<std::string>("auto"))
-    if (const auto form = args.integer("narrow-conv-form", 0, 3))
+    if (const auto form = args.integer("narrow-conv-form", 0, 4))
       if (s.cuda()) cuda::options().narrow_conv_form = int(*form);
   if (const auto rows = args.integer("flash-wgmma-rows", 128, 192)) {
     if (*rows != 128 && *rows != 192) throw UsageError("--flash-wgmma-rows is 128 or 192");

@@ -514,11 +514,12 @@ void launch_few_out_mma(const NarrowParams& p, int n) {
   CUDA_CHECK_LAUNCH();
 }
 
-// Narrow forms (Options::narrow_conv_form): 0 the CUDA-core kernels; 1-3 the
-// tensor-core few-output kernel with 16, 4 or 2 output rows a block (four warps; the
-// shorter tiles split each stage's channels between two warps, for more blocks on
-// small images).
-constexpr int kNarrowForms = 4;
+// Narrow forms (Options::narrow_conv_form): 0 the CUDA-core kernels; 1-4 the
+// tensor-core few-output kernel: 1-3 four warps with 16, 4 or 2 output rows a block
+// (the shorter tiles split each stage's channels between two warps, for more blocks on
+// small images), 4 eight warps of two rows (16 a block: more warps to hide latency, a
+// little less reuse of each staged row than four rows a warp).
+constexpr int kNarrowForms = 5;
 
 template <class T, int O>
 void few_out_mma(const NarrowParams& p, int n, int form) {
@@ -529,6 +530,8 @@ void few_out_mma(const NarrowParams& p, int n, int form) {
     launch_few_out_mma<T, O, 4, 4, 1>(p, n);
   } else if (form == 2) {
     launch_few_out_mma<T, O, 4, 2, 2>(p, n);
+  } else if (form == 4) {
+    launch_few_out_mma<T, O, 8, 2, 1>(p, n);
   } else {
     launch_few_out_mma<T, O, 4, 1, 2>(p, n);
   }
@@ -548,7 +551,7 @@ int default_narrow_form(const Conv2dArgs& a) {
 std::vector<int> narrow_forms(const Conv2dArgs& a) {
   if (options().narrow_conv_form >= 0) return {options().narrow_conv_form};
   if (!few_out_mma_applies(a)) return {0};
-  return {0, 1, 2, 3};
+  return {0, 1, 2, 3, 4};
 }
 
 std::atomic<size_t> narrow_calls{0}, narrow_mma_calls{0};

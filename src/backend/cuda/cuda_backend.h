@@ -92,8 +92,9 @@ struct Options {
   ConvKernel conv_kernel = ConvKernel::Auto;
   // Which narrow kernel: -1 times every form that applies (with a plan; without one,
   // the tensor-core kernel for f16/bf16 outputs, its tile by the image's size); 0 the
-  // CUDA-core kernels; 1, 2 or 3 the tensor-core few-output kernel (f16/bf16) with 16, 4
-  // or 2 output rows a block. Plans made with a form forced are not kept on disk.
+  // CUDA-core kernels; 1-4 the tensor-core few-output kernel (f16/bf16): 16, 4 or 2
+  // output rows a block of four warps, or 16 of eight. Plans made with a form forced are
+  // not kept on disk.
   int narrow_conv_form = -1;
   // The largest workspace a cuDNN convolution algorithm may take, in MiB: the timed
   // choice is the fastest within it (and within 3% of that, the smallest). Plans made
