@@ -133,6 +133,18 @@ struct InterleavePhasesArgs {
   Tensor out;  // [B, 2H, 2W, C]
 };
 
+// interleave_phases, then group_norm of its result, in one op where a backend fuses them
+// (the statistics taken while the phases are put in place: a pass over the tensor fewer).
+struct InterleaveGroupNormArgs {
+  Tensor x;            // [B, H + 1, W + 1, 4·C]: the phases
+  Tensor out;          // [B, 2H, 2W, C]: interleave_phases(x)
+  Tensor gamma, beta;  // [C]
+  int groups = 32;
+  float eps = 1e-5f;
+  Activation act = Activation::None;
+  Tensor normed;  // [B, 2H, 2W, C]: act(group_norm(out))
+};
+
 struct TimestepEmbeddingArgs {
   Tensor timesteps;  // [B] f32
   int dim = 0;
@@ -181,6 +193,9 @@ class Backend {
   virtual void concat(const ConcatArgs& a) = 0;
   virtual void upsample_nearest(const UpsampleArgs& a) = 0;
   virtual void interleave_phases(const InterleavePhasesArgs& a) = 0;
+  // The fused form where this backend has one: answers false (having done nothing)
+  // otherwise, and ops::interleave_phases_group_norm takes the two ops.
+  virtual bool interleave_phases_group_norm(const InterleaveGroupNormArgs&) { return false; }
   virtual void timestep_embedding(const TimestepEmbeddingArgs& a) = 0;
   virtual void embedding(const EmbeddingArgs& a) = 0;
   virtual void slice_last(const SliceLastArgs& a) = 0;

@@ -1,6 +1,7 @@
 #include "models/autoencoder_kl.h"
 
 #include <cmath>
+#include <tuple>
 
 #include "ops/ops.h"
 
@@ -159,9 +160,20 @@ Tensor AutoencoderKL::decode(const Tensor& z) const {
   if (post_quant_conv) x = (*post_quant_conv)(x);
   x = dec_conv_in(x);  // [B, h, w, C_last]
   x = run_mid(dec_mid, x);
-  for (const UpBlock& b : dec_up_blocks) {
-    for (const nn::ResnetBlock2D& r : b.resnets) x = r(x);
-    if (b.upsampler) x = (*b.upsampler)(x);
+  // The first resnet's norm1(x, SiLU) of the next block, where its upsampler made it.
+  Tensor normed;
+  for (size_t i = 0; i < dec_up_blocks.size(); ++i) {
+    const UpBlock& b = dec_up_blocks[i];
+    for (const nn::ResnetBlock2D& r : b.resnets) {
+      x = normed.defined() ? r.after_norm1(x, normed) : r(x);
+      normed = Tensor();
+    }
+    if (!b.upsampler) continue;
+    if (i + 1 < dec_up_blocks.size() && !dec_up_blocks[i + 1].resnets.empty())
+      std::tie(x, normed) =
+          b.upsampler->with_norm(x, dec_up_blocks[i + 1].resnets[0].norm1, Activation::SiLU);
+    else
+      x = (*b.upsampler)(x);
   }
   x = dec_conv_norm_out(x, Activation::SiLU);
   return dec_conv_out(x);  // [B, H, W, out_channels]

@@ -21,7 +21,12 @@ void ResnetBlock2D::load(const WeightLoader& w, const std::string& prefix, int64
 }
 
 Tensor ResnetBlock2D::operator()(const Tensor& x, const Tensor& temb_act) const {
-  Tensor h = conv1(norm1(x, Activation::SiLU));  // [B, H, W, out]
+  return after_norm1(x, norm1(x, Activation::SiLU), temb_act);
+}
+
+Tensor ResnetBlock2D::after_norm1(const Tensor& x, const Tensor& normed,
+                                  const Tensor& temb_act) const {
+  Tensor h = conv1(normed);  // [B, H, W, out]
   // h + time_emb_proj(temb) feeds norm2 alone: the add happens inside it.
   if (temb_col >= 0) {
     h = norm2(h, Activation::SiLU, temb_act, temb_col);
@@ -72,6 +77,15 @@ Tensor Upsample2D::operator()(const Tensor& x, int64_t out_h, int64_t out_w) con
   KILN_CHECK(conv.weight.defined(), "Upsample2D: ", x.shape().str(), " to ", out_h, "x", out_w,
              ": this upsampler was loaded for exact doublings only");
   return conv(ops::upsample_nearest(x, out_h, out_w));
+}
+
+std::pair<Tensor, Tensor> Upsample2D::with_norm(const Tensor& x, const GroupNorm& norm,
+                                                Activation act) const {
+  if (phases.weight.defined())
+    return ops::upsample2x_conv_group_norm(x, phases, norm.weight, norm.bias, norm.groups, norm.eps,
+                                           act);
+  const Tensor up = (*this)(x);
+  return {up, norm(up, act)};
 }
 
 void BasicTransformerBlock::load(const WeightLoader& w, const std::string& prefix, int64_t dim,

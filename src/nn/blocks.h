@@ -5,6 +5,7 @@
 #pragma once
 
 #include <optional>
+#include <utility>
 #include <vector>
 
 #include "nn/attention.h"
@@ -37,6 +38,8 @@ struct ResnetBlock2D {
   // applied (the same for every block, so computed once per forward), or the
   // projections (see temb_col).
   Tensor operator()(const Tensor& x, const Tensor& temb_act = {}) const;
+  // The same, given norm1(x, SiLU) already made (Upsample2D::with_norm).
+  Tensor after_norm1(const Tensor& x, const Tensor& normed, const Tensor& temb_act = {}) const;
   // Hands time_emb_proj over (emptied) for one GEMM across resnets; from now on the
   // block reads its projection from column `col` of what it is given.
   Linear* project_time_from(int64_t col) {
@@ -69,6 +72,10 @@ struct Upsample2D {
   void load(const WeightLoader& w, const std::string& prefix, int64_t channels,
             bool any_size = true);
   Tensor operator()(const Tensor& x, int64_t out_h = 0, int64_t out_w = 0) const;
+  // {this(x), norm(this(x), act)}: the next block's first GroupNorm too, which by output
+  // phase takes its statistics while the phases are put in place
+  // (ops::upsample2x_conv_group_norm) where the backend fuses the two.
+  std::pair<Tensor, Tensor> with_norm(const Tensor& x, const GroupNorm& norm, Activation act) const;
 };
 
 struct BasicTransformerBlock {

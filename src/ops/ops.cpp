@@ -441,7 +441,9 @@ PhaseConv upsample_conv_phases(const Tensor& weight, const Tensor& bias) {
   return phases;
 }
 
-Tensor upsample2x_conv(const Tensor& x, const PhaseConv& phases) {
+namespace {
+// The phases of upsample2x_conv: [B, H + 1, W + 1, 4·O].
+Tensor upsample_phases(const Tensor& x, const PhaseConv& phases) {
   KILN_CHECK(x.ndim() == 4, "upsample2x_conv: x ", x.describe(), " (expected NHWC)");
   KILN_CHECK(phases.weight.ndim() == 4 && phases.weight.dim(0) % 4 == 0 &&
                  phases.weight.dim(1) == 2 && phases.weight.dim(2) == 2,
@@ -451,10 +453,19 @@ Tensor upsample2x_conv(const Tensor& x, const PhaseConv& phases) {
   // The direct form's FLOPs: 2 · B · 2H · 2W · O · 9 · C.
   const double model_flops =
       2.0 * double(x.dim(0) * 4 * x.dim(1) * x.dim(2)) * double(o) * 9.0 * double(x.dim(3));
-  // z: [B, H + 1, W + 1, 4·O]
-  const Tensor z =
-      conv2d_counted(x, phases.weight, phases.bias, Conv2dGeometry::same(3), Tensor(), model_flops);
-  return interleave_phases(z);
+  return conv2d_counted(x, phases.weight, phases.bias, Conv2dGeometry::same(3), Tensor(),
+                        model_flops);
+}
+}  // namespace
+
+Tensor upsample2x_conv(const Tensor& x, const PhaseConv& phases) {
+  return interleave_phases(upsample_phases(x, phases));
+}
+
+std::pair<Tensor, Tensor> upsample2x_conv_group_norm(const Tensor& x, const PhaseConv& phases,
+                                                     const Tensor& gamma, const Tensor& beta,
+                                                     int groups, float eps, Activation act) {
+  return interleave_phases_group_norm(upsample_phases(x, phases), gamma, beta, groups, eps, act);
 }
 
 Tensor interleave_phases(const Tensor& z) {
@@ -465,6 +476,48 @@ Tensor interleave_phases(const Tensor& z) {
   a.out = like(z, {z.dim(0), 2 * (z.dim(1) - 1), 2 * (z.dim(2) - 1), z.dim(3) / 4});
   backend_for(z.device()).interleave_phases(a);
   return a.out;
+}
+
+std::pair<Tensor, Tensor> interleave_phases_group_norm(const Tensor& z, const Tensor& gamma,
+                                                       const Tensor& beta, int groups, float eps,
+                                                       Activation act) {
+  KILN_CHECK(z.ndim() == 4 && z.dim(1) >= 2 && z.dim(2) >= 2 && z.dim(3) % 4 == 0,
+             "interleave_phases_group_norm: z ", z.describe(),
+             " (expected [B, H + 1, W + 1, 4·C])");
+  const int64_t c = z.dim(3) / 4;
+  KILN_CHECK(groups > 0 && c % groups == 0, "interleave_phases_group_norm: ", c, " channels in ",
+             groups, " groups");
+  check_optional_vector(z, gamma, c, "interleave_phases_group_norm", "gamma");
+  check_optional_vector(z, beta, c, "interleave_phases_group_norm", "beta");
+  KILN_CHECK(gamma.defined() && beta.defined(),
+             "interleave_phases_group_norm: gamma and beta are required");
+  InterleaveGroupNormArgs a;
+  a.x = z;
+  a.out = like(z, {z.dim(0), 2 * (z.dim(1) - 1), 2 * (z.dim(2) - 1), c});
+  a.gamma = gamma;
+  a.beta = beta;
+  a.groups = groups;
+  a.eps = eps;
+  a.act = act;
+  a.normed = like(z, a.out.shape());
+  Backend& backend = backend_for(z.device());
+  if (backend.interleave_phases_group_norm(a)) return {a.out, a.normed};
+  // The two ops, into the same tensors.
+  InterleavePhasesArgs copy;
+  copy.x = z;
+  copy.out = a.out;
+  backend.interleave_phases(copy);
+  GroupNormArgs norm;
+  const Shape rows{a.out.dim(0), a.out.dim(1) * a.out.dim(2), c};
+  norm.x = a.out.reshape(rows);
+  norm.gamma = gamma;
+  norm.beta = beta;
+  norm.groups = groups;
+  norm.eps = eps;
+  norm.act = act;
+  norm.out = a.normed.reshape(rows);
+  backend.group_norm(norm);
+  return {a.out, a.normed};
 }
 
 Tensor timestep_embedding(const Tensor& timesteps, int dim, bool flip_sin_to_cos,

@@ -102,6 +102,15 @@ Tensor upsample2x_conv(const Tensor& x, const PhaseConv& phases);
 // z [B, H + 1, W + 1, 4·C] → [B, 2H, 2W, C]: out[b, 2i + r, 2j + c] is z[b, i + r, j + c]'s
 // channels (2r + c)·C ...
 Tensor interleave_phases(const Tensor& z);
+// {interleave_phases(z), group_norm(that, gamma, beta, groups, eps, act)}: one op where
+// the backend fuses them (the statistics taken while the phases are put in place).
+std::pair<Tensor, Tensor> interleave_phases_group_norm(const Tensor& z, const Tensor& gamma,
+                                                       const Tensor& beta, int groups, float eps,
+                                                       Activation act);
+// upsample2x_conv(x, phases) and its group_norm, as above.
+std::pair<Tensor, Tensor> upsample2x_conv_group_norm(const Tensor& x, const PhaseConv& phases,
+                                                     const Tensor& gamma, const Tensor& beta,
+                                                     int groups, float eps, Activation act);
 
 // timesteps [B] (f32, any device) → [B, dim] sinusoidal embedding, as diffusers'
 // get_timestep_embedding.

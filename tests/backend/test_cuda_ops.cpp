@@ -339,6 +339,51 @@ TEST_F(Elementwise, InterleavePhasesMatchesCpu) {
                    [](const std::vector<Tensor>& t) { return ops::interleave_phases(t[0]); });
 }
 
+// The phase copy and the next GroupNorm in one op (ops::interleave_phases_group_norm):
+// the fused kernels where the channels take 16-byte accesses, else the two ops; both
+// outputs against the CPU's two ops, and the same bits again and in a replayed graph.
+TEST_F(Elementwise, InterleavePhasesGroupNormMatchesCpu) {
+  struct Case {
+    Shape z;  // [B, H + 1, W + 1, 4·C]
+    int groups;
+    Activation act;
+  };
+  for (const Case& c : {Case{{1, 33, 33, 2048}, 32, Activation::SiLU},  // the VAE's, 64² → 128²
+                        Case{{1, 17, 9, 1024}, 32, Activation::SiLU},   // C 256, not square
+                        Case{{2, 9, 17, 256}, 8, Activation::None},     // batch 2
+                        Case{{1, 5, 7, 48}, 4, Activation::SiLU}}) {    // C 12: the two ops
+    for (DType dt : kAllTypes) {
+      const int64_t ch = c.z[3] / 4;
+      const std::vector<Tensor> in{random_tensor(c.z, dt, next_seed(), 2.0f, 3.0f),
+                                   random_tensor({ch}, dt, next_seed(), 0.5f, 1.0f),
+                                   random_tensor({ch}, dt, next_seed())};
+      auto op = [&](const std::vector<Tensor>& t) {
+        return ops::interleave_phases_group_norm(t[0], t[1], t[2], c.groups, 1e-6f, c.act);
+      };
+      const size_t before = cuda::interleave_group_norm_calls();
+      const std::string what = str("interleave_phases_group_norm ", c.z.str());
+      expect_match(what + " out", dt, in,
+                   [&](const std::vector<Tensor>& t) { return op(t).first; });
+      expect_match(what + " normed", dt, in,
+                   [&](const std::vector<Tensor>& t) { return op(t).second; });
+      const bool fused = ch % (16 / int64_t(dtype_size(dt))) == 0;
+      EXPECT_EQ(cuda::interleave_group_norm_calls() - before, fused ? 2u : 0u)
+          << what << " " << name(dt);
+      std::vector<Tensor> dev;
+      for (const Tensor& t : in) dev.push_back(on_cuda(t, dt));
+      auto run = [&] { return op(dev).second; };
+      const Tensor first = run().to(Device::CPU);
+      const Tensor again = run().to(Device::CPU);
+      EXPECT_EQ(std::memcmp(first.raw(), again.raw(), first.nbytes()), 0)
+          << what << " " << name(dt) << " differs between runs";
+      cuda::CapturedForward graph(run);
+      const Tensor replayed = graph.replay().to(Device::CPU);
+      EXPECT_EQ(std::memcmp(first.raw(), replayed.raw(), first.nbytes()), 0)
+          << what << " " << name(dt) << ": graph replay differs from eager";
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 struct AttentionCase {
   int64_t b, sq, sk;

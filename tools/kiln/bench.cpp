@@ -79,6 +79,8 @@ const char* kHelp =
     "  --narrow-conv-form F auto, 0 (CUDA cores) or 1-4 (tensor cores: 16, 4 or 2 rows a\n"
     "                       block of 4 warps, 16 of 8): the 3x3 kernel for few output\n"
     "                       channels, where it beats cuDNN (default auto: all timed; A/B)\n"
+    "  --interleave-norm-fused B  1 or 0: on CUDA, an upsampler's phase copy and the next\n"
+    "                       GroupNorm's statistics in one pass (default 1; for A/B)\n"
     "  --upsample-phases B  1 or 0: on CUDA, upsampling convolutions by output phase (2x2\n"
     "                       taps on the small image), or upsampling and a 3x3 convolution\n"
     "                       (default 1; for A/B)\n"
@@ -475,6 +477,7 @@ int bench(const std::vector<std::string>& argv) {
                    "upsample-phases",
                    "conv-workspace-mib",
                    "narrow-conv-form",
+                   "interleave-norm-fused",
                    "attention",
                    "group-norm",
                    "conv",
@@ -530,6 +533,8 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().flash_short_kv_kernel = *on == 1;
   if (const auto on = args.integer("geglu-fused", 0, 1))
     if (s.cuda()) cuda::options().geglu_fused = *on == 1;
+  if (const auto on = args.integer("interleave-norm-fused", 0, 1))
+    if (s.cuda()) cuda::options().interleave_norm_fused = *on == 1;
   if (const auto mib = args.integer("conv-workspace-mib", 0, 1 << 16))
     if (s.cuda()) cuda::options().conv_workspace_mib = int(*mib);
   if (args.get("narrow-conv-form") != std::optional<std::string>("auto"))

@@ -174,6 +174,11 @@ class CudaBackend final : public Backend {
     OpScope s("interleave_phases", [&] { return dims(a.out); });
     cuda::interleave_phases(a);
   }
+  bool interleave_phases_group_norm(const InterleaveGroupNormArgs& a) override {
+    if (!options().interleave_norm_fused) return false;
+    OpScope s("interleave_phases+group_norm", [&] { return dims(a.out); });
+    return cuda::interleave_phases_group_norm(a);
+  }
   void timestep_embedding(const TimestepEmbeddingArgs& a) override {
     OpScope s("timestep_embedding", [&] { return dims(a.out); });
     cuda::timestep_embedding(a);

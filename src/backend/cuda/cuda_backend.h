@@ -108,6 +108,11 @@ struct Options {
   // of two) on each shape's first call outside a capture; the others force one.
   enum class GegluForm { Auto, PingPong, Cooperative };
   GegluForm geglu_form = GegluForm::Auto;
+  // An upsampler's phase copy and the next resnet's first GroupNorm as one op
+  // (ops::interleave_phases_group_norm): the statistics are summed as the copy writes,
+  // so the GroupNorm reads the upsampled tensor once instead of twice. Off: the two
+  // ops, for A/B runs.
+  bool interleave_norm_fused = true;
 };
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).
@@ -130,6 +135,8 @@ size_t narrow_conv_mma_calls();  // those of them on the tensor cores
 // compute 9.0 GPU), and the calls it ran so far (tests: that it ran).
 bool linear_geglu_fused_available();
 size_t linear_geglu_fused_calls();
+// Calls of the fused phase copy and GroupNorm so far (tests: that it ran).
+size_t interleave_group_norm_calls();
 
 // Plans: the algorithm each GEMM and cuDNN convolution shape runs with, chosen by
 // timing on its first use and kept on disk, one file per GPU (backend/plan_file.h),

@@ -26,17 +26,74 @@ namespace {
 
 constexpr int kStatThreads = 256;
 
+// Where the statistics kernel reads its rows from. PlainRows: x [B, rows, C], plus the
+// addend's row b where there is one. PhaseRows: the four output phases of an upsampling
+// convolution, [B, H + 1, W + 1, 4·C] (ops::upsample2x_conv), read in the order of the
+// interleaved tensor [B, 2H, 2W, C], which it also writes (interleave_phases): that
+// tensor's statistics come with its copy instead of from a pass of their own.
+template <class T, int N>
+struct PlainRows {
+  static constexpr bool kStores = false;
+  const T* x;
+  const T* addend;  // the first channel of batch row 0, or null
+  int64_t addend_stride, rows;
+  int channels;
+  // The addend of pack v's channels in batch row b, or zeros.
+  __device__ void prepare(int b, int v, float (&add)[N]) const {
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      add[j] = addend ? to_float(addend[int64_t(b) * addend_stride + v * N + j]) : 0.0f;
+  }
+  __device__ Pack<T, N> load(int b, int64_t row, int v, const float (&add)[N]) const {
+    Pack<T, N> p =
+        *reinterpret_cast<const Pack<T, N>*>(x + (int64_t(b) * rows + row) * channels + v * N);
+    // x + addend rounded to T, what the separate add stored (and the apply reads).
+    if (addend) {
+#pragma unroll
+      for (int j = 0; j < N; ++j) p.v[j] = from_float<T>(to_float(p.v[j]) + add[j]);
+    }
+    return p;
+  }
+  __device__ void store(int, int64_t, int, const Pack<T, N>&) const {}
+};
+
+template <class T, int N>
+struct PhaseRows {
+  static constexpr bool kStores = true;
+  const T* z;
+  T* out;
+  FastDiv out_w;   // 2W: row = y · 2W + x
+  int64_t hz, wz;  // H + 1, W + 1
+  int64_t rows;    // 4HW
+  int channels;    // C
+  __device__ void prepare(int, int, float (&add)[N]) const {
+#pragma unroll
+    for (int j = 0; j < N; ++j) add[j] = 0.0f;
+  }
+  // out[b, 2i + r, 2j + c] = z[b, i + r, j + c, (2r + c)·C ..]
+  __device__ Pack<T, N> load(int b, int64_t row, int v, const float (&)[N]) const {
+    uint32_t y, x;
+    out_w.divmod(uint32_t(row), y, x);
+    const uint32_t r = y & 1, c = x & 1;
+    const int64_t zy = (y >> 1) + r, zx = (x >> 1) + c;
+    return *reinterpret_cast<const Pack<T, N>*>(
+        z + ((int64_t(b) * hz + zy) * wz + zx) * 4 * channels + (2 * r + c) * channels + v * N);
+  }
+  __device__ void store(int b, int64_t row, int v, const Pack<T, N>& p) const {
+    *reinterpret_cast<Pack<T, N>*>(out + (int64_t(b) * rows + row) * channels + v * N) = p;
+  }
+};
+
 // Block (X, Y): X threads across the row's packs of N channels, Y rows at a
 // time. Shared memory: [Y][X][N] sums and squares to combine the Y rows, then
 // per-channel totals [C] of each, summed into groups at the end. The last block
 // of a batch row to finish (counted in `counters`, left at zero again) folds the
 // partial sums, in a fixed order, into per-channel scale and shift:
 // out = act(x * scale + shift).
-template <class T, int N>
-__global__ void group_norm_stats(const T* x, const T* addend, int64_t addend_stride, float* partial,
-                                 const T* gamma, const T* beta, float* scale, float* shift,
-                                 unsigned* counters, int64_t rows, int64_t rows_per_block,
-                                 int channels, int groups, float eps) {
+template <class T, int N, class Rows>
+__global__ void group_norm_stats(Rows src, float* partial, const T* gamma, const T* beta,
+                                 float* scale, float* shift, unsigned* counters, int64_t rows,
+                                 int64_t rows_per_block, int channels, int groups, float eps) {
   extern __shared__ float smem[];
   const int X = blockDim.x, Y = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
   const int tid = ty * X + tx, threads = X * Y;
@@ -52,18 +109,12 @@ __global__ void group_norm_stats(const T* x, const T* addend, int64_t addend_str
   const int64_t r0 = int64_t(blockIdx.x) * rows_per_block;
   const int64_t r1 = min(rows, r0 + rows_per_block);
   const int packs = channels / N;
-  const T* xb = x + int64_t(b) * rows * channels;
   for (int v0 = 0; v0 < packs; v0 += X) {
     const int v = v0 + tx;
     float s[N] = {}, q[N] = {};
     if (v < packs) {
-      // The addend of this pack's channels (row b of it), or zeros.
-      float add[N] = {};
-      if (addend) {
-#pragma unroll
-        for (int j = 0; j < N; ++j)
-          add[j] = to_float(addend[int64_t(b) * addend_stride + v * N + j]);
-      }
+      float add[N];
+      src.prepare(b, v, add);
       // Four rows' loads in flight per thread before any arithmetic (eight measured
       // no faster: 4.80 against 5.27 ms of GroupNorm in the 1024² VAE decode, and
       // again level with four once the apply was fixed).
@@ -74,16 +125,16 @@ __global__ void group_norm_stats(const T* x, const T* addend, int64_t addend_str
         for (int u = 0; u < kUnroll; ++u) {
           const int64_t row = r + int64_t(u) * Y;
           if (row < r1) {
-            p[u] = *reinterpret_cast<const Pack<T, N>*>(xb + row * channels + v * N);
-            // x + addend rounded to T, what the separate add stored (and the apply reads).
-            if (addend) {
-#pragma unroll
-              for (int j = 0; j < N; ++j) p[u].v[j] = from_float<T>(to_float(p[u].v[j]) + add[j]);
-            }
+            p[u] = src.load(b, row, v, add);
           } else {
 #pragma unroll
             for (int j = 0; j < N; ++j) p[u].v[j] = from_float<T>(0.0f);
           }
+        }
+        if constexpr (Rows::kStores) {
+#pragma unroll
+          for (int u = 0; u < kUnroll; ++u)
+            if (r + int64_t(u) * Y < r1) src.store(b, r + int64_t(u) * Y, v, p[u]);
         }
 #pragma unroll
         for (int u = 0; u < kUnroll; ++u) {
@@ -729,19 +780,16 @@ dim3 pack_block(int packs) {
   return dim3{unsigned(across), unsigned(kStatThreads / across)};
 }
 
-template <class T, int N>
-void launch_group_norm(const GroupNormArgs& a) {
-  const int batch = int(a.x.dim(0)), channels = int(a.x.dim(2)), groups = a.groups;
-  KILN_CHECK(batch <= Context::kCounters, "group_norm: batch ", batch, " (at most ",
-             Context::kCounters, " on CUDA)");
-  const int64_t rows = a.x.dim(1);
+// The two-launch GroupNorm: statistics of the rows `src` gives ([batch, rows, channels]
+// as they see them) into a per-channel scale and shift, then out = act(x (+ addend) ·
+// scale + shift) over x, a tensor of the same shape. The caller has checked batch (at
+// most Context::kCounters) and that batch · rows · channels / N fits 32 bits.
+template <class T, int N, class Rows>
+void stats_and_apply(const Rows& src, int batch, int64_t rows, int channels, int groups, float eps,
+                     const T* gamma, const T* beta, const T* x, const T* addend,
+                     int64_t addend_stride, T* out, Activation act) {
   const int packs = channels / N;
-  // Checked before anything is launched (a throw inside a graph capture would leave
-  // half of the op in it).
   const int64_t total = int64_t(batch) * rows * packs;
-  KILN_CHECK(total <= INT32_MAX, "group_norm: ", a.x.describe(),
-             " is more than one launch indexes on CUDA (2^31 accesses)");
-  const T* x = static_cast<const T*>(a.x.raw());
   const int sms = context().props.multiProcessorCount;
   // Statistics: about two blocks per multiprocessor in all, each at least eight
   // rows per thread row. Fewer, longer blocks than the memory system would like for
@@ -772,15 +820,13 @@ void launch_group_norm(const GroupNormArgs& a) {
       (size_t(2) * kStatThreads * N + size_t(2) * channels) * sizeof(float) + sizeof(int);
   static int configured = 48 << 10;
   if (int(smem) > configured) {
-    CUDA_CHECK(cudaFuncSetAttribute(group_norm_stats<T, N>,
+    CUDA_CHECK(cudaFuncSetAttribute(group_norm_stats<T, N, Rows>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     configured = int(smem);
   }
-  const T* addend = addend_start<T>(a);
-  group_norm_stats<T, N><<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
-      x, addend, addend_stride(a), partial, static_cast<const T*>(a.gamma.raw()),
-      static_cast<const T*>(a.beta.raw()), scale, shift, context().counters, rows, rows_per_block,
-      channels, groups, a.eps);
+  group_norm_stats<T, N, Rows><<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
+      src, partial, gamma, beta, scale, shift, context().counters, rows, rows_per_block, channels,
+      groups, eps);
   CUDA_CHECK_LAUNCH();
 
   // Apply: a grid-stride loop over as many 256-thread blocks as are resident at once.
@@ -795,10 +841,30 @@ void launch_group_norm(const GroupNormArgs& a) {
   }();
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t(sms) * resident);
   group_norm_apply<T, N, U><<<unsigned(blocks), 256, 0, stream()>>>(
-      x, addend, addend_stride(a), static_cast<T*>(a.out.raw()), scale, shift, uint32_t(total),
-      FastDiv(uint32_t(rows * packs)), FastDiv(uint32_t(packs)), a.act);
+      x, addend, addend_stride, out, scale, shift, uint32_t(total), FastDiv(uint32_t(rows * packs)),
+      FastDiv(uint32_t(packs)), act);
   CUDA_CHECK_LAUNCH();
 }
+
+template <class T, int N>
+void launch_group_norm(const GroupNormArgs& a) {
+  const int batch = int(a.x.dim(0)), channels = int(a.x.dim(2));
+  KILN_CHECK(batch <= Context::kCounters, "group_norm: batch ", batch, " (at most ",
+             Context::kCounters, " on CUDA)");
+  const int64_t rows = a.x.dim(1);
+  // Checked before anything is launched (a throw inside a graph capture would leave
+  // half of the op in it).
+  KILN_CHECK(int64_t(batch) * rows * (channels / N) <= INT32_MAX, "group_norm: ", a.x.describe(),
+             " is more than one launch indexes on CUDA (2^31 accesses)");
+  const T* x = static_cast<const T*>(a.x.raw());
+  const T* addend = addend_start<T>(a);
+  const PlainRows<T, N> src{x, addend, addend_stride(a), rows, channels};
+  stats_and_apply<T, N>(src, batch, rows, channels, a.groups, a.eps,
+                        static_cast<const T*>(a.gamma.raw()), static_cast<const T*>(a.beta.raw()),
+                        x, addend, addend_stride(a), static_cast<T*>(a.out.raw()), a.act);
+}
+
+std::atomic<size_t> interleave_norm_calls{0};
 
 }  // namespace
 
@@ -835,6 +901,38 @@ void group_norm(const GroupNormArgs& args) {
     else
       launch_group_norm<T, kVec<T>>(a);
   });
+}
+
+size_t interleave_group_norm_calls() {
+  return interleave_norm_calls.load(std::memory_order_relaxed);
+}
+
+bool interleave_phases_group_norm(const InterleaveGroupNormArgs& a) {
+  const int64_t batch = a.out.dim(0), rows = a.out.dim(1) * a.out.dim(2), channels = a.out.dim(3);
+  if (a.out.numel() == 0 || batch > Context::kCounters || channels > 16384) return false;
+  bool done = false;
+  dispatch_float(a.x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    constexpr int N = kVec<T>;
+    // 16-byte accesses only (every channel count the models have); else the two ops.
+    if (channels % N != 0 || !aligned16(a.x.raw()) || !aligned16(a.out.raw()) ||
+        !aligned16(a.normed.raw()) || batch * rows * (channels / N) > INT32_MAX)
+      return;
+    const PhaseRows<T, N> src{static_cast<const T*>(a.x.raw()),
+                              static_cast<T*>(a.out.raw()),
+                              FastDiv(uint32_t(a.out.dim(2))),
+                              a.x.dim(1),
+                              a.x.dim(2),
+                              rows,
+                              int(channels)};
+    stats_and_apply<T, N>(src, int(batch), rows, int(channels), a.groups, a.eps,
+                          static_cast<const T*>(a.gamma.raw()), static_cast<const T*>(a.beta.raw()),
+                          static_cast<const T*>(a.out.raw()), nullptr, 0,
+                          static_cast<T*>(a.normed.raw()), a.act);
+    interleave_norm_calls.fetch_add(1, std::memory_order_relaxed);
+    done = true;
+  });
+  return done;
 }
 
 void layer_norm(const LayerNormArgs& a) {

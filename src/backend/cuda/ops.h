@@ -58,6 +58,9 @@ void geglu(const GegluArgs& a);
 void concat(const ConcatArgs& a);
 void upsample_nearest(const UpsampleArgs& a);
 void interleave_phases(const InterleavePhasesArgs& a);
+// norm.cu: false where the fused kernels do not take the operands (the caller runs the
+// two ops).
+bool interleave_phases_group_norm(const InterleaveGroupNormArgs& a);
 void timestep_embedding(const TimestepEmbeddingArgs& a);
 void embedding(const EmbeddingArgs& a);
 void slice_last(const SliceLastArgs& a);
