@@ -142,7 +142,9 @@ struct InterleaveGroupNormArgs {
   int groups = 32;
   float eps = 1e-5f;
   Activation act = Activation::None;
-  Tensor normed;  // [B, 2H, 2W, C]: act(group_norm(out))
+  // [B, 2H, 2W, C]: act(group_norm(out)). It may lie in x's memory: written only once
+  // x has been read.
+  Tensor normed;
 };
 
 struct TimestepEmbeddingArgs {

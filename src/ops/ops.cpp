@@ -462,10 +462,16 @@ Tensor upsample2x_conv(const Tensor& x, const PhaseConv& phases) {
   return interleave_phases(upsample_phases(x, phases));
 }
 
+namespace {
+std::pair<Tensor, Tensor> interleave_norm(const Tensor& z, const Tensor& gamma, const Tensor& beta,
+                                          int groups, float eps, Activation act, bool reuse_z);
+}  // namespace
+
 std::pair<Tensor, Tensor> upsample2x_conv_group_norm(const Tensor& x, const PhaseConv& phases,
                                                      const Tensor& gamma, const Tensor& beta,
                                                      int groups, float eps, Activation act) {
-  return interleave_phases_group_norm(upsample_phases(x, phases), gamma, beta, groups, eps, act);
+  // The phases are this op's own: the normalised output goes into their memory.
+  return interleave_norm(upsample_phases(x, phases), gamma, beta, groups, eps, act, true);
 }
 
 Tensor interleave_phases(const Tensor& z) {
@@ -481,6 +487,15 @@ Tensor interleave_phases(const Tensor& z) {
 std::pair<Tensor, Tensor> interleave_phases_group_norm(const Tensor& z, const Tensor& gamma,
                                                        const Tensor& beta, int groups, float eps,
                                                        Activation act) {
+  return interleave_norm(z, gamma, beta, groups, eps, act, false);
+}
+
+namespace {
+// reuse_z: the normalised output is written over z's memory (z is no longer needed and
+// is larger: [B, H + 1, W + 1, 4·C] against [B, 2H, 2W, C]), which keeps the peak where
+// the two ops had it. Backends write it only once they have read z.
+std::pair<Tensor, Tensor> interleave_norm(const Tensor& z, const Tensor& gamma, const Tensor& beta,
+                                          int groups, float eps, Activation act, bool reuse_z) {
   KILN_CHECK(z.ndim() == 4 && z.dim(1) >= 2 && z.dim(2) >= 2 && z.dim(3) % 4 == 0,
              "interleave_phases_group_norm: z ", z.describe(),
              " (expected [B, H + 1, W + 1, 4·C])");
@@ -499,7 +514,8 @@ std::pair<Tensor, Tensor> interleave_phases_group_norm(const Tensor& z, const Te
   a.groups = groups;
   a.eps = eps;
   a.act = act;
-  a.normed = like(z, a.out.shape());
+  a.normed = reuse_z ? z.reshape({z.numel()}).rows(0, a.out.numel()).reshape(a.out.shape())
+                     : like(z, a.out.shape());
   Backend& backend = backend_for(z.device());
   if (backend.interleave_phases_group_norm(a)) return {a.out, a.normed};
   // The two ops, into the same tensors.
@@ -519,6 +535,7 @@ std::pair<Tensor, Tensor> interleave_phases_group_norm(const Tensor& z, const Te
   backend.group_norm(norm);
   return {a.out, a.normed};
 }
+}  // namespace
 
 Tensor timestep_embedding(const Tensor& timesteps, int dim, bool flip_sin_to_cos,
                           float downscale_freq_shift, float scale, float max_period) {

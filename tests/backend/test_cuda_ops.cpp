@@ -315,6 +315,29 @@ TEST_P(UpsampleConv, ByPhaseMatchesDirectOnCpu) {
           return ops::upsample2x_conv(t[0], ops::upsample_conv_phases(w, c.bias ? t[2] : Tensor()));
         },
         r.expected);
+    // With the next GroupNorm (+ SiLU) in the same op, both of its outputs: the
+    // normalised one is written over the phases' memory.
+    for (const bool normed : {false, true}) {
+      const Reference& rn = shared_reference(
+          what, normed ? "direct+norm" : "direct (norm's op)", dt,
+          {{c.b, c.h, c.w, c.c}, {c.o, 3, 3, c.c}, {c.o}, {c.o}, {c.o}},
+          [&](const std::vector<Tensor>& t) {
+            const Tensor up = ops::conv2d(ops::upsample_nearest(t[0], 2 * c.h, 2 * c.w),
+                                          ops::scale(t[1], 1.0f / std::sqrt(float(9 * c.c))),
+                                          c.bias ? t[2] : Tensor(), ops::Conv2dGeometry::same(3));
+            return normed ? ops::group_norm(up, t[3], t[4], 8, 1e-6f, Activation::SiLU) : up;
+          });
+      expect_close(
+          what + (normed ? " + group_norm, normed" : " + group_norm, upsampled"), dt, rn.inputs,
+          [&](const std::vector<Tensor>& t) {
+            const Tensor w = ops::scale(t[1], 1.0f / std::sqrt(float(9 * c.c)));
+            const auto [up, norm] = ops::upsample2x_conv_group_norm(
+                t[0], ops::upsample_conv_phases(w, c.bias ? t[2] : Tensor()), t[3], t[4], 8, 1e-6f,
+                Activation::SiLU);
+            return normed ? norm : up;
+          },
+          rn.expected);
+    }
   }
 }
 

@@ -300,6 +300,26 @@ TEST(Ops, UpsampleConvByPhaseMatchesUpsampleThenConv) {
   }
 }
 
+// With the next GroupNorm in the same op (its output written over the phases' memory,
+// once they are in place): the same values as the two ops.
+TEST(Ops, UpsampleConvWithGroupNormMatchesTheOpsApart) {
+  const Tensor x = random_tensor({2, 3, 5, 8}, 64);
+  const ops::PhaseConv phases =
+      ops::upsample_conv_phases(random_tensor({12, 3, 3, 8}, 65), random_tensor({12}, 66));
+  const Tensor gamma = random_tensor({12}, 67), beta = random_tensor({12}, 68);
+  const Tensor up = ops::upsample2x_conv(x, phases);
+  const Tensor normed = ops::group_norm(up, gamma, beta, 4, 1e-6f, Activation::SiLU);
+  const auto [up2, normed2] =
+      ops::upsample2x_conv_group_norm(x, phases, gamma, beta, 4, 1e-6f, Activation::SiLU);
+  ASSERT_EQ(up2.shape(), up.shape());
+  ASSERT_EQ(normed2.shape(), normed.shape());
+  std::vector<double> ref_up(size_t(up.numel())), ref_normed(size_t(normed.numel()));
+  for (size_t i = 0; i < ref_up.size(); ++i) ref_up[i] = f(up)[i];
+  for (size_t i = 0; i < ref_normed.size(); ++i) ref_normed[i] = f(normed)[i];
+  EXPECT_EQ(max_abs_diff(up2, ref_up), 0.0);
+  EXPECT_EQ(max_abs_diff(normed2, ref_normed), 0.0);
+}
+
 TEST(Ops, TimestepEmbeddingFollowsDiffusersFormula) {
   const float t[2] = {999.0f, 0.5f};
   Tensor ts = Tensor::from_floats({2}, t);
