@@ -309,9 +309,12 @@ if has_stage peer; then
   # The modes the targets name come first (compile + CUDA graphs for the UNets, then the
   # peak memory, then compile for the VAE; torch.compile takes one to two minutes a model
   # without the warm-up's caches), then eager (clip-l's only comparison): on a slow host
-  # the v12 check spent the time on eager and never reached a compile.
-  run_peer "${PEER_MODES:-graphs}" sd15-unet
+  # the v12 check spent the time on eager and never reached a compile. SDXL first: the
+  # warm-up compiles it first, so its caches are the likeliest to be complete (v20's
+  # check: the warm-up had finished SDXL alone, SD1.5 then took 97 s uncached and left
+  # SDXL, cached, 40 s where it needed about 56).
   run_peer "${PEER_MODES:-graphs}" sdxl-unet
+  run_peer "${PEER_MODES:-graphs}" sd15-unet
   # The peer's peak device memory for one eager forward (weights included), as
   # kiln's peak column counts it: SDXL's first, the one a target names.
   if [ "$(left)" -gt 60 ] && [ -z "${PEER_ONLY:-}" ]; then

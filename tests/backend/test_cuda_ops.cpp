@@ -193,7 +193,7 @@ struct ConvCase {
 // Paths: im2col and a GEMM; the default (cuDNN's best algorithm timed against our narrow
 // kernels and, on small images, im2col, the fastest kept); a narrow kernel forced where
 // one applies, in each of its forms (CUDA cores; the tensor-core forms, for f16/bf16
-// with few outputs).
+// with few outputs) and with none forced.
 enum class ConvPath { Im2col, Timed, Narrow };
 
 class Conv2d : public CudaTest,
@@ -225,7 +225,7 @@ TEST_P(Conv2d, MatchesCpu) {
   const int64_t ho = (c.h + c.pt + c.pb - c.k) / c.stride + 1;
   const int64_t wo = (c.w + c.pl + c.pr - c.k) / c.stride + 1;
   const std::vector<int> forms =
-      path == ConvPath::Narrow ? std::vector<int>{0, 1, 2, 3, 4} : std::vector<int>{-1};
+      path == ConvPath::Narrow ? std::vector<int>{-1, 0, 1, 2, 3, 4} : std::vector<int>{-1};
   for (DType dt : kAllTypes) {
     std::vector<Tensor> in{random_tensor({c.b, c.h, c.w, c.c}, dt, next_seed()),
                            random_tensor({c.o, c.k, c.k, c.c}, dt, next_seed(),
@@ -247,8 +247,9 @@ TEST_P(Conv2d, MatchesCpu) {
       const size_t mma_ran = cuda::narrow_conv_mma_calls() - mma_before;
       if (path == ConvPath::Narrow) {
         EXPECT_EQ(narrow_ran, narrow ? 1u : 0u) << label << " form " << form << " " << name(dt);
-        // The tensor-core forms run on f16/bf16 with few outputs, and only there.
-        EXPECT_EQ(mma_ran, few_out && form > 0 && dt != DType::F32 ? 1u : 0u)
+        // The tensor-core forms run on f16/bf16 with few outputs, and only there; with
+        // no form forced (-1) the one chosen by the image's size.
+        EXPECT_EQ(mma_ran, few_out && form != 0 && dt != DType::F32 ? 1u : 0u)
             << label << " form " << form << " " << name(dt);
       } else if (path == ConvPath::Im2col || !narrow) {
         EXPECT_EQ(narrow_ran, 0u) << label << " " << name(dt);
