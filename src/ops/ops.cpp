@@ -103,8 +103,11 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dG
   return conv2d_counted(x, weight, bias, g, residual, 0.0);
 }
 
-Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
-                  Activation act, const Tensor& addend, int64_t addend_col) {
+namespace {
+
+// ops::group_norm's arguments, checked, but for the output.
+GroupNormArgs group_norm_args(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups,
+                              float eps, Activation act, const Tensor& addend, int64_t addend_col) {
   KILN_CHECK(x.ndim() >= 2, "group_norm: x ", x.describe());
   const int64_t c = x.dim(-1), b = x.dim(0);
   KILN_CHECK(groups > 0 && c % groups == 0, "group_norm: ", c, " channels in ", groups, " groups");
@@ -132,6 +135,14 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int 
       a.addend_col = addend_col;
     }
   }
+  return a;
+}
+
+}  // namespace
+
+Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
+                  Activation act, const Tensor& addend, int64_t addend_col) {
+  GroupNormArgs a = group_norm_args(x, gamma, beta, groups, eps, act, addend, addend_col);
   Tensor out = like(x, x.shape());
   a.out = out.reshape(a.x.shape());
   backend_for(x.device()).group_norm(a);
@@ -442,6 +453,7 @@ PhaseConv upsample_conv_phases(const Tensor& weight, const Tensor& bias) {
 }
 
 namespace {
+
 // The phases of upsample2x_conv: [B, H + 1, W + 1, 4·O].
 Tensor upsample_phases(const Tensor& x, const PhaseConv& phases) {
   KILN_CHECK(x.ndim() == 4, "upsample2x_conv: x ", x.describe(), " (expected NHWC)");
@@ -456,59 +468,25 @@ Tensor upsample_phases(const Tensor& x, const PhaseConv& phases) {
   return conv2d_counted(x, phases.weight, phases.bias, Conv2dGeometry::same(3), Tensor(),
                         model_flops);
 }
-}  // namespace
 
-Tensor upsample2x_conv(const Tensor& x, const PhaseConv& phases) {
-  return interleave_phases(upsample_phases(x, phases));
+// The interleaved tensor's shape for phases z, checked: [B, 2H, 2W, C].
+Shape interleaved_shape(const Tensor& z, const char* op) {
+  KILN_CHECK(z.ndim() == 4 && z.dim(1) >= 2 && z.dim(2) >= 2 && z.dim(3) % 4 == 0, op, ": z ",
+             z.describe(), " (expected [B, H + 1, W + 1, 4·C])");
+  return {z.dim(0), 2 * (z.dim(1) - 1), 2 * (z.dim(2) - 1), z.dim(3) / 4};
 }
 
-namespace {
-std::pair<Tensor, Tensor> interleave_norm(const Tensor& z, const Tensor& gamma, const Tensor& beta,
-                                          int groups, float eps, Activation act, bool reuse_z);
-}  // namespace
-
-std::pair<Tensor, Tensor> upsample2x_conv_group_norm(const Tensor& x, const PhaseConv& phases,
-                                                     const Tensor& gamma, const Tensor& beta,
-                                                     int groups, float eps, Activation act) {
-  // The phases are this op's own: the normalised output goes into their memory.
-  return interleave_norm(upsample_phases(x, phases), gamma, beta, groups, eps, act, true);
-}
-
-Tensor interleave_phases(const Tensor& z) {
-  KILN_CHECK(z.ndim() == 4 && z.dim(1) >= 2 && z.dim(2) >= 2 && z.dim(3) % 4 == 0,
-             "interleave_phases: z ", z.describe(), " (expected [B, H + 1, W + 1, 4·C])");
-  InterleavePhasesArgs a;
-  a.x = z;
-  a.out = like(z, {z.dim(0), 2 * (z.dim(1) - 1), 2 * (z.dim(2) - 1), z.dim(3) / 4});
-  backend_for(z.device()).interleave_phases(a);
-  return a.out;
-}
-
-std::pair<Tensor, Tensor> interleave_phases_group_norm(const Tensor& z, const Tensor& gamma,
-                                                       const Tensor& beta, int groups, float eps,
-                                                       Activation act) {
-  return interleave_norm(z, gamma, beta, groups, eps, act, false);
-}
-
-namespace {
 // reuse_z: the normalised output is written over z's memory (z is no longer needed and
 // is larger: [B, H + 1, W + 1, 4·C] against [B, 2H, 2W, C]), which keeps the peak where
 // the two ops had it. Backends write it only once they have read z.
 std::pair<Tensor, Tensor> interleave_norm(const Tensor& z, const Tensor& gamma, const Tensor& beta,
                                           int groups, float eps, Activation act, bool reuse_z) {
-  KILN_CHECK(z.ndim() == 4 && z.dim(1) >= 2 && z.dim(2) >= 2 && z.dim(3) % 4 == 0,
-             "interleave_phases_group_norm: z ", z.describe(),
-             " (expected [B, H + 1, W + 1, 4·C])");
-  const int64_t c = z.dim(3) / 4;
-  KILN_CHECK(groups > 0 && c % groups == 0, "interleave_phases_group_norm: ", c, " channels in ",
-             groups, " groups");
-  check_optional_vector(z, gamma, c, "interleave_phases_group_norm", "gamma");
-  check_optional_vector(z, beta, c, "interleave_phases_group_norm", "beta");
-  KILN_CHECK(gamma.defined() && beta.defined(),
-             "interleave_phases_group_norm: gamma and beta are required");
   InterleaveGroupNormArgs a;
   a.x = z;
-  a.out = like(z, {z.dim(0), 2 * (z.dim(1) - 1), 2 * (z.dim(2) - 1), c});
+  a.out = like(z, interleaved_shape(z, "interleave_phases_group_norm"));
+  // The GroupNorm's own checks, on the interleaved tensor; its arguments serve the two
+  // ops below where the backend has no fused form.
+  GroupNormArgs norm = group_norm_args(a.out, gamma, beta, groups, eps, act, Tensor(), -1);
   a.gamma = gamma;
   a.beta = beta;
   a.groups = groups;
@@ -518,24 +496,41 @@ std::pair<Tensor, Tensor> interleave_norm(const Tensor& z, const Tensor& gamma, 
                      : like(z, a.out.shape());
   Backend& backend = backend_for(z.device());
   if (backend.interleave_phases_group_norm(a)) return {a.out, a.normed};
-  // The two ops, into the same tensors.
   InterleavePhasesArgs copy;
   copy.x = z;
   copy.out = a.out;
   backend.interleave_phases(copy);
-  GroupNormArgs norm;
-  const Shape rows{a.out.dim(0), a.out.dim(1) * a.out.dim(2), c};
-  norm.x = a.out.reshape(rows);
-  norm.gamma = gamma;
-  norm.beta = beta;
-  norm.groups = groups;
-  norm.eps = eps;
-  norm.act = act;
-  norm.out = a.normed.reshape(rows);
+  norm.out = a.normed.reshape(norm.x.shape());
   backend.group_norm(norm);
   return {a.out, a.normed};
 }
+
 }  // namespace
+
+Tensor upsample2x_conv(const Tensor& x, const PhaseConv& phases) {
+  return interleave_phases(upsample_phases(x, phases));
+}
+
+std::pair<Tensor, Tensor> upsample2x_conv_group_norm(const Tensor& x, const PhaseConv& phases,
+                                                     const Tensor& gamma, const Tensor& beta,
+                                                     int groups, float eps, Activation act) {
+  // The phases are this op's own: the normalised output goes into their memory.
+  return interleave_norm(upsample_phases(x, phases), gamma, beta, groups, eps, act, true);
+}
+
+Tensor interleave_phases(const Tensor& z) {
+  InterleavePhasesArgs a;
+  a.x = z;
+  a.out = like(z, interleaved_shape(z, "interleave_phases"));
+  backend_for(z.device()).interleave_phases(a);
+  return a.out;
+}
+
+std::pair<Tensor, Tensor> interleave_phases_group_norm(const Tensor& z, const Tensor& gamma,
+                                                       const Tensor& beta, int groups, float eps,
+                                                       Activation act) {
+  return interleave_norm(z, gamma, beta, groups, eps, act, false);
+}
 
 Tensor timestep_embedding(const Tensor& timesteps, int dim, bool flip_sin_to_cos,
                           float downscale_freq_shift, float scale, float max_period) {

@@ -523,10 +523,7 @@ constexpr int kNarrowForms = 5;
 
 template <class T, int O>
 void few_out_mma(const NarrowParams& p, int n, int form) {
-  if constexpr (std::is_same_v<T, float>) {
-    (void)form;
-    few_out<T, O>(p, n);  // not reached: few_out_mma_applies excludes f32
-  } else if (form == 1) {
+  if (form == 1) {
     launch_few_out_mma<T, O, 4, 4, 1>(p, n);
   } else if (form == 2) {
     launch_few_out_mma<T, O, 4, 2, 2>(p, n);
@@ -572,15 +569,17 @@ void conv_narrow(const Conv2dArgs& a, int form) {
   const int n = int(a.x.dim(0));
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    if (form > 0 && few_out_mma_applies(a)) {
-      narrow_mma_calls.fetch_add(1, std::memory_order_relaxed);
-      switch (p.o) {
-        case 3:
-          return few_out_mma<T, 3>(p, n, form);
-        case 4:
-          return few_out_mma<T, 4>(p, n, form);
-        default:
-          return few_out_mma<T, 8>(p, n, form);
+    if constexpr (!std::is_same_v<T, float>) {  // few_out_mma_applies excludes f32
+      if (form > 0 && few_out_mma_applies(a)) {
+        narrow_mma_calls.fetch_add(1, std::memory_order_relaxed);
+        switch (p.o) {
+          case 3:
+            return few_out_mma<T, 3>(p, n, form);
+          case 4:
+            return few_out_mma<T, 4>(p, n, form);
+          default:
+            return few_out_mma<T, 8>(p, n, form);
+        }
       }
     }
     if (few_out_applies(a)) {
@@ -1012,11 +1011,12 @@ void conv2d(const Conv2dArgs& a) {
   }
   const bool narrow = narrow_applies(a);
   // Without a timed plan: the forced narrow form, or the one for this image's size.
-  const int form =
-      options().narrow_conv_form >= 0 ? options().narrow_conv_form : default_narrow_form(a);
+  auto untimed_form = [&] {
+    return options().narrow_conv_form >= 0 ? options().narrow_conv_form : default_narrow_form(a);
+  };
   if (narrow && options().conv_kernel == Options::ConvKernel::Narrow) {
     count_conv_flops(a);
-    conv_narrow(a, form);
+    conv_narrow(a, untimed_form());
     return;
   }
 #if defined(KILN_WITH_CUDNN)
@@ -1026,7 +1026,7 @@ void conv2d(const Conv2dArgs& a) {
   // narrow kernel where one applies, else im2col.
   if (narrow && options().conv_kernel != Options::ConvKernel::Cudnn && options().use_cudnn) {
     count_conv_flops(a);
-    conv_narrow(a, form);
+    conv_narrow(a, untimed_form());
     return;
   }
   conv_im2col(a);

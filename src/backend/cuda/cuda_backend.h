@@ -128,9 +128,10 @@ size_t flash_wgmma_calls();
 size_t flash_short_kv_calls();  // launches of the short-KV kernel (flash_short_kv_kernel)
 // GroupNorm calls the grid-wide one-launch kernel ran so far (tests: that it ran).
 size_t group_norm_grid_calls();
-// Convolutions a narrow 3×3 kernel ran so far (tests: that it ran), and
+// Convolutions a narrow 3×3 kernel ran so far, and those of them on the tensor cores
+// (tests: that it ran).
 size_t narrow_conv_calls();
-size_t narrow_conv_mma_calls();  // those of them on the tensor cores
+size_t narrow_conv_mma_calls();
 // Whether the fused GEGLU GEMM can run here (a build with CUTLASS for sm_90a on a
 // compute 9.0 GPU), and the calls it ran so far (tests: that it ran).
 bool linear_geglu_fused_available();
