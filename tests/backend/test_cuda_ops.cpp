@@ -370,7 +370,8 @@ TEST_F(Elementwise, InterleavePhasesGroupNormMatchesCpu) {
     int groups;
     Activation act;
   };
-  for (const Case& c : {Case{{1, 33, 33, 2048}, 32, Activation::SiLU},  // the VAE's, 64² → 128²
+  for (const Case& c : {Case{{1, 33, 33, 2048}, 32, Activation::SiLU},  // the VAE's, 32² → 64²
+                        Case{{1, 65, 65, 2048}, 32, Activation::SiLU},  // 64² → 128²: 8M values
                         Case{{1, 17, 9, 1024}, 32, Activation::SiLU},   // C 256, not square
                         Case{{2, 9, 17, 256}, 8, Activation::None},     // batch 2
                         Case{{1, 5, 7, 48}, 4, Activation::SiLU}}) {    // C 12: the two ops
@@ -737,6 +738,9 @@ INSTANTIATE_TEST_SUITE_P(
             NormCase{1, 4096, 512, 32, Activation::SiLU, true},           // VAE 64x64
             NormCase{1, 16384, 512, 32, Activation::SiLU, true},  // VAE 128x128: 16 MB in f16
             NormCase{1, 65536, 512, 32, Activation::SiLU},        // VAE: too large
+            NormCase{1, 16411, 256, 32, Activation::SiLU},        // large, rows not a multiple
+            NormCase{1, 65536, 100, 4, Activation::SiLU},         // large, scalar accesses
+            NormCase{1, 1024, 4096, 32, Activation::None},        // large, 512 packs a row
             NormCase{2, 256, 2560, 32, Activation::SiLU, true},   // concat
             NormCase{4, 1024, 1920, 32, Activation::SiLU, true},  // batch 4
             NormCase{3, 777, 320, 32, Activation::SiLU, true},    // rows not a multiple

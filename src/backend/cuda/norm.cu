@@ -24,8 +24,6 @@
 namespace kiln::cuda {
 namespace {
 
-constexpr int kStatThreads = 256;
-
 // Where the statistics kernel reads its rows from. PlainRows: x [B, rows, C], plus the
 // addend's row b where there is one. PhaseRows: the four output phases of an upsampling
 // convolution, [B, H + 1, W + 1, 4·C] (ops::upsample2x_conv), read in the order of the
@@ -84,23 +82,26 @@ struct PhaseRows {
   }
 };
 
-// Block (X, Y): X threads across the row's packs of N channels, Y rows at a
-// time. Shared memory: [Y][X][N] sums and squares to combine the Y rows, then
-// per-channel totals [C] of each, summed into groups at the end. The last block
-// of a batch row to finish (counted in `counters`, left at zero again) folds the
+// Block (X, Y) of up to 512 threads: X across the row's packs of N channels, Y rows at a
+// time, U rows' loads in flight a thread before any arithmetic. Shared memory: [Y][X][N]
+// sums and squares, whose Y rows meet in a tree (all threads, log2 Y steps, a fixed
+// order), then per-channel totals [C] of each, summed into groups at the end. The last
+// block of a batch row to finish (counted in `counters`, left at zero again) folds the
 // partial sums, in a fixed order, into per-channel scale and shift:
-// out = act(x * scale + shift).
-template <class T, int N, class Rows>
-__global__ void group_norm_stats(Rows src, float* partial, const T* gamma, const T* beta,
-                                 float* scale, float* shift, unsigned* counters, int64_t rows,
-                                 int64_t rows_per_block, int channels, int groups, float eps) {
+// out = act(x * scale + shift). Each of its lanes loads its first channel's gamma and
+// beta before the fold, so that their latency is not paid after it.
+template <class T, int N, int U, class Rows>
+__global__ void __launch_bounds__(512)
+    group_norm_stats(Rows src, float* partial, const T* gamma, const T* beta, float* scale,
+                     float* shift, unsigned* counters, int64_t rows, int64_t rows_per_block,
+                     int channels, int groups, float eps) {
   extern __shared__ float smem[];
   const int X = blockDim.x, Y = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
   const int tid = ty * X + tx, threads = X * Y;
-  float* stage_s = smem;                        // [Y][X][N]
-  float* stage_q = stage_s + kStatThreads * N;  // [Y][X][N]
-  float* chan_s = stage_q + kStatThreads * N;   // [C]
-  float* chan_q = chan_s + channels;            // [C]
+  float* stage_s = smem;                   // [Y][X][N]
+  float* stage_q = stage_s + threads * N;  // [Y][X][N]
+  float* chan_s = stage_q + threads * N;   // [C]
+  float* chan_q = chan_s + channels;       // [C]
   // In the dynamic buffer too: with any static shared memory a launch of exactly
   // 48 KiB dynamic would need the opt-in the launcher only sets above 48 KiB.
   int& last = *reinterpret_cast<int*>(chan_q + channels);
@@ -109,20 +110,18 @@ __global__ void group_norm_stats(Rows src, float* partial, const T* gamma, const
   const int64_t r0 = int64_t(blockIdx.x) * rows_per_block;
   const int64_t r1 = min(rows, r0 + rows_per_block);
   const int packs = channels / N;
+  int top = 1;  // the smallest power of two >= Y
+  while (top < Y) top *= 2;
   for (int v0 = 0; v0 < packs; v0 += X) {
     const int v = v0 + tx;
     float s[N] = {}, q[N] = {};
     if (v < packs) {
       float add[N];
       src.prepare(b, v, add);
-      // Four rows' loads in flight per thread before any arithmetic (eight measured
-      // no faster: 4.80 against 5.27 ms of GroupNorm in the 1024² VAE decode, and
-      // again level with four once the apply was fixed).
-      constexpr int kUnroll = 4;
-      for (int64_t r = r0 + ty; r < r1; r += kUnroll * Y) {
-        Pack<T, N> p[kUnroll];
+      for (int64_t r = r0 + ty; r < r1; r += U * Y) {
+        Pack<T, N> p[U];
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
+        for (int u = 0; u < U; ++u) {
           const int64_t row = r + int64_t(u) * Y;
           if (row < r1) {
             p[u] = src.load(b, row, v, add);
@@ -133,11 +132,11 @@ __global__ void group_norm_stats(Rows src, float* partial, const T* gamma, const
         }
         if constexpr (Rows::kStores) {
 #pragma unroll
-          for (int u = 0; u < kUnroll; ++u)
+          for (int u = 0; u < U; ++u)
             if (r + int64_t(u) * Y < r1) src.store(b, r + int64_t(u) * Y, v, p[u]);
         }
 #pragma unroll
-        for (int u = 0; u < kUnroll; ++u) {
+        for (int u = 0; u < U; ++u) {
 #pragma unroll
           for (int j = 0; j < N; ++j) {
             const float f = to_float(p[u].v[j]);
@@ -153,16 +152,25 @@ __global__ void group_norm_stats(Rows src, float* partial, const T* gamma, const
       stage_q[tid * N + j] = q[j];
     }
     __syncthreads();
+    // Row ty takes row ty + h's sums, halving the rows each step, in a fixed order.
+    for (int h = top / 2; h > 0; h /= 2) {
+      if (ty < h && ty + h < Y) {
+        const int o = (ty + h) * X * N;
+#pragma unroll
+        for (int j = 0; j < N; ++j) {
+          s[j] += stage_s[o + tx * N + j];
+          q[j] += stage_q[o + tx * N + j];
+          stage_s[tid * N + j] = s[j];
+          stage_q[tid * N + j] = q[j];
+        }
+      }
+      __syncthreads();
+    }
     if (ty == 0 && v < packs) {
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        float cs = 0.0f, cq = 0.0f;
-        for (int y = 0; y < Y; ++y) {
-          cs += stage_s[(y * X + tx) * N + j];
-          cq += stage_q[(y * X + tx) * N + j];
-        }
-        chan_s[v * N + j] = cs;
-        chan_q[v * N + j] = cq;
+        chan_s[v * N + j] = s[j];
+        chan_q[v * N + j] = q[j];
       }
     }
     __syncthreads();
@@ -179,7 +187,6 @@ __global__ void group_norm_stats(Rows src, float* partial, const T* gamma, const
     out[2 * g + 1] = gq;
   }
 
-  // The last block of this batch row finalizes.
   __threadfence();
   __syncthreads();
   if (tid == 0) last = atomicAdd(&counters[b], 1u) == unsigned(splits - 1) ? 1 : 0;
@@ -199,6 +206,11 @@ __global__ void group_norm_stats(Rows src, float* partial, const T* gamma, const
   for (int g0 = 0; g0 < groups; g0 += concurrent) {
     const int g = g0 + tid / lanes;
     const bool active = g < groups;
+    // This lane's first channel's gamma and beta, loaded before the fold.
+    const int c_first = g * per_group + lane;
+    const bool has_first = active && lane < per_group;
+    const float gm_first = has_first ? to_float(gamma[c_first]) : 0.0f;
+    const float bt_first = has_first ? to_float(beta[c_first]) : 0.0f;
     double gs = 0.0, gq = 0.0;
     if (active) {
       const float* p = partial + int64_t(b) * splits * groups * 2 + 2 * g;
@@ -228,10 +240,11 @@ __global__ void group_norm_stats(Rows src, float* partial, const T* gamma, const
     const double mean = gs / count;
     const double var = fmax(gq / count - mean * mean, 0.0);
     const double rstd = 1.0 / sqrt(var + double(eps));
-    for (int c = g * per_group + lane; c < (g + 1) * per_group; c += lanes) {
-      const double gm = double(to_float(gamma[c]));
+    for (int c = c_first; c < (g + 1) * per_group; c += lanes) {
+      const double gm = double(c == c_first ? gm_first : to_float(gamma[c]));
+      const double bt = double(c == c_first ? bt_first : to_float(beta[c]));
       scale[int64_t(b) * channels + c] = float(rstd * gm);
-      shift[int64_t(b) * channels + c] = float(double(to_float(beta[c])) - mean * rstd * gm);
+      shift[int64_t(b) * channels + c] = float(bt - mean * rstd * gm);
     }
   }
 }
@@ -773,11 +786,11 @@ int norm_pack_width(int64_t channels, std::initializer_list<const void*> pointer
   return channels % kVec<T> == 0 ? kVec<T> : 1;
 }
 
-// Threads across a row's packs (all of them where 256 threads allow), the rest of
-// the block's 256 down the rows.
-dim3 pack_block(int packs) {
-  const int across = std::min(packs, kStatThreads);
-  return dim3{unsigned(across), unsigned(kStatThreads / across)};
+// Threads across a row's packs (all of them where `threads` allow), the rest of the
+// block down the rows.
+dim3 pack_block(int packs, int threads) {
+  const int across = std::min(packs, threads);
+  return dim3{unsigned(across), unsigned(threads / across)};
 }
 
 // The two-launch GroupNorm: statistics of the rows `src` gives ([batch, rows, channels]
@@ -791,43 +804,65 @@ void stats_and_apply(const Rows& src, int batch, int64_t rows, int channels, int
   const int packs = channels / N;
   const int64_t total = int64_t(batch) * rows * packs;
   const int sms = context().props.multiProcessorCount;
-  // Statistics: about two blocks per multiprocessor in all, each at least eight
-  // rows per thread row. Fewer, longer blocks than the memory system would like for
-  // small tensors, because the last block's fold of the partial sums is a chain of
-  // L2 round trips that grows with their number (on an H200, 2x4096x320: 342
-  // blocks made the whole GroupNorm 27 us).
-  const dim3 block = pack_block(packs);
-  // Large tensors (the VAE's, 4M values a batch row and more) take six blocks
-  // per multiprocessor, as many as the registers allow at once: their fold is
-  // short against their reading time (on the 1024² VAE decode's GroupNorm, before
-  // the apply was fixed, 4.8 ms with four, 5.1 with two or eight, 5.3 with sixteen;
-  // after, 3.64 ms with six against 3.76 with four).
-  const int per_sm = rows * channels >= (int64_t(1) << 22) ? 6 : 2;
-  const int64_t target = std::max<int64_t>(1, int64_t(sms) * per_sm / batch);
-  const int64_t rows_per_block =
-      std::max<int64_t>(int64_t(block.y) * 8, (rows + target - 1) / target);
-  const int splits = int((rows + rows_per_block - 1) / rows_per_block);
-
-  // Rounded up so that scale and shift start 32-byte aligned (the apply reads float4s).
-  const size_t partial_floats = (size_t(batch) * splits * groups * 2 + 7) / 8 * 8;
-  const size_t channel_floats = size_t(batch) * channels;
-  const auto buffer = scratch((partial_floats + 2 * channel_floats) * sizeof(float));
-  float* partial = static_cast<float*>(buffer->data());
-  float* scale = partial + partial_floats;
-  float* shift = scale + channel_floats;
-
+  // The statistics' launch shape, from a same-run comparison of shapes on an H200
+  // (bench/results/2026-12-04-h200-v21, call 2; per op, graph replay):
+  // - Large tensors (4M values a batch row and more: the VAE's, SDXL's 128×128 level)
+  //   take 512-thread blocks, as many as are resident at once (one wave), eight rows'
+  //   loads in flight a thread (four where the rows are an upsampler's phases, which
+  //   are also stored). The first form's 256-thread blocks, six a multiprocessor
+  //   where four were resident, left a second, partial wave and read at 38% of DRAM
+  //   bandwidth under ncu: 1x262144x128 0.483 -> 0.423 ms for six calls,
+  //   1x1048576x128 1.543 -> 1.391.
+  // - Smaller ones keep fewer, longer blocks (two a multiprocessor in all, at least
+  //   eight rows a thread row): the last block's fold of the partial sums is a chain of
+  //   L2 round trips that grows with their number. One wave of short blocks made
+  //   1x4096x512 0.188 -> 0.255 ms for eleven calls.
+  const bool large = rows * channels >= (int64_t(1) << 22);
+  const int threads = large ? 512 : 256;
+  const dim3 block = pack_block(packs, threads);
+  const int block_threads = int(block.x * block.y);
   const size_t smem =
-      (size_t(2) * kStatThreads * N + size_t(2) * channels) * sizeof(float) + sizeof(int);
-  static int configured = 48 << 10;
-  if (int(smem) > configured) {
-    CUDA_CHECK(cudaFuncSetAttribute(group_norm_stats<T, N, Rows>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    configured = int(smem);
+      (size_t(2) * block_threads * N + size_t(2) * channels) * sizeof(float) + sizeof(int);
+  float* scale = nullptr;
+  float* shift = nullptr;
+  std::shared_ptr<Buffer> buffer;
+  auto launch = [&](auto u) {
+    constexpr int U = decltype(u)::value;
+    auto* kernel = group_norm_stats<T, N, U, Rows>;
+    static int configured = 48 << 10;  // per instantiation
+    if (int(smem) > configured) {
+      CUDA_CHECK(
+          cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+      configured = int(smem);
+    }
+    int per_sm = 2;
+    if (large)
+      CUDA_CHECK(
+          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block_threads, smem));
+    const int64_t target = std::max<int64_t>(1, int64_t(sms) * std::max(per_sm, 1) / batch);
+    const int64_t rows_per_block =
+        std::max<int64_t>(large ? block.y : int64_t(block.y) * 8, (rows + target - 1) / target);
+    const int splits = int((rows + rows_per_block - 1) / rows_per_block);
+    // The partial sums, then scale and shift, 32-byte aligned (the apply reads float4s).
+    const size_t partial_floats = (size_t(batch) * splits * groups * 2 + 7) / 8 * 8;
+    const size_t channel_floats = size_t(batch) * channels;
+    buffer = scratch((partial_floats + 2 * channel_floats) * sizeof(float));
+    float* partial = static_cast<float*>(buffer->data());
+    scale = partial + partial_floats;
+    shift = scale + channel_floats;
+    kernel<<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
+        src, partial, gamma, beta, scale, shift, context().counters, rows, rows_per_block, channels,
+        groups, eps);
+    CUDA_CHECK_LAUNCH();
+  };
+  bool launched = false;
+  if constexpr (!Rows::kStores) {
+    if (large) {
+      launch(std::integral_constant<int, 8>{});
+      launched = true;
+    }
   }
-  group_norm_stats<T, N, Rows><<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
-      src, partial, gamma, beta, scale, shift, context().counters, rows, rows_per_block, channels,
-      groups, eps);
-  CUDA_CHECK_LAUNCH();
+  if (!launched) launch(std::integral_constant<int, 4>{});
 
   // Apply: a grid-stride loop over as many 256-thread blocks as are resident at once.
   // Four accesses a step measured level with two and 0.7 ms faster than one on the
