@@ -39,6 +39,20 @@ void expect_match(const std::string& what, DType dtype, const std::vector<Tensor
   expect_close(what, dtype, inputs, op, op(inputs), tol_scale);
 }
 
+// `run` (an op on CUDA tensors) twice and once more in a replayed CUDA graph: the same
+// bits every time. For ops whose reductions run in a fixed order (GroupNorm's partial
+// sums), so that a replayed step reproduces the eager pass exactly.
+void expect_same_bits(const std::string& what, const std::function<Tensor()>& run) {
+  const Tensor first = run().to(Device::CPU);
+  const Tensor again = run().to(Device::CPU);
+  EXPECT_EQ(std::memcmp(first.raw(), again.raw(), first.nbytes()), 0)
+      << what << " differs between runs";
+  cuda::CapturedForward graph(run);
+  const Tensor replayed = graph.replay().to(Device::CPU);
+  EXPECT_EQ(std::memcmp(first.raw(), replayed.raw(), first.nbytes()), 0)
+      << what << ": graph replay differs from eager";
+}
+
 // Inputs and CPU result of one op on one case in one dtype, shared by the kernels
 // (paths) that run the same case: the inputs come from seeds of the key's own, so
 // every path sees the same ones, and the reference is computed once, not once a path
@@ -394,15 +408,7 @@ TEST_F(Elementwise, InterleavePhasesGroupNormMatchesCpu) {
           << what << " " << name(dt);
       std::vector<Tensor> dev;
       for (const Tensor& t : in) dev.push_back(on_cuda(t, dt));
-      auto run = [&] { return op(dev).second; };
-      const Tensor first = run().to(Device::CPU);
-      const Tensor again = run().to(Device::CPU);
-      EXPECT_EQ(std::memcmp(first.raw(), again.raw(), first.nbytes()), 0)
-          << what << " " << name(dt) << " differs between runs";
-      cuda::CapturedForward graph(run);
-      const Tensor replayed = graph.replay().to(Device::CPU);
-      EXPECT_EQ(std::memcmp(first.raw(), replayed.raw(), first.nbytes()), 0)
-          << what << " " << name(dt) << ": graph replay differs from eager";
+      expect_same_bits(what + " " + name(dt), [&] { return op(dev).second; });
     }
   }
 }
@@ -698,16 +704,8 @@ TEST_P(GroupNorm, MatchesCpu) {
     // replayed graph the same as eager (the grid kernel is a cooperative launch).
     std::vector<Tensor> dev;
     for (const Tensor& t : in) dev.push_back(on_cuda(t, dt));
-    auto run = [&] { return op(dev); };
-    const Tensor first = run().to(Device::CPU);
-    const Tensor again = run().to(Device::CPU);
-    EXPECT_EQ(std::memcmp(first.raw(), again.raw(), first.nbytes()), 0)
-        << "group_norm " << c.n << "x" << c.c << " " << dtype_name(dt) << " differs between runs";
-    cuda::CapturedForward graph(run);
-    const Tensor replayed = graph.replay().to(Device::CPU);
-    EXPECT_EQ(std::memcmp(first.raw(), replayed.raw(), first.nbytes()), 0)
-        << "group_norm " << c.n << "x" << c.c << " " << dtype_name(dt)
-        << ": graph replay differs from eager";
+    expect_same_bits(str("group_norm ", c.n, "x", c.c, " ", dtype_name(dt)),
+                     [&] { return op(dev); });
   }
   cuda::options().group_norm_kernel = cuda::Options::GroupNormKernel::Auto;
 }
