@@ -248,6 +248,29 @@ TEST_F(PlanCache, AFileFromAnotherGpuIsRebuilt) {
   EXPECT_EQ(rebuilt.size(), stored.size());
 }
 
+// Plans timed as inside a step (the L2 overwritten before each run) give the same
+// results within the reference's tolerance and are kept under keys of their own: a
+// process timing the default way does not take them.
+TEST_F(PlanCache, StepTimedPlansAreKeptApart) {
+  const std::vector<Tensor> warm = run_ops();
+  cuda::forget_plans();
+  cuda::options().plan_timing = cuda::Options::PlanTiming::Step;
+  const std::vector<Tensor> step = run_ops();
+  cuda::options().plan_timing = cuda::Options::PlanTiming::Warm;
+  EXPECT_GE(cuda::plan_stats().timed, cuda::cudnn_enabled() ? 2u : 1u);
+  EXPECT_EQ(cuda::plan_stats().reused, 0u) << "a step-timed plan came from the warm ones";
+  ASSERT_EQ(warm.size(), step.size());
+  for (size_t i = 0; i < warm.size(); ++i)
+    EXPECT_LE(nmse(step[i], warm[i]), 1e-5) << "output " << i;
+  cuda::save_plans();
+  const auto [header, stored] = plans::parse(io::read_file(cuda::plan_cache_file()));
+  size_t step_keys = 0;
+  for (const auto& [name, choice] : stored.gemm) step_keys += name.ends_with(" step-timed");
+  for (const auto& [name, choice] : stored.conv) step_keys += name.ends_with(" step-timed");
+  EXPECT_GE(step_keys, cuda::cudnn_enabled() ? 2u : 1u) << "step-timed plans on disk";
+  EXPECT_EQ(stored.gemm.size() + stored.conv.size(), 2 * step_keys) << "warm and step apart";
+}
+
 TEST_F(PlanCache, OffKeepsPlansInMemoryOnly) {
   cuda::set_plan_cache("off");
   (void)run_ops();

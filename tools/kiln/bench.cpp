@@ -91,6 +91,9 @@ const char* kHelp =
     "                       first (default auto; for comparing the two)\n"
     "  --conv K             auto or cudnn: auto times cuDNN against kiln's narrow 3x3\n"
     "                       kernels and im2col + GEMM per shape; cudnn takes cuDNN's alone\n"
+    "  --plan-timing T      warm or step: how plans time GEMM candidates and convolution\n"
+    "                       paths; step overwrites the L2 before each run, so that the\n"
+    "                       weights come from memory as inside a step (default warm; A/B)\n"
     "  --json FILE          also write the rows as JSON\n"
     "  --commit SHA         the commit to record (default: the one kiln was configured at)\n";
 
@@ -481,6 +484,7 @@ int bench(const std::vector<std::string>& argv) {
                    "attention",
                    "group-norm",
                    "conv",
+                   "plan-timing",
                    "plan-cache"},
                   {"per-op", "per-shape", "no-graphs", "help"});
   if (args.has("help")) {
@@ -567,6 +571,10 @@ int bench(const std::vector<std::string>& argv) {
   using Conv = cuda::Options::ConvKernel;
   kernel_flag("conv", std::map<std::string, Conv>{{"auto", Conv::Auto}, {"cudnn", Conv::Cudnn}},
               cuda::options().conv_kernel);
+  using Timing = cuda::Options::PlanTiming;
+  kernel_flag("plan-timing",
+              std::map<std::string, Timing>{{"warm", Timing::Warm}, {"step", Timing::Step}},
+              cuda::options().plan_timing);
   using GegluForm = cuda::Options::GegluForm;
   kernel_flag("geglu-form",
               std::map<std::string, GegluForm>{{"auto", GegluForm::Auto},

@@ -1,4 +1,5 @@
 // The device context, checked-call failures, device queries and event timing.
+#include <algorithm>
 #include <cstring>
 #include <mutex>
 
@@ -159,6 +160,31 @@ float EventTimer::elapsed_ms() {
   CUDA_CHECK(
       cudaEventElapsedTime(&ms, static_cast<cudaEvent_t>(begin_), static_cast<cudaEvent_t>(end_)));
   return ms;
+}
+
+float time_as_in_step(const std::function<void()>& run, const void* hot, size_t hot_bytes,
+                      int reps) {
+  const size_t l2 = size_t(std::max(context().props.l2CacheSize, 1 << 20));
+  const size_t bytes = 2 * l2;
+  // From the driver and back, so that the plan's timing leaves no trace in the cache
+  // whose peak kiln reports.
+  void* buffer = nullptr;
+  CUDA_CHECK(cudaMalloc(&buffer, bytes));
+  const size_t keep = std::min(hot_bytes, l2 / 2);
+  EventTimer timer;
+  float total = 0.0f;
+  for (int r = 0; r < reps; ++r) {
+    CUDA_CHECK(cudaMemsetAsync(buffer, r + 1, bytes, stream()));
+    if (hot && keep)
+      CUDA_CHECK(cudaMemcpyAsync(buffer, static_cast<const char*>(hot) + (hot_bytes - keep), keep,
+                                 cudaMemcpyDeviceToDevice, stream()));
+    timer.start();
+    run();
+    timer.stop();
+    total += timer.elapsed_ms();
+  }
+  CUDA_CHECK(cudaFree(buffer));
+  return total / float(std::max(reps, 1));
 }
 
 }  // namespace kiln::cuda

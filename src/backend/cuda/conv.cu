@@ -628,15 +628,18 @@ struct ConvKey {
   DType dtype;
   bool cudnn_only;  // Options::ConvKernel::Cudnn: the other paths are not timed
   int narrow_form;  // Options::narrow_conv_form: -1, or the one narrow form timed
+  bool step_timed;  // Options::PlanTiming::Step
   auto tie() const {
-    return std::tie(n, h, w, c, o, kh, kw, stride, pad_h, pad_w, dtype, cudnn_only, narrow_form);
+    return std::tie(n, h, w, c, o, kh, kw, stride, pad_h, pad_w, dtype, cudnn_only, narrow_form,
+                    step_timed);
   }
   bool operator<(const ConvKey& k) const { return tie() < k.tie(); }
   // Every field, for the plan cache.
   std::string name() const {
     return str("n", n, " h", h, " w", w, " c", c, " o", o, " k", kh, "x", kw, " stride", stride,
                " pad", pad_h, ",", pad_w, " ", dtype_name(dtype), cudnn_only ? " cudnn-only" : "",
-               narrow_form >= 0 ? str(" narrow-form", narrow_form) : "");
+               narrow_form >= 0 ? str(" narrow-form", narrow_form) : "",
+               step_timed ? " step-timed" : "");
   }
 };
 
@@ -792,9 +795,12 @@ void run_plan(const ConvPlan& plan, const Conv2dArgs& a) {
 }
 
 // Milliseconds a call of `plan` takes: three runs after one untimed (which, for
-// im2col, also times its GEMM's plan).
+// im2col, also times its GEMM's plan); each as inside a step under
+// Options::PlanTiming::Step (the input in L2, the weights not).
 float time_plan(const ConvPlan& plan, const Conv2dArgs& a) {
   run_plan(plan, a);
+  if (options().plan_timing == Options::PlanTiming::Step)
+    return time_as_in_step([&] { run_plan(plan, a); }, a.x.raw(), a.x.nbytes(), 3);
   EventTimer timer;
   timer.start();
   constexpr int kReps = 3;
@@ -944,7 +950,8 @@ bool conv_cudnn(const Conv2dArgs& a) {
                     a.pad_left,
                     a.x.dtype(),
                     options().conv_kernel == Options::ConvKernel::Cudnn,
-                    options().narrow_conv_form};
+                    options().narrow_conv_form,
+                    options().plan_timing == Options::PlanTiming::Step};
   const ConvPlan* plan = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_conv_mu);

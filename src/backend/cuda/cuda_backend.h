@@ -113,6 +113,15 @@ struct Options {
   // so the GroupNorm reads the upsampled tensor once instead of twice. Off: the two
   // ops, for A/B runs.
   bool interleave_norm_fused = true;
+  // How a plan times GEMM candidates and the convolution paths. Warm: back to back on
+  // the same operands, so a weight stays in L2 from one run to the next. Step: as
+  // inside a step, where every weight is read once and comes from DRAM while the
+  // activation input was just written: before each timed run the L2 is overwritten
+  // and the activation input read back in (time_as_in_step). Warm is the default until
+  // a same-run A/B says otherwise (bench/cuda-notes.md, v21: choices that won warm
+  // have lost inside the model). Plans made under Step are kept under keys of their own.
+  enum class PlanTiming { Warm, Step };
+  PlanTiming plan_timing = PlanTiming::Warm;
 };
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).
@@ -192,6 +201,14 @@ class EventTimer {
   void* begin_ = nullptr;
   void* end_ = nullptr;
 };
+
+// Mean milliseconds of `run` over `reps` runs, each as inside a step: before it the L2
+// is overwritten (a buffer twice its size, from the driver and given back after) and
+// the last `hot_bytes` of `hot` (at most half the L2) read back in, so that the
+// activation input is where the op before left it and the weights are not.
+// Synchronises; not inside a capture.
+float time_as_in_step(const std::function<void()>& run, const void* hot, size_t hot_bytes,
+                      int reps);
 
 // Back-pressure for a loop that queues work faster than the GPU runs it (a replayed
 // graph costs the host microseconds): wait_and_mark() blocks until the GPU has done
