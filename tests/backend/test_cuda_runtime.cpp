@@ -254,9 +254,17 @@ TEST_F(PlanCache, AFileFromAnotherGpuIsRebuilt) {
 TEST_F(PlanCache, StepTimedPlansAreKeptApart) {
   const std::vector<Tensor> warm = run_ops();
   cuda::forget_plans();
-  cuda::options().plan_timing = cuda::Options::PlanTiming::Step;
-  const std::vector<Tensor> step = run_ops();
-  cuda::options().plan_timing = cuda::Options::PlanTiming::Warm;
+  const size_t step_runs = cuda::step_timed_runs();
+  std::vector<Tensor> step;
+  {
+    struct Restore {
+      ~Restore() { cuda::options().plan_timing = cuda::Options::PlanTiming::Warm; }
+    } restore;
+    cuda::options().plan_timing = cuda::Options::PlanTiming::Step;
+    step = run_ops();
+  }
+  // The GEMM has several candidates and the convolution is timed against our paths.
+  EXPECT_GT(cuda::step_timed_runs(), step_runs) << "nothing was timed as inside a step";
   EXPECT_GE(cuda::plan_stats().timed, cuda::cudnn_enabled() ? 2u : 1u);
   EXPECT_EQ(cuda::plan_stats().reused, 0u) << "a step-timed plan came from the warm ones";
   ASSERT_EQ(warm.size(), step.size());

@@ -1,5 +1,6 @@
 // The device context, checked-call failures, device queries and event timing.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <mutex>
 
@@ -162,29 +163,48 @@ float EventTimer::elapsed_ms() {
   return ms;
 }
 
-float time_as_in_step(const std::function<void()>& run, const void* hot, size_t hot_bytes,
-                      int reps) {
+namespace {
+std::atomic<size_t> g_step_timed_runs{0};
+}  // namespace
+
+StepTimer::StepTimer() {
   const size_t l2 = size_t(std::max(context().props.l2CacheSize, 1 << 20));
-  const size_t bytes = 2 * l2;
-  // From the driver and back, so that the plan's timing leaves no trace in the cache
-  // whose peak kiln reports.
-  void* buffer = nullptr;
-  CUDA_CHECK(cudaMalloc(&buffer, bytes));
-  const size_t keep = std::min(hot_bytes, l2 / 2);
+  // From the driver, not the caching allocator, so that timing a plan leaves no trace
+  // in the peak kiln reports.
+  if (cudaMalloc(&buffer_, 2 * l2) == cudaSuccess) {
+    bytes_ = 2 * l2;
+  } else {
+    (void)cudaGetLastError();
+    buffer_ = nullptr;
+  }
+}
+
+StepTimer::~StepTimer() {
+  if (buffer_) (void)cudaFree(buffer_);
+}
+
+float StepTimer::time(const std::function<void()>& run, const void* hot, size_t hot_bytes,
+                      int reps) {
+  KILN_CHECK(ready(), "StepTimer: no buffer");
+  const size_t keep = std::min(hot_bytes, bytes_ / 4);  // at most half the L2
   EventTimer timer;
   float total = 0.0f;
   for (int r = 0; r < reps; ++r) {
-    CUDA_CHECK(cudaMemsetAsync(buffer, r + 1, bytes, stream()));
+    CUDA_CHECK(cudaMemsetAsync(buffer_, r + 1, bytes_, stream()));
     if (hot && keep)
-      CUDA_CHECK(cudaMemcpyAsync(buffer, static_cast<const char*>(hot) + (hot_bytes - keep), keep,
+      CUDA_CHECK(cudaMemcpyAsync(buffer_, static_cast<const char*>(hot) + (hot_bytes - keep), keep,
                                  cudaMemcpyDeviceToDevice, stream()));
     timer.start();
     run();
     timer.stop();
     total += timer.elapsed_ms();
+    g_step_timed_runs.fetch_add(1, std::memory_order_relaxed);
   }
-  CUDA_CHECK(cudaFree(buffer));
   return total / float(std::max(reps, 1));
+}
+
+size_t step_timed_runs() {
+  return g_step_timed_runs.load(std::memory_order_relaxed);
 }
 
 }  // namespace kiln::cuda

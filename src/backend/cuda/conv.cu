@@ -795,12 +795,11 @@ void run_plan(const ConvPlan& plan, const Conv2dArgs& a) {
 }
 
 // Milliseconds a call of `plan` takes: three runs after one untimed (which, for
-// im2col, also times its GEMM's plan); each as inside a step under
-// Options::PlanTiming::Step (the input in L2, the weights not).
-float time_plan(const ConvPlan& plan, const Conv2dArgs& a) {
+// im2col, also times its GEMM's plan); each as inside a step where `step` is given
+// (Options::PlanTiming::Step: the input in L2, the weights not).
+float time_plan(const ConvPlan& plan, const Conv2dArgs& a, StepTimer* step) {
   run_plan(plan, a);
-  if (options().plan_timing == Options::PlanTiming::Step)
-    return time_as_in_step([&] { run_plan(plan, a); }, a.x.raw(), a.x.nbytes(), 3);
+  if (step) return step->time([&] { run_plan(plan, a); }, a.x.raw(), a.x.nbytes(), 3);
   EventTimer timer;
   timer.start();
   constexpr int kReps = 3;
@@ -827,13 +826,18 @@ ConvPlan fastest_path(ConvPlan plan, const ConvKey& k, const Conv2dArgs& a, cons
     keep(cudnn_choice);
     return plan;
   }
-  float best_ms = time_plan(plan, a);
+  std::optional<StepTimer> step;
+  if (k.step_timed) {
+    step.emplace();
+    if (!step->ready()) step.reset();  // no memory for it: warm, as by default
+  }
+  float best_ms = time_plan(plan, a, step ? &*step : nullptr);
   ConvPlan best = plan;
   auto time_other = [&](ConvPath path, int form) {
     ConvPlan other = plan;
     other.path = path;
     other.narrow_form = form;
-    const float ms = time_plan(other, a);
+    const float ms = time_plan(other, a, step ? &*step : nullptr);
     if (ms < best_ms) {
       best_ms = ms;
       best = other;

@@ -117,7 +117,7 @@ struct Options {
   // the same operands, so a weight stays in L2 from one run to the next. Step: as
   // inside a step, where every weight is read once and comes from DRAM while the
   // activation input was just written: before each timed run the L2 is overwritten
-  // and the activation input read back in (time_as_in_step). Warm is the default until
+  // and the activation input read back in (StepTimer). Warm is the default until
   // a same-run A/B says otherwise (bench/cuda-notes.md, v21: choices that won warm
   // have lost inside the model). Plans made under Step are kept under keys of their own.
   enum class PlanTiming { Warm, Step };
@@ -202,13 +202,28 @@ class EventTimer {
   void* end_ = nullptr;
 };
 
-// Mean milliseconds of `run` over `reps` runs, each as inside a step: before it the L2
-// is overwritten (a buffer twice its size, from the driver and given back after) and
-// the last `hot_bytes` of `hot` (at most half the L2) read back in, so that the
-// activation input is where the op before left it and the weights are not.
+// Times runs as inside a step (Options::PlanTiming::Step): before each, the L2 is
+// overwritten and the last `hot_bytes` of `hot` (at most half the L2) read back in, so
+// that the activation input is where the op before left it and the weights are not.
+// Holds a buffer twice the L2's size, straight from the driver, for its life; ready()
+// is false where there was no memory for it (the caller then times warm).
 // Synchronises; not inside a capture.
-float time_as_in_step(const std::function<void()>& run, const void* hot, size_t hot_bytes,
-                      int reps);
+class StepTimer {
+ public:
+  StepTimer();
+  ~StepTimer();
+  StepTimer(const StepTimer&) = delete;
+  StepTimer& operator=(const StepTimer&) = delete;
+  bool ready() const { return buffer_ != nullptr; }
+  // Mean milliseconds of `run` over `reps` such runs.
+  float time(const std::function<void()>& run, const void* hot, size_t hot_bytes, int reps);
+
+ private:
+  void* buffer_ = nullptr;
+  size_t bytes_ = 0;
+};
+// Runs a StepTimer has timed so far (tests: that the step timing ran).
+size_t step_timed_runs();
 
 // Back-pressure for a loop that queues work faster than the GPU runs it (a replayed
 // graph costs the host microseconds): wait_and_mark() blocks until the GPU has done

@@ -15,7 +15,9 @@
 
 #include <algorithm>
 #include <atomic>
+#include <map>
 #include <type_traits>
+#include <utility>
 
 #include "backend/cuda/device.cuh"
 #include "backend/cuda/fast_div.h"
@@ -836,9 +838,16 @@ void stats_and_apply(const Rows& src, int batch, int64_t rows, int channels, int
       configured = int(smem);
     }
     int per_sm = 2;
-    if (large)
-      CUDA_CHECK(
-          cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, block_threads, smem));
+    if (large) {
+      static std::map<std::pair<int, size_t>, int> resident;  // per instantiation
+      auto it = resident.find({block_threads, smem});
+      if (it == resident.end()) {
+        int n = 0;
+        CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, block_threads, smem));
+        it = resident.emplace(std::make_pair(block_threads, smem), n).first;
+      }
+      per_sm = it->second;
+    }
     const int64_t target = std::max<int64_t>(1, int64_t(sms) * std::max(per_sm, 1) / batch);
     const int64_t rows_per_block =
         std::max<int64_t>(large ? block.y : int64_t(block.y) * 8, (rows + target - 1) / target);
