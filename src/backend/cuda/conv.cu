@@ -795,17 +795,10 @@ void run_plan(const ConvPlan& plan, const Conv2dArgs& a) {
 }
 
 // Milliseconds a call of `plan` takes: three runs after one untimed (which, for
-// im2col, also times its GEMM's plan); each as inside a step where `step` is given
-// (Options::PlanTiming::Step: the input in L2, the weights not).
-float time_plan(const ConvPlan& plan, const Conv2dArgs& a, StepTimer* step) {
+// im2col, also times its GEMM's plan), warm or as in a step as `timer` does.
+float time_plan(const ConvPlan& plan, const Conv2dArgs& a, PlanTimer& timer) {
   run_plan(plan, a);
-  if (step) return step->time([&] { run_plan(plan, a); }, a.x.raw(), a.x.nbytes(), 3);
-  EventTimer timer;
-  timer.start();
-  constexpr int kReps = 3;
-  for (int r = 0; r < kReps; ++r) run_plan(plan, a);
-  timer.stop();
-  return timer.elapsed_ms() / kReps;
+  return timer.time([&] { run_plan(plan, a); }, a.x.raw(), a.x.nbytes(), 3);
 }
 
 // Convolutions with at most this many output pixels also time im2col and a cuBLASLt
@@ -826,18 +819,14 @@ ConvPlan fastest_path(ConvPlan plan, const ConvKey& k, const Conv2dArgs& a, cons
     keep(cudnn_choice);
     return plan;
   }
-  std::optional<StepTimer> step;
-  if (k.step_timed) {
-    step.emplace();
-    if (!step->ready()) step.reset();  // no memory for it: warm, as by default
-  }
-  float best_ms = time_plan(plan, a, step ? &*step : nullptr);
+  PlanTimer timer(k.step_timed);
+  float best_ms = time_plan(plan, a, timer);
   ConvPlan best = plan;
   auto time_other = [&](ConvPath path, int form) {
     ConvPlan other = plan;
     other.path = path;
     other.narrow_form = form;
-    const float ms = time_plan(other, a, step ? &*step : nullptr);
+    const float ms = time_plan(other, a, timer);
     if (ms < best_ms) {
       best_ms = ms;
       best = other;

@@ -117,7 +117,7 @@ struct Options {
   // the same operands, so a weight stays in L2 from one run to the next. Step: as
   // inside a step, where every weight is read once and comes from DRAM while the
   // activation input was just written: before each timed run the L2 is overwritten
-  // and the activation input read back in (StepTimer). Warm is the default until
+  // and the activation input read back in (PlanTimer). Warm is the default until
   // a same-run A/B says otherwise (bench/cuda-notes.md, v21: choices that won warm
   // have lost inside the model). Plans made under Step are kept under keys of their own.
   enum class PlanTiming { Warm, Step };
@@ -202,27 +202,28 @@ class EventTimer {
   void* end_ = nullptr;
 };
 
-// Times runs as inside a step (Options::PlanTiming::Step): before each, the L2 is
-// overwritten and the last `hot_bytes` of `hot` (at most half the L2) read back in, so
-// that the activation input is where the op before left it and the weights are not.
-// Holds a buffer twice the L2's size, straight from the driver, for its life; ready()
-// is false where there was no memory for it (the caller then times warm).
-// Synchronises; not inside a capture.
-class StepTimer {
+// How a plan times its candidates. Warm: `reps` runs back to back. As in a step
+// (Options::PlanTiming::Step): before each run the L2 is overwritten and the last
+// `hot_bytes` of `hot` (at most half the L2) read back in, so that the activation input
+// is where the op before left it and the weights are not; for that it holds a buffer
+// twice the L2's size, straight from the driver, for its life, and times warm where
+// there is no memory for it. Synchronises; not inside a capture.
+class PlanTimer {
  public:
-  StepTimer();
-  ~StepTimer();
-  StepTimer(const StepTimer&) = delete;
-  StepTimer& operator=(const StepTimer&) = delete;
-  bool ready() const { return buffer_ != nullptr; }
-  // Mean milliseconds of `run` over `reps` such runs.
+  explicit PlanTimer(bool as_in_step);
+  ~PlanTimer();
+  PlanTimer(const PlanTimer&) = delete;
+  PlanTimer& operator=(const PlanTimer&) = delete;
+  bool as_in_step() const { return buffer_ != nullptr; }
+  // Mean milliseconds of one run of `run` over `reps`.
   float time(const std::function<void()>& run, const void* hot, size_t hot_bytes, int reps);
 
  private:
+  EventTimer timer_;
   void* buffer_ = nullptr;
   size_t bytes_ = 0;
 };
-// Runs a StepTimer has timed so far (tests: that the step timing ran).
+// Runs a PlanTimer has timed as in a step so far (tests: that the step timing ran).
 size_t step_timed_runs();
 
 // Back-pressure for a loop that queues work faster than the GPU runs it (a replayed

@@ -16,7 +16,6 @@
 #include <cstring>
 #include <map>
 #include <mutex>
-#include <optional>
 #include <tuple>
 #include <vector>
 
@@ -169,29 +168,15 @@ Plan make_plan(const Key& key, const GemmParams& p) {
   int best = 0;
   const bool timed = found == 1 || !c.capturing;
   if (found > 1 && timed) {
-    EventTimer timer;
+    PlanTimer timer(key.step_timed);
     float best_ms = 0.0f;
     // The activations (K × M, column-major): what a step's previous op left in L2.
     const size_t a_bytes = size_t((key.m - 1) * key.lda + key.k) * dtype_size(key.dtype);
-    std::optional<StepTimer> step;
-    if (key.step_timed) {
-      step.emplace();
-      if (!step->ready()) step.reset();  // no memory for it: warm, as by default
-    }
     for (int i = 0; i < found; ++i) {
       if (results[i].state != CUBLAS_STATUS_SUCCESS) continue;
       plan.algo = results[i].algo;
       run(plan, p, key.residual);  // warm-up
-      constexpr int kReps = 3;
-      float ms = 0.0f;
-      if (step) {
-        ms = step->time([&] { run(plan, p, key.residual); }, p.a, a_bytes, kReps);
-      } else {
-        timer.start();
-        for (int r = 0; r < kReps; ++r) run(plan, p, key.residual);
-        timer.stop();
-        ms = timer.elapsed_ms() / kReps;
-      }
+      const float ms = timer.time([&] { run(plan, p, key.residual); }, p.a, a_bytes, 3);
       if (i == 0 || ms < best_ms) {
         best_ms = ms;
         best = i;

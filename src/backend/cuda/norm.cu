@@ -864,14 +864,11 @@ void stats_and_apply(const Rows& src, int batch, int64_t rows, int channels, int
         groups, eps);
     CUDA_CHECK_LAUNCH();
   };
-  bool launched = false;
-  if constexpr (!Rows::kStores) {
-    if (large) {
-      launch(std::integral_constant<int, 8>{});
-      launched = true;
-    }
-  }
-  if (!launched) launch(std::integral_constant<int, 4>{});
+  constexpr int kLargeLoads = Rows::kStores ? 4 : 8;
+  if (large)
+    launch(std::integral_constant<int, kLargeLoads>{});
+  else
+    launch(std::integral_constant<int, 4>{});
 
   // Apply: a grid-stride loop over as many 256-thread blocks as are resident at once.
   // Four accesses a step measured level with two and 0.7 ms faster than one on the
