@@ -199,35 +199,86 @@ if has_stage build; then
 fi
 
 # --- tests ------------------------------------------------------------------
+SUMMARY=$OUT/summary.txt
 summarize_tests() {  # log file, label
   local passed failed
   passed=$(grep -c '^\[       OK \]' "$1"); failed=$(grep -cE '^\[  FAILED  \].*\([0-9]+ ms\)$' "$1")
   # Suites cut short (time limit, crash) or never started: the counts above miss them.
   local cut note=""; cut=$(grep -cE '^suite .*: exit|^no time for' "$1")
   [ "$cut" -gt 0 ] && note=", $cut suites cut short or not run"
-  echo "$2: $passed passed, $failed failed$note" | tee -a "$OUT/summary.txt"
+  echo "$2: $passed passed, $failed failed$note" | tee -a "$SUMMARY"
   grep -E '^suite .*: exit|^no time for' "$1" | head -10
   grep -E '^\[  FAILED  \].*\([0-9]+ ms\)$' "$1" | head -20
 }
+# One process per suite, so that a crash (a bad address, say) costs one suite.
+run_suites() {  # log, time limit, filters...
+  local log=$1 limit=$2; shift 2
+  local start=$SECONDS
+  touch "$log"
+  for f in "$@"; do
+    local t=$((limit - (SECONDS - start))); [ "$t" -lt 5 ] && { echo "no time for $f" >>"$log"; continue; }
+    local before; before=$(wc -l <"$log")
+    timeout "$t" "$TESTS" --gtest_filter="$f" >>"$log" 2>&1 || echo "suite $f: exit $?" >>"$log"
+    # A bad address poisons the context: find the kernel with compute-sanitizer.
+    if tail -n +"$before" "$log" | grep -q "illegal\|misaligned\|exit 13[4-9]"; then
+      echo "suite $f under compute-sanitizer:" >>"$log"
+      timeout 90 compute-sanitizer --print-limit 5 "$TESTS" --gtest_filter="$f" 2>&1 |
+        grep -v "^\[" | head -60 >>"$log"
+    fi
+  done
+}
+# Seconds for a step of the correctness lane: its own cap, and the lane's end.
+lane_time() { local t=$((LANE_END - SECONDS)); [ "$t" -gt "$1" ] && t=$1; echo $((t < 5 ? 5 : t)); }
+
+goldens_stage() {
+  log "goldens on CUDA (f16, bf16)"
+  run_suites "$LOGS/golden-cuda.log" "$(lane_time 120)" '*sd1_*' '*sd2v_*' '*sdxl_*'
+  summarize_tests "$LOGS/golden-cuda.log" "goldens on CUDA"
+  grep -E "^\[ (sd1|sd2v|sdxl) " "$LOGS/golden-cuda.log" | sort -t' ' -k2,3 | awk '
+    /nmse/ {n[$2" "$3]++; v=$NF+0; if (v > worst[$2" "$3]) worst[$2" "$3]=v}
+    /PSNR/ {p[$2" "$3]++; v=$(NF-1)+0; if (!($2" "$3 in lo) || v < lo[$2" "$3]) lo[$2" "$3]=v}
+    END {for (k in n) printf "  %s: %d components, worst nmse %.3g; %d images, lowest PSNR %.1f dB\n", k, n[k], worst[k], p[k], lo[k]}'
+}
+
+# Random-weight UNets with the real SD1.5 and SDXL architectures: diffusers in fp32
+# against kiln in fp16 on the same weights (tests/backend/test_full_size.cpp).
+fullsize_stage() {
+  local seed=${FULL_SIZE_SEED:-0} fs=${FULL_SIZE_DIR:-/tmp/kiln-fullsize}
+  log "full-size references (seed $seed)"
+  need_diffusers
+  for arch in sd15 sdxl; do
+    rm -rf "${fs:?}/$arch"
+    timeout "$(lane_time 120)" python3 tools/py/make_full_size_reference.py --arch $arch \
+      --seed "$seed" --out "$fs/$arch" >>"$LOGS/fullsize.log" 2>&1 ||
+      log "reference for $arch failed (see fullsize.log)"
+  done
+  grep -E "reference in|Error|error" "$LOGS/fullsize.log" | sed 's/^/  /' | head -8
+  KILN_FULL_SIZE_DIR=$fs timeout "$(lane_time 120)" "$TESTS" --gtest_filter='Arch/FullSize.*' \
+    >"$LOGS/fullsize-test.log" 2>&1
+  summarize_tests "$LOGS/fullsize-test.log" "full-size (seed $seed)"
+  grep -E "^\[ full-size|SKIPPED|Failure" "$LOGS/fullsize-test.log" | sed 's/^/  /' |
+    tee -a "$SUMMARY"
+  rm -rf "$fs"
+}
+
+# The goldens and the full-size check run beside the backend-op suites, in a lane of
+# their own: they spend their time in Python, in writing and reading the full-size
+# weights (5 GB for SDXL) and on the GPU, where the suites spend theirs in the CPU
+# references. In sequence the three took 280 s of v21's check (150 + 36 + 94) and left
+# the peer too little. The lane ends by LANE_END whatever its steps' own caps say.
+TEST_TIME=$(( $(left) > 300 ? 150 : $(left) / 3 ))
+LANE_END=$((SECONDS + TEST_TIME + 40))
+LANE_PID=
+if [ -x "$TESTS" ] && { has_stage test || has_stage fullsize; }; then
+  (
+    SUMMARY=$LOGS/summary-lane.txt
+    has_stage test && goldens_stage
+    has_stage fullsize && fullsize_stage
+  ) >"$LOGS/lane.out" 2>&1 &
+  LANE_PID=$!
+fi
 if has_stage test && [ -x "$TESTS" ]; then
-  # One process per suite, so that a crash (a bad address, say) costs one suite.
-  run_suites() {  # log, time limit, filters...
-    local log=$1 limit=$2; shift 2
-    local start=$SECONDS
-    touch "$log"
-    for f in "$@"; do
-      local t=$((limit - (SECONDS - start))); [ "$t" -lt 5 ] && { echo "no time for $f" >>"$log"; continue; }
-      local before; before=$(wc -l <"$log")
-      timeout "$t" "$TESTS" --gtest_filter="$f" >>"$log" 2>&1 || echo "suite $f: exit $?" >>"$log"
-      # A bad address poisons the context: find the kernel with compute-sanitizer.
-      if tail -n +"$before" "$log" | grep -q "illegal\|misaligned\|exit 13[4-9]"; then
-        echo "suite $f under compute-sanitizer:" >>"$log"
-        timeout 90 compute-sanitizer --print-limit 5 "$TESTS" --gtest_filter="$f" 2>&1 |
-          grep -v "^\[" | head -60 >>"$log"
-      fi
-    done
-  }
-  log "backend ops against the CPU reference"
+  log "backend ops against the CPU reference (goldens and full size beside them)"
   # The suites whose CPU references take longest come last, so that a stage cut short
   # by its time loses the fewest suites.
   SUITES=('Elementwise.*' 'Runtime.*' 'PlanCache.*' 'Shapes/LayerNorm.*' 'Shapes/Linear.*'
@@ -240,39 +291,16 @@ if has_stage test && [ -x "$TESTS" ]; then
       *) log "WARNING: test suite $suite is not in gpu-check's list: add it" ;;
     esac
   done
-  run_suites "$LOGS/backend-ops.log" $(( $(left) > 300 ? 150 : $(left) / 3 )) "${SUITES[@]}"
+  run_suites "$LOGS/backend-ops.log" "$TEST_TIME" "${SUITES[@]}"
   summarize_tests "$LOGS/backend-ops.log" "backend ops"
   grep -E "nmse [0-9.e+-]+$|: Failure|^suite |exception|error|=====.*(Invalid|Address|at 0x)" "$LOGS/backend-ops.log" | head -40
-  log "goldens on CUDA (f16, bf16)"
-  run_suites "$LOGS/golden-cuda.log" $(( $(left) > 300 ? 120 : $(left) / 3 )) '*sd1_*' '*sd2v_*' \
-    '*sdxl_*'
-  summarize_tests "$LOGS/golden-cuda.log" "goldens on CUDA"
-  grep -E "^\[ (sd1|sd2v|sdxl) " "$LOGS/golden-cuda.log" | sort -t' ' -k2,3 | awk '
-    /nmse/ {n[$2" "$3]++; v=$NF+0; if (v > worst[$2" "$3]) worst[$2" "$3]=v}
-    /PSNR/ {p[$2" "$3]++; v=$(NF-1)+0; if (!($2" "$3 in lo) || v < lo[$2" "$3]) lo[$2" "$3]=v}
-    END {for (k in n) printf "  %s: %d components, worst nmse %.3g; %d images, lowest PSNR %.1f dB\n", k, n[k], worst[k], p[k], lo[k]}'
+  log "backend ops done"
 fi
-
-# --- full-size correctness ------------------------------------------------------
-# Random-weight UNets with the real SD1.5 and SDXL architectures: diffusers in fp32
-# against kiln in fp16 on the same weights (tests/backend/test_full_size.cpp).
-if has_stage fullsize && [ -x "$TESTS" ]; then
-  SEED=${FULL_SIZE_SEED:-0}
-  FS=${FULL_SIZE_DIR:-/tmp/kiln-fullsize}
-  log "full-size references (seed $SEED)"
-  need_diffusers
-  for arch in sd15 sdxl; do
-    t=$(( $(left) > 400 ? 120 : $(left) / 4 ))
-    rm -rf "$FS/$arch"
-    timeout "$t" python3 tools/py/make_full_size_reference.py --arch $arch --seed "$SEED" \
-      --out "$FS/$arch" >>"$LOGS/fullsize.log" 2>&1 || log "reference for $arch failed (see fullsize.log)"
-  done
-  grep -E "reference in|Error|error" "$LOGS/fullsize.log" | sed 's/^/  /' | head -8
-  KILN_FULL_SIZE_DIR=$FS timeout $(( $(left) > 300 ? 120 : $(left) / 3 )) "$TESTS" \
-    --gtest_filter='Arch/FullSize.*' >"$LOGS/fullsize-test.log" 2>&1
-  summarize_tests "$LOGS/fullsize-test.log" "full-size (seed $SEED)"
-  grep -E "^\[ full-size|SKIPPED|Failure" "$LOGS/fullsize-test.log" | sed 's/^/  /' | tee -a "$OUT/summary.txt"
-  rm -rf "$FS"
+if [ -n "$LANE_PID" ]; then
+  wait "$LANE_PID"
+  cat "$LOGS/lane.out"
+  [ -f "$LOGS/summary-lane.txt" ] && cat "$LOGS/summary-lane.txt" >>"$SUMMARY"
+  log "goldens and full size done"
 fi
 
 # --- kiln bench ---------------------------------------------------------------
@@ -397,6 +425,6 @@ for key in sorted(set(kiln) | set(peer)):
              targets.get(key[0], "")]
     print("| " + " | ".join(cells) + " |")
 EOF
-[ -f "$OUT/summary.txt" ] && cat "$OUT/summary.txt"
+[ -f "$SUMMARY" ] && cat "$SUMMARY"
 if [ -n "${PACK_LOGS:-}" ]; then tar -C "$OUT" -czf "$OUT/logs.tgz" logs && rm -rf "$LOGS"; fi
 log "done"
