@@ -9,6 +9,7 @@
 #   WORKLOADS='sd15-512:--arch sd15 --what unet,vae --size 512;vae-1024:--arch sd15 --what vae --size 1024 --reps 5'
 #   SKIP_BUILD=1 ...                 use build-gpu/ as it is
 #   ROUNDS=2 ...                     each value twice, interleaved (the spread of one value)
+#   BASE_ARGS='--plan-timing step' ...  more kiln bench arguments for every run
 #
 # Output in $OUT (default out/gpu-ab): ab.md (the tables) and runs.tgz (every run's
 # markdown and JSON).
@@ -46,8 +47,9 @@ for ((round = 1; round <= ROUNDS; ++round)); do
     name=${w%%:*}
     read -r -a args <<<"${w#*:}"
     for v in "${values[@]}"; do
-      echo "gpu-ab: $name --$FLAG $v (round $round)"
-      timeout 200 "$KILN" bench "${args[@]}" --per-shape --commit "$COMMIT" "--$FLAG" "$v" \
+      echo "gpu-ab: $name ${BASE_ARGS:+$BASE_ARGS }--$FLAG $v (round $round)"
+      # shellcheck disable=SC2086  # BASE_ARGS: words, as on a command line
+      timeout 200 "$KILN" bench "${args[@]}" ${BASE_ARGS:-} --per-shape --commit "$COMMIT" "--$FLAG" "$v" \
         --json "$OUT/runs/$name-$v-$round.json" >"$OUT/runs/$name-$v-$round.md" 2>&1 ||
         echo "gpu-ab: $name --$FLAG $v failed: $(tail -2 "$OUT/runs/$name-$v-$round.md")"
     done

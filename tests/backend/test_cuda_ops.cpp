@@ -89,22 +89,45 @@ struct LinearCase {
   int64_t m, k, n;
   bool bias, residual;
   Activation act;
+  // Plans by the wide search timed as in a step: candidates the heuristic does not
+  // propose (split-K with f32 partial sums, other cluster shapes), each run after the
+  // L2 is overwritten.
+  bool wide = false;
 };
 
-class Linear : public CudaTest, public ::testing::WithParamInterface<LinearCase> {};
+class Linear : public CudaTest, public ::testing::WithParamInterface<LinearCase> {
+ protected:
+  void TearDown() override {
+    const cuda::Options defaults;
+    cuda::options().gemm_search = defaults.gemm_search;
+    cuda::options().plan_timing = defaults.plan_timing;
+    if (GetParam().wide && cuda::available()) cuda::set_plan_cache("");
+    CudaTest::TearDown();
+  }
+};
 
 TEST_P(Linear, MatchesCpu) {
   const LinearCase c = GetParam();
+  if (c.wide) {
+    cuda::options().gemm_search = cuda::Options::GemmSearch::Wide;
+    cuda::options().plan_timing = cuda::Options::PlanTiming::Step;
+    cuda::set_plan_cache("off");  // timed here, not taken from an earlier run's file
+  }
+  const size_t step_runs = cuda::step_timed_runs();
   for (DType dt : kAllTypes) {
     std::vector<Tensor> in{random_tensor({c.m, c.k}, dt, next_seed()),
                            random_tensor({c.n, c.k}, dt, next_seed(), 1.0f / std::sqrt(float(c.k))),
                            random_tensor({c.n}, dt, next_seed()),
                            random_tensor({c.m, c.n}, dt, next_seed())};
-    expect_match(str("linear ", c.m, "x", c.k, "x", c.n), dt, in,
+    expect_match(str("linear ", c.m, "x", c.k, "x", c.n, c.wide ? " wide" : ""), dt, in,
                  [&](const std::vector<Tensor>& t) {
                    return ops::linear(t[0], t[1], c.bias ? t[2] : Tensor(), c.act,
                                       c.residual ? t[3] : Tensor());
                  });
+  }
+  // The f16 and bf16 GEMMs have several candidates (f32 may have one).
+  if (c.wide) {
+    EXPECT_GT(cuda::step_timed_runs(), step_runs) << "nothing was timed as in a step";
   }
 }
 
@@ -128,6 +151,17 @@ INSTANTIATE_TEST_SUITE_P(
         LinearCase{5, 24, 16, true, true, Activation::SiLU},         // unfused act + residual
         LinearCase{128, 5120, 1280, true, true, Activation::None},   // SD1.5 FF out at 8×8: long K
         LinearCase{2048, 1280, 1280, true, false, Activation::None}));  // SDXL: 160 tiles of 128²
+
+// The SD1.5 shapes whose plans the wide search changes most (v12: split-K at long K
+// and few tiles), a residual riding in as C under split-K, and odd sizes.
+INSTANTIATE_TEST_SUITE_P(
+    Wide, Linear,
+    ::testing::Values(LinearCase{3, 13, 33, false, true, Activation::None, true},
+                      LinearCase{128, 5120, 1280, true, true, Activation::None, true},
+                      LinearCase{512, 1280, 1280, true, false, Activation::None, true},
+                      LinearCase{8192, 320, 320, false, false, Activation::None, true},
+                      LinearCase{2048, 640, 640, true, true, Activation::None, true},
+                      LinearCase{2, 320, 1280, true, false, Activation::SiLU, true}));
 
 // ---------------------------------------------------------------------------
 // The feed-forward's gated projection on interleaved weights (ops::linear_geglu) against

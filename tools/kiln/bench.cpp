@@ -94,6 +94,9 @@ const char* kHelp =
     "  --plan-timing T      warm or step: how plans time GEMM candidates and convolution\n"
     "                       paths; step overwrites the L2 before each run, so that the\n"
     "                       weights come from memory as inside a step (default warm; A/B)\n"
+    "  --gemm-search S      heuristic or wide: which GEMM algorithms a plan times\n"
+    "                       (default heuristic, cuBLASLt's 16 best fits; wide: also\n"
+    "                       split-K, swizzle and cluster variants, 50-80 a shape; A/B)\n"
     "  --json FILE          also write the rows as JSON\n"
     "  --commit SHA         the commit to record (default: the one kiln was configured at)\n";
 
@@ -485,6 +488,7 @@ int bench(const std::vector<std::string>& argv) {
                    "group-norm",
                    "conv",
                    "plan-timing",
+                   "gemm-search",
                    "plan-cache"},
                   {"per-op", "per-shape", "no-graphs", "help"});
   if (args.has("help")) {
@@ -575,6 +579,11 @@ int bench(const std::vector<std::string>& argv) {
   kernel_flag("plan-timing",
               std::map<std::string, Timing>{{"warm", Timing::Warm}, {"step", Timing::Step}},
               cuda::options().plan_timing);
+  using Search = cuda::Options::GemmSearch;
+  kernel_flag(
+      "gemm-search",
+      std::map<std::string, Search>{{"heuristic", Search::Heuristic}, {"wide", Search::Wide}},
+      cuda::options().gemm_search);
   using GegluForm = cuda::Options::GegluForm;
   kernel_flag("geglu-form",
               std::map<std::string, GegluForm>{{"auto", GegluForm::Auto},

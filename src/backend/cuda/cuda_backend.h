@@ -122,6 +122,14 @@ struct Options {
   // have lost inside the model). Plans made under Step are kept under keys of their own.
   enum class PlanTiming { Warm, Step };
   PlanTiming plan_timing = PlanTiming::Warm;
+  // Which GEMM algorithms a plan times: Heuristic, cuBLASLt's 16 best fits for the
+  // shape. Wide also times the heuristic's best configurations of every algorithm id
+  // and split-K, swizzle and cluster variants of the best fits (50–80 a shape, the six
+  // best timed again). Timed warm, the wide search's winners lost inside the model
+  // (v12: SD1.5 5.77 -> 6.05 ms); whether they win when timed as in a step is what
+  // v22 measures. Plans made by the wide search are kept under keys of their own.
+  enum class GemmSearch { Heuristic, Wide };
+  GemmSearch gemm_search = GemmSearch::Heuristic;
 };
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).
