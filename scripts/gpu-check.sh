@@ -4,16 +4,17 @@
 # (.peer/bench_diffusers.py, a copy of shared/peer/) on the same shapes in the
 # same run, and prints one markdown table with the ratios. Fits in one
 # 10-minute run: every stage has a time limit and the table comes last either way; the
-# peer's compiles run first in the background while kiln's tests run, untimed, to fill
-# torch's compile caches (PEER_WARMUP=0: not).
+# peer's models are built and compiled in the background from the start and timed, each
+# with the GPU alone, after kiln's bench (tools/py/peer_jobs.py).
 #
 #   scripts/gpu-check.sh                          everything
 #   STAGES=build,test scripts/gpu-check.sh        a subset (build,test,fullsize,bench,peer)
 #   FULL_SIZE_SEED=7 scripts/gpu-check.sh         the full-size check's weights and inputs
 #   COMMIT=$(cat .peer/COMMIT) scripts/gpu-check.sh  the commit the table names: the GPU
 #                                                 machine's copy may carry a stale .git
-#   PEER_MODES=eager,compile,graphs ...           the peer's modes (default below)
-#   PEER_RUN_CAP=180 ...                          seconds at most for one peer run
+#   PEER_MODES=compile,graphs ...                 the peer's modes for the UNets (graphs);
+#                                                 PEER_VAE_MODES for the VAEs (compile)
+#   PEER_PARALLEL=3 ...                           peer jobs compiling at once
 #   PEER_ONLY=vae-1024 ...                        the peer on these workloads alone
 #   STAGES=peer scripts/gpu-check.sh              the peer alone, in a second call right
 #                                                 after one without it, when its compiles
@@ -147,35 +148,52 @@ need_diffusers() {
 }
 
 # --- the peer's compiles, ahead of its timings ----------------------------------
-# torch.compile spends one to two minutes a model in Inductor and Triton (v18, v19: the
-# peer's UNets took the last four minutes and its VAE compiles never ran). So the same
-# compiles run here first, in the background while kiln's tests run (neither is timed),
-# and fill Inductor's on-disk caches; the timed peer runs below then find their kernels
-# there and compile in a fraction of the time. What they time is the same compiled code.
-# It starts with the build (the GPU idles then) and is stopped before kiln's bench,
-# which must have the GPU alone. v19's check: SDXL's compile + graphs 56 s with the
-# warm-up's cache against over 114 s without.
-WARM_PID=
-if has_stage peer && has_stage test && [ "${PEER_WARMUP:-1}" = 1 ]; then
+# torch.compile spends one to two minutes a model in Inductor and Triton. Compiled
+# after kiln's bench, the peer's runs left no time for the VAEs (v18-v22; v22 also had
+# a warm-up filling Inductor's caches beside the tests, and its timed runs still took
+# 79 s for SDXL and 97 s for SD1.5 compiling from them). So each of the peer's
+# measurements is a job of its own that starts now, builds and compiles its model
+# while kiln builds and tests (the GPU's timings do not matter then), and waits; the
+# jobs are stopped while kiln's bench runs, and after it each ready job is timed with
+# every other one stopped. What is timed is the peer's script's own code
+# (tools/py/peer_jobs.py says how). The targets' modes come first in the list: the
+# UNets' compile + graphs, SDXL's peak memory, the VAEs' compile; eager (clip-l's one
+# comparison) last.
+PEER_PID=
+PEER_JOBS_DIR=$LOGS/peer-jobs
+if has_stage peer; then
   need_diffusers
-  log "peer: compiles in the background (warm-up, not timed)"
-  # At the lowest CPU priority: kiln's tests compute their CPU references on the same
-  # cores, and in v21 call 3 the warm-up doubled the UpsampleConv suite's time (13.9 ->
-  # 30.6 s), which left the GroupNorm and LayerNorm suites no time.
-  setsid nice -n 19 bash -c "python3 .peer/bench_diffusers.py sdxl-unet sd15-unet --modes ${PEER_MODES:-graphs}
-                  python3 .peer/bench_diffusers.py vae-1024 vae-512 --modes ${PEER_VAE_MODES:-compile}" \
-    >"$LOGS/peer-warmup.log" 2>&1 &
-  WARM_PID=$!
-fi
-stop_warmup() {
-  [ -n "$WARM_PID" ] || return 0
-  if kill -0 "$WARM_PID" 2>/dev/null; then
-    log "peer: warm-up stopped before kiln's bench ($(grep -cE '^\| [a-z0-9-]+ \| [0-9]' "$LOGS/peer-warmup.log") models done)"
-    kill -- -"$WARM_PID" 2>/dev/null; wait "$WARM_PID" 2>/dev/null
-  else
-    log "peer: warm-up done"
+  peer_jobs=()
+  add_peer_job() {  # workload, modes (comma-separated), [peak]
+    local w=$1 mode
+    [ -n "${PEER_ONLY:-}" ] && [[ ",$PEER_ONLY," != *",$w,"* ]] && return
+    for mode in ${2//,/ }; do peer_jobs+=("$w:$mode${3:+:peak}"); done
+  }
+  add_peer_job sdxl-unet "${PEER_MODES:-graphs}"
+  add_peer_job sd15-unet "${PEER_MODES:-graphs}"
+  add_peer_job sdxl-unet eager peak
+  add_peer_job vae-512 "${PEER_VAE_MODES:-compile}"
+  add_peer_job vae-1024 "${PEER_VAE_MODES:-compile}"
+  add_peer_job vae-1024 eager peak
+  add_peer_job sd15-unet eager peak
+  add_peer_job vae-512 eager
+  add_peer_job clip-l eager
+  if [ ${#peer_jobs[@]} -gt 0 ]; then
+    log "peer: ${#peer_jobs[@]} jobs build and compile in the background"
+    # Below kiln's build and tests in CPU priority, and in threads: kiln's CPU
+    # references are OpenMP loops over every core, which one busy core slows down.
+    OMP_NUM_THREADS=4 TORCHINDUCTOR_COMPILE_THREADS=8 nice -n 10 python3 tools/py/peer_jobs.py control \
+      --peer .peer --logs "$PEER_JOBS_DIR" --deadline $(( $(date +%s) + $(left) - 20 )) \
+      --parallel "${PEER_PARALLEL:-3}" "${peer_jobs[@]}" >"$LOGS/peer.log" 2>"$LOGS/peer-control.log" &
+    PEER_PID=$!
+    trap '[ -n "$PEER_PID" ] && kill -TERM "$PEER_PID" 2>/dev/null' EXIT
   fi
-  WARM_PID=
+fi
+peer_signal() {  # USR1: stop the jobs (kiln's bench is next); USR2: time them
+  [ -n "$PEER_PID" ] && kill -0 "$PEER_PID" 2>/dev/null || return 1
+  local i
+  for i in $(seq 50); do [ -d "$PEER_JOBS_DIR" ] && break; sleep 0.2; done  # its handlers are set
+  kill -"$1" "$PEER_PID"
 }
 
 # --- build ------------------------------------------------------------------
@@ -266,12 +284,16 @@ fullsize_stage() {
 # weights (5 GB for SDXL) and on the GPU, where the suites spend theirs in the CPU
 # references. In sequence the three took 280 s of v21's check (150 + 36 + 94) and left
 # the peer too little. The lane ends by LANE_END whatever its steps' own caps say.
-TEST_TIME=$(( $(left) > 300 ? 150 : $(left) / 3 ))
+# The stage ends 240 s before the budget (kiln's bench, the peer's timings, the table)
+# and takes 210 s at most, a third of what is left at least.
+TEST_TIME=$(( $(left) - 240 )); [ $TEST_TIME -gt 210 ] && TEST_TIME=210
+[ $TEST_TIME -lt $(( $(left) / 3 )) ] && TEST_TIME=$(( $(left) / 3 ))
 LANE_END=$((SECONDS + TEST_TIME + 40))
 LANE_PID=
 if [ -x "$TESTS" ] && { has_stage test || has_stage fullsize; }; then
   (
     SUMMARY=$LOGS/summary-lane.txt
+    export OMP_NUM_THREADS=4  # the suites' CPU references have the other cores
     has_stage test && goldens_stage
     has_stage fullsize && fullsize_stage
   ) >"$LOGS/lane.out" 2>&1 &
@@ -291,7 +313,12 @@ if has_stage test && [ -x "$TESTS" ]; then
       *) log "WARNING: test suite $suite is not in gpu-check's list: add it" ;;
     esac
   done
-  run_suites "$LOGS/backend-ops.log" "$TEST_TIME" "${SUITES[@]}"
+  # Four cores are left to the lane and the peer's jobs: an OpenMP loop over every core
+  # waits for the one that shares its core (v22: every suite took twice its v18 time).
+  (
+    [ "$JOBS" -gt 8 ] && export OMP_NUM_THREADS=$((JOBS - 4))
+    run_suites "$LOGS/backend-ops.log" "$TEST_TIME" "${SUITES[@]}"
+  )
   summarize_tests "$LOGS/backend-ops.log" "backend ops"
   grep -E "nmse [0-9.e+-]+$|: Failure|^suite |exception|error|=====.*(Invalid|Address|at 0x)" "$LOGS/backend-ops.log" | head -40
   log "backend ops done"
@@ -304,7 +331,11 @@ if [ -n "$LANE_PID" ]; then
 fi
 
 # --- kiln bench ---------------------------------------------------------------
-stop_warmup
+if has_stage bench && [ -x "$KILN" ] && peer_signal USR1; then
+  for i in $(seq 50); do [ -f "$PEER_JOBS_DIR/paused" ] && break; sleep 0.2; done
+  sleep 1  # what the stopped jobs had queued on the GPU drains
+  log "peer: jobs stopped for kiln's bench ($(grep -c ': ready' "$LOGS/peer-control.log") ready)"
+fi
 if has_stage bench && [ -x "$KILN" ]; then
   log "kiln bench"
   run_bench() {  # name, then kiln bench arguments
@@ -321,58 +352,11 @@ if has_stage bench && [ -x "$KILN" ]; then
 fi
 
 # --- the peer -----------------------------------------------------------------
-if has_stage peer; then
-  need_diffusers
-  run_peer() {  # modes, workloads...  (rows are read from stdout: a timeout keeps what finished)
-    local modes=$1; shift
-    if [ -n "${PEER_ONLY:-}" ]; then  # the workloads PEER_ONLY names, of these
-      local w keep=()
-      for w in "$@"; do [[ ",$PEER_ONLY," == *",$w,"* ]] && keep+=("$w"); done
-      [ ${#keep[@]} -gt 0 ] || return 0
-      set -- "${keep[@]}"
-    fi
-    local t=$(( $(left) - 25 ))
-    # One model's compile may not take all that is left (PEER_RUN_CAP seconds at most).
-    [ "$t" -gt "${PEER_RUN_CAP:-180}" ] && t=${PEER_RUN_CAP:-180}
-    if [ "$t" -lt 30 ]; then log "no time left for the peer's $modes on $*"; return; fi
-    log "peer: $* ($modes, up to ${t}s)"
-    timeout "$t" python3 .peer/bench_diffusers.py "$@" --modes "$modes" >>"$LOGS/peer.log" 2>&1 ||
-      log "peer stopped (time limit or error): $*"
-  }
-  # The modes the targets name come first (compile + CUDA graphs for the UNets, then the
-  # peak memory, then compile for the VAE; torch.compile takes one to two minutes a model
-  # without the warm-up's caches), then eager (clip-l's only comparison): on a slow host
-  # the v12 check spent the time on eager and never reached a compile. SDXL first: the
-  # warm-up compiles it first, so its caches are the likeliest to be complete (v20's
-  # check: the warm-up had finished SDXL alone, SD1.5 then took 97 s uncached and left
-  # SDXL, cached, 40 s where it needed about 56).
-  run_peer "${PEER_MODES:-graphs}" sdxl-unet
-  run_peer "${PEER_MODES:-graphs}" sd15-unet
-  # The peer's peak device memory for one eager forward (weights included), as
-  # kiln's peak column counts it: SDXL's first, the one a target names.
-  if [ "$(left)" -gt 60 ] && [ -z "${PEER_ONLY:-}" ]; then
-    log "peer: peak memory"
-    timeout $(( $(left) - 30 < 90 ? $(left) - 30 : 90 )) python3 - .peer sdxl-unet vae-1024 sd15-unet >>"$LOGS/peer.log" 2>&1 <<'EOF'
-import sys
-sys.path.insert(0, sys.argv[1])
-import torch, bench_diffusers as peer
-for name in sys.argv[2:]:
-    batch = 2 if name.endswith("unet") else 1
-    torch.manual_seed(0)
-    module, call = peer.workload(name, batch, torch.float16, "")
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    with torch.inference_mode():
-        call(module)
-    torch.cuda.synchronize()
-    print(f"| {name} | {batch} | peak | {torch.cuda.max_memory_reserved() / 2**20:.0f} |", flush=True)
-    del module
-    torch.cuda.empty_cache()
-EOF
-  fi
-  run_peer "${PEER_VAE_MODES:-compile}" vae-512
-  run_peer "${PEER_VAE_MODES:-compile}" vae-1024
-  run_peer "${PEER_EAGER_MODES:-eager}" sd15-unet sdxl-unet vae-512 vae-1024 clip-l
+if peer_signal USR2; then
+  log "peer: timing each job as it becomes ready, the others stopped"
+  wait "$PEER_PID"
+  PEER_PID=
+  sed 's/^/  /' "$LOGS/peer-control.log"
 fi
 
 # --- the table ----------------------------------------------------------------

@@ -18,4 +18,4 @@ if ! cmp -s "$requirements" "$venv/requirements-serve.txt" 2>/dev/null; then
   "$venv/bin/pip" install -q --disable-pip-version-check -r "$requirements"
   cp "$requirements" "$venv/requirements-serve.txt"
 fi
-"$venv/bin/python" -m pytest -q tests/e2e
+"$venv/bin/python" -m pytest -q tests/e2e tests/tools
