@@ -1,6 +1,7 @@
 // Every op of the backend interface on CUDA against the CPU reference: the shapes
 // SD 1.5, SD 2.x, SDXL and their text encoders and VAE use, odd sizes that miss
 // every vector path, and f32, f16 and bf16.
+#include <cmath>
 #include <cstring>
 #include <functional>
 #include <map>
@@ -16,6 +17,39 @@ namespace {
 const DType kAllTypes[] = {DType::F32, DType::F16, DType::BF16};
 
 using Op = std::function<Tensor(const std::vector<Tensor>&)>;
+
+// The inputs themselves (no GPU needed): N(offset, scale²) in the moments and the
+// tails, the same values for the same seed, others for another, and held exactly
+// by the dtype they were drawn for.
+TEST(TestInputs, RandomTensorIsNormalAndReproducible) {
+  const int64_t n = (int64_t{1} << 20) + 1;  // odd: the last pair has one value
+  const Tensor t = random_tensor({n}, DType::F32, 7, 2.0f, 3.0f);
+  double sum = 0.0, sq = 0.0;
+  int64_t beyond3 = 0;
+  for (int64_t i = 0; i < n; ++i) {
+    const double z = (double(t.data<float>()[i]) - 3.0) / 2.0;
+    sum += z;
+    sq += z * z;
+    beyond3 += std::fabs(z) > 3.0;
+  }
+  const double mean = sum / double(n), var = sq / double(n) - mean * mean;
+  EXPECT_NEAR(mean, 0.0, 0.005) << "mean of the standardised values";
+  EXPECT_NEAR(var, 1.0, 0.01) << "variance of the standardised values";
+  // N(0, 1) has 0.27% beyond 3 sigma: 2831 of 2^20 values.
+  EXPECT_GT(beyond3, 2400);
+  EXPECT_LT(beyond3, 3300);
+  const Tensor again = random_tensor({n}, DType::F32, 7, 2.0f, 3.0f);
+  EXPECT_EQ(std::memcmp(t.data<float>(), again.data<float>(), size_t(n) * 4), 0)
+      << "the same seed gave other values";
+  const Tensor other = random_tensor({n}, DType::F32, 8, 2.0f, 3.0f);
+  int64_t same = 0;
+  for (int64_t i = 0; i < n; ++i) same += t.data<float>()[i] == other.data<float>()[i];
+  EXPECT_LT(same, n / 1000) << "seeds 7 and 8 gave the same values";
+  const Tensor half = random_tensor({n}, DType::F16, 7);
+  const Tensor rounded = ops::cast(ops::cast(half, DType::F16), DType::F32);
+  EXPECT_EQ(std::memcmp(half.data<float>(), rounded.data<float>(), size_t(n) * 4), 0)
+      << "an f16 input that f16 does not hold exactly";
+}
 
 // Runs `op` on CUDA tensors of `dtype` made from `inputs` (CPU f32) and checks the NMSE
 // of the result against `expected`, the op on the CPU copies.
