@@ -7,6 +7,7 @@
 #include <cuda_fp16.h>
 
 #include <cstdint>
+#include <initializer_list>
 
 #include "backend/backend.h"
 #include "backend/cuda/context.h"
@@ -58,6 +59,15 @@ constexpr int kVec = 16 / int(sizeof(T));
 
 inline bool aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
+}
+
+// The widest pack (16 bytes or 1 element) that `extent` elements and every
+// pointer (null ones aside) allow.
+template <class T>
+int pack_width(int64_t extent, std::initializer_list<const void*> pointers) {
+  for (const void* p : pointers)
+    if (p && !aligned16(p)) return 1;
+  return extent % kVec<T> == 0 ? kVec<T> : 1;
 }
 
 __device__ __forceinline__ float activate(Activation act, float x) {

@@ -311,15 +311,6 @@ __global__ void bias_act_residual_kernel(T* out, const T* bias, const T* residua
   }
 }
 
-// The widest pack (16 bytes or 1 element) that `extent` elements and every
-// pointer allow.
-template <class T>
-int pack_width(int64_t extent, std::initializer_list<const void*> pointers) {
-  for (const void* p : pointers)
-    if (p && !aligned16(p)) return 1;
-  return extent % kVec<T> == 0 ? kVec<T> : 1;
-}
-
 // Accesses of `width` elements in `elements`, as the 32-bit count the kernels index
 // with (their grid-stride loops add a stride, so at most 2^31).
 uint32_t pack_count(int64_t elements, int width, const char* op) {

@@ -1,5 +1,5 @@
-// GroupNorm (with its activation fused) and LayerNorm. Statistics in f32 per
-// block, combined across blocks in f64, normalisation in f32. Every reduction
+// GroupNorm (with its activation fused; LayerNorm is in layer_norm.cu). Statistics in
+// f32 per block, combined across blocks in f64, normalisation in f32. Every reduction
 // runs in a fixed order, so results are the same run after run (a replayed
 // graph reproduces the eager pass bit for bit).
 //
@@ -303,100 +303,6 @@ __global__ void group_norm_apply(const T* x, const T* addend, int64_t addend_str
       }
       *reinterpret_cast<Pack<T, N>*>(out + int64_t(i) * N) = o;
     }
-  }
-}
-
-constexpr int kRowsPerBlock = 8;  // one warp per row
-
-// The row read once into registers (K packs of N per lane), two reductions
-// from there, one write. gamma and beta are loaded with the row, before the
-// reductions, so that their latency is not paid after them.
-template <class T, int N, int K>
-__global__ void layer_norm_kernel(const T* x, const T* gamma, const T* beta, T* out, int64_t rows,
-                                  int channels, float eps) {
-  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.y;
-  if (row >= rows) return;
-  const int lane = threadIdx.x;
-  const T* xr = x + row * channels;
-  float v[K][N];
-  Pack<T, N> g[K], bt[K];
-  float s = 0.0f;
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const int c = (k * 32 + lane) * N;
-    if (c < channels) {
-      const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(xr + c);
-      g[k] = *reinterpret_cast<const Pack<T, N>*>(gamma + c);
-      bt[k] = *reinterpret_cast<const Pack<T, N>*>(beta + c);
-#pragma unroll
-      for (int j = 0; j < N; ++j) {
-        v[k][j] = to_float(p.v[j]);
-        s += v[k][j];
-      }
-    }
-  }
-  const float mean = warp_sum(s) / float(channels);
-  float q = 0.0f;
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    if ((k * 32 + lane) * N < channels) {
-#pragma unroll
-      for (int j = 0; j < N; ++j) q += (v[k][j] - mean) * (v[k][j] - mean);
-    }
-  }
-  const float rstd = 1.0f / sqrtf(warp_sum(q) / float(channels) + eps);
-  T* orow = out + row * channels;
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    const int c = (k * 32 + lane) * N;
-    if (c < channels) {
-      Pack<T, N> r;
-#pragma unroll
-      for (int j = 0; j < N; ++j)
-        r.v[j] =
-            from_float<T>((v[k][j] - mean) * rstd * to_float(g[k].v[j]) + to_float(bt[k].v[j]));
-      *reinterpret_cast<Pack<T, N>*>(orow + c) = r;
-    }
-  }
-}
-
-// Rows too wide for registers: two passes over the row for mean and variance
-// (the second from L1), a third to write.
-template <class T, int N>
-__global__ void layer_norm_wide_kernel(const T* x, const T* gamma, const T* beta, T* out,
-                                       int64_t rows, int channels, float eps) {
-  const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.y;
-  if (row >= rows) return;
-  const int lane = threadIdx.x;
-  const T* xr = x + row * channels;
-  float s = 0.0f;
-  for (int c = lane * N; c < channels; c += 32 * N) {
-    const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(xr + c);
-#pragma unroll
-    for (int j = 0; j < N; ++j) s += to_float(p.v[j]);
-  }
-  const float mean = warp_sum(s) / float(channels);
-  float q = 0.0f;
-  for (int c = lane * N; c < channels; c += 32 * N) {
-    const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(xr + c);
-#pragma unroll
-    for (int j = 0; j < N; ++j) {
-      const float d = to_float(p.v[j]) - mean;
-      q += d * d;
-    }
-  }
-  const float rstd = 1.0f / sqrtf(warp_sum(q) / float(channels) + eps);
-  T* orow = out + row * channels;
-  for (int c = lane * N; c < channels; c += 32 * N) {
-    const Pack<T, N> p = *reinterpret_cast<const Pack<T, N>*>(xr + c);
-    const Pack<T, N> g = *reinterpret_cast<const Pack<T, N>*>(gamma + c);
-    const Pack<T, N> bt = *reinterpret_cast<const Pack<T, N>*>(beta + c);
-    Pack<T, N> r;
-#pragma unroll
-    for (int j = 0; j < N; ++j)
-      r.v[j] =
-          from_float<T>((to_float(p.v[j]) - mean) * rstd * to_float(g.v[j]) + to_float(bt.v[j]));
-    *reinterpret_cast<Pack<T, N>*>(orow + c) = r;
   }
 }
 
@@ -781,13 +687,6 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
   return launch(std::integral_constant<int, kGridAccesses<T>>{});
 }
 
-template <class T>
-int norm_pack_width(int64_t channels, std::initializer_list<const void*> pointers) {
-  for (const void* p : pointers)
-    if (!aligned16(p)) return 1;
-  return channels % kVec<T> == 0 ? kVec<T> : 1;
-}
-
 // Threads across a row's packs (all of them where `threads` allow), the rest of the
 // block down the rows.
 dim3 pack_block(int packs, int threads) {
@@ -937,7 +836,7 @@ void group_norm(const GroupNormArgs& args) {
     if ((per_group % kVec<T> == 0 || a.x.dim(1) * per_group <= 16384) &&
         launch_group_norm_resident<T>(a))
       return;
-    if (norm_pack_width<T>(a.x.dim(2), {a.x.raw(), a.out.raw()}) == 1)
+    if (pack_width<T>(a.x.dim(2), {a.x.raw(), a.out.raw()}) == 1)
       launch_group_norm<T, 1>(a);
     else
       launch_group_norm<T, kVec<T>>(a);
@@ -974,44 +873,6 @@ bool interleave_phases_group_norm(const InterleaveGroupNormArgs& a) {
     done = true;
   });
   return done;
-}
-
-void layer_norm(const LayerNormArgs& a) {
-  const int64_t rows = a.x.dim(0);
-  const int channels = int(a.x.dim(1));
-  if (rows == 0 || channels == 0) return;
-  dispatch_float(a.x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    const T* x = static_cast<const T*>(a.x.raw());
-    const T* gamma = static_cast<const T*>(a.gamma.raw());
-    const T* beta = static_cast<const T*>(a.beta.raw());
-    T* out = static_cast<T*>(a.out.raw());
-    const dim3 block{32, kRowsPerBlock};
-    const unsigned grid = unsigned((rows + kRowsPerBlock - 1) / kRowsPerBlock);
-    const int width = norm_pack_width<T>(channels, {x, gamma, beta, out});
-    const int per_lane = (channels + 32 * width - 1) / (32 * width);  // packs per lane
-    auto launch = [&](auto n, auto k) {
-      layer_norm_kernel<T, decltype(n)::value, decltype(k)::value>
-          <<<grid, block, 0, stream()>>>(x, gamma, beta, out, rows, channels, a.eps);
-    };
-    using One = std::integral_constant<int, 1>;
-    using Vec = std::integral_constant<int, kVec<T>>;
-    if (width == 1 || per_lane > 8)
-      (width == 1 ? layer_norm_wide_kernel<T, 1>
-                  : layer_norm_wide_kernel<T, kVec<T>>)<<<grid, block, 0, stream()>>>(
-          x, gamma, beta, out, rows, channels, a.eps);
-    else if (per_lane <= 1)
-      launch(Vec{}, One{});
-    else if (per_lane <= 2)
-      launch(Vec{}, std::integral_constant<int, 2>{});
-    else if (per_lane <= 4)
-      launch(Vec{}, std::integral_constant<int, 4>{});
-    else if (per_lane <= 6)
-      launch(Vec{}, std::integral_constant<int, 6>{});
-    else
-      launch(Vec{}, std::integral_constant<int, 8>{});
-    CUDA_CHECK_LAUNCH();
-  });
 }
 
 }  // namespace kiln::cuda

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <vector>
 
 #include "backend/backend.h"
 
@@ -31,9 +32,31 @@ void gemm_nt(const GemmParams& p);
 // as one GEMM with the gate in its epilogue, or false (nothing done) where it does not
 // take these operands.
 bool linear_geglu(const LinearGegluArgs& a);
+// The fused GEMM in one form (cooperative or ping-pong) for T F16 or BF16, from
+// gemm_geglu_<type>_<form>.cu; false where CUTLASS cannot run these operands.
+template <DType T, bool kCooperative>
+bool geglu_gemm(const LinearGegluArgs& a);
 
 // conv.cu
 void conv2d(const Conv2dArgs& a);
+
+// conv_narrow.cu: 3×3 convolutions with 3, 4 or 8 input or output channels.
+// Narrow forms (Options::narrow_conv_form): 0 the CUDA-core kernels; 1-4 the
+// tensor-core few-output kernel: 1-3 four warps with 16, 4 or 2 output rows a block
+// (the shorter tiles split each stage's channels between two warps, for more blocks on
+// small images), 4 eight warps of two rows (16 a block: more warps to hide latency, a
+// little less reuse of each staged row than four rows a warp).
+constexpr int kNarrowConvForms = 5;
+// Whether a narrow kernel takes this convolution, and whether its tensor-core form does.
+bool narrow_applies(const Conv2dArgs& a);
+bool few_out_mma_applies(const Conv2dArgs& a);
+// The form where none was timed, and the forms worth timing (the forced one alone
+// where the options force one).
+int default_narrow_form(const Conv2dArgs& a);
+std::vector<int> narrow_forms(const Conv2dArgs& a);
+// y = conv(x) + bias (+ residual); narrow_applies(a) must hold. `form` 1-4 takes the
+// tensor-core kernel where it applies (else the CUDA cores').
+void conv_narrow(const Conv2dArgs& a, int form);
 
 // attention.cu
 void attention(const AttentionArgs& a);

@@ -1,0 +1,678 @@
+// Attention on Hopper's warpgroup MMAs (sm_90a), for attention.cu.
+#include <atomic>
+
+#include "backend/cuda/attention.cuh"
+#include "backend/cuda/device.cuh"
+#include "backend/cuda/mma.cuh"
+#include "backend/cuda/ops.h"
+#include "backend/cuda/wgmma.cuh"
+
+// Built for GPUs other than sm_90a the kernel bodies below are compiled out, which
+// leaves their helpers unreferenced on that pass.
+#pragma nv_diag_suppress 177
+
+namespace kiln::cuda {
+namespace {
+
+// Hopper (sm_90a): the same scheme on warpgroup MMAs. A warpgroup (four warps) takes
+// 64 query rows; S = Q·K^T and O += P·V are wgmma.mma_async with Q and P from
+// registers (P straight from the score accumulators, as above) and K and V read by
+// the tensor cores from shared memory, once per warpgroup instead of once per warp
+// (the kernel above loads a 512-byte ldmatrix fragment per two MMAs). A block has WG
+// warpgroups (64·WG rows) sharing 64-key tiles of K and V.
+//
+// Opt-in (options().flash_wgmma): correct, but on an H200 slower than cuDNN's SDPA on
+// every UNet shape, and ncu finds it latency-bound (half the issue slots idle, no
+// pipe near its limit). bench/cuda-notes.md (v14) has the numbers and what is
+// missing: a producer warp, ping-pong between consumer warpgroups, larger tiles.
+//
+// K and V tiles sit in wgmma's unswizzled layout: 8 keys × 8 features (16 bytes a
+// key) make a 128-byte core matrix, and core (key group g, feature chunk c) is at
+// (g·DP/8 + c)·128 bytes. For S that is B = K^T K-major (features adjacent: leading
+// offset 128 bytes, key groups DP·16 apart); for P·V it is B = V N-major (transposed:
+// feature chunks 128 bytes apart, key groups DP·16).
+//
+// ONES (head dim DP − 8, as SD1.5's 40 in 48): the padding chunk of V holds a 1 in
+// its first column, so P·V also sums each row of P in f32 on the tensor cores, the
+// sum of exactly the rounded probabilities it weighs V with. That frees the f32 adds,
+// and with f16 the exponentials run two at a time (ex2.approx.f16x2) straight into
+// the packed P operand. By the units' peak rates (16 exponentials against 4096 FLOPs
+// a cycle and multiprocessor) head dim 40, one exponential per 160 FLOPs, is bound by
+// the exponentials, not the tensor cores. The price is the exponent's rounding to f16
+// (at most 2^-11 of it, relative): the attention tests hold it to the same bounds.
+
+constexpr int kWgmmaBlockN = 64;  // keys per tile
+constexpr int kWgmmaStages = 3;   // K/V tiles in flight
+
+__device__ __forceinline__ void wgmma_fence() {
+  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
+}
+__device__ __forceinline__ void wgmma_commit() {
+  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
+}
+template <int N>
+__device__ __forceinline__ void wgmma_wait() {
+  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
+}
+// cp.async's writes to shared memory, made visible to the tensor cores' (async) reads.
+__device__ __forceinline__ void fence_async_shared() {
+  asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
+}
+// Keeps the compiler from moving register reads and writes across a wgmma.
+template <int N>
+__device__ __forceinline__ void fence_registers(float (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_registers(uint64_t (&r)[N]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i) asm volatile("" : "+l"(r[i])::"memory");
+}
+template <int N>
+__device__ __forceinline__ void fence_registers(uint32_t (&r)[N][4]) {
+#pragma unroll
+  for (int i = 0; i < N; ++i)
+#pragma unroll
+    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
+}
+
+// An unswizzled shared-memory matrix descriptor.
+__device__ __forceinline__ uint64_t smem_descriptor(const void* p, uint32_t leading_bytes,
+                                                    uint32_t stride_bytes) {
+  return uint64_t((smem_address(p) & 0x3FFFF) >> 4) | uint64_t(leading_bytes >> 4) << 16 |
+         uint64_t(stride_bytes >> 4) << 32;
+}
+
+// 2^x for two f16 values at once, on the special-function unit.
+__device__ __forceinline__ uint32_t exp2_half2(float lo, float hi) {
+  uint32_t x = pack2<half>(lo, hi), y;
+  asm("ex2.approx.f16x2 %0, %1;" : "=r"(y) : "r"(x));
+  return y;
+}
+
+// ROWS keys × DP features into the core-matrix layout above; chunks at or past
+// `chunks` are left alone (ONES keeps its constant chunk there), the rest past d
+// and keys past valid_rows are zeros. Eight consecutive threads fill one core
+// matrix (no bank conflicts on the stores).
+template <class T, int DP, int ROWS, int THREADS>
+__device__ __forceinline__ void load_core_tile(T* s, const T* g, int valid_rows, int64_t stride,
+                                               int d, int chunks) {
+  constexpr int kChunks = DP / 8;
+  for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
+    const int r_lo = i & 7, c = (i >> 3) % kChunks, r = (i / (8 * kChunks)) * 8 + r_lo;
+    if (c >= chunks) continue;
+    const bool ok = r < valid_rows && c * 8 < d;
+    cp_async_16(s + ((r >> 3) * kChunks + c) * 64 + r_lo * 8, ok ? g + r * stride + c * 8 : g,
+                ok ? 16 : 0);
+  }
+}
+
+// One warpgroup's online softmax of a 64 × kBlockN score tile (rows r = 0, 1 of this
+// thread: rows `group` and `group + 8` of its warp): keys from `valid` on masked,
+// running maxima updated, P packed as the A operand of P·V, and each row's rescale of
+// what came before in `correction`.
+template <class T, int N, bool HALF_EXP, bool SUM>
+__device__ __forceinline__ void wgmma_softmax(float (&s)[N / 2], uint32_t (&pa)[N / 16][4],
+                                              float (&row_max)[2], float (&row_sum)[2],
+                                              float (&correction)[2], int valid, int quad,
+                                              float scale_log2) {
+  constexpr int kTilesN = N / 8;
+  if (valid < N) {
+#pragma unroll
+    for (int t = 0; t < kTilesN; ++t)
+#pragma unroll
+      for (int e = 0; e < 4; ++e)
+        if (t * 8 + quad * 2 + (e & 1) >= valid) s[t * 4 + e] = -INFINITY;
+  }
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float mx = -INFINITY;
+#pragma unroll
+    for (int t = 0; t < kTilesN; ++t) mx = fmaxf(mx, fmaxf(s[t * 4 + 2 * r], s[t * 4 + 2 * r + 1]));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+    mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+    const float new_max = fmaxf(row_max[r], mx);
+    const float base = new_max == -INFINITY ? 0.0f : new_max * scale_log2;
+    correction[r] = fast_exp2(row_max[r] * scale_log2 - base);
+    row_max[r] = new_max;
+    // Chunk t's pair for row r goes to pa[t / 2][r + 2·(t % 2)] (mma.sync's A layout).
+    if constexpr (HALF_EXP) {
+#pragma unroll
+      for (int t = 0; t < kTilesN; ++t)
+        pa[t / 2][r + 2 * (t % 2)] = exp2_half2(fmaf(s[t * 4 + 2 * r], scale_log2, -base),
+                                                fmaf(s[t * 4 + 2 * r + 1], scale_log2, -base));
+    } else {
+      float sum = 0.0f;
+#pragma unroll
+      for (int t = 0; t < kTilesN; ++t) {
+        const float a = fast_exp2(fmaf(s[t * 4 + 2 * r], scale_log2, -base));
+        const float b = fast_exp2(fmaf(s[t * 4 + 2 * r + 1], scale_log2, -base));
+        if constexpr (SUM) sum += a + b;
+        pa[t / 2][r + 2 * (t % 2)] = pack2<T>(a, b);
+      }
+      if constexpr (SUM) row_sum[r] = row_sum[r] * correction[r] + sum;
+    }
+  }
+}
+
+// O's rows (r = 0, 1 of this thread) scaled by their softmax corrections.
+template <int N>
+__device__ __forceinline__ void wgmma_rescale(float (&o)[N], const float (&correction)[2]) {
+#pragma unroll
+  for (int t = 0; t < N / 4; ++t) {
+    o[t * 4 + 0] *= correction[0];
+    o[t * 4 + 1] *= correction[0];
+    o[t * 4 + 2] *= correction[1];
+    o[t * 4 + 3] *= correction[1];
+  }
+}
+
+// A warp's 16 rows of O (from query row row0 on) divided by their sums and stored.
+// With ONES, column DP − 8 of O (the row's quad-0 thread) holds the row's sum.
+template <class T, int DP, bool ONES>
+__device__ __forceinline__ void wgmma_store_out(const float (&o)[DP / 2], const float (&row_sum)[2],
+                                                const AttentionParams& p, int batch, int head,
+                                                int row0, int lane) {
+  constexpr int kTilesD = DP / 8;
+  const int group = lane >> 2, quad = lane & 3;
+  T* og = static_cast<T*>(p.out) + int64_t(batch) * p.sq * p.o_stride + int64_t(head) * p.d;
+#pragma unroll
+  for (int r = 0; r < 2; ++r) {
+    float total;
+    if constexpr (ONES) {
+      total = __shfl_sync(0xffffffffu, o[(kTilesD - 1) * 4 + 2 * r], lane & ~3);
+    } else {
+      total = row_sum[r];
+      total += __shfl_xor_sync(0xffffffffu, total, 1);
+      total += __shfl_xor_sync(0xffffffffu, total, 2);
+    }
+    const float inv = total > 0.0f ? 1.0f / total : 0.0f;
+    const int qi = row0 + group + r * 8;
+    if (qi >= p.sq) continue;
+    T* orow = og + int64_t(qi) * p.o_stride;
+#pragma unroll
+    for (int t = 0; t < kTilesD; ++t) {
+      const int col = t * 8 + quad * 2;
+      if (col < p.d)
+        *reinterpret_cast<uint32_t*>(orow + col) =
+            pack2<T>(o[t * 4 + 2 * r] * inv, o[t * 4 + 2 * r + 1] * inv);
+    }
+  }
+}
+
+// The loop is software-pipelined within each warpgroup, so that its tensor-core work
+// overlaps its own softmax: iteration j issues S(j+1) = Q·K(j+1)^T and O += P(j)·V(j)
+// back to back, takes the softmax of S(j+1) while P(j)·V(j) may still run, and only
+// then waits for it to rescale O. K and V go through a ring of three stages, loaded
+// two tiles ahead, with one block barrier an iteration.
+// The end of one tile's step, once the softmax of the next tile's scores has made pn:
+// P·V done, O rescaled by the softmax's correction, pn the next P·V's A operand.
+template <int NO, int NP>
+__device__ __forceinline__ void wgmma_next_p(float (&o)[NO], uint32_t (&pa)[NP][4],
+                                             const uint32_t (&pn)[NP][4],
+                                             const float (&correction)[2]) {
+  wgmma_wait<0>();
+  fence_registers(o);
+  fence_registers(pa);  // live until here: pn must not take its registers early
+  wgmma_rescale(o, correction);
+#pragma unroll
+  for (int kk = 0; kk < NP; ++kk)
+#pragma unroll
+    for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
+}
+
+// The last tile's P·V (v_desc(kk): its V as B, keys 16·kk on), then the output rows.
+template <class T, int DP, bool ONES, int NP, class VDesc>
+__device__ __forceinline__ void wgmma_last_pv_store(float (&o)[DP / 2], uint32_t (&pa)[NP][4],
+                                                    VDesc v_desc, const float (&row_sum)[2],
+                                                    const AttentionParams& p, int batch, int head,
+                                                    int row0, int lane) {
+  fence_registers(o);
+  fence_registers(pa);
+  wgmma_fence();
+#pragma unroll
+  for (int kk = 0; kk < NP; ++kk) wgmma_rs<DP, T, 1>(o, pa[kk], v_desc(kk), 1);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_registers(o);
+  wgmma_store_out<T, DP, ONES>(o, row_sum, p, batch, head, row0, lane);
+}
+
+template <class T, int DP, int WG, bool ONES>
+__global__ void __launch_bounds__(WG * 128, WG == 2 && DP <= 64 ? 2 : 1)
+    flash_attention_wgmma_kernel(AttentionParams p) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();  // wgmma needs sm_90a; attention() sends other GPUs and builds elsewhere
+#elif defined(__CUDA_ARCH__)
+  constexpr int kBlockN = kWgmmaBlockN, kStages = kWgmmaStages, kBlockM = WG * 64;
+  constexpr int kThreads = WG * 128, kPitch = DP + 8, kTilesD = DP / 8, kStepsD = DP / 16;
+  constexpr int kTilesN = kBlockN / 8, kTile = kBlockN * DP;  // elements of a K or V tile
+  constexpr bool kHalfExp = ONES && std::is_same_v<T, half>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  T* sk = reinterpret_cast<T*>(smem);  // [kStages][kTile], core-matrix layout
+  T* sv = sk + kStages * kTile;        // [kStages][kTile]
+  T* sq = sv + kStages * kTile;        // [kBlockM][kPitch]
+
+  const int m0 = blockIdx.x * kBlockM, head = blockIdx.y, batch = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane >> 2, quad = lane & 3;
+  const int mat = lane >> 3, mat_row = lane & 7;
+
+  const T* qg =
+      static_cast<const T*>(p.q) + (int64_t(batch) * p.sq + m0) * p.q_stride + int64_t(head) * p.d;
+  const T* kg =
+      static_cast<const T*>(p.k) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+  const T* vg =
+      static_cast<const T*>(p.v) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+  const int tiles = (p.sk + kBlockN - 1) / kBlockN;
+  const int v_chunks = ONES ? kTilesD - 1 : kTilesD;
+
+  if constexpr (ONES) {
+    // V's last chunk in every stage: 1 in its first column, zeros after; never reloaded.
+    for (int r = threadIdx.x; r < kStages * kBlockN; r += kThreads) {
+      T* row = sv + (r / kBlockN) * kTile + ((r % kBlockN >> 3) * kTilesD + kTilesD - 1) * 64 +
+               (r & 7) * 8;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) row[e] = from_float<T>(e == 0 ? 1.0f : 0.0f);
+    }
+  }
+  auto load_kv = [&](int tile) {
+    const int n = tile * kBlockN, stage = tile % kStages;
+    load_core_tile<T, DP, kBlockN, kThreads>(sk + stage * kTile, kg + int64_t(n) * p.kv_stride,
+                                             min(kBlockN, p.sk - n), p.kv_stride, p.d, kTilesD);
+    load_core_tile<T, DP, kBlockN, kThreads>(sv + stage * kTile, vg + int64_t(n) * p.kv_stride,
+                                             min(kBlockN, p.sk - n), p.kv_stride, p.d, v_chunks);
+  };
+  auto k_desc = [&](int tile, int kk) {  // K(tile) as B = K^T, features 16·kk on
+    return smem_descriptor(sk + (tile % kStages) * kTile + kk * 128, 128, DP * 16);
+  };
+  auto v_desc = [&](int tile, int kk) {  // V(tile) as B, keys 16·kk on
+    return smem_descriptor(sv + (tile % kStages) * kTile + kk * 2 * kTilesD * 64, DP * 16, 128);
+  };
+
+  load_tile<T, DP, kBlockM, kThreads>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d, true);
+  load_kv(0);
+  if (tiles > 1) load_kv(1);
+  cp_async_commit();
+  cp_async_wait<0>();
+  fence_async_shared();
+  __syncthreads();
+
+  // This warp's 16 query rows as A fragments (the warpgroup's rows 16·(warp % 4)).
+  uint32_t qf[kStepsD][4];
+#pragma unroll
+  for (int kk = 0; kk < kStepsD; ++kk)
+    ldmatrix_x4(qf[kk],
+                sq + (warp * 16 + mat_row + (mat & 1) * 8) * kPitch + kk * 16 + (mat >> 1) * 8);
+
+  float o[kTilesD * 4];
+#pragma unroll
+  for (int i = 0; i < kTilesD * 4; ++i) o[i] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}, correction[2];
+  float s[kTilesN * 4];
+  uint32_t pa[kBlockN / 16][4], pn[kBlockN / 16][4];
+
+  // S(0) and its softmax.
+  wgmma_fence();
+  wgmma_rs_zero<kBlockN, T, 0>(s, qf[0], k_desc(0, 0));
+#pragma unroll
+  for (int kk = 1; kk < kStepsD; ++kk) wgmma_rs<kBlockN, T, 0>(s, qf[kk], k_desc(0, kk), 1);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_registers(s);
+  wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pa, row_max, row_sum, correction, p.sk, quad,
+                                             p.scale_log2);
+
+  // No branch around a wgmma or a wait inside the loop: ptxas serialises the wgmmas of
+  // a loop where it cannot prove each accumulator read comes after its wait.
+  for (int j = 0; j + 1 < tiles; ++j) {
+    // Tile j + 1 is here (loaded an iteration ago) and every warpgroup is past
+    // iteration j − 1, whose stage tile j + 2 takes.
+    if (j > 0) {
+      cp_async_wait<0>();
+      fence_async_shared();
+    }
+    __syncthreads();
+    if (j + 2 < tiles) {
+      load_kv(j + 2);
+      cp_async_commit();
+    }
+    // Every input of both groups is defined before the first is issued (ptxas
+    // serialises wgmmas whose inputs are computed between them).
+    uint64_t kd[kStepsD], vd[kBlockN / 16];
+#pragma unroll
+    for (int kk = 0; kk < kStepsD; ++kk) kd[kk] = k_desc(j + 1, kk);
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) vd[kk] = v_desc(j, kk);
+    fence_registers(kd);
+    fence_registers(vd);
+    fence_registers(o);
+    fence_registers(pa);
+    wgmma_fence();
+    wgmma_rs_zero<kBlockN, T, 0>(s, qf[0], kd[0]);
+#pragma unroll
+    for (int kk = 1; kk < kStepsD; ++kk) wgmma_rs<kBlockN, T, 0>(s, qf[kk], kd[kk], 1);
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) wgmma_rs<DP, T, 1>(o, pa[kk], vd[kk], 1);
+    wgmma_commit();
+    wgmma_wait<1>();  // S(j + 1); P(j)·V(j) may still run
+    fence_registers(s);
+    wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pn, row_max, row_sum, correction,
+                                               p.sk - (j + 1) * kBlockN, quad, p.scale_log2);
+    wgmma_next_p(o, pa, pn, correction);
+  }
+  // The last tile's P·V (its V became visible at the last iteration's barrier).
+  wgmma_last_pv_store<T, DP, ONES>(
+      o, pa, [&](int kk) { return v_desc(tiles - 1, kk); }, row_sum, p, batch, head, m0 + warp * 16,
+      lane);
+#endif
+}
+
+template <class T, int DP, int WG, bool ONES>
+void launch_flash_wgmma(const AttentionParams& p, int batch, int heads) {
+  constexpr int kBlockM = WG * 64;
+  constexpr size_t kSmem =
+      (size_t(2 * kWgmmaStages) * kWgmmaBlockN * DP + size_t(kBlockM) * (DP + 8)) * sizeof(T);
+  static const bool configured = [] {
+    CUDA_CHECK(cudaFuncSetAttribute(flash_attention_wgmma_kernel<T, DP, WG, ONES>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid{unsigned((p.sq + kBlockM - 1) / kBlockM), unsigned(heads), unsigned(batch)};
+  flash_attention_wgmma_kernel<T, DP, WG, ONES><<<grid, WG * 128, kSmem, stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+// ---------------------------------------------------------------------------
+// Opt-in (--flash-wgmma 1 --flash-wgmma-producer 1): the wgmma kernel above with
+// FA3's structure in part. A producer warp (the block's last)
+// loads K and V through a ring of kProducerStages stages with cp.async and signals
+// each stage's mbarrier; the consumer warpgroups never issue loads and never meet at
+// a block barrier in the loop: each waits on the stage's "full" barrier and releases
+// it on its "empty" one (one thread a warpgroup). Named barriers pass a token round
+// the consumer warpgroups so that they issue their GEMMs in turn (ping-pong): one's
+// softmax runs under the others' GEMMs.
+//
+// Measured (H200, v15, per call): faster than the kernel above at head dims 64 and 80
+// (SDXL 4096² × 10 heads 352 µs against 381, 1024² × 20 heads 53 against 58; SD1.5's
+// d80 29 against 32), slower at 40 (250 against 205: one block a multiprocessor, where
+// the kernel above fits two). cuDNN's SDPA is still faster on all of them (178, 36,
+// 21, 140). What it lacks of FA3: key tiles of 128–192 (so Q·K^T runs at N = 64 here)
+// with the registers for them (setmaxnreg), Q from shared memory, 128-byte swizzle, TMA.
+
+constexpr int kProducerStages = 4;
+
+__device__ __forceinline__ void mbarrier_init(uint64_t* bar, int count) {
+  asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)), "r"(count)
+               : "memory");
+}
+// Returns once the barrier's phase of this parity has completed.
+__device__ __forceinline__ void mbarrier_wait(uint64_t* bar, int parity) {
+  asm volatile(
+      "{\n.reg .pred done;\nWAIT:\n"
+      "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
+      "@!done bra WAIT;\n}\n" ::"r"(smem_address(bar)),
+      "r"(parity)
+      : "memory");
+}
+// An arrival from the threads where `on` holds: predicated, not branched (a branch in
+// the loop makes ptxas serialise the wgmmas).
+__device__ __forceinline__ void mbarrier_arrive_if(uint64_t* bar, bool on) {
+  asm volatile(
+      "{\n.reg .pred on;\nsetp.ne.b32 on, %1, 0;\n"
+      "@on mbarrier.arrive.shared::cta.b64 _, [%0];\n}\n" ::"r"(smem_address(bar)),
+      "r"(int(on))
+      : "memory");
+}
+// An arrival on `bar` once this thread's cp.asyncs so far have landed.
+__device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
+  asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_address(bar))
+               : "memory");
+}
+__device__ __forceinline__ void named_barrier_sync(int id, int threads) {
+  asm volatile("bar.sync %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+  asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
+}
+
+template <class T, int DP, int WG, bool ONES>
+__global__ void __launch_bounds__(WG * 128 + 32, 1)
+    flash_attention_producer_kernel(AttentionParams p) {
+#if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
+  __trap();
+#elif defined(__CUDA_ARCH__)
+  constexpr int kBlockN = kWgmmaBlockN, kStages = kProducerStages, kBlockM = WG * 64;
+  constexpr int kConsumers = WG * 128, kThreads = kConsumers + 32;
+  constexpr int kPitch = DP + 8, kTilesD = DP / 8, kStepsD = DP / 16;
+  constexpr int kTilesN = kBlockN / 8, kTile = kBlockN * DP;
+  constexpr bool kHalfExp = ONES && std::is_same_v<T, half>;
+  extern __shared__ __align__(128) unsigned char smem[];
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem);  // [kStages], count 32 (producer lanes)
+  uint64_t* empty = full + kStages;                    // [kStages], count WG
+  T* sk = reinterpret_cast<T*>(smem + 128);            // [kStages][kTile]
+  T* sv = sk + kStages * kTile;                        // [kStages][kTile]
+  T* sq = sv + kStages * kTile;                        // [kBlockM][kPitch]
+
+  const int m0 = blockIdx.x * kBlockM, head = blockIdx.y, batch = blockIdx.z;
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane >> 2, quad = lane & 3;
+  const int mat = lane >> 3, mat_row = lane & 7;
+  const T* qg =
+      static_cast<const T*>(p.q) + (int64_t(batch) * p.sq + m0) * p.q_stride + int64_t(head) * p.d;
+  const T* kg =
+      static_cast<const T*>(p.k) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+  const T* vg =
+      static_cast<const T*>(p.v) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+  const int tiles = (p.sk + kBlockN - 1) / kBlockN;
+  const int v_chunks = ONES ? kTilesD - 1 : kTilesD;
+
+  if (threadIdx.x == 0) {
+    for (int s = 0; s < kStages; ++s) {
+      mbarrier_init(&full[s], 32);
+      mbarrier_init(&empty[s], WG);
+    }
+    asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
+  }
+  if constexpr (ONES) {
+    for (int r = threadIdx.x; r < kStages * kBlockN; r += kThreads) {
+      T* row = sv + (r / kBlockN) * kTile + ((r % kBlockN >> 3) * kTilesD + kTilesD - 1) * 64 +
+               (r & 7) * 8;
+#pragma unroll
+      for (int e = 0; e < 8; ++e) row[e] = from_float<T>(e == 0 ? 1.0f : 0.0f);
+    }
+  }
+  load_tile<T, DP, kBlockM, kThreads>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d, true);
+  cp_async_commit();
+  cp_async_wait<0>();
+  fence_async_shared();
+  __syncthreads();  // the last block-wide barrier: the roles part here
+
+  if (warp == WG * 4) {
+    // The producer: tile t into stage t % kStages once the consumers released its
+    // previous tile (t − kStages), then an arrival when this lane's copies land.
+    for (int t = 0; t < tiles; ++t) {
+      const int stage = t % kStages, n = t * kBlockN;
+      if (t >= kStages) mbarrier_wait(&empty[stage], (t / kStages - 1) & 1);
+      const int valid = min(kBlockN, p.sk - n);
+      for (int i = lane; i < kBlockN * kTilesD; i += 32) {
+        const int r_lo = i & 7, c = (i >> 3) % kTilesD, r = (i / (8 * kTilesD)) * 8 + r_lo;
+        const int at = ((r >> 3) * kTilesD + c) * 64 + r_lo * 8;
+        const bool ok = r < valid && c * 8 < p.d;
+        const int64_t g = int64_t(n + r) * p.kv_stride + c * 8;
+        cp_async_16(sk + stage * kTile + at, ok ? kg + g : kg, ok ? 16 : 0);
+        if (c < v_chunks) cp_async_16(sv + stage * kTile + at, ok ? vg + g : vg, ok ? 16 : 0);
+      }
+      cp_async_arrive(&full[stage]);
+    }
+    return;
+  }
+
+  const int wg = warp / 4;
+  const bool leader = threadIdx.x % 128 == 0;
+  auto k_desc = [&](int tile, int kk) {
+    return smem_descriptor(sk + (tile % kStages) * kTile + kk * 128, 128, DP * 16);
+  };
+  auto v_desc = [&](int tile, int kk) {
+    return smem_descriptor(sv + (tile % kStages) * kTile + kk * 2 * kTilesD * 64, DP * 16, 128);
+  };
+  auto wait_full = [&](int tile) {
+    mbarrier_wait(&full[tile % kStages], (tile / kStages) & 1);
+    fence_async_shared();
+  };
+
+  uint32_t qf[kStepsD][4];
+#pragma unroll
+  for (int kk = 0; kk < kStepsD; ++kk)
+    ldmatrix_x4(qf[kk],
+                sq + (warp * 16 + mat_row + (mat & 1) * 8) * kPitch + kk * 16 + (mat >> 1) * 8);
+
+  float o[kTilesD * 4];
+#pragma unroll
+  for (int i = 0; i < kTilesD * 4; ++i) o[i] = 0.0f;
+  float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}, correction[2];
+  float s[kTilesN * 4];
+  uint32_t pa[kBlockN / 16][4], pn[kBlockN / 16][4];
+
+  wait_full(0);
+  wgmma_fence();
+  wgmma_rs_zero<kBlockN, T, 0>(s, qf[0], k_desc(0, 0));
+#pragma unroll
+  for (int kk = 1; kk < kStepsD; ++kk) wgmma_rs<kBlockN, T, 0>(s, qf[kk], k_desc(0, kk), 1);
+  wgmma_commit();
+  wgmma_wait<0>();
+  fence_registers(s);
+  wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pa, row_max, row_sum, correction, p.sk, quad,
+                                             p.scale_log2);
+
+  // The first warpgroup holds the token first (its own barrier, half arrived).
+  constexpr int kPair = 256;  // a named barrier's threads: the waiting warpgroup and the one before
+  if (WG > 1 && wg == 0) named_barrier_arrive(1, kPair);
+  for (int j = 0; j + 1 < tiles; ++j) {
+    // Stage j − 1 (K and V of tile j − 1) was read by the last iteration's GEMMs.
+    if (j > 0) mbarrier_arrive_if(&empty[(j - 1) % kStages], leader);
+    wait_full(j + 1);
+    uint64_t kd[kStepsD], vd[kBlockN / 16];
+#pragma unroll
+    for (int kk = 0; kk < kStepsD; ++kk) kd[kk] = k_desc(j + 1, kk);
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) vd[kk] = v_desc(j, kk);
+    fence_registers(kd);
+    fence_registers(vd);
+    fence_registers(o);
+    fence_registers(pa);
+    if (WG > 1) named_barrier_sync(1 + wg, kPair);
+    wgmma_fence();
+    wgmma_rs_zero<kBlockN, T, 0>(s, qf[0], kd[0]);
+#pragma unroll
+    for (int kk = 1; kk < kStepsD; ++kk) wgmma_rs<kBlockN, T, 0>(s, qf[kk], kd[kk], 1);
+    wgmma_commit();
+#pragma unroll
+    for (int kk = 0; kk < kBlockN / 16; ++kk) wgmma_rs<DP, T, 1>(o, pa[kk], vd[kk], 1);
+    wgmma_commit();
+    if (WG > 1) named_barrier_arrive(1 + (wg + 1) % WG, kPair);
+    wgmma_wait<1>();
+    fence_registers(s);
+    wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pn, row_max, row_sum, correction,
+                                               p.sk - (j + 1) * kBlockN, quad, p.scale_log2);
+    wgmma_next_p(o, pa, pn, correction);
+  }
+  wgmma_last_pv_store<T, DP, ONES>(
+      o, pa, [&](int kk) { return v_desc(tiles - 1, kk); }, row_sum, p, batch, head, m0 + warp * 16,
+      lane);
+#endif
+}
+
+template <class T, int DP, int WG, bool ONES>
+void launch_flash_producer(const AttentionParams& p, int batch, int heads) {
+  constexpr int kBlockM = WG * 64;
+  constexpr size_t kSmem =
+      128 +
+      (size_t(2 * kProducerStages) * kWgmmaBlockN * DP + size_t(kBlockM) * (DP + 8)) * sizeof(T);
+  static const bool configured = [] {
+    CUDA_CHECK(cudaFuncSetAttribute(flash_attention_producer_kernel<T, DP, WG, ONES>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+    return true;
+  }();
+  (void)configured;
+  const dim3 grid{unsigned((p.sq + kBlockM - 1) / kBlockM), unsigned(heads), unsigned(batch)};
+  flash_attention_producer_kernel<T, DP, WG, ONES><<<grid, WG * 128 + 32, kSmem, stream()>>>(p);
+  CUDA_CHECK_LAUNCH();
+}
+
+std::atomic<size_t> g_wgmma_calls{0};
+
+template <class T, int DP>
+void launch_flash_wgmma_rows(const AttentionParams& p, int batch, int heads) {
+  // 192 rows a block (three warpgroups) read K and V once for more query rows than
+  // 128 (two), but take a whole multiprocessor, where two 128-row blocks share one at
+  // head dims up to 64. Measured on an H200 (v14): head dim 64 faster with 192 (SDXL
+  // 1024² 59 against 68 µs a call; 4096² level), 40 and 80 with 128 (SD1.5 4096², d40:
+  // 206 against 264 µs).
+  int rows = options().flash_wgmma_rows;
+  if (rows == 0) rows = DP == 64 ? 192 : 128;
+  const bool ones = p.d == DP - 8;
+  if (options().flash_wgmma_producer) {
+    if constexpr (DP <= 64) {  // three warpgroups and a warp at head dim 80 spill
+      if (rows == 192) {
+        if (ones) return launch_flash_producer<T, DP, 3, true>(p, batch, heads);
+        return launch_flash_producer<T, DP, 3, false>(p, batch, heads);
+      }
+    }
+    if (ones) return launch_flash_producer<T, DP, 2, true>(p, batch, heads);
+    return launch_flash_producer<T, DP, 2, false>(p, batch, heads);
+  }
+  if (rows == 192) {
+    if (ones) return launch_flash_wgmma<T, DP, 3, true>(p, batch, heads);
+    return launch_flash_wgmma<T, DP, 3, false>(p, batch, heads);
+  }
+  if (ones) return launch_flash_wgmma<T, DP, 2, true>(p, batch, heads);
+  return launch_flash_wgmma<T, DP, 2, false>(p, batch, heads);
+}
+
+}  // namespace
+
+// The wgmma kernel where it applies (Hopper, no causal mask, 16-byte rows, padded
+// head dim 48, 64 or 80); false otherwise.
+template <class T>
+bool flash_wgmma(const AttentionParams& p, int batch, int heads, int dp) {
+  if (!options().flash_wgmma || !flash_wgmma_available() || p.causal || !p.vec) return false;
+  switch (dp) {
+    case 48:
+      launch_flash_wgmma_rows<T, 48>(p, batch, heads);
+      break;
+    case 64:
+      launch_flash_wgmma_rows<T, 64>(p, batch, heads);
+      break;
+    case 80:
+      launch_flash_wgmma_rows<T, 80>(p, batch, heads);
+      break;
+    default:
+      return false;
+  }
+  ++g_wgmma_calls;
+  return true;
+}
+
+template bool flash_wgmma<half>(const AttentionParams&, int, int, int);
+template bool flash_wgmma<bfloat16>(const AttentionParams&, int, int, int);
+
+// The wgmma kernel is compiled for sm_90a only (KILN_CUDA_SM90A, from CMake's
+// architecture list) and runs on compute 9.0.
+bool flash_wgmma_available() {
+#if defined(KILN_CUDA_SM90A)
+  static const bool ok = device_info().compute_major == 9 && device_info().compute_minor == 0;
+  return ok;
+#else
+  return false;
+#endif
+}
+
+size_t flash_wgmma_calls() {
+  return g_wgmma_calls.load();
+}
+
+}  // namespace kiln::cuda

@@ -1,0 +1,26 @@
+// What conv_narrow.cu shares with the files that build its few-output kernels
+// (conv_narrow_few_out.cuh, instantiated once a type in conv_narrow_{f16,bf16,f32}.cu).
+#pragma once
+
+namespace kiln::cuda {
+
+// One narrow 3×3 convolution: NHWC input and output, OHWI weights.
+struct NarrowParams {
+  const void* x;
+  const void* weight;    // OHWI
+  const void* bias;      // [O] or null
+  const void* residual;  // like y, or null
+  void* y;
+  int h, w, c, o;
+};
+
+// The few-output kernels stage the input channels in chunks of this many.
+constexpr int kNarrowChunk = 32;
+
+// y = conv(x) + bias (+ residual) for p.o = 3, 4 or 8 outputs and p.c a multiple of
+// kNarrowChunk: on the CUDA cores where `form` is 0, else on the tensor cores in form
+// 1-4 (T half or bfloat16 only; conv_narrow.cu says which form when).
+template <class T>
+void conv_few_out(const NarrowParams& p, int n, int form);
+
+}  // namespace kiln::cuda

@@ -1,0 +1,6 @@
+// The fused GEGLU GEMM for f16, ping-pong (gemm_geglu.cuh says why a file each).
+#include "backend/cuda/gemm_geglu.cuh"
+
+namespace kiln::cuda {
+template bool geglu_gemm<DType::F16, false>(const LinearGegluArgs& a);
+}  // namespace kiln::cuda
