@@ -9,8 +9,12 @@
 
 #include <cmath>
 #include <cstdint>
+#include <cstring>
+#include <functional>
+#include <map>
 #include <random>
 #include <string>
+#include <vector>
 
 #include "backend/cuda/cuda_backend.h"
 #include "ops/ops.h"
@@ -106,6 +110,78 @@ inline double tolerance(DType t) {
     default:
       return 1e-9;
   }
+}
+
+inline constexpr DType kAllTypes[] = {DType::F32, DType::F16, DType::BF16};
+
+using Op = std::function<Tensor(const std::vector<Tensor>&)>;
+
+// Runs `op` on CUDA tensors of `dtype` made from `inputs` (CPU f32) and checks the NMSE
+// of the result against `expected`, the op on the CPU copies.
+inline void expect_close(const std::string& what, DType dtype, const std::vector<Tensor>& inputs,
+                         const Op& op, const Tensor& expected, double tol_scale = 1.0) {
+  SCOPED_TRACE(what + " " + name(dtype));
+  std::vector<Tensor> gpu;
+  for (const Tensor& t : inputs)
+    gpu.push_back(t.dtype() == DType::F32 ? on_cuda(t, dtype) : t.to(Device::CUDA));
+  const Tensor actual = op(gpu);
+  ASSERT_EQ(actual.device(), Device::CUDA);
+  ASSERT_EQ(actual.dtype(), expected.dtype() == DType::F32 ? dtype : expected.dtype());
+  const double e = nmse(actual, expected);
+  EXPECT_LE(e, tolerance(dtype) * tol_scale) << what << " " << name(dtype) << ": nmse " << e;
+}
+
+// Runs `op` on CPU f32 copies and on CUDA tensors of `dtype` of the same
+// inputs, and checks the NMSE of the results.
+inline void expect_match(const std::string& what, DType dtype, const std::vector<Tensor>& inputs,
+                         const Op& op, double tol_scale = 1.0) {
+  expect_close(what, dtype, inputs, op, op(inputs), tol_scale);
+}
+
+// `run` (an op on CUDA tensors) twice and once more in a replayed CUDA graph: the same
+// bits every time. For ops whose reductions run in a fixed order (GroupNorm's partial
+// sums), so that a replayed step reproduces the eager pass exactly.
+inline void expect_same_bits(const std::string& what, const std::function<Tensor()>& run) {
+  const Tensor first = run().to(Device::CPU);
+  const Tensor again = run().to(Device::CPU);
+  EXPECT_EQ(std::memcmp(first.raw(), again.raw(), first.nbytes()), 0)
+      << what << " differs between runs";
+  cuda::CapturedForward graph(run);
+  const Tensor replayed = graph.replay().to(Device::CPU);
+  EXPECT_EQ(std::memcmp(first.raw(), replayed.raw(), first.nbytes()), 0)
+      << what << ": graph replay differs from eager";
+}
+
+// Inputs and CPU result of one op on one case in one dtype, shared by the kernels
+// (paths) that run the same case: the inputs come from seeds of the key's own, so
+// every path sees the same ones, and the reference is computed once, not once a path
+// (SD1.5's 4096² attention: about 33 s of references a path in v14). The cache holds
+// one case: a key of another case empties it.
+struct Reference {
+  std::vector<Tensor> inputs;
+  Tensor expected;
+};
+inline const Reference& shared_reference(const std::string& case_key, const std::string& op_key,
+                                         DType dtype, const std::vector<Shape>& shapes,
+                                         const Op& op) {
+  static std::string current;
+  static std::map<std::string, Reference> cache;
+  static const uint64_t base = next_seed();  // a run's inputs differ from the last run's
+  if (case_key != current) {
+    cache.clear();
+    current = case_key;
+  }
+  const std::string key = op_key + " " + name(dtype);
+  auto it = cache.find(key);
+  if (it == cache.end()) {
+    Reference r;
+    const uint64_t seed = base ^ std::hash<std::string>{}(case_key + " " + key);
+    for (size_t i = 0; i < shapes.size(); ++i)
+      r.inputs.push_back(random_tensor(shapes[i], dtype, seed + 0x9e3779b97f4a7c15ull * (i + 1)));
+    r.expected = op(r.inputs);
+    it = cache.emplace(key, std::move(r)).first;
+  }
+  return it->second;
 }
 
 }  // namespace kiln::backend_test
