@@ -75,6 +75,20 @@ struct AttentionArgs {
   int64_t features() const { return width ? width : q.dim(2); }  // heads * D
 };
 
+// The FLOPs of the ops that count them (multiply-adds as two), the same on every
+// backend, so that `kiln bench` reports one workload's FLOPs whatever runs it.
+inline double linear_flops(const LinearArgs& a) {
+  return 2.0 * double(a.out.numel()) * double(a.x.dim(a.x.ndim() - 1));
+}
+// The model's FLOPs where the convolution computes another form of its own.
+inline double conv2d_flops(const Conv2dArgs& a) {
+  if (a.model_flops > 0.0) return a.model_flops;
+  return 2.0 * double(a.out.numel()) * double(a.weight.numel() / a.weight.dim(0));
+}
+inline double attention_flops(const AttentionArgs& a) {
+  return 4.0 * double(a.q.dim(0)) * double(a.q.dim(1)) * double(a.k.dim(1)) * double(a.features());
+}
+
 // Elementwise a (op) b where b broadcasts against a: b's shape, right-aligned, has
 // each dim equal to a's or 1.
 enum class BinaryOp : uint8_t { Add, Mul };

@@ -137,3 +137,20 @@ def test_plan_cache_flag_is_accepted_and_ignored_on_the_cpu(kiln, golden_model, 
     err = one_line_error(kiln("generate", "x", "--model", golden_model, "--device", "cpu", "--plan-cache", "",
                               "--output", tmp_path / "o.png"))
     assert "--plan-cache" in err
+
+
+def test_bench_on_the_cpu_counts_the_workloads_flops(kiln, golden_model, tmp_path):
+    # The golden text encoder by hand: 3 layers, hidden 32, MLP 48, 77 tokens, batch 1.
+    # A layer: q, k, v and out projections, the MLP's two GEMMs, and attention
+    # (scores and P·V: 4·77·77·32), multiply-adds counted as two.
+    tokens, hidden, mlp = 77, 32, 48
+    layer = 2 * tokens * (4 * hidden * hidden + 2 * hidden * mlp) + 4 * tokens * tokens * hidden
+    out = tmp_path / "bench.json"
+    r = kiln("bench", "--model", golden_model, "--what", "text,unet", "--size", 64, "--device", "cpu",
+             "--warmup", 0, "--reps", 1, "--json", out)
+    assert r.returncode == 0, r.stderr
+    rows = {row["workload"]: row for row in json.loads(out.read_text())["rows"]}
+    text = next(v for k, v in rows.items() if "clip" in k or "text" in k)
+    assert text["gflop"] * 1e9 == pytest.approx(3 * layer, rel=1e-9)
+    unet = next(v for k, v in rows.items() if "unet" in k)
+    assert unet["gflop"] > 0 and unet["tflops"] > 0

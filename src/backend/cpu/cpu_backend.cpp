@@ -1,6 +1,7 @@
 #include "backend/cpu/cpu_backend.h"
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstring>
 
@@ -25,6 +26,8 @@ float apply_activation(Activation act, float x) {
 }
 
 namespace {
+
+std::atomic<double> g_flops{0.0};  // counted by CpuBackend (flop_count)
 
 void binary(const BinaryArgs& a) {
   const float* x = a.a.data<float>();
@@ -239,11 +242,20 @@ class CpuBackend final : public Backend {
  public:
   Device device() const override { return Device::CPU; }
   DType activation_dtype() const override { return DType::F32; }
-  void linear(const LinearArgs& a) override { cpu::linear(a); }
-  void conv2d(const Conv2dArgs& a) override { cpu::conv2d(a); }
+  void linear(const LinearArgs& a) override {
+    count(linear_flops(a));
+    cpu::linear(a);
+  }
+  void conv2d(const Conv2dArgs& a) override {
+    count(conv2d_flops(a));
+    cpu::conv2d(a);
+  }
   void group_norm(const GroupNormArgs& a) override { cpu::group_norm(a); }
   void layer_norm(const LayerNormArgs& a) override { cpu::layer_norm(a); }
-  void attention(const AttentionArgs& a) override { cpu::attention(a); }
+  void attention(const AttentionArgs& a) override {
+    count(attention_flops(a));
+    cpu::attention(a);
+  }
   void binary(const BinaryArgs& a) override { cpu::binary(a); }
   void unary(const UnaryArgs& a) override { cpu::unary(a); }
   void linear_combination(const LinearCombinationArgs& a) override { cpu::linear_combination(a); }
@@ -255,9 +267,20 @@ class CpuBackend final : public Backend {
   void embedding(const EmbeddingArgs& a) override { cpu::embedding(a); }
   void slice_last(const SliceLastArgs& a) override { cpu::slice_last(a); }
   void cast(const CastArgs& a) override { cpu::cast(a); }
+
+ private:
+  static void count(double flops) { g_flops.fetch_add(flops, std::memory_order_relaxed); }
 };
 
 }  // namespace
+
+double flop_count() {
+  return g_flops.load(std::memory_order_relaxed);
+}
+
+void reset_flop_count() {
+  g_flops.store(0.0, std::memory_order_relaxed);
+}
 
 Backend& backend() {
   static CpuBackend instance;

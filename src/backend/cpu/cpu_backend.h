@@ -10,6 +10,11 @@ namespace kiln::cpu {
 
 Backend& backend();
 
+// FLOPs of the linear, convolution and attention calls since the last reset (the
+// formulas in backend.h, the CUDA backend's too): what `kiln bench` reports.
+double flop_count();
+void reset_flop_count();
+
 // Kernels, one group per file; each takes validated f32 arguments.
 void linear(const LinearArgs& a);
 void conv2d(const Conv2dArgs& a);

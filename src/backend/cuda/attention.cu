@@ -666,7 +666,7 @@ void attention(const AttentionArgs& a) {
   // of one width).
   KILN_CHECK(a.k.dim(2) == a.v.dim(2), "attention: k ", a.k.describe(), " and v ", a.v.describe(),
              " have different row widths");
-  count_flops(4.0 * batch * heads * double(sq) * double(sk) * d);
+  count_flops(attention_flops(a));
   const int dp = padded_head_dim(d);
   const DType dtype = a.q.dtype();
   // The fused kernel needs sm_80 (cp.async, bf16 MMA); older GPUs take the banded path.

@@ -73,7 +73,7 @@ double conv_flops(const Conv2dArgs& a) {
 // Counts the model's FLOPs where this convolution computes another form of its own
 // (Conv2dArgs::model_flops), less `counted` that a GEMM counted already (im2col's).
 void count_conv_flops(const Conv2dArgs& a, double counted = 0.0) {
-  count_flops((a.model_flops > 0.0 ? a.model_flops : conv_flops(a)) - counted);
+  count_flops(conv2d_flops(a) - counted);
 }
 
 constexpr size_t kColumnBudget = size_t(256) << 20;
