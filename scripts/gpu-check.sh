@@ -161,8 +161,12 @@ need_diffusers() {
 # comparison) last.
 PEER_PID=
 PEER_JOBS_DIR=$LOGS/peer-jobs
-if has_stage peer; then
+if has_stage peer && [ ! -f .peer/bench_diffusers.py ]; then
+  log "peer: no .peer/bench_diffusers.py (carry a copy of shared/peer: scripts/gpu-carry.sh); no peer columns"
+elif has_stage peer; then
   need_diffusers
+  # An earlier call's rows must not join this one's, nor its job files start timings.
+  rm -rf "$LOGS/peer.log" "$LOGS/peer-control.log" "$PEER_JOBS_DIR"
   peer_jobs=()
   add_peer_job() {  # workload, modes (comma-separated), [peak]
     local w=$1 mode
@@ -192,7 +196,7 @@ fi
 peer_signal() {  # USR1: stop the jobs (kiln's bench is next); USR2: time them
   [ -n "$PEER_PID" ] && kill -0 "$PEER_PID" 2>/dev/null || return 1
   local i
-  for i in $(seq 50); do [ -d "$PEER_JOBS_DIR" ] && break; sleep 0.2; done  # its handlers are set
+  for i in $(seq 50); do [ -f "$PEER_JOBS_DIR/started" ] && break; sleep 0.2; done  # handlers set
   kill -"$1" "$PEER_PID"
 }
 
@@ -331,13 +335,21 @@ if [ -n "$LANE_PID" ]; then
 fi
 
 # --- kiln bench ---------------------------------------------------------------
-if has_stage bench && [ -x "$KILN" ] && peer_signal USR1; then
-  for i in $(seq 50); do [ -f "$PEER_JOBS_DIR/paused" ] && break; sleep 0.2; done
-  sleep 1  # what the stopped jobs had queued on the GPU drains
-  log "peer: jobs stopped for kiln's bench ($(grep -c ': ready' "$LOGS/peer-control.log") ready)"
+if has_stage bench && [ -x "$KILN" ] && [ -n "$PEER_PID" ]; then
+  if peer_signal USR1; then
+    for i in $(seq 50); do [ -f "$PEER_JOBS_DIR/paused" ] && break; sleep 0.2; done
+    sleep 1  # what the stopped jobs had queued on the GPU drains
+    used=$(nvidia-smi --query-gpu=memory.used --format=csv,noheader 2>/dev/null | head -1)
+    log "peer: jobs stopped for kiln's bench ($(grep -c ': ready' "$LOGS/peer-control.log") ready${used:+; GPU memory in use $used})"
+  else
+    log "peer: WARNING: the jobs' controller ended before kiln's bench; its log:"
+    sed 's/^/  /' "$LOGS/peer-control.log"
+    PEER_PID=
+  fi
 fi
 if has_stage bench && [ -x "$KILN" ]; then
   log "kiln bench"
+  rm -f "$LOGS"/kiln-*.json "$LOGS/kiln-bench.log"  # the table reads every kiln-*.json
   run_bench() {  # name, then kiln bench arguments
     local name=$1; shift
     timeout $(( $(left) > 200 ? 150 : $(left) / 2 )) "$KILN" bench --commit "$COMMIT" \
@@ -357,6 +369,10 @@ if peer_signal USR2; then
   wait "$PEER_PID"
   PEER_PID=
   sed 's/^/  /' "$LOGS/peer-control.log"
+elif [ -n "$PEER_PID" ]; then
+  log "peer: the jobs' controller ended early; its log:"
+  sed 's/^/  /' "$LOGS/peer-control.log"
+  PEER_PID=
 fi
 
 # --- the table ----------------------------------------------------------------

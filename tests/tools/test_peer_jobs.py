@@ -10,6 +10,8 @@ import subprocess
 import sys
 import time
 
+import pytest
+
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 PEER_JOBS = ROOT / "tools" / "py" / "peer_jobs.py"
 
@@ -34,6 +36,7 @@ class _Cuda:
     def get_device_name(self, i): return "Stub GPU"
     def synchronize(self): pass
     def reset_peak_memory_stats(self): pass
+    def empty_cache(self): pass
     def max_memory_reserved(self): return 1234 * 2**20
 cuda = _Cuda()
 class _Compiled:
@@ -80,8 +83,8 @@ def start(tmp_path, jobs, deadline_s, parallel=2):
         [sys.executable, str(PEER_JOBS), "control", "--peer", str(peer), "--logs", str(tmp_path / "logs"),
          "--deadline", str(time.time() + deadline_s), "--parallel", str(parallel), "--settle", "0.2", *jobs],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    # Its signal handlers are in place once it has made its log folder.
-    assert wait_for(tmp_path / "logs"), "the controller did not start"
+    # Its signal handlers are in place once it says so.
+    assert wait_for(tmp_path / "logs" / "started"), "the controller did not start"
     return proc
 
 
@@ -97,7 +100,14 @@ def events(tmp_path):
     return [(float(t), name, what) for t, name, what in rows]
 
 
-def test_jobs_time_alone_after_the_bench_and_not_during_it(tmp_path):
+@pytest.mark.parametrize("stale", [False, True], ids=["fresh", "an earlier run's files"])
+def test_jobs_time_alone_after_the_bench_and_not_during_it(tmp_path, stale):
+    if stale:  # what a cut-off call leaves on a warm machine: go, ready and paused files
+        logs = tmp_path / "logs"
+        logs.mkdir()
+        for name in ["00-a-unet-graphs.go", "00-a-unet-graphs.ready", "02-slow-compile.ready",
+                     "02-slow-compile.go", "paused", "started"]:
+            (logs / name).write_text("1.0\n")
     proc = start(tmp_path, ["a-unet:graphs", "b:eager:peak", "slow:compile", "broken:eager", "c:eager"], 40)
     time.sleep(0.5)
     proc.send_signal(signal.SIGUSR1)  # kiln's bench is next
@@ -135,13 +145,14 @@ def test_jobs_time_alone_after_the_bench_and_not_during_it(tmp_path):
 
 
 def test_a_job_that_does_not_get_ready_in_time_is_stopped_and_named(tmp_path):
-    proc = start(tmp_path, ["forever:graphs", "c:eager"], 4)
+    proc = start(tmp_path, ["forever:graphs:peak", "c:eager"], 4)
     proc.send_signal(signal.SIGUSR2)  # no bench stage: time at once
     t0 = time.time()
     out, err = proc.communicate(timeout=30)
     assert time.time() - t0 < 10, "the controller outlived its deadline"
     assert "| c | 1 | eager | 1.50 |" in out
     assert "forever graphs: no time left (preparing)" in err, err
+    assert "| forever | 1 | peak | 1234 |" in out, "the peak measured before the wait was lost"
     beats = [e for e in events(tmp_path) if e[1] == "forever"]
     time.sleep(0.3)
     assert len([e for e in events(tmp_path) if e[1] == "forever"]) == len(beats), \

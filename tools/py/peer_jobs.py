@@ -18,6 +18,8 @@ code and the timing are the peer's own; only the wait between them is new.
       the peer's format, progress to stderr. SIGUSR1: stop every job and write
       LOGS/paused (kiln's bench is next); SIGUSR2: resume them and time each job as it
       becomes ready, first in the list first, until all are timed or the deadline.
+      LOGS/started appears once its signal handlers are in place; LOGS is emptied
+      first (an earlier run's .ready and .go files would start timings at once).
   peer_jobs.py job --peer DIR --ready FILE --go FILE workload mode [--peak]
 """
 import argparse
@@ -58,6 +60,10 @@ def job(args):
             call(m)
             torch.cuda.synchronize()
             compile_s = time.time() - t0
+        # Nine jobs wait side by side beside kiln's tests: each gives back what its
+        # allocator holds and does not use (a graph's pool stays); timing re-warms.
+        torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         with open(args.ready + ".tmp", "w") as f:
             f.write(f"{compile_s:.1f}\n")
         os.replace(args.ready + ".tmp", args.ready)
@@ -65,6 +71,12 @@ def job(args):
             time.sleep(0.1)
         ms = peer.median_ms(lambda: call(m))
     print(f"| {name} | {batch} | {mode} | {ms:.2f} | {gflop:.0f} | {gflop / ms:.0f} |", flush=True)
+
+
+def read(path):
+    """A log's text; a crashed job's may hold anything."""
+    with open(path, errors="replace") as f:
+        return f.read()
 
 
 class Job:
@@ -115,6 +127,9 @@ class Controller:
             j.signal(signal.SIGKILL)
 
     def launch(self, j):
+        for stale in (j.ready, j.go):
+            if os.path.exists(stale):
+                os.remove(stale)
         cmd = [sys.executable, os.path.abspath(__file__), "job", "--peer", self.args.peer, "--dtype", self.args.dtype,
                "--ready", j.ready, "--go", j.go, j.workload, j.mode] + (["--peak"] if j.peak else [])
         with open(j.log, "w") as log:
@@ -126,21 +141,22 @@ class Controller:
         for j in self.jobs:
             if j.state == "preparing" and os.path.exists(j.ready):
                 j.state = "ready"
-                self.say(f"{j.name}: ready (compile {open(j.ready).read().strip()} s)")
+                self.say(f"{j.name}: ready (compile {read(j.ready).strip()} s)")
             elif j.state in ("preparing", "ready") and j.proc.poll() is not None:
                 j.state = "failed"
                 self.say(f"{j.name}: exited ({j.proc.returncode}) before its timing; the end of its log:")
-                for line in open(j.log).read().splitlines()[-6:]:
+                for line in read(j.log).splitlines()[-6:]:
                     self.say(f"  {line}")
 
-    def copy_rows(self, j):
-        for line in open(j.log):
+    def copy_rows(self, j, peak_only=False):
+        for line in read(j.log).splitlines():
             if line.startswith("| workload"):
                 if not self.header:
                     print(line.rstrip() + "\n|---|---|---|---|---|---|", flush=True)
                     self.header = True
             elif line.startswith("| ") and not line.startswith("|---"):
-                print(line.rstrip(), flush=True)
+                if not peak_only or line.split("|")[3].strip() == "peak":
+                    print(line.rstrip(), flush=True)
 
     def time_one(self, j):
         others = [o for o in self.live() if o is not j]
@@ -159,9 +175,21 @@ class Controller:
         j.state = "done" if j.proc.returncode == 0 else "failed"
         self.copy_rows(j)
         self.say(f"{j.name}: timed" if j.state == "done" else f"{j.name}: timing failed ({j.proc.returncode})")
+        if j.mode == "graphs" and "skipping cudagraphs" in read(j.log):
+            self.say(f"{j.name}: Inductor skipped CUDA graphs; its row is compile without them")
 
     def run(self):
+        try:
+            return self.loop()
+        finally:  # whatever ends the loop, no job is left running or stopped
+            self.kill_all()
+
+    def loop(self):
+        if os.path.isdir(self.args.logs):
+            for name in os.listdir(self.args.logs):
+                os.remove(os.path.join(self.args.logs, name))
         os.makedirs(self.args.logs, exist_ok=True)
+        open(os.path.join(self.args.logs, "started"), "w").close()
         while True:
             self.update()
             if self.pause_asked and not self.paused and not self.timing:
@@ -181,6 +209,8 @@ class Controller:
             if time.time() > self.args.deadline:
                 for j in left:
                     self.say(f"{j.name}: no time left ({j.state})")
+                    if j.peak and j.proc:  # its peak row was measured before the wait
+                        self.copy_rows(j, peak_only=True)
                 self.kill_all()
                 return 0
             if self.paused:
