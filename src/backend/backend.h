@@ -80,10 +80,13 @@ struct AttentionArgs {
 inline double linear_flops(const LinearArgs& a) {
   return 2.0 * double(a.out.numel()) * double(a.x.dim(a.x.ndim() - 1));
 }
+// The convolution as it is computed (its own weights and output).
+inline double conv2d_own_flops(const Conv2dArgs& a) {
+  return 2.0 * double(a.out.numel()) * double(a.weight.numel() / a.weight.dim(0));
+}
 // The model's FLOPs where the convolution computes another form of its own.
 inline double conv2d_flops(const Conv2dArgs& a) {
-  if (a.model_flops > 0.0) return a.model_flops;
-  return 2.0 * double(a.out.numel()) * double(a.weight.numel() / a.weight.dim(0));
+  return a.model_flops > 0.0 ? a.model_flops : conv2d_own_flops(a);
 }
 inline double attention_flops(const AttentionArgs& a) {
   return 4.0 * double(a.q.dim(0)) * double(a.q.dim(1)) * double(a.k.dim(1)) * double(a.features());

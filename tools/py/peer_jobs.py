@@ -127,9 +127,6 @@ class Controller:
             j.signal(signal.SIGKILL)
 
     def launch(self, j):
-        for stale in (j.ready, j.go):
-            if os.path.exists(stale):
-                os.remove(stale)
         cmd = [sys.executable, os.path.abspath(__file__), "job", "--peer", self.args.peer, "--dtype", self.args.dtype,
                "--ready", j.ready, "--go", j.go, j.workload, j.mode] + (["--peak"] if j.peak else [])
         with open(j.log, "w") as log:

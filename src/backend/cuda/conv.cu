@@ -65,11 +65,6 @@ __global__ void im2col_kernel(Im2colParams p) {
   }
 }
 
-// The multiply-adds of a convolution (twice), for bench's TFLOP/s.
-double conv_flops(const Conv2dArgs& a) {
-  return 2.0 * double(a.out.numel()) * double(a.weight.numel() / a.weight.dim(0));
-}
-
 // Counts the model's FLOPs where this convolution computes another form of its own
 // (Conv2dArgs::model_flops), less `counted` that a GEMM counted already (im2col's).
 void count_conv_flops(const Conv2dArgs& a, double counted = 0.0) {
@@ -120,7 +115,7 @@ void conv_im2col(const Conv2dArgs& a) {
     gemm_nt(g);
   }
   // The GEMMs counted this convolution's own FLOPs.
-  if (a.model_flops > 0.0) count_conv_flops(a, conv_flops(a));
+  if (a.model_flops > 0.0) count_conv_flops(a, conv2d_own_flops(a));
 }
 
 #if defined(KILN_WITH_CUDNN)
