@@ -154,3 +154,25 @@ def test_bench_on_the_cpu_counts_the_workloads_flops(kiln, golden_model, tmp_pat
     assert text["gflop"] * 1e9 == pytest.approx(3 * layer, rel=1e-9)
     unet = next(v for k, v in rows.items() if "unet" in k)
     assert unet["gflop"] > 0 and unet["tflops"] > 0
+
+
+def test_bench_e2e_counts_every_steps_unet(kiln, golden_model, tmp_path):
+    # The e2e row printed 0 GFLOP. One more step is one more UNet call on the two CFG
+    # rows (bench's UNet workload, at the latent size the pipeline makes of 64 pixels:
+    # bench sizes its latents by 8, the small VAE by its own factor).
+    vae = json.loads((golden_model / "vae" / "config.json").read_text())
+    factor = 2 ** (len(vae["block_out_channels"]) - 1)
+
+    def gflop(*args):
+        out = tmp_path / "bench.json"
+        r = kiln("bench", "--model", golden_model, "--device", "cpu", "--warmup", 0, "--reps", 1, "--json",
+                 out, *args)
+        assert r.returncode == 0, r.stderr
+        (row,) = json.loads(out.read_text())["rows"]
+        assert row["gflop"] > 0 and row["tflops"] > 0, row
+        return row["gflop"]
+
+    e2e2 = gflop("--what", "e2e", "--size", 64, "--steps", 2)
+    e2e3 = gflop("--what", "e2e", "--size", 64, "--steps", 3)
+    unet = gflop("--what", "unet", "--size", 64 * 8 // factor, "--batch", 2)
+    assert e2e3 - e2e2 == pytest.approx(unet, rel=1e-6)

@@ -56,7 +56,8 @@ using namespace cute;
 
 // kiln's layout: C[M, N] = A[M, K] · B[N, K]^T, all row-major, so A is K-major
 // (RowMajor M × K) and B is K-major too (ColumnMajor K × N).
-template <class Tile, class Cluster, class KernelSchedule, class EpilogueSchedule>
+template <class Tile, class Cluster, class KernelSchedule, class EpilogueSchedule,
+          class Scheduler = void>
 struct Config {
   using Element = cutlass::half_t;
   using Epilogue = typename cutlass::epilogue::collective::CollectiveBuilder<
@@ -71,7 +72,8 @@ struct Config {
           sizeof(typename Epilogue::SharedStorage))>,
       KernelSchedule>::CollectiveOp;
   using Kernel =
-      cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue>;
+      cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
+                                           Scheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 
@@ -90,6 +92,27 @@ using Ping64x128c2 =
 using Ping64x256c1 =
     Config<Shape<_64, _256, _64>, Shape<_1, _1, _1>,
            cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized>;
+
+// v24: tiles fitted to the waves (bench/cuda-notes.md): 128x160 makes SDXL's 2048x1280
+// and SD1.5's 8192x320 outputs 128 tiles, one wave on 132 multiprocessors, where 128x128
+// makes 160 or 192 (two waves) and 256x128 makes 80; 64x160 does the same for
+// 2048x640. And stream-K (CUTLASS's StreamKScheduler, cooperative only), which splits
+// the K loop so that every multiprocessor has work: what cuBLAS's 12 us on 2048x1280x1280
+// (560 TF/s on 80 tiles' worth of output) suggests it does.
+using Coop128x160c1 = Config<Shape<_128, _160, _64>, Shape<_1, _1, _1>,
+                             cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                             cutlass::epilogue::TmaWarpSpecializedCooperative>;
+using Ping64x160c1 =
+    Config<Shape<_64, _160, _64>, Shape<_1, _1, _1>,
+           cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized>;
+using Coop128x128sk = Config<Shape<_128, _128, _64>, Shape<_1, _1, _1>,
+                             cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                             cutlass::epilogue::TmaWarpSpecializedCooperative,
+                             cutlass::gemm::StreamKScheduler>;
+using Coop128x256sk = Config<Shape<_128, _256, _64>, Shape<_1, _1, _1>,
+                             cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+                             cutlass::epilogue::TmaWarpSpecializedCooperative,
+                             cutlass::gemm::StreamKScheduler>;
 
 struct Problem {
   int m, n, k;
@@ -182,16 +205,39 @@ int main() {
       {2048, 1280, 5120},   // SDXL FF out (60)
       {2048, 3840, 1280},   // SDXL fused q, k, v (60)
       {8192, 640, 640},     // SDXL 64×64 level (40)
+      {8192, 1920, 640},    // SDXL 64×64 fused q, k, v (10)
+      {8192, 640, 2560},    // SDXL 64×64 FF out (10)
       {8192, 5120, 640},    // SDXL 64×64 GEGLU (10)
       {8192, 320, 320},     // SD1.5 64×64 level (25)
+      {8192, 960, 320},     // SD1.5 64×64 fused q, k, v (5)
+      {8192, 320, 1280},    // SD1.5 64×64 FF out (5)
+      {2048, 640, 640},     // SD1.5 32×32 level (25)
+      {2048, 1920, 640},    // SD1.5 32×32 fused q, k, v (5)
       {512, 1280, 1280},    // SD1.5 16×16 level (25)
   };
   cublasHandle_t blas;
   cublasCreate(&blas);
-  std::printf(
-      "| M x N x K | cuBLAS µs | coop 128x128 c2 | coop 128x256 c2 | coop 256x128 | "
-      "ping 64x128 c2 | ping 64x256 | best TF/s | worst rel. diff |\n"
-      "|---|---|---|---|---|---|---|---|---|\n");
+  struct Named {
+    const char* name;
+    float (*run)(const Problem&);
+  };
+  const Named configs[] = {
+      {"coop 128x128 c2", run_cutlass<Coop128x128c2>},
+      {"coop 128x256 c2", run_cutlass<Coop128x256c2>},
+      {"coop 256x128", run_cutlass<Coop256x128c1>},
+      {"ping 64x128 c2", run_cutlass<Ping64x128c2>},
+      {"ping 64x256", run_cutlass<Ping64x256c1>},
+      {"coop 128x160", run_cutlass<Coop128x160c1>},
+      {"ping 64x160", run_cutlass<Ping64x160c1>},
+      {"coop 128x128 stream-K", run_cutlass<Coop128x128sk>},
+      {"coop 128x256 stream-K", run_cutlass<Coop128x256sk>},
+  };
+  constexpr int kConfigs = sizeof(configs) / sizeof(configs[0]);
+  std::printf("| M x N x K | cuBLAS µs |");
+  for (const Named& c : configs) std::printf(" %s |", c.name);
+  std::printf(" best | best TF/s | best vs cuBLAS | worst rel. diff |\n|---|---|");
+  for (int i = 0; i < kConfigs + 4; ++i) std::printf("---|");
+  std::printf("\n");
   for (const auto& s : shapes) {
     Problem p{s[0], s[1], s[2], nullptr, nullptr, nullptr};
     half *a, *b, *c, *ref;
@@ -216,21 +262,19 @@ int main() {
     CHECK_CUDA(cudaDeviceSynchronize());
     // Each configuration's output checked against cuBLAS's before the next one runs.
     float diff = 0.0f;
-    auto checked = [&](float u) {
-      if (u > 0.0f) diff = std::fmax(diff, max_rel_diff(c, ref, nc));
-      CHECK_CUDA(cudaMemset(c, 0, nc * sizeof(half)));
-      return u;
-    };
-    const float us[] = {
-        checked(run_cutlass<Coop128x128c2>(p)), checked(run_cutlass<Coop128x256c2>(p)),
-        checked(run_cutlass<Coop256x128c1>(p)), checked(run_cutlass<Ping64x128c2>(p)),
-        checked(run_cutlass<Ping64x256c1>(p))};
+    float us[kConfigs];
+    int best_i = -1;
     float best = blas_us;
-    for (float u : us)
-      if (u > 0.0f && u < best) best = u;
+    for (int i = 0; i < kConfigs; ++i) {
+      us[i] = configs[i].run(p);
+      if (us[i] > 0.0f) diff = std::fmax(diff, max_rel_diff(c, ref, nc));
+      CHECK_CUDA(cudaMemset(c, 0, nc * sizeof(half)));
+      if (us[i] > 0.0f && us[i] < best) best = us[i], best_i = i;
+    }
     std::printf("| %dx%dx%d | %.1f |", p.m, p.n, p.k, blas_us);
     for (float u : us) u > 0.0f ? std::printf(" %.1f |", u) : std::printf(" – |");
-    std::printf(" %.0f | %.3g |\n", 2.0 * p.m * p.n * p.k / (best * 1e-6) / 1e12, diff);
+    std::printf(" %s | %.0f | %.2fx | %.3g |\n", best_i < 0 ? "cuBLAS" : configs[best_i].name,
+                2.0 * p.m * p.n * p.k / (best * 1e-6) / 1e12, blas_us / best, diff);
     cudaFree(a);
     cudaFree(b);
     cudaFree(c);
