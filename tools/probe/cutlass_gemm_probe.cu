@@ -71,9 +71,8 @@ struct Config {
       cutlass::gemm::collective::StageCountAutoCarveout<static_cast<int>(
           sizeof(typename Epilogue::SharedStorage))>,
       KernelSchedule>::CollectiveOp;
-  using Kernel =
-      cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
-                                           Scheduler>;
+  using Kernel = cutlass::gemm::kernel::GemmUniversal<Shape<int, int, int, int>, Mainloop, Epilogue,
+                                                      Scheduler>;
   using Gemm = cutlass::gemm::device::GemmUniversalAdapter<Kernel>;
 };
 
@@ -105,14 +104,14 @@ using Coop128x160c1 = Config<Shape<_128, _160, _64>, Shape<_1, _1, _1>,
 using Ping64x160c1 =
     Config<Shape<_64, _160, _64>, Shape<_1, _1, _1>,
            cutlass::gemm::KernelTmaWarpSpecializedPingpong, cutlass::epilogue::TmaWarpSpecialized>;
-using Coop128x128sk = Config<Shape<_128, _128, _64>, Shape<_1, _1, _1>,
-                             cutlass::gemm::KernelTmaWarpSpecializedCooperative,
-                             cutlass::epilogue::TmaWarpSpecializedCooperative,
-                             cutlass::gemm::StreamKScheduler>;
-using Coop128x256sk = Config<Shape<_128, _256, _64>, Shape<_1, _1, _1>,
-                             cutlass::gemm::KernelTmaWarpSpecializedCooperative,
-                             cutlass::epilogue::TmaWarpSpecializedCooperative,
-                             cutlass::gemm::StreamKScheduler>;
+using Coop128x128sk =
+    Config<Shape<_128, _128, _64>, Shape<_1, _1, _1>,
+           cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+           cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler>;
+using Coop128x256sk =
+    Config<Shape<_128, _256, _64>, Shape<_1, _1, _1>,
+           cutlass::gemm::KernelTmaWarpSpecializedCooperative,
+           cutlass::epilogue::TmaWarpSpecializedCooperative, cutlass::gemm::StreamKScheduler>;
 
 struct Problem {
   int m, n, k;
