@@ -125,6 +125,73 @@ INSTANTIATE_TEST_SUITE_P(
                       LinearCase{2, 320, 1280, true, false, Activation::SiLU, true}));
 
 // ---------------------------------------------------------------------------
+// Plain GEMMs on CUTLASS's wave-fitted kernels (Options::gemm_cutlass): each form forced,
+// then the timed choice, against the CPU; f32 and operands CUTLASS cannot take (K not a
+// multiple of 8, an activation) stay on cuBLASLt.
+struct LinearCutlassCase {
+  int64_t m, k, n;
+  bool bias, residual;
+  Activation act = Activation::None;
+};
+
+class LinearCutlass : public CudaTest, public ::testing::WithParamInterface<LinearCutlassCase> {
+ protected:
+  void TearDown() override {
+    cuda::options().gemm_cutlass = cuda::Options().gemm_cutlass;
+    CudaTest::TearDown();
+  }
+};
+
+TEST_P(LinearCutlass, MatchesCpu) {
+  const LinearCutlassCase c = GetParam();
+  using Form = cuda::Options::GemmCutlass;
+  struct Path {
+    const char* name;
+    Form form;
+  };
+  const Path paths[] = {{"coop 128x160", Form::Coop128x160},
+                        {"ping-pong 64x160", Form::Ping64x160},
+                        {"stream-K 128x128", Form::StreamK128x128},
+                        {"timed", Form::Auto}};
+  for (DType dt : kAllTypes) {
+    const std::vector<Tensor> in{
+        random_tensor({c.m, c.k}, dt, next_seed()),
+        random_tensor({c.n, c.k}, dt, next_seed(), 1.0f / std::sqrt(float(c.k))),
+        random_tensor({c.n}, dt, next_seed()), random_tensor({c.m, c.n}, dt, next_seed())};
+    for (const Path& p : paths) {
+      cuda::options().gemm_cutlass = p.form;
+      const size_t before = cuda::cutlass_gemm_calls();
+      expect_match(str("linear ", c.m, "x", c.k, "x", c.n, " ", p.name), dt, in,
+                   [&](const std::vector<Tensor>& t) {
+                     return ops::linear(t[0], t[1], c.bias ? t[2] : Tensor(), c.act,
+                                        c.residual ? t[3] : Tensor());
+                   });
+      const bool takes = dt != DType::F32 && c.k % 8 == 0 && c.n % 8 == 0 &&
+                         c.act == Activation::None && cuda::linear_geglu_fused_available();
+      if (p.form != Form::Auto) {
+        EXPECT_EQ(cuda::cutlass_gemm_calls() > before, takes)
+            << "CUTLASS ran: " << name(dt) << " " << p.name;
+      } else if (!takes) {
+        EXPECT_EQ(cuda::cutlass_gemm_calls(), before) << "CUTLASS ran: " << name(dt);
+      }
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, LinearCutlass,
+    ::testing::Values(LinearCutlassCase{1, 8, 8, true, false},         // one row
+                      LinearCutlassCase{130, 72, 168, true, true},     // partial tiles, residual
+                      LinearCutlassCase{300, 200, 512, false, false},  // K not a tile's
+                      LinearCutlassCase{5, 12, 32, true, false},       // K % 8: cuBLASLt
+                      LinearCutlassCase{64, 64, 64, true, false, Activation::SiLU},  // cuBLASLt
+                      LinearCutlassCase{8192, 320, 320, true, true},      // SD1.5 at 64×64
+                      LinearCutlassCase{2048, 640, 640, true, true},      // SD1.5 at 32×32
+                      LinearCutlassCase{512, 1280, 1280, true, false},    // SD1.5 at 16×16
+                      LinearCutlassCase{2048, 1280, 1280, true, true},    // SDXL at 32×32
+                      LinearCutlassCase{2048, 5120, 1280, true, true}));  // SDXL FF out
+
+// ---------------------------------------------------------------------------
 // The feed-forward's gated projection on interleaved weights (ops::linear_geglu) against
 // the CPU's projection and GEGLU on diffusers' order: the fused GEMM where it runs
 // (CUTLASS, Hopper; f16 and bf16), and the two-op form it falls back to.
