@@ -134,9 +134,10 @@ struct Options {
   // (gemm_cutlass.cuh), where the build has CUTLASS and the GPU is compute 9.0. Auto
   // times its forms beside cuBLASLt's plan on each shape's first call outside a
   // capture and keeps the fastest; Off is cuBLASLt only; the others force one form
-  // where it runs (tests, A/B).
+  // where it runs (tests, A/B). Off by default until a same-run A/B on a GPU says
+  // Auto is faster (bench/results/2026-12-05-v24).
   enum class GemmCutlass { Auto, Off, Coop128x160, Ping64x160, StreamK128x128 };
-  GemmCutlass gemm_cutlass = GemmCutlass::Auto;
+  GemmCutlass gemm_cutlass = GemmCutlass::Off;
 };
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).

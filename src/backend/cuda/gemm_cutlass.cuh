@@ -2,8 +2,9 @@
 // that fit the GPU's waves where cuBLASLt's leave multiprocessors idle: SDXL's 2048x1280
 // outputs and SD1.5's 8192x320 make 160 or 192 tiles of 128x128 (two waves on 132
 // multiprocessors, the second part-empty) or 80 of 256x128, and 128 of 128x160 (one
-// wave). gemm.cpp times these forms beside cuBLASLt's plan on each shape's first call
-// and keeps the faster (bench/cuda-notes.md, v24, has the probe that chose them).
+// wave). With Options::gemm_cutlass Auto, gemm.cpp times these forms beside cuBLASLt's
+// plan on each shape's first call and keeps the faster (bench/results/2026-12-05-v24
+// has the probe and the A/B that decide the default).
 //
 // The epilogue is CUTLASS's own (TMA stores; D = acc + bias[col] + C, C the residual or
 // skipped), so the output is as cuBLASLt's: f32 accumulation, one rounding.
