@@ -237,6 +237,7 @@ int main() {
   std::printf(" best | best TF/s | best vs cuBLAS | worst rel. diff |\n|---|---|");
   for (int i = 0; i < kConfigs + 4; ++i) std::printf("---|");
   std::printf("\n");
+  std::fflush(stdout);
   for (const auto& s : shapes) {
     Problem p{s[0], s[1], s[2], nullptr, nullptr, nullptr};
     half *a, *b, *c, *ref;
@@ -265,6 +266,7 @@ int main() {
     int best_i = -1;
     float best = blas_us;
     for (int i = 0; i < kConfigs; ++i) {
+      std::fprintf(stderr, "%dx%dx%d %s\n", p.m, p.n, p.k, configs[i].name);  // where it stops
       us[i] = configs[i].run(p);
       if (us[i] > 0.0f) diff = std::fmax(diff, max_rel_diff(c, ref, nc));
       CHECK_CUDA(cudaMemset(c, 0, nc * sizeof(half)));
@@ -274,6 +276,7 @@ int main() {
     for (float u : us) u > 0.0f ? std::printf(" %.1f |", u) : std::printf(" – |");
     std::printf(" %s | %.0f | %.2fx | %.3g |\n", best_i < 0 ? "cuBLAS" : configs[best_i].name,
                 2.0 * p.m * p.n * p.k / (best * 1e-6) / 1e12, blas_us / best, diff);
+    std::fflush(stdout);  // each row as it comes, should a later one hang
     cudaFree(a);
     cudaFree(b);
     cudaFree(c);
