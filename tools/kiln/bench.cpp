@@ -73,10 +73,6 @@ const char* kHelp =
     "  --geglu-fused B      1 or 0: the feed-forward's GEGLU in its projection's GEMM\n"
     "                       (CUTLASS, Hopper), or the projection and a GEGLU pass\n"
     "                       (default 1 where built; for A/B)\n"
-    "  --gemm-cutlass F     auto, off, coop128x160, ping64x160 or streamk128x128: plain\n"
-    "                       GEMMs on CUTLASS with tiles fitted to the waves, timed per\n"
-    "                       shape beside cuBLASLt (auto), never (off, the default), or\n"
-    "                       one form forced (for A/B)\n"
     "  --geglu-form K       auto, pingpong or cooperative: the fused GEGLU GEMM's CUTLASS\n"
     "                       kernel (default auto: timed per shape; for A/B)\n"
     "  --conv-workspace-mib N  the largest workspace a cuDNN convolution may take\n"
@@ -497,7 +493,6 @@ int bench(const std::vector<std::string>& argv) {
                    "flash-short-kv-kernel",
                    "geglu-fused",
                    "geglu-form",
-                   "gemm-cutlass",
                    "upsample-phases",
                    "conv-workspace-mib",
                    "narrow-conv-form",
@@ -602,14 +597,6 @@ int bench(const std::vector<std::string>& argv) {
       "gemm-search",
       std::map<std::string, Search>{{"heuristic", Search::Heuristic}, {"wide", Search::Wide}},
       cuda::options().gemm_search);
-  using GemmCutlass = cuda::Options::GemmCutlass;
-  kernel_flag("gemm-cutlass",
-              std::map<std::string, GemmCutlass>{{"auto", GemmCutlass::Auto},
-                                                 {"off", GemmCutlass::Off},
-                                                 {"coop128x160", GemmCutlass::Coop128x160},
-                                                 {"ping64x160", GemmCutlass::Ping64x160},
-                                                 {"streamk128x128", GemmCutlass::StreamK128x128}},
-              cuda::options().gemm_cutlass);
   using GegluForm = cuda::Options::GegluForm;
   kernel_flag("geglu-form",
               std::map<std::string, GegluForm>{{"auto", GegluForm::Auto},

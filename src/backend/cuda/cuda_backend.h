@@ -130,14 +130,6 @@ struct Options {
   // v22 measures. Plans made by the wide search are kept under keys of their own.
   enum class GemmSearch { Heuristic, Wide };
   GemmSearch gemm_search = GemmSearch::Heuristic;
-  // Plain GEMMs (no activation) on CUTLASS's kernels with tiles fitted to the waves
-  // (gemm_cutlass.cuh), where the build has CUTLASS and the GPU is compute 9.0. Auto
-  // times its forms beside cuBLASLt's plan on each shape's first call outside a
-  // capture and keeps the fastest; Off is cuBLASLt only; the others force one form
-  // where it runs (tests, A/B). Off by default until a same-run A/B on a GPU says
-  // Auto is faster (bench/results/2026-12-05-v24).
-  enum class GemmCutlass { Auto, Off, Coop128x160, Ping64x160, StreamK128x128 };
-  GemmCutlass gemm_cutlass = GemmCutlass::Off;
 };
 Options& options();
 // Whether this build can use cuDNN (and a library was found at run time).
@@ -161,8 +153,6 @@ size_t narrow_conv_mma_calls();
 // compute 9.0 GPU), and the calls it ran so far (tests: that it ran).
 bool linear_geglu_fused_available();
 size_t linear_geglu_fused_calls();
-// GEMMs a CUTLASS plain kernel ran so far (Options::gemm_cutlass; tests: that it ran).
-size_t cutlass_gemm_calls();
 // Calls of the fused phase copy and GroupNorm so far (tests: that it ran).
 size_t interleave_group_norm_calls();
 

@@ -13,12 +13,9 @@
 // choice is also kept in the plan cache (plan_cache.h), so that a later process
 // takes it after cuBLASLt confirms that it still applies.
 #include <algorithm>
-#include <atomic>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
-#include <functional>
-#include <iterator>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -391,101 +388,7 @@ const Plan& plan_for(const Key& key, const GemmParams& p) {
   return it->second;
 }
 
-// CUTLASS's plain GEMMs (gemm_cutlass.cuh) beside cuBLASLt's plan: which of them runs a
-// shape is timed on its first call outside a capture, as the plan's candidates are, and
-// kept for the process (the plan file keeps cuBLASLt's choice only).
-std::atomic<size_t> g_cutlass_calls{0};
-#if defined(KILN_WITH_CUTLASS)
-constexpr CutlassGemmForm kCutlassForms[] = {
-    CutlassGemmForm::Coop128x160, CutlassGemmForm::Ping64x160, CutlassGemmForm::StreamK128x128};
-constexpr const char* kCutlassFormNames[] = {"coop 128x160", "ping-pong 64x160",
-                                             "stream-K 128x128"};
-std::map<Key, int> g_cutlass_choice;  // an index into kCutlassForms, or -1: cuBLASLt
-
-template <DType T>
-bool launch_cutlass_as(CutlassGemmForm f, const GemmParams& p) {
-  switch (f) {
-    case CutlassGemmForm::Coop128x160:
-      return cutlass_gemm<T, CutlassGemmForm::Coop128x160>(p);
-    case CutlassGemmForm::Ping64x160:
-      return cutlass_gemm<T, CutlassGemmForm::Ping64x160>(p);
-    case CutlassGemmForm::StreamK128x128:
-      return cutlass_gemm<T, CutlassGemmForm::StreamK128x128>(p);
-  }
-  return false;
-}
-
-bool launch_cutlass(CutlassGemmForm f, const GemmParams& p) {
-  return p.dtype == DType::F16 ? launch_cutlass_as<DType::F16>(f, p)
-                               : launch_cutlass_as<DType::BF16>(f, p);
-}
-
-// Whether CUTLASS's kernels can take the call: Hopper and a build with them, f16 or
-// bf16, no activation, contiguous rows, every operand 16-byte aligned (TMA's and the
-// epilogue's bias loads' rule).
-bool cutlass_takes(const Key& key, const GemmParams& p) {
-  return options().gemm_cutlass != Options::GemmCutlass::Off && linear_geglu_fused_available() &&
-         (p.dtype == DType::F16 || p.dtype == DType::BF16) && p.act == Activation::None &&
-         p.lda == p.k && p.ldb == p.k && p.ldc == p.n && p.k % 8 == 0 && p.n % 8 == 0 &&
-         p.m <= INT32_MAX && p.n <= INT32_MAX && p.k <= INT32_MAX && key.align_a >= 16 &&
-         key.align_b >= 16 && key.align_c >= 16 && key.align_d >= 16 &&
-         (!p.bias || alignment(p.bias) >= 16);
-}
-
-// Runs the call on CUTLASS where that was found faster (or is forced); false where
-// cuBLASLt's plan is to run it.
-bool cutlass_ran(const Key& key, const Plan& plan, const GemmParams& p, bool residual_in_c) {
-  if (!cutlass_takes(key, p)) return false;
-  using Choice = Options::GemmCutlass;
-  const Choice forced = options().gemm_cutlass;
-  int form = -1;
-  if (forced != Choice::Auto) {
-    form = forced == Choice::Coop128x160 ? 0 : forced == Choice::Ping64x160 ? 1 : 2;
-  } else {
-    auto it = g_cutlass_choice.find(key);
-    if (it == g_cutlass_choice.end()) {
-      if (context().capturing) return false;  // no timing inside a capture
-      // Timed as fastest() times the plan's candidates: one untimed run, then five.
-      PlanTimer timer(key.step_timed);
-      const size_t a_bytes = size_t((key.m - 1) * key.lda + key.k) * dtype_size(key.dtype);
-      auto time = [&](const std::function<void()>& call) {
-        call();
-        return timer.time(call, p.a, a_bytes, 5);
-      };
-      const float lt_ms = time([&] { run(plan, p, residual_in_c); });
-      float best = lt_ms;
-      for (int i = 0; i < int(std::size(kCutlassForms)); ++i) {
-        if (!launch_cutlass(kCutlassForms[i], p)) continue;  // does not take the shape
-        const float ms = time([&] { launch_cutlass(kCutlassForms[i], p); });
-        // CUTLASS where it is at least 3% faster than cuBLASLt (not on noise).
-        if (ms < (form < 0 ? 0.97f : 1.0f) * best) {
-          best = ms;
-          form = i;
-        }
-      }
-      if (std::getenv("KILN_GEMM_LOG"))
-        std::fprintf(stderr, "kiln gemm: m%lld n%lld k%lld: cuBLASLt %.2f us, %s %.2f us\n",
-                     (long long)p.m, (long long)p.n, (long long)p.k, 1e3f * lt_ms,
-                     form < 0 ? "kept" : kCutlassFormNames[form], 1e3f * best);
-      it = g_cutlass_choice.emplace(key, form).first;
-    }
-    form = it->second;
-  }
-  if (form < 0 || !launch_cutlass(kCutlassForms[form], p)) return false;
-  ++g_cutlass_calls;
-  return true;
-}
-#else
-bool cutlass_ran(const Key&, const Plan&, const GemmParams&, bool) {
-  return false;
-}
-#endif
-
 }  // namespace
-
-size_t cutlass_gemm_calls() {
-  return g_cutlass_calls.load();
-}
 
 void forget_gemm_plans() {
   std::lock_guard<std::mutex> lock(g_mu);
@@ -496,9 +399,6 @@ void forget_gemm_plans() {
     CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(plan.out));
   }
   g_plans.clear();
-#if defined(KILN_WITH_CUTLASS)
-  g_cutlass_choice.clear();
-#endif
 }
 
 void gemm_nt(const GemmParams& p) {
@@ -533,7 +433,6 @@ void gemm_nt(const GemmParams& p) {
           options().gemm_search == Options::GemmSearch::Wide};
   const Plan* plan = &plan_for(key, p);
   if (plan->valid) {
-    if (cutlass_ran(key, *plan, p, residual_in_c)) return;
     run(*plan, p, residual_in_c);
     if (!fused_act || (p.residual && !residual_in_c))
       bias_act_residual(p.c, nullptr, residual_in_c ? nullptr : p.residual, p.m, p.n,

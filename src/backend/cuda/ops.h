@@ -27,13 +27,6 @@ struct GemmParams {
   DType dtype = DType::F16;
 };
 void gemm_nt(const GemmParams& p);
-// gemm_cutlass_<type>_<form>.cu (a build with CUTLASS): gemm_nt without an activation in
-// one of CUTLASS's Hopper kernels (gemm_cutlass.cuh), for T F16 or BF16; false where it
-// cannot run these operands. gemm.cpp checks the layout first (contiguous rows, 16-byte
-// aligned operands).
-enum class CutlassGemmForm { Coop128x160, Ping64x160, StreamK128x128 };
-template <DType T, CutlassGemmForm F>
-bool cutlass_gemm(const GemmParams& p);
 
 // gemm_geglu.cu (a build with CUTLASS; else gemm.cpp's stand-in, false): ops::linear_geglu
 // as one GEMM with the gate in its epilogue, or false (nothing done) where it does not

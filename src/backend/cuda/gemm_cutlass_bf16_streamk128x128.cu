@@ -1,6 +1,0 @@
-// A plain CUTLASS GEMM for bf16, streamk128x128 (gemm_cutlass.cuh says why a file each).
-#include "backend/cuda/gemm_cutlass.cuh"
-
-namespace kiln::cuda {
-template bool cutlass_gemm<DType::BF16, CutlassGemmForm::StreamK128x128>(const GemmParams& p);
-}  // namespace kiln::cuda

@@ -1,6 +1,0 @@
-// A plain CUTLASS GEMM for f16, coop128x160 (gemm_cutlass.cuh says why a file each).
-#include "backend/cuda/gemm_cutlass.cuh"
-
-namespace kiln::cuda {
-template bool cutlass_gemm<DType::F16, CutlassGemmForm::Coop128x160>(const GemmParams& p);
-}  // namespace kiln::cuda
