@@ -61,9 +61,10 @@ struct Key {
   uint32_t align_a, align_b, align_c, align_d;  // C is the residual when one rides in
   bool step_timed;                              // Options::PlanTiming::Step
   bool wide;                                    // Options::GemmSearch::Wide
+  bool split_k;                                 // Options::GemmSearch::SplitK
   auto tie() const {
     return std::tie(m, n, k, lda, ldb, ldc, dtype, epilogue, residual, align_a, align_b, align_c,
-                    align_d, step_timed, wide);
+                    align_d, step_timed, wide, split_k);
   }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
   // Every field, for the plan cache.
@@ -71,7 +72,7 @@ struct Key {
     return str("m", m, " n", n, " k", k, " ld", lda, ",", ldb, ",", ldc, " ", dtype_name(dtype),
                " epilogue", int(epilogue), residual ? " residual" : "", " align", align_a, ",",
                align_b, ",", align_c, ",", align_d, step_timed ? " step-timed" : "",
-               wide ? " wide" : "");
+               wide ? " wide" : "", split_k ? " split-k" : "");
   }
 };
 
@@ -202,6 +203,34 @@ std::optional<size_t> check(const Plan& plan, const Key& key, const cublasLtMatm
   return result.workspaceSize;
 }
 
+// Options::GemmSearch::SplitK: for shapes whose output is fewer 128x128 tiles than the
+// GPU has multiprocessors and whose K is long (SD1.5's 8×8 and 16×16 convolutions as
+// im2col GEMMs: 128 or 512 rows, 1280 outputs, K = 11520 or 23040, 10 or 40 tiles whose
+// weights of 29-59 MB a few multiprocessors read alone), split-K variants of the
+// heuristic's four best fits that support it, 2 to 16 ways while each part keeps at
+// least 512 of K, with f32 partial sums. The wide search's variants stop at 4 ways.
+void add_split_k(const Plan& plan, const Key& key, std::vector<Candidate>& out) {
+  const int64_t tiles = ((key.m + 127) / 128) * ((key.n + 127) / 128);
+  if (tiles >= context().props.multiProcessorCount || key.k < 1024) return;
+  const size_t seeds = std::min<size_t>(out.size(), 4);
+  for (size_t i = 0; i < seeds; ++i) {
+    const cublasLtMatmulAlgo_t seed = out[i].algo;
+    if (!capability<int32_t>(seed, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT) ||
+        !(capability<uint32_t>(seed, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK) &
+          CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE) ||
+        config<int32_t>(seed, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) > 1)
+      continue;
+    for (int32_t split : {2, 4, 8, 16}) {
+      if (key.k / split < 512) break;
+      cublasLtMatmulAlgo_t a = seed;
+      if (set_config(a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, split) &&
+          set_config(a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
+                     uint32_t(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)))
+        if (const auto workspace = check(plan, key, a)) out.push_back({a, *workspace});
+    }
+  }
+}
+
 // What gets timed. The default: the heuristic's 16 best fits. The wide search
 // (Options::GemmSearch::Wide) adds, for every algorithm id cuBLASLt has for these
 // types, the heuristic's best configurations of that id, and variants of the best fits
@@ -215,6 +244,7 @@ std::vector<Candidate> candidates(const Plan& plan, const Key& key) {
   cublasLtMatmulPreference_t pref = preference(key, CUBLASLT_SEARCH_BEST_FIT);
   ask_heuristic(plan, pref, key.wide ? kBestFits : kCandidates, results, out);
   CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+  if (key.split_k && !out.empty()) add_split_k(plan, key, out);
   if (!key.wide || out.empty()) return out;
 
   const cudaDataType_t type = cuda_type(key.dtype);
@@ -430,7 +460,8 @@ void gemm_nt(const GemmParams& p) {
           residual_in_c ? std::min(align_d, alignment(p.residual)) : align_d,
           align_d,
           options().plan_timing == Options::PlanTiming::Step,
-          options().gemm_search == Options::GemmSearch::Wide};
+          options().gemm_search == Options::GemmSearch::Wide,
+          options().gemm_search == Options::GemmSearch::SplitK};
   const Plan* plan = &plan_for(key, p);
   if (plan->valid) {
     run(*plan, p, residual_in_c);
