@@ -8,13 +8,15 @@
 #   FLAG=group-norm VALUES=auto,grid OPS=group_norm scripts/gpu-ab.sh
 #   WORKLOADS='sd15-512:--arch sd15 --what unet,vae --size 512;vae-1024:--arch sd15 --what vae --size 1024 --reps 5'
 #   SKIP_BUILD=1 ...                 use build-gpu/ as it is
+#   TEST_FILTER='SplitK/Linear.*' ...  before the A/B, only these backend suites (a
+#                                    gtest filter; TEST=1 runs the whole test stage)
 #   ROUNDS=2 ...                     each value twice, interleaved (the spread of one value)
 #   BASE_ARGS='--plan-timing step' ...  more kiln bench arguments for every run
 #
 # Output in $OUT (default out/gpu-ab): ab.md (the tables) and runs.tgz (every run's
 # markdown and JSON).
 set -uo pipefail
-cd "$(dirname "$0")/.."
+cd "$(dirname "$0")/.." || exit 1
 OUT=${OUT:-$PWD/out/gpu-ab}
 mkdir -p "$OUT/runs"
 FLAG=${FLAG:?set FLAG to a kiln bench option without its dashes}
@@ -37,6 +39,14 @@ if [ ! -x "$KILN" ]; then
   echo "gpu-ab: no $KILN; the build's log ends:" >&2
   tail -30 "$OUT/check.txt" >&2 2>/dev/null
   exit 1
+fi
+
+if [ -n "${TEST_FILTER:-}" ]; then
+  # The suites the flag's code paths need, not the whole stage: the A/B keeps its time.
+  timeout "${TEST_TIME:-120}" build-gpu/bin/kiln_backend_tests --gtest_filter="$TEST_FILTER" \
+    >"$OUT/tests.txt" 2>&1
+  echo "gpu-ab: tests $TEST_FILTER: exit $?; $(grep -cE '^\[       OK \]' "$OUT/tests.txt") ok"
+  grep -E "^\[  FAILED  \]|: Failure" "$OUT/tests.txt" | head -20
 fi
 
 export KILN_PLAN_CACHE=${KILN_PLAN_CACHE:-$(mktemp -d /tmp/kiln-plans.XXXXXX)}
