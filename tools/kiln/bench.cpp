@@ -465,8 +465,13 @@ void bench_e2e(Bench& b, const fs::path& dir, const std::vector<int>& sizes, int
     if (s.cuda() && s.graphs && !xl) {
       b.start_memory();
       const double ms = e2e_with_graph(dir, s, size, steps, reps);
-      // The same generation (CFG, Euler, the same steps), its UNet replayed.
-      b.add({name, size, 1, steps, "e2e-graph", ms, ms, gflop, b.peak_mib()});
+      // The graph's generation samples with Euler: the same work as the pipeline's
+      // where the folder's scheduler is Euler too (--arch folders), else not counted
+      // (PNDM, for one, calls the UNet once more).
+      const std::string scheduler =
+          io::read_json(dir / "scheduler/scheduler_config.json").value("_class_name", "");
+      const bool same = sampler_for_scheduler_class(scheduler) == SamplerKind::Euler;
+      b.add({name, size, 1, steps, "e2e-graph", ms, ms, same ? gflop : 0.0, b.peak_mib()});
     }
   }
 }

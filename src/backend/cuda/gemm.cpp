@@ -16,6 +16,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <initializer_list>
 #include <limits>
 #include <map>
 #include <mutex>
@@ -203,31 +204,40 @@ std::optional<size_t> check(const Plan& plan, const Key& key, const cublasLtMatm
   return result.workspaceSize;
 }
 
+// Split-K variants of `seed` (f32 partial sums) that pass check(), appended to `out`:
+// each of `splits` while K / split stays at least `min_part`; none where the seed
+// cannot split or is split already.
+void add_split_variants(const Plan& plan, const Key& key, const cublasLtMatmulAlgo_t& seed,
+                        std::initializer_list<int32_t> splits, int64_t min_part,
+                        std::vector<Candidate>& out) {
+  if (!capability<int32_t>(seed, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT) ||
+      !(capability<uint32_t>(seed, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK) &
+        CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE) ||
+      config<int32_t>(seed, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) > 1)
+    return;
+  for (int32_t split : splits) {
+    if (key.k / split < min_part) break;
+    cublasLtMatmulAlgo_t a = seed;
+    if (set_config(a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, split) &&
+        set_config(a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
+                   uint32_t(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)))
+      if (const auto workspace = check(plan, key, a)) out.push_back({a, *workspace});
+  }
+}
+
 // Options::GemmSearch::SplitK: for shapes whose output is fewer 128x128 tiles than the
 // GPU has multiprocessors and whose K is long (SD1.5's 8×8 and 16×16 convolutions as
 // im2col GEMMs: 128 or 512 rows, 1280 outputs, K = 11520 or 23040, 10 or 40 tiles whose
 // weights of 29-59 MB a few multiprocessors read alone), split-K variants of the
-// heuristic's four best fits that support it, 2 to 16 ways while each part keeps at
-// least 512 of K, with f32 partial sums. The wide search's variants stop at 4 ways.
+// heuristic's four best fits, 2 to 16 ways while each part keeps at least 512 of K.
+// The wide search's variants stop at 4 ways.
 void add_split_k(const Plan& plan, const Key& key, std::vector<Candidate>& out) {
   const int64_t tiles = ((key.m + 127) / 128) * ((key.n + 127) / 128);
   if (tiles >= context().props.multiProcessorCount || key.k < 1024) return;
   const size_t seeds = std::min<size_t>(out.size(), 4);
   for (size_t i = 0; i < seeds; ++i) {
-    const cublasLtMatmulAlgo_t seed = out[i].algo;
-    if (!capability<int32_t>(seed, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT) ||
-        !(capability<uint32_t>(seed, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK) &
-          CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE) ||
-        config<int32_t>(seed, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) > 1)
-      continue;
-    for (int32_t split : {2, 4, 8, 16}) {
-      if (key.k / split < 512) break;
-      cublasLtMatmulAlgo_t a = seed;
-      if (set_config(a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, split) &&
-          set_config(a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
-                     uint32_t(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)))
-        if (const auto workspace = check(plan, key, a)) out.push_back({a, *workspace});
-    }
+    const cublasLtMatmulAlgo_t seed = out[i].algo;  // a copy: out grows below
+    add_split_variants(plan, key, seed, {2, 4, 8, 16}, 512, out);
   }
 }
 
@@ -266,20 +276,9 @@ std::vector<Candidate> candidates(const Plan& plan, const Key& key) {
 
   const size_t varied = std::min<size_t>(out.size(), kVaried);
   for (size_t i = 0; i < varied; ++i) {
-    const cublasLtMatmulAlgo_t seed = out[i].algo;
+    const cublasLtMatmulAlgo_t seed = out[i].algo;  // a copy: out grows below
+    add_split_variants(plan, key, seed, {2, 3, 4}, 256, out);
     std::vector<cublasLtMatmulAlgo_t> variants;
-    if (capability<int32_t>(seed, CUBLASLT_ALGO_CAP_SPLITK_SUPPORT) &&
-        (capability<uint32_t>(seed, CUBLASLT_ALGO_CAP_REDUCTION_SCHEME_MASK) &
-         CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE) &&
-        config<int32_t>(seed, CUBLASLT_ALGO_CONFIG_SPLITK_NUM) <= 1)
-      for (int32_t split : {2, 3, 4}) {
-        if (key.k / split < 256) break;
-        cublasLtMatmulAlgo_t a = seed;
-        if (set_config(a, CUBLASLT_ALGO_CONFIG_SPLITK_NUM, split) &&
-            set_config(a, CUBLASLT_ALGO_CONFIG_REDUCTION_SCHEME,
-                       uint32_t(CUBLASLT_REDUCTION_SCHEME_COMPUTE_TYPE)))
-          variants.push_back(a);
-      }
     if (capability<uint32_t>(seed, CUBLASLT_ALGO_CAP_CTA_SWIZZLING_SUPPORT)) {
       cublasLtMatmulAlgo_t a = seed;
       if (set_config(a, CUBLASLT_ALGO_CONFIG_CTA_SWIZZLING,
