@@ -88,8 +88,9 @@ const char* kHelp =
 
     "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
-    "  --group-norm K       auto or grid: grid tries the grid-wide one-launch GroupNorm\n"
-    "                       first (default auto; for comparing the two)\n"
+    "  --group-norm K       auto, grid or two-launch: grid tries the grid-wide one-launch\n"
+    "                       GroupNorm first; two-launch never takes the one-block kernel\n"
+    "                       (default auto; for A/B)\n"
     "  --conv K             auto or cudnn: auto times cuDNN against kiln's narrow 3x3\n"
     "                       kernels and im2col + GEMM per shape; cudnn takes cuDNN's alone\n"
     "  --plan-timing T      warm or step: how plans time GEMM candidates and convolution\n"
@@ -590,7 +591,9 @@ int bench(const std::vector<std::string>& argv) {
                   {"auto", Attn::Auto}, {"kiln", Attn::Kiln}, {"cudnn", Attn::Cudnn}},
               cuda::options().attention_kernel);
   using GN = cuda::Options::GroupNormKernel;
-  kernel_flag("group-norm", std::map<std::string, GN>{{"auto", GN::Auto}, {"grid", GN::Grid}},
+  kernel_flag("group-norm",
+              std::map<std::string, GN>{
+                  {"auto", GN::Auto}, {"grid", GN::Grid}, {"two-launch", GN::TwoLaunch}},
               cuda::options().group_norm_kernel);
   using Conv = cuda::Options::ConvKernel;
   kernel_flag("conv", std::map<std::string, Conv>{{"auto", Conv::Auto}, {"cudnn", Conv::Cudnn}},

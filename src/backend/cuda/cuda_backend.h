@@ -80,8 +80,8 @@ struct Options {
   // two launches. Grid first tries the one-launch kernel spread over the whole GPU
   // (a cooperative launch; tensors up to about 16 MB in f16), measured slower than
   // Auto on an H200 (bench/cuda-notes.md, v11): kept for tests and for the work on
-  // its fixed cost.
-  enum class GroupNormKernel { Auto, Grid };
+  // its fixed cost. TwoLaunch never takes the one-block kernel (for A/B runs).
+  enum class GroupNormKernel { Auto, Grid, TwoLaunch };
   GroupNormKernel group_norm_kernel = GroupNormKernel::Auto;
   // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our
   // narrow kernels (3×3 with 3, 4 or 8 input or output channels) and, on small images,

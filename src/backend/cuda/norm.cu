@@ -833,7 +833,8 @@ void group_norm(const GroupNormArgs& args) {
     // small. Narrower groups of many rows (SD1.5's 10 and 20 channels at 64x64 and
     // 32x32) are faster through the two launches, which read whole rows: one block
     // per group made 2x4096x320 39 us against 23.
-    if ((per_group % kVec<T> == 0 || a.x.dim(1) * per_group <= 16384) &&
+    if (options().group_norm_kernel != Options::GroupNormKernel::TwoLaunch &&
+        (per_group % kVec<T> == 0 || a.x.dim(1) * per_group <= 16384) &&
         launch_group_norm_resident<T>(a))
       return;
     if (pack_width<T>(a.x.dim(2), {a.x.raw(), a.out.raw()}) == 1)
