@@ -54,9 +54,6 @@ struct LinearCase {
   // propose (split-K with f32 partial sums, other cluster shapes), each run after the
   // L2 is overwritten.
   bool wide = false;
-  // Plans by the split-K search (Options::GemmSearch::SplitK, timed warm): up to 16-way
-  // split-K on shapes with few output tiles and a long K.
-  bool split_k = false;
 };
 
 class Linear : public CudaTest, public ::testing::WithParamInterface<LinearCase> {
@@ -65,7 +62,7 @@ class Linear : public CudaTest, public ::testing::WithParamInterface<LinearCase>
     const cuda::Options defaults;
     cuda::options().gemm_search = defaults.gemm_search;
     cuda::options().plan_timing = defaults.plan_timing;
-    if ((GetParam().wide || GetParam().split_k) && cuda::available()) cuda::set_plan_cache("");
+    if (GetParam().wide && cuda::available()) cuda::set_plan_cache("");
     CudaTest::TearDown();
   }
 };
@@ -76,9 +73,6 @@ TEST_P(Linear, MatchesCpu) {
     cuda::options().gemm_search = cuda::Options::GemmSearch::Wide;
     cuda::options().plan_timing = cuda::Options::PlanTiming::Step;
     cuda::set_plan_cache("off");  // timed here, not taken from an earlier run's file
-  } else if (c.split_k) {
-    cuda::options().gemm_search = cuda::Options::GemmSearch::SplitK;
-    cuda::set_plan_cache("off");
   }
   const size_t step_runs = cuda::step_timed_runs();
   for (DType dt : kAllTypes) {
@@ -129,16 +123,6 @@ INSTANTIATE_TEST_SUITE_P(
                       LinearCase{8192, 320, 320, false, false, Activation::None, true},
                       LinearCase{2048, 640, 640, true, true, Activation::None, true},
                       LinearCase{2, 320, 1280, true, false, Activation::SiLU, true}));
-
-// The split-K search on SD1.5's 8×8 and 16×16 convolutions as im2col GEMMs (10 and 40
-// output tiles, K of 11520 and 23040), a residual riding in under split-K, and a short K
-// it leaves alone.
-INSTANTIATE_TEST_SUITE_P(
-    SplitK, Linear,
-    ::testing::Values(LinearCase{128, 11520, 1280, true, false, Activation::None, false, true},
-                      LinearCase{512, 11520, 1280, true, true, Activation::None, false, true},
-                      LinearCase{128, 23040, 1280, false, false, Activation::None, false, true},
-                      LinearCase{64, 512, 256, true, false, Activation::None, false, true}));
 
 // ---------------------------------------------------------------------------
 // The feed-forward's gated projection on interleaved weights (ops::linear_geglu) against

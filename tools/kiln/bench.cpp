@@ -96,11 +96,9 @@ const char* kHelp =
     "  --plan-timing T      warm or step: how plans time GEMM candidates and convolution\n"
     "                       paths; step overwrites the L2 before each run, so that the\n"
     "                       weights come from memory as inside a step (default warm; A/B)\n"
-    "  --gemm-search S      heuristic, wide or splitk: which GEMM algorithms a plan\n"
-    "                       times (default heuristic, cuBLASLt's 16 best fits; wide: also\n"
-    "                       split-K, swizzle and cluster variants, 50-80 a shape; splitk:\n"
-    "                       also 2-16-way split-K where a shape has few output tiles\n"
-    "                       and a long K; A/B)\n"
+    "  --gemm-search S      heuristic or wide: which GEMM algorithms a plan times\n"
+    "                       (default heuristic, cuBLASLt's 16 best fits; wide: also\n"
+    "                       split-K, swizzle and cluster variants, 50-80 a shape; A/B)\n"
     "  --json FILE          also write the rows as JSON\n"
     "  --commit SHA         the commit to record (default: the one kiln was configured at)\n";
 
@@ -605,8 +603,7 @@ int bench(const std::vector<std::string>& argv) {
   using Search = cuda::Options::GemmSearch;
   kernel_flag(
       "gemm-search",
-      std::map<std::string, Search>{
-          {"heuristic", Search::Heuristic}, {"wide", Search::Wide}, {"splitk", Search::SplitK}},
+      std::map<std::string, Search>{{"heuristic", Search::Heuristic}, {"wide", Search::Wide}},
       cuda::options().gemm_search);
   using GegluForm = cuda::Options::GegluForm;
   kernel_flag("geglu-form",

@@ -128,9 +128,7 @@ struct Options {
   // best timed again). Timed warm, the wide search's winners lost inside the model
   // (v12: SD1.5 5.77 -> 6.05 ms); whether they win when timed as in a step is what
   // v22 measures. Plans made by the wide search are kept under keys of their own.
-  // SplitK adds, where a shape has fewer 128x128 output tiles than multiprocessors and
-  // K is long, split-K variants (up to 16 ways) of the heuristic's best four (v24).
-  enum class GemmSearch { Heuristic, Wide, SplitK };
+  enum class GemmSearch { Heuristic, Wide };
   GemmSearch gemm_search = GemmSearch::Heuristic;
 };
 Options& options();

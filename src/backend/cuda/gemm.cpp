@@ -62,10 +62,9 @@ struct Key {
   uint32_t align_a, align_b, align_c, align_d;  // C is the residual when one rides in
   bool step_timed;                              // Options::PlanTiming::Step
   bool wide;                                    // Options::GemmSearch::Wide
-  bool split_k;                                 // Options::GemmSearch::SplitK
   auto tie() const {
     return std::tie(m, n, k, lda, ldb, ldc, dtype, epilogue, residual, align_a, align_b, align_c,
-                    align_d, step_timed, wide, split_k);
+                    align_d, step_timed, wide);
   }
   bool operator<(const Key& o) const { return tie() < o.tie(); }
   // Every field, for the plan cache.
@@ -73,7 +72,7 @@ struct Key {
     return str("m", m, " n", n, " k", k, " ld", lda, ",", ldb, ",", ldc, " ", dtype_name(dtype),
                " epilogue", int(epilogue), residual ? " residual" : "", " align", align_a, ",",
                align_b, ",", align_c, ",", align_d, step_timed ? " step-timed" : "",
-               wide ? " wide" : "", split_k ? " split-k" : "");
+               wide ? " wide" : "");
   }
 };
 
@@ -225,22 +224,6 @@ void add_split_variants(const Plan& plan, const Key& key, const cublasLtMatmulAl
   }
 }
 
-// Options::GemmSearch::SplitK: for shapes whose output is fewer 128x128 tiles than the
-// GPU has multiprocessors and whose K is long (SD1.5's 8×8 and 16×16 convolutions as
-// im2col GEMMs: 128 or 512 rows, 1280 outputs, K = 11520 or 23040, 10 or 40 tiles whose
-// weights of 29-59 MB a few multiprocessors read alone), split-K variants of the
-// heuristic's four best fits, 2 to 16 ways while each part keeps at least 512 of K.
-// The wide search's variants stop at 4 ways.
-void add_split_k(const Plan& plan, const Key& key, std::vector<Candidate>& out) {
-  const int64_t tiles = ((key.m + 127) / 128) * ((key.n + 127) / 128);
-  if (tiles >= context().props.multiProcessorCount || key.k < 1024) return;
-  const size_t seeds = std::min<size_t>(out.size(), 4);
-  for (size_t i = 0; i < seeds; ++i) {
-    const cublasLtMatmulAlgo_t seed = out[i].algo;  // a copy: out grows below
-    add_split_variants(plan, key, seed, {2, 4, 8, 16}, 512, out);
-  }
-}
-
 // What gets timed. The default: the heuristic's 16 best fits. The wide search
 // (Options::GemmSearch::Wide) adds, for every algorithm id cuBLASLt has for these
 // types, the heuristic's best configurations of that id, and variants of the best fits
@@ -254,7 +237,6 @@ std::vector<Candidate> candidates(const Plan& plan, const Key& key) {
   cublasLtMatmulPreference_t pref = preference(key, CUBLASLT_SEARCH_BEST_FIT);
   ask_heuristic(plan, pref, key.wide ? kBestFits : kCandidates, results, out);
   CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
-  if (key.split_k && !out.empty()) add_split_k(plan, key, out);
   if (!key.wide || out.empty()) return out;
 
   const cudaDataType_t type = cuda_type(key.dtype);
@@ -459,8 +441,7 @@ void gemm_nt(const GemmParams& p) {
           residual_in_c ? std::min(align_d, alignment(p.residual)) : align_d,
           align_d,
           options().plan_timing == Options::PlanTiming::Step,
-          options().gemm_search == Options::GemmSearch::Wide,
-          options().gemm_search == Options::GemmSearch::SplitK};
+          options().gemm_search == Options::GemmSearch::Wide};
   const Plan* plan = &plan_for(key, p);
   if (plan->valid) {
     run(*plan, p, residual_in_c);
