@@ -462,8 +462,9 @@ TEST_P(GroupNorm, MatchesCpu) {
 }
 
 // Groups that one block holds in registers (up to 49152 values, fewer in f32 or with
-// narrow accesses) take the one-block kernel, larger ones the two-launch path (4096
-// and 8192 channels: over 48 KiB of shared memory). Each case also runs with the grid
+// narrow accesses) take the one-block kernel where they are small or fill the GPU
+// (batch 5 × 32 groups: 160 blocks), larger ones the two-launch path (4096 and 8192
+// channels: over 48 KiB of shared memory). Each case also runs with the grid
 // kernel asked for, which takes tensors the whole GPU holds in registers (up to about
 // 16 MB in f16 and f32, 8 MB in bf16; 16-byte accesses, a pack of 8 channels in at
 // most two groups).
@@ -501,9 +502,10 @@ INSTANTIATE_TEST_SUITE_P(
             NormCase{1, 37, 12, 4, Activation::SiLU, false, true},      // odd, + addend (1-wide)
             NormCase{2, 37, 12, 4, Activation::SiLU, false, true, 5},   // odd, wider, odd column
             NormCase{2, 1024, 640, 32, Activation::SiLU, false, true},  // + addend, 20 a group
-            NormCase{1, 6144, 256, 32, Activation::SiLU},  // one-block kernel at its limit
-            NormCase{1, 6145, 256, 32, Activation::SiLU},  // past it
-            NormCase{1, 3072, 256, 32, Activation::SiLU},  // f32's limit
+            NormCase{5, 6144, 256, 32, Activation::SiLU},  // one-block kernel at its limit
+            NormCase{5, 6145, 256, 32, Activation::SiLU},  // past it
+            NormCase{5, 3072, 256, 32, Activation::SiLU},  // f32's limit
+            NormCase{1, 6144, 256, 32, Activation::SiLU},  // 32 blocks: two launches
             NormCase{1, 1000, 60, 20, Activation::SiLU},   // 1-wide, 1024 threads
             NormCase{3, 5, 6, 3, Activation::None}),
         ::testing::Bool()));

@@ -829,12 +829,18 @@ void group_norm(const GroupNormArgs& args) {
     if (options().group_norm_kernel == Options::GroupNormKernel::Grid &&
         launch_group_norm_grid<T>(a))
       return;
-    // One block per group where its accesses are 16 bytes wide, or the group is
-    // small. Narrower groups of many rows (SD1.5's 10 and 20 channels at 64x64 and
-    // 32x32) are faster through the two launches, which read whole rows: one block
-    // per group made 2x4096x320 39 us against 23.
+    // One block per group where the group is small, or where its accesses are 16
+    // bytes wide and there are blocks enough for every multiprocessor. Narrower groups
+    // of many rows (SD1.5's 10 and 20 channels at 64x64 and 32x32) are faster through
+    // the two launches, which read whole rows: one block per group made 2x4096x320
+    // 39 us against 23. So are large groups in too few blocks: SDXL's 2x1024x1280 (64
+    // blocks of 40960 values) 24.4 against 21.6 us a call in the step, where SD1.5's
+    // 2x256x1280 (10240 values) kept the one block at 11.9 against 15.6 (H100,
+    // bench/results/2026-12-05-h100-v25).
+    const int64_t group_values = a.x.dim(1) * per_group;
+    const bool fills_gpu = a.x.dim(0) * a.groups >= int64_t(context().props.multiProcessorCount);
     if (options().group_norm_kernel != Options::GroupNormKernel::TwoLaunch &&
-        (per_group % kVec<T> == 0 || a.x.dim(1) * per_group <= 16384) &&
+        (group_values <= 16384 || (per_group % kVec<T> == 0 && fills_gpu)) &&
         launch_group_norm_resident<T>(a))
       return;
     if (pack_width<T>(a.x.dim(2), {a.x.raw(), a.out.raw()}) == 1)
