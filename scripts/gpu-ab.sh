@@ -8,7 +8,7 @@
 #   FLAG=group-norm VALUES=auto,grid OPS=group_norm scripts/gpu-ab.sh
 #   WORKLOADS='sd15-512:--arch sd15 --what unet,vae --size 512;vae-1024:--arch sd15 --what vae --size 1024 --reps 5'
 #   SKIP_BUILD=1 ...                 use build-gpu/ as it is
-#   TEST_FILTER='SplitK/Linear.*' ...  before the A/B, only these backend suites (a
+#   TEST_FILTER='Wide/Linear.*' ...    before the A/B, only these backend suites (a
 #                                    gtest filter; TEST=1 runs the whole test stage)
 #   ROUNDS=2 ...                     each value twice, interleaved (the spread of one value)
 #   BASE_ARGS='--plan-timing step' ...  more kiln bench arguments for every run
@@ -72,7 +72,12 @@ runs, flag, ops, rounds, values = sys.argv[1], sys.argv[2], re.compile(sys.argv[
 totals, peaks, per_op = {}, {}, {}
 for path in sorted(glob.glob(os.path.join(runs, "*.md"))):
     stem = os.path.basename(path)[:-3]
-    name, value, rnd = stem.rsplit("-", 2)
+    # <name>-<value>-<round>, where a value may hold dashes itself (two-launch).
+    rest, rnd = stem.rsplit("-", 1)
+    value = max((v for v in values if rest.endswith("-" + v)), key=len, default=None)
+    if value is None:
+        continue
+    name = rest[: -len(value) - 1]
     col = value if rounds == 1 else f"{value} #{rnd}"
     # Rows by the bench's workload, prefixed with the run's own name where that differs
     # (two runs of one workload with different arguments stay apart).
