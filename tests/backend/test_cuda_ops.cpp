@@ -429,10 +429,6 @@ TEST_P(GroupNorm, MatchesCpu) {
   const auto [c, grid] = GetParam();
   cuda::options().group_norm_kernel =
       grid ? cuda::Options::GroupNormKernel::Grid : cuda::Options::GroupNormKernel::Auto;
-  // Large tensors' statistics: the backward sweep (the default) in the plain runs, each
-  // block's own run of rows in the grid runs (where the grid kernel declines a tensor,
-  // the two launches take it).
-  cuda::options().group_norm_sweep = !grid;
   for (DType dt : kAllTypes) {
     // An offset mean, as real activations have, tests the variance's accuracy.
     std::vector<Tensor> in{
@@ -463,7 +459,6 @@ TEST_P(GroupNorm, MatchesCpu) {
                      [&] { return op(dev); });
   }
   cuda::options().group_norm_kernel = cuda::Options::GroupNormKernel::Auto;
-  cuda::options().group_norm_sweep = cuda::Options{}.group_norm_sweep;
 }
 
 // Groups that one block holds in registers (up to 49152 values, fewer in f32 or with

@@ -82,9 +82,6 @@ const char* kHelp =
     "                       channels, where it beats cuDNN (default auto: all timed; A/B)\n"
     "  --interleave-norm-fused B  1 or 0: on CUDA, an upsampler's phase copy and the next\n"
     "                       GroupNorm's statistics in one pass (default 1; for A/B)\n"
-    "  --group-norm-sweep B 1 or 0: on CUDA, GroupNorm's statistics on large tensors read\n"
-    "                       the rows backward as one front, or each block its own run\n"
-    "                       forward (default 1; for A/B)\n"
     "  --upsample-phases B  1 or 0: on CUDA, upsampling convolutions by output phase (2x2\n"
     "                       taps on the small image), or upsampling and a 3x3 convolution\n"
     "                       (default 1; for A/B)\n"
@@ -506,7 +503,6 @@ int bench(const std::vector<std::string>& argv) {
                    "conv-workspace-mib",
                    "narrow-conv-form",
                    "interleave-norm-fused",
-                   "group-norm-sweep",
                    "attention",
                    "group-norm",
                    "conv",
@@ -566,8 +562,6 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().geglu_fused = *on == 1;
   if (const auto on = args.integer("interleave-norm-fused", 0, 1))
     if (s.cuda()) cuda::options().interleave_norm_fused = *on == 1;
-  if (const auto on = args.integer("group-norm-sweep", 0, 1))
-    if (s.cuda()) cuda::options().group_norm_sweep = *on == 1;
   if (const auto mib = args.integer("conv-workspace-mib", 0, 1 << 16))
     if (s.cuda()) cuda::options().conv_workspace_mib = int(*mib);
   if (args.get("narrow-conv-form") != std::optional<std::string>("auto"))

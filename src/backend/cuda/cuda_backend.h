@@ -83,10 +83,6 @@ struct Options {
   // its fixed cost. TwoLaunch never takes the one-block kernel (for A/B runs).
   enum class GroupNormKernel { Auto, Grid, TwoLaunch };
   GroupNormKernel group_norm_kernel = GroupNormKernel::Auto;
-  // The two-launch GroupNorm's statistics on large tensors (4M values a batch row)
-  // read the rows backward, all blocks as one front, so that both passes start on what
-  // L2 still holds (norm.cu); false: each block its own run of rows, forward.
-  bool group_norm_sweep = true;
   // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our
   // narrow kernels (3×3 with 3, 4 or 8 input or output channels) and, on small images,
   // im2col and a GEMM, once per shape, and keeps the fastest (plan cache); Cudnn takes

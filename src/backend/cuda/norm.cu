@@ -92,15 +92,11 @@ struct PhaseRows {
 // partial sums, in a fixed order, into per-channel scale and shift:
 // out = act(x * scale + shift). Each of its lanes loads its first channel's gamma and
 // beta before the fold, so that their latency is not paid after it.
-// With `sweep` (large tensors, options().group_norm_sweep) the blocks read the rows
-// backward as one front instead of each its own run: what the op before wrote last,
-// still in L2, is read first, and the rows read last, the first ones, are still there
-// for the apply pass, which reads forward.
 template <class T, int N, int U, class Rows>
 __global__ void __launch_bounds__(512)
     group_norm_stats(Rows src, float* partial, const T* gamma, const T* beta, float* scale,
                      float* shift, unsigned* counters, int64_t rows, int64_t rows_per_block,
-                     int channels, int groups, float eps, bool sweep) {
+                     int channels, int groups, float eps) {
   extern __shared__ float smem[];
   const int X = blockDim.x, Y = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
   const int tid = ty * X + tx, threads = X * Y;
@@ -124,26 +120,12 @@ __global__ void __launch_bounds__(512)
     if (v < packs) {
       float add[N];
       src.prepare(b, v, add);
-      // Steps of U·Y rows: forward through the block's run [r0, r1), or with `sweep`
-      // backward from the last row, block j taking steps j, j + splits, ...
-      const int64_t step = int64_t(U) * Y;
-      for (int64_t t = sweep ? blockIdx.x : 0;; t += sweep ? splits : 1) {
-        int64_t first, end;
-        if (sweep) {
-          end = rows - t * step;
-          if (end <= 0) break;
-          first = end > step ? end - step : 0;
-        } else {
-          first = r0 + t * step;
-          if (first >= r1) break;
-          end = r1;
-        }
-        const int64_t r = first + ty;
+      for (int64_t r = r0 + ty; r < r1; r += U * Y) {
         Pack<T, N> p[U];
 #pragma unroll
         for (int u = 0; u < U; ++u) {
           const int64_t row = r + int64_t(u) * Y;
-          if (row < end) {
+          if (row < r1) {
             p[u] = src.load(b, row, v, add);
           } else {
 #pragma unroll
@@ -153,7 +135,7 @@ __global__ void __launch_bounds__(512)
         if constexpr (Rows::kStores) {
 #pragma unroll
           for (int u = 0; u < U; ++u)
-            if (r + int64_t(u) * Y < end) src.store(b, r + int64_t(u) * Y, v, p[u]);
+            if (r + int64_t(u) * Y < r1) src.store(b, r + int64_t(u) * Y, v, p[u]);
         }
 #pragma unroll
         for (int u = 0; u < U; ++u) {
@@ -778,7 +760,7 @@ void stats_and_apply(const Rows& src, int batch, int64_t rows, int channels, int
     shift = scale + channel_floats;
     kernel<<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
         src, partial, gamma, beta, scale, shift, context().counters, rows, rows_per_block, channels,
-        groups, eps, large && options().group_norm_sweep);
+        groups, eps);
     CUDA_CHECK_LAUNCH();
   };
   constexpr int kLargeLoads = Rows::kStores ? 4 : 8;
