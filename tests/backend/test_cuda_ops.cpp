@@ -422,13 +422,35 @@ struct NormCase {
   int64_t addend_col = -1;
 };
 
+using GroupNormKernel = cuda::Options::GroupNormKernel;
+
+// Whether the cluster kernel takes the case when asked for (launch_group_norm_cluster's
+// rules, restated): 16-byte accesses, a pack in at most two groups, a slice of at most
+// 16 groups making whole packs and 64 bytes, its rows in 16 blocks of 256 threads ×
+// 16 accesses (8 in bf16).
+bool cluster_takes(const NormCase& c, DType dt) {
+  const int64_t n = 16 / int64_t(dtype_size(dt)), per_group = c.c / c.groups;
+  if (c.c % n != 0 || cuda::device_info().compute_major < 9) return false;
+  if (c.addend && (c.addend_col >= 0 ? c.addend_col : 0) % n != 0) return false;
+  for (int64_t pk = 0; pk < c.c / n; ++pk)
+    if (((pk + 1) * n - 1) / per_group - pk * n / per_group > 1) return false;
+  for (int64_t g = 1; g <= std::min<int64_t>(c.groups, 16); ++g) {
+    if (c.groups % g != 0 || g * per_group % n != 0 || g * per_group * int64_t(dtype_size(dt)) < 64)
+      continue;
+    const int64_t rows_at_once = 256 / (g * per_group / n);
+    const int64_t accesses = dt == DType::BF16 ? 8 : 16;
+    return (c.n + 15) / 16 <= accesses * rows_at_once;
+  }
+  return false;
+}
+
 class GroupNorm : public CudaTest,
-                  public ::testing::WithParamInterface<std::tuple<NormCase, bool>> {};
+                  public ::testing::WithParamInterface<std::tuple<NormCase, GroupNormKernel>> {};
 
 TEST_P(GroupNorm, MatchesCpu) {
-  const auto [c, grid] = GetParam();
-  cuda::options().group_norm_kernel =
-      grid ? cuda::Options::GroupNormKernel::Grid : cuda::Options::GroupNormKernel::Auto;
+  const auto [c, kernel] = GetParam();
+  cuda::options().group_norm_kernel = kernel;
+  const bool grid = kernel == GroupNormKernel::Grid;
   for (DType dt : kAllTypes) {
     // An offset mean, as real activations have, tests the variance's accuracy.
     std::vector<Tensor> in{
@@ -440,6 +462,7 @@ TEST_P(GroupNorm, MatchesCpu) {
                              c.addend_col);
     };
     const size_t grid_before = cuda::group_norm_grid_calls();
+    const size_t cluster_before = cuda::group_norm_cluster_calls();
     expect_match(
         str("group_norm ", c.b, "x", c.n, "x", c.c, " g", c.groups, c.addend ? " + addend" : "",
             c.addend_col >= 0 ? str(" from column ", c.addend_col) : ""),
@@ -451,6 +474,11 @@ TEST_P(GroupNorm, MatchesCpu) {
       EXPECT_TRUE(grid_ran) << "group_norm " << c.b << "x" << c.n << "x" << c.c
                             << " f16 did not take the grid kernel";
     }
+    // expect_match runs the op once on CUDA.
+    EXPECT_EQ(cuda::group_norm_cluster_calls() - cluster_before,
+              kernel == GroupNormKernel::Cluster && cluster_takes(c, dt) ? 1u : 0u)
+        << "group_norm " << c.b << "x" << c.n << "x" << c.c << " " << dtype_name(dt)
+        << ": the cluster kernel ran where not expected, or not where expected";
     // The sums are folded in a fixed order: the same bits every time, and in a
     // replayed graph the same as eager (the grid kernel is a cooperative launch).
     std::vector<Tensor> dev;
@@ -487,6 +515,7 @@ INSTANTIATE_TEST_SUITE_P(
             NormCase{1, 16384, 128, 32, Activation::SiLU, true},          // VAE: 4 a group
             NormCase{1, 4096, 512, 32, Activation::SiLU, true},           // VAE 64x64
             NormCase{1, 16384, 512, 32, Activation::SiLU, true},  // VAE 128x128: 16 MB in f16
+            NormCase{1, 20, 512, 32, Activation::SiLU},           // cluster: blocks without rows
             NormCase{1, 65536, 512, 32, Activation::SiLU},        // VAE: too large
             NormCase{1, 16411, 256, 32, Activation::SiLU},        // large, rows not a multiple
             NormCase{1, 65536, 100, 4, Activation::SiLU},         // large, scalar accesses
@@ -508,7 +537,7 @@ INSTANTIATE_TEST_SUITE_P(
             NormCase{1, 6144, 256, 32, Activation::SiLU},  // 32 blocks: two launches
             NormCase{1, 1000, 60, 20, Activation::SiLU},   // 1-wide, 1024 threads
             NormCase{3, 5, 6, 3, Activation::None}),
-        ::testing::Bool()));
+        ::testing::Values(GroupNormKernel::Auto, GroupNormKernel::Grid, GroupNormKernel::Cluster)));
 
 class LayerNorm : public CudaTest,
                   public ::testing::WithParamInterface<std::tuple<int64_t, int64_t>> {};

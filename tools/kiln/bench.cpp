@@ -590,8 +590,10 @@ int bench(const std::vector<std::string>& argv) {
               cuda::options().attention_kernel);
   using GN = cuda::Options::GroupNormKernel;
   kernel_flag("group-norm",
-              std::map<std::string, GN>{
-                  {"auto", GN::Auto}, {"grid", GN::Grid}, {"two-launch", GN::TwoLaunch}},
+              std::map<std::string, GN>{{"auto", GN::Auto},
+                                        {"grid", GN::Grid},
+                                        {"two-launch", GN::TwoLaunch},
+                                        {"cluster", GN::Cluster}},
               cuda::options().group_norm_kernel);
   using Conv = cuda::Options::ConvKernel;
   kernel_flag("conv", std::map<std::string, Conv>{{"auto", Conv::Auto}, {"cudnn", Conv::Cudnn}},

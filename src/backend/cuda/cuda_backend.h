@@ -80,8 +80,10 @@ struct Options {
   // two launches. Grid first tries the one-launch kernel spread over the whole GPU
   // (a cooperative launch; tensors up to about 16 MB in f16), measured slower than
   // Auto on an H200 (bench/cuda-notes.md, v11): kept for tests and for the work on
-  // its fixed cost. TwoLaunch never takes the one-block kernel (for A/B runs).
-  enum class GroupNormKernel { Auto, Grid, TwoLaunch };
+  // its fixed cost. TwoLaunch never takes the one-block kernel (for A/B runs). Cluster
+  // first tries the one-launch kernel over thread block clusters (sm_90; tensors whose
+  // slices of 64 bytes 16 blocks hold in registers), pending its A/B.
+  enum class GroupNormKernel { Auto, Grid, TwoLaunch, Cluster };
   GroupNormKernel group_norm_kernel = GroupNormKernel::Auto;
   // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our
   // narrow kernels (3×3 with 3, 4 or 8 input or output channels) and, on small images,
@@ -145,6 +147,8 @@ size_t flash_wgmma_calls();
 size_t flash_short_kv_calls();  // launches of the short-KV kernel (flash_short_kv_kernel)
 // GroupNorm calls the grid-wide one-launch kernel ran so far (tests: that it ran).
 size_t group_norm_grid_calls();
+// Launches of the cluster GroupNorm kernel so far (tests check which path ran).
+size_t group_norm_cluster_calls();
 // Convolutions a narrow 3×3 kernel ran so far, and those of them on the tensor cores
 // (tests: that it ran).
 size_t narrow_conv_calls();

@@ -687,6 +687,272 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
   return launch(std::integral_constant<int, kGridAccesses<T>>{});
 }
 
+// Tensors of up to a few tens of megabytes in one launch that reads them once: thread
+// block clusters (Hopper) of S blocks, one cluster per batch row and slice of whole
+// groups (the fewest groups that make 64 bytes of a row, so that a warp's reads are
+// runs of at least two sectors), its blocks each taking a run of the rows and holding
+// them in registers. The blocks swap their per-group sums through distributed shared
+// memory, in a fixed order (every block the same fold, so the same bits), twice: the
+// mean, then the centred variance from the registers, as the one-block kernel takes
+// them. One read and one write of the tensor against two reads and a write for the
+// two launches, and no launch or L2 round trips between the statistics and the apply.
+constexpr int kClusterThreads = 256;
+// 16-byte accesses a thread holds, at most: sixteen spill in bf16 (1.8 KB of spill
+// loads a thread under ptxas for sm_90a at two blocks a multiprocessor), none in f16, f32.
+template <class T>
+constexpr int kClusterMaxAccesses = std::is_same_v<T, bfloat16> ? 8 : 16;
+constexpr int kClusterMaxSize = 16;    // blocks a cluster (8 portable, 16 on H100/H200)
+constexpr int kClusterMaxGroups = 16;  // groups a slice
+
+template <class T>
+struct GroupNormClusterParams {
+  const T* x;
+  const T* gamma;
+  const T* beta;
+  const T* addend;  // row b at addend + b * addend_stride, or null
+  int64_t addend_stride;
+  T* out;
+  int64_t rows;  // per batch row
+  int channels, groups, per_group;
+  int slice_groups, slice_packs;  // a cluster's groups, and their packs of N channels a row
+  int64_t rows_per_block;
+  float eps;
+  Activation act;
+};
+
+// The cluster's sum of each block's part[lg], folded in block-rank order in f64 (all
+// the remote loads issued before the sum: one round trip, not one a block).
+__device__ __forceinline__ double cluster_fold(cooperative_groups::cluster_group& cluster,
+                                               float* part, int lg) {
+  const int n = int(cluster.num_blocks());
+  float v[kClusterMaxSize];
+#pragma unroll
+  for (int r = 0; r < kClusterMaxSize; ++r)
+    v[r] = r < n ? *cluster.map_shared_rank(part + lg, unsigned(r)) : 0.0f;
+  double s = 0.0;
+#pragma unroll
+  for (int r = 0; r < kClusterMaxSize; ++r) s += v[r];
+  return s;
+}
+
+template <class T, int K>
+__global__ void __launch_bounds__(kClusterThreads, 2)
+    group_norm_cluster(GroupNormClusterParams<T> p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // the launcher takes this kernel only on sm_90 and later
+#else
+  constexpr int N = kVec<T>;
+  __shared__ float2 stage[kClusterThreads];  // a thread's sums for its pack's (at most) two groups
+  __shared__ float part_s[kClusterMaxGroups], part_q[kClusterMaxGroups];  // read by the cluster
+  __shared__ float mean_s[kClusterMaxGroups], rstd_s[kClusterMaxGroups];
+  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  const int size = int(cluster.num_blocks()), rank = int(cluster.block_rank());
+  const int slices = p.groups / p.slice_groups;
+  const int cl = int(blockIdx.x) / size, b = cl / slices, slice = cl % slices;
+  const int P = p.slice_packs, rows_at_once = kClusterThreads / P;
+  const int tid = int(threadIdx.x), pack = tid % P, trow = tid / P;
+  const int64_t r0 = int64_t(rank) * p.rows_per_block;
+  const int64_t r1 = min(p.rows, r0 + p.rows_per_block);
+  const int64_t first = r0 + trow;
+  const int held =
+      trow < rows_at_once && first < r1 ? int((r1 - first + rows_at_once - 1) / rows_at_once) : 0;
+  const int slice_c0 = slice * p.slice_groups * p.per_group;
+  const int c0 = slice_c0 + pack * N;
+  // Local groups: the pack's channels fall in lg0 up to `split`, in lg0 + 1 after.
+  const int lg0 = c0 / p.per_group - slice * p.slice_groups;
+  const int split = (c0 / p.per_group + 1) * p.per_group - c0;
+  const int64_t offset = (int64_t(b) * p.rows + first) * p.channels + c0;
+  const int64_t step = int64_t(rows_at_once) * p.channels;
+
+  Pack<T, N> v[K];
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+    if (k < held) v[k] = *reinterpret_cast<const Pack<T, N>*>(p.x + offset + k * step);
+  if (p.addend && held > 0) {
+    // Rounded to T as the separate add rounded it: the same values either way.
+    const Pack<T, N> ad =
+        *reinterpret_cast<const Pack<T, N>*>(p.addend + int64_t(b) * p.addend_stride + c0);
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (k >= held) continue;
+#pragma unroll
+      for (int j = 0; j < N; ++j)
+        v[k].v[j] = from_float<T>(to_float(v[k].v[j]) + to_float(ad.v[j]));
+    }
+  }
+
+  // This block's sum of each local group of stage's (first, second) into part[lg]: a
+  // warp per group over the threads whose pack touches it, in a fixed order.
+  const int warps = kClusterThreads / 32, warp = tid / 32, lane = tid % 32;
+  auto block_sums = [&](float* part) {
+    __syncthreads();
+    for (int lg = warp; lg < p.slice_groups; lg += warps) {
+      const int lo = lg * p.per_group / N, span = ((lg + 1) * p.per_group - 1) / N - lo + 1;
+      const int terms = span * rows_at_once;
+      float s = 0.0f;
+      for (int i = lane; i < terms; i += 32) {
+        const int pk = lo + i % span;
+        const float2 st = stage[(i / span) * P + pk];
+        s += (pk * N) / p.per_group == lg ? st.x : st.y;  // else lg is the pack's second
+      }
+      s = warp_sum(s);
+      if (lane == 0) part[lg] = s;
+    }
+  };
+  const double count = double(p.rows) * p.per_group;
+
+  float s0 = 0.0f, s1 = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (k >= held) continue;
+#pragma unroll
+    for (int j = 0; j < N; ++j) (j < split ? s0 : s1) += to_float(v[k].v[j]);
+  }
+  stage[tid] = make_float2(s0, s1);
+  block_sums(part_s);
+  cluster.sync();
+  if (tid < p.slice_groups) mean_s[tid] = float(cluster_fold(cluster, part_s, tid) / count);
+  __syncthreads();
+
+  const float m0 = mean_s[lg0], m1 = lg0 + 1 < p.slice_groups ? mean_s[lg0 + 1] : 0.0f;
+  float q0 = 0.0f, q1 = 0.0f;
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (k >= held) continue;
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float d = to_float(v[k].v[j]) - (j < split ? m0 : m1);
+      (j < split ? q0 : q1) += d * d;
+    }
+  }
+  stage[tid] = make_float2(q0, q1);
+  block_sums(part_q);
+  cluster.sync();
+  if (tid < p.slice_groups)
+    rstd_s[tid] = float(1.0 / sqrt(cluster_fold(cluster, part_q, tid) / count + double(p.eps)));
+  // The other blocks may read part_s/part_q until they pass this barrier: arrive now,
+  // wait before leaving (a block's shared memory must outlive their reads).
+  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+  __syncthreads();
+
+  if (held > 0) {
+    const float r0s = rstd_s[lg0], r1s = lg0 + 1 < p.slice_groups ? rstd_s[lg0 + 1] : 0.0f;
+    float sc[N], sh[N];
+#pragma unroll
+    for (int j = 0; j < N; ++j) {
+      const float rs = j < split ? r0s : r1s, mu = j < split ? m0 : m1;
+      sc[j] = rs * to_float(p.gamma[c0 + j]);
+      sh[j] = to_float(p.beta[c0 + j]) - mu * sc[j];
+    }
+#pragma unroll
+    for (int k = 0; k < K; ++k) {
+      if (k >= held) continue;
+      Pack<T, N> o;
+#pragma unroll
+      for (int j = 0; j < N; ++j)
+        o.v[j] = from_float<T>(activate_narrow<T>(p.act, to_float(v[k].v[j]) * sc[j] + sh[j]));
+      *reinterpret_cast<Pack<T, N>*>(p.out + offset + k * step) = o;
+    }
+  }
+  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+#endif
+}
+
+std::atomic<size_t> cluster_calls{0};
+
+// False where the tensor does not suit the kernel (the caller takes another path):
+// before sm_90; accesses of 16 bytes; a pack of N channels in at most two groups; a
+// slice of at most 16 groups making a whole number of packs and 64 bytes; its rows
+// held by at most 16 blocks of 256 threads with 16 accesses each (8 in bf16).
+template <class T>
+bool launch_group_norm_cluster(const GroupNormArgs& a) {
+  constexpr int N = kVec<T>;
+  const cudaDeviceProp& props = context().props;
+  if (props.major < 9) return false;
+  const int batch = int(a.x.dim(0)), channels = int(a.x.dim(2)), groups = a.groups;
+  const int64_t rows = a.x.dim(1);
+  const int per_group = channels / groups;
+  if (channels % N != 0 || !aligned16(a.x.raw()) || !aligned16(a.out.raw())) return false;
+  if (a.addend.defined() && (!aligned16(addend_start<T>(a)) || addend_stride(a) % N != 0))
+    return false;
+  for (int pk = 0; pk < channels / N; ++pk)
+    if (((pk + 1) * N - 1) / per_group - pk * N / per_group > 1) return false;
+  int slice_groups = 0;
+  for (int g = 1; g <= std::min(groups, kClusterMaxGroups); ++g)
+    if (groups % g == 0 && g * per_group % N == 0 && g * per_group * int(sizeof(T)) >= 64) {
+      slice_groups = g;
+      break;
+    }
+  if (slice_groups == 0) return false;
+  const int slice_packs = slice_groups * per_group / N;
+  if (slice_packs > kClusterThreads) return false;
+  const int rows_at_once = kClusterThreads / slice_packs;
+  const int64_t clusters = int64_t(batch) * (groups / slice_groups);
+  // The fewest blocks a cluster that give every multiprocessor one and hold the rows.
+  auto accesses = [&](int size) {
+    const int64_t rows_per_block = (rows + size - 1) / size;
+    return (rows_per_block + rows_at_once - 1) / rows_at_once;
+  };
+  int size = 1;
+  while (size < kClusterMaxSize &&
+         (clusters * size < props.multiProcessorCount || accesses(size) > kClusterMaxAccesses<T>))
+    size *= 2;
+  if (accesses(size) > kClusterMaxAccesses<T> || clusters * size > INT32_MAX) return false;
+
+  GroupNormClusterParams<T> params{static_cast<const T*>(a.x.raw()),
+                                   static_cast<const T*>(a.gamma.raw()),
+                                   static_cast<const T*>(a.beta.raw()),
+                                   addend_start<T>(a),
+                                   addend_stride(a),
+                                   static_cast<T*>(a.out.raw()),
+                                   rows,
+                                   channels,
+                                   groups,
+                                   per_group,
+                                   slice_groups,
+                                   slice_packs,
+                                   (rows + size - 1) / size,
+                                   a.eps,
+                                   a.act};
+  auto launch = [&](auto k) -> bool {
+    constexpr int K = decltype(k)::value;
+    auto* kernel = group_norm_cluster<T, K>;
+    cudaLaunchConfig_t config{};
+    config.gridDim = dim3(unsigned(clusters * size));
+    config.blockDim = dim3(kClusterThreads);
+    config.stream = stream();
+    cudaLaunchAttribute attribute{};
+    attribute.id = cudaLaunchAttributeClusterDimension;
+    attribute.val.clusterDim.x = unsigned(size);
+    attribute.val.clusterDim.y = 1;
+    attribute.val.clusterDim.z = 1;
+    config.attrs = &attribute;
+    config.numAttrs = 1;
+    // Whether a cluster of this size can be resident, asked once per size.
+    static std::map<int, bool> fits;  // per instantiation
+    auto it = fits.find(size);
+    if (it == fits.end()) {
+      if (size > 8)
+        CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeNonPortableClusterSizeAllowed, 1));
+      int n = 0;
+      const cudaError_t e = cudaOccupancyMaxActiveClusters(&n, kernel, &config);
+      if (e != cudaSuccess) (void)cudaGetLastError();
+      it = fits.emplace(size, e == cudaSuccess && n > 0).first;
+    }
+    if (!it->second) return false;
+    CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, params));
+    CUDA_CHECK_LAUNCH();
+    cluster_calls.fetch_add(1, std::memory_order_relaxed);
+    return true;
+  };
+  const int64_t k = accesses(size);
+  if (k <= 1) return launch(std::integral_constant<int, 1>{});
+  if (k <= 2) return launch(std::integral_constant<int, 2>{});
+  if (k <= 4) return launch(std::integral_constant<int, 4>{});
+  if (k <= 8 || kClusterMaxAccesses<T> <= 8) return launch(std::integral_constant<int, 8>{});
+  return launch(std::integral_constant<int, kClusterMaxAccesses<T>>{});
+}
+
 // Threads across a row's packs (all of them where `threads` allow), the rest of the
 // block down the rows.
 dim3 pack_block(int packs, int threads) {
@@ -812,6 +1078,10 @@ size_t group_norm_grid_calls() {
   return grid_calls.load(std::memory_order_relaxed);
 }
 
+size_t group_norm_cluster_calls() {
+  return cluster_calls.load(std::memory_order_relaxed);
+}
+
 void group_norm(const GroupNormArgs& args) {
   if (args.x.numel() == 0) return;
   // Checked before anything is launched (a throw inside a graph capture would leave
@@ -828,6 +1098,9 @@ void group_norm(const GroupNormArgs& args) {
     using T = decltype(tag);
     if (options().group_norm_kernel == Options::GroupNormKernel::Grid &&
         launch_group_norm_grid<T>(a))
+      return;
+    if (options().group_norm_kernel == Options::GroupNormKernel::Cluster &&
+        launch_group_norm_cluster<T>(a))
       return;
     // One block per group where the group is small, or where its accesses are 16
     // bytes wide and there are blocks enough for every multiprocessor. Narrower groups
