@@ -832,7 +832,7 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
     rstd_s[tid] = float(1.0 / sqrt(cluster_fold(cluster, part_q, tid) / count + double(p.eps)));
   // The other blocks may read part_s/part_q until they pass this barrier: arrive now,
   // wait before leaving (a block's shared memory must outlive their reads).
-  asm volatile("barrier.cluster.arrive.release.aligned;" ::: "memory");
+  asm volatile("barrier.cluster.arrive.release;" ::: "memory");
   __syncthreads();
 
   if (held > 0) {
@@ -854,7 +854,7 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
       *reinterpret_cast<Pack<T, N>*>(p.out + offset + k * step) = o;
     }
   }
-  asm volatile("barrier.cluster.wait.acquire.aligned;" ::: "memory");
+  asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
 #endif
 }
 
