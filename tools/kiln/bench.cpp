@@ -88,8 +88,9 @@ const char* kHelp =
 
     "  --attention K        auto, kiln or cudnn: the fused attention kernel (default auto:\n"
     "                       per shape, the faster of kiln's and cuDNN's, timed once)\n"
-    "  --group-norm K       auto, grid or two-launch: grid tries the grid-wide one-launch\n"
-    "                       GroupNorm first; two-launch never takes the one-block kernel\n"
+    "  --group-norm K       auto, grid, two-launch or cluster: grid tries the grid-wide\n"
+    "                       one-launch GroupNorm first, cluster the one over thread block\n"
+    "                       clusters (sm_90); two-launch never takes the one-block kernel\n"
     "                       (default auto; for A/B)\n"
     "  --conv K             auto or cudnn: auto times cuDNN against kiln's narrow 3x3\n"
     "                       kernels and im2col + GEMM per shape; cudnn takes cuDNN's alone\n"
