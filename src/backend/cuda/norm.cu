@@ -720,6 +720,7 @@ struct GroupNormClusterParams {
   Activation act;
 };
 
+#if !defined(__CUDA_ARCH__) || __CUDA_ARCH__ >= 900  // clusters: sm_90 and later
 // The cluster's sum of each block's part[lg], folded in block-rank order in f64 (all
 // the remote loads issued before the sum: one round trip, not one a block).
 __device__ __forceinline__ double cluster_fold(cooperative_groups::cluster_group& cluster,
@@ -734,6 +735,7 @@ __device__ __forceinline__ double cluster_fold(cooperative_groups::cluster_group
   for (int r = 0; r < kClusterMaxSize; ++r) s += v[r];
   return s;
 }
+#endif
 
 template <class T, int K>
 __global__ void __launch_bounds__(kClusterThreads, 2)
