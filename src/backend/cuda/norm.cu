@@ -455,10 +455,70 @@ bool launch_group_norm_resident(const GroupNormArgs& a) {
 // plain launch with a barrier of our own instead of cooperative groups' measured the
 // same). So it runs only when options().group_norm_kernel asks for it.
 constexpr int kGridThreads = 512;
-// 16-byte accesses a thread holds, at most: sixteen spill in bf16 (ptxas for sm_90:
-// 1.5 KB of spill loads a thread), none in f16 and f32.
+// 16-byte accesses a thread holds, at most, in the kernels that hold a tensor in
+// registers (grid and cluster): sixteen spill in bf16 (ptxas for sm_90: 1.5-1.8 KB of
+// spill loads a thread), none in f16 and f32.
 template <class T>
-constexpr int kGridAccesses = std::is_same_v<T, bfloat16> ? 8 : 16;
+constexpr int kHeldAccesses = std::is_same_v<T, bfloat16> ? 8 : 16;
+
+// Whether a tensor suits the kernels that hold it in packs of N channels: 16-byte
+// accesses of x, out and the addend's rows, and a pack in at most two groups.
+template <class T>
+bool suits_held_packs(const GroupNormArgs& a) {
+  constexpr int N = kVec<T>;
+  const int channels = int(a.x.dim(2)), per_group = channels / a.groups;
+  if (channels % N != 0 || !aligned16(a.x.raw()) || !aligned16(a.out.raw())) return false;
+  if (a.addend.defined() && (!aligned16(addend_start<T>(a)) || addend_stride(a) % N != 0))
+    return false;
+  for (int pk = 0; pk < channels / N; ++pk)
+    if (((pk + 1) * N - 1) / per_group - pk * N / per_group > 1) return false;
+  return true;
+}
+
+// launch(integral_constant<K>) with K the fewest of 1, 2, 4, 8, 16 accesses that hold
+// `accesses` (the caller has checked it is at most kHeldAccesses<T>).
+template <class T, class Launch>
+bool launch_held(int64_t accesses, Launch&& launch) {
+  if (accesses <= 1) return launch(std::integral_constant<int, 1>{});
+  if (accesses <= 2) return launch(std::integral_constant<int, 2>{});
+  if (accesses <= 4) return launch(std::integral_constant<int, 4>{});
+  if (accesses <= 8 || kHeldAccesses<T> <= 8) return launch(std::integral_constant<int, 8>{});
+  return launch(std::integral_constant<int, kHeldAccesses<T>>{});
+}
+
+// A thread's `held` packs at x + offset + k·step (k < held), plus the addend's pack
+// (or nothing), rounded to T as the separate add rounded it: the same values either way.
+template <class T, int N, int K>
+__device__ __forceinline__ void load_held(Pack<T, N> (&v)[K], const T* x, int64_t offset,
+                                          int64_t step, int held, const T* addend) {
+#pragma unroll
+  for (int k = 0; k < K; ++k)
+    if (k < held) v[k] = *reinterpret_cast<const Pack<T, N>*>(x + offset + k * step);
+  if (addend == nullptr || held == 0) return;
+  const Pack<T, N> ad = *reinterpret_cast<const Pack<T, N>*>(addend);
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (k >= held) continue;
+#pragma unroll
+    for (int j = 0; j < N; ++j) v[k].v[j] = from_float<T>(to_float(v[k].v[j]) + to_float(ad.v[j]));
+  }
+}
+
+// out = act(v · scale + shift) for the thread's `held` packs, where load_held read them.
+template <class T, int N, int K>
+__device__ __forceinline__ void store_held(const Pack<T, N> (&v)[K], T* out, int64_t offset,
+                                           int64_t step, int held, const float (&sc)[N],
+                                           const float (&sh)[N], Activation act) {
+#pragma unroll
+  for (int k = 0; k < K; ++k) {
+    if (k >= held) continue;
+    Pack<T, N> o;
+#pragma unroll
+    for (int j = 0; j < N; ++j)
+      o.v[j] = from_float<T>(activate_narrow<T>(act, to_float(v[k].v[j]) * sc[j] + sh[j]));
+    *reinterpret_cast<Pack<T, N>*>(out + offset + k * step) = o;
+  }
+}
 
 template <class T>
 struct GroupNormGridParams {
@@ -500,21 +560,8 @@ __global__ void __launch_bounds__(kGridThreads, 1) group_norm_grid(GroupNormGrid
   const int split = (g0 + 1) * p.per_group - c0;
 
   Pack<T, N> v[K];
-#pragma unroll
-  for (int k = 0; k < K; ++k)
-    if (k < held) v[k] = *reinterpret_cast<const Pack<T, N>*>(p.x + offset + k * step);
-  if (p.addend) {
-    // Rounded to T as the separate add rounded it: the same values either way.
-    const Pack<T, N> ad =
-        *reinterpret_cast<const Pack<T, N>*>(p.addend + int64_t(b) * p.addend_stride + c0);
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      if (k >= held) continue;
-#pragma unroll
-      for (int j = 0; j < N; ++j)
-        v[k].v[j] = from_float<T>(to_float(v[k].v[j]) + to_float(ad.v[j]));
-    }
-  }
+  load_held(v, p.x, offset, step, held,
+            p.addend ? p.addend + int64_t(b) * p.addend_stride + c0 : nullptr);
   float s0 = 0.0f, q0 = 0.0f, s1 = 0.0f, q1 = 0.0f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -597,15 +644,7 @@ __global__ void __launch_bounds__(kGridThreads, 1) group_norm_grid(GroupNormGrid
     sc[j] = a.x, sc[j + 1] = a.y, sc[j + 2] = a.z, sc[j + 3] = a.w;
     sh[j] = d.x, sh[j + 1] = d.y, sh[j + 2] = d.z, sh[j + 3] = d.w;
   }
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    if (k >= held) continue;
-    Pack<T, N> o;
-#pragma unroll
-    for (int j = 0; j < N; ++j)
-      o.v[j] = from_float<T>(activate_narrow<T>(p.act, to_float(v[k].v[j]) * sc[j] + sh[j]));
-    *reinterpret_cast<Pack<T, N>*>(p.out + offset + k * step) = o;
-  }
+  store_held(v, p.out, offset, step, held, sc, sh, p.act);
 }
 
 std::atomic<size_t> grid_calls{0};
@@ -619,17 +658,12 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
   const int batch = int(a.x.dim(0)), channels = int(a.x.dim(2)), groups = a.groups;
   const int64_t rows = a.x.dim(1);
   const int per_group = channels / groups;
-  if (channels % N != 0 || !(aligned16(a.x.raw()) && aligned16(a.out.raw()) &&
-                             aligned16(a.gamma.raw()) && aligned16(a.beta.raw())))
-    return false;
-  if (a.addend.defined() && (!aligned16(addend_start<T>(a)) || addend_stride(a) % N != 0))
+  if (!suits_held_packs<T>(a) || !aligned16(a.gamma.raw()) || !aligned16(a.beta.raw()))
     return false;
   const int packs = channels / N;
   if (packs > kGridThreads) return false;
   const int rows_at_once = kGridThreads / packs, threads = rows_at_once * packs;
   if (groups > threads) return false;
-  for (int pk = 0; pk < packs; ++pk)
-    if (((pk + 1) * N - 1) / per_group - pk * N / per_group > 1) return false;
   // Cooperative launches need every block resident at once: one block a
   // multiprocessor (the kernel's launch bounds and shared memory allow one).
   const cudaDeviceProp& props = context().props;
@@ -639,7 +673,7 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
   // Rows spread over as many blocks as there are, each thread holding the fewest.
   const int64_t rows_per_block = (rows + blocks_per_batch_max - 1) / blocks_per_batch_max;
   const int64_t accesses = (rows_per_block + rows_at_once - 1) / rows_at_once;
-  if (accesses > kGridAccesses<T>) return false;
+  if (accesses > kHeldAccesses<T>) return false;
   const int blocks_per_batch = int((rows + rows_per_block - 1) / rows_per_block);
   const size_t smem =
       size_t(std::max(threads, groups)) * sizeof(float4) + size_t(2) * channels * sizeof(float);
@@ -680,11 +714,7 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
     grid_calls.fetch_add(1, std::memory_order_relaxed);
     return true;
   };
-  if (accesses <= 1) return launch(std::integral_constant<int, 1>{});
-  if (accesses <= 2) return launch(std::integral_constant<int, 2>{});
-  if (accesses <= 4) return launch(std::integral_constant<int, 4>{});
-  if (accesses <= 8 || kGridAccesses<T> <= 8) return launch(std::integral_constant<int, 8>{});
-  return launch(std::integral_constant<int, kGridAccesses<T>>{});
+  return launch_held<T>(accesses, launch);
 }
 
 // Tensors of up to a few tens of megabytes in one launch that reads them once: thread
@@ -697,10 +727,6 @@ bool launch_group_norm_grid(const GroupNormArgs& a) {
 // them. One read and one write of the tensor against two reads and a write for the
 // two launches, and no launch or L2 round trips between the statistics and the apply.
 constexpr int kClusterThreads = 256;
-// 16-byte accesses a thread holds, at most: sixteen spill in bf16 (1.8 KB of spill
-// loads a thread under ptxas for sm_90a at two blocks a multiprocessor), none in f16, f32.
-template <class T>
-constexpr int kClusterMaxAccesses = std::is_same_v<T, bfloat16> ? 8 : 16;
 constexpr int kClusterMaxSize = 16;    // blocks a cluster (8 portable, 16 on H100/H200)
 constexpr int kClusterMaxGroups = 16;  // groups a slice
 
@@ -767,21 +793,8 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
   const int64_t step = int64_t(rows_at_once) * p.channels;
 
   Pack<T, N> v[K];
-#pragma unroll
-  for (int k = 0; k < K; ++k)
-    if (k < held) v[k] = *reinterpret_cast<const Pack<T, N>*>(p.x + offset + k * step);
-  if (p.addend && held > 0) {
-    // Rounded to T as the separate add rounded it: the same values either way.
-    const Pack<T, N> ad =
-        *reinterpret_cast<const Pack<T, N>*>(p.addend + int64_t(b) * p.addend_stride + c0);
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      if (k >= held) continue;
-#pragma unroll
-      for (int j = 0; j < N; ++j)
-        v[k].v[j] = from_float<T>(to_float(v[k].v[j]) + to_float(ad.v[j]));
-    }
-  }
+  load_held(v, p.x, offset, step, held,
+            p.addend ? p.addend + int64_t(b) * p.addend_stride + c0 : nullptr);
 
   // This block's sum of each local group of stage's (first, second) into part[lg]: a
   // warp per group over the threads whose pack touches it, in a fixed order.
@@ -846,15 +859,7 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
       sc[j] = rs * to_float(p.gamma[c0 + j]);
       sh[j] = to_float(p.beta[c0 + j]) - mu * sc[j];
     }
-#pragma unroll
-    for (int k = 0; k < K; ++k) {
-      if (k >= held) continue;
-      Pack<T, N> o;
-#pragma unroll
-      for (int j = 0; j < N; ++j)
-        o.v[j] = from_float<T>(activate_narrow<T>(p.act, to_float(v[k].v[j]) * sc[j] + sh[j]));
-      *reinterpret_cast<Pack<T, N>*>(p.out + offset + k * step) = o;
-    }
+    store_held(v, p.out, offset, step, held, sc, sh, p.act);
   }
   asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
 #endif
@@ -874,11 +879,7 @@ bool launch_group_norm_cluster(const GroupNormArgs& a) {
   const int batch = int(a.x.dim(0)), channels = int(a.x.dim(2)), groups = a.groups;
   const int64_t rows = a.x.dim(1);
   const int per_group = channels / groups;
-  if (channels % N != 0 || !aligned16(a.x.raw()) || !aligned16(a.out.raw())) return false;
-  if (a.addend.defined() && (!aligned16(addend_start<T>(a)) || addend_stride(a) % N != 0))
-    return false;
-  for (int pk = 0; pk < channels / N; ++pk)
-    if (((pk + 1) * N - 1) / per_group - pk * N / per_group > 1) return false;
+  if (!suits_held_packs<T>(a)) return false;
   int slice_groups = 0;
   for (int g = 1; g <= std::min(groups, kClusterMaxGroups); ++g)
     if (groups % g == 0 && g * per_group % N == 0 && g * per_group * int(sizeof(T)) >= 64) {
@@ -897,9 +898,9 @@ bool launch_group_norm_cluster(const GroupNormArgs& a) {
   };
   int size = 1;
   while (size < kClusterMaxSize &&
-         (clusters * size < props.multiProcessorCount || accesses(size) > kClusterMaxAccesses<T>))
+         (clusters * size < props.multiProcessorCount || accesses(size) > kHeldAccesses<T>))
     size *= 2;
-  if (accesses(size) > kClusterMaxAccesses<T> || clusters * size > INT32_MAX) return false;
+  if (accesses(size) > kHeldAccesses<T> || clusters * size > INT32_MAX) return false;
 
   GroupNormClusterParams<T> params{static_cast<const T*>(a.x.raw()),
                                    static_cast<const T*>(a.gamma.raw()),
@@ -947,12 +948,7 @@ bool launch_group_norm_cluster(const GroupNormArgs& a) {
     cluster_calls.fetch_add(1, std::memory_order_relaxed);
     return true;
   };
-  const int64_t k = accesses(size);
-  if (k <= 1) return launch(std::integral_constant<int, 1>{});
-  if (k <= 2) return launch(std::integral_constant<int, 2>{});
-  if (k <= 4) return launch(std::integral_constant<int, 4>{});
-  if (k <= 8 || kClusterMaxAccesses<T> <= 8) return launch(std::integral_constant<int, 8>{});
-  return launch(std::integral_constant<int, kClusterMaxAccesses<T>>{});
+  return launch_held<T>(accesses(size), launch);
 }
 
 // Threads across a row's packs (all of them where `threads` allow), the rest of the
