@@ -424,11 +424,12 @@ struct NormCase {
 
 using GroupNormKernel = cuda::Options::GroupNormKernel;
 
-// Whether the cluster kernel takes the case when asked for (launch_group_norm_cluster's
-// rules, restated): 16-byte accesses, a pack in at most two groups, a slice of at most
-// 16 groups making whole packs and 64 bytes, its rows in 16 blocks of 256 threads ×
-// 16 accesses (8 in bf16).
-bool cluster_takes(const NormCase& c, DType dt) {
+// Whether the cluster kernel takes the case (launch_group_norm_cluster's rules,
+// restated): 16-byte accesses, a pack in at most two groups, a slice of at most 16
+// groups making whole packs and 64 bytes, its rows in the fewest blocks (a power of two
+// up to 16) that give every multiprocessor one and hold them in 256 threads × 16
+// accesses (8 in bf16). Under Auto (`chosen`), only at 2 to 4 accesses a thread.
+bool cluster_takes(const NormCase& c, DType dt, bool chosen) {
   const int64_t n = 16 / int64_t(dtype_size(dt)), per_group = c.c / c.groups;
   if (c.c % n != 0 || cuda::device_info().compute_major < 9) return false;
   if (c.addend && (c.addend_col >= 0 ? c.addend_col : 0) % n != 0) return false;
@@ -438,8 +439,17 @@ bool cluster_takes(const NormCase& c, DType dt) {
     if (c.groups % g != 0 || g * per_group % n != 0 || g * per_group * int64_t(dtype_size(dt)) < 64)
       continue;
     const int64_t rows_at_once = 256 / (g * per_group / n);
-    const int64_t accesses = dt == DType::BF16 ? 8 : 16;
-    return (c.n + 15) / 16 <= accesses * rows_at_once;
+    if (rows_at_once == 0) return false;
+    const int64_t held = dt == DType::BF16 ? 8 : 16, clusters = c.b * (c.groups / g);
+    const auto accesses = [&](int64_t size) {
+      return ((c.n + size - 1) / size + rows_at_once - 1) / rows_at_once;
+    };
+    int64_t size = 1;
+    while (size < 16 &&
+           (clusters * size < cuda::device_info().multiprocessors || accesses(size) > held))
+      size *= 2;
+    if (accesses(size) > held) return false;
+    return !chosen || (accesses(size) >= 2 && accesses(size) <= 4);
   }
   return false;
 }
@@ -476,7 +486,10 @@ TEST_P(GroupNorm, MatchesCpu) {
     }
     // expect_match runs the op once on CUDA.
     EXPECT_EQ(cuda::group_norm_cluster_calls() - cluster_before,
-              kernel == GroupNormKernel::Cluster && cluster_takes(c, dt) ? 1u : 0u)
+              (kernel == GroupNormKernel::Cluster && cluster_takes(c, dt, false)) ||
+                      (kernel == GroupNormKernel::Auto && cluster_takes(c, dt, true))
+                  ? 1u
+                  : 0u)
         << "group_norm " << c.b << "x" << c.n << "x" << c.c << " " << dtype_name(dt)
         << ": the cluster kernel ran where not expected, or not where expected";
     // The sums are folded in a fixed order: the same bits every time, and in a

@@ -76,13 +76,14 @@ struct Options {
   // no causal mask and head dims that are multiples of 8 (it decides the largest).
   enum class AttentionKernel { Auto, Kiln, Cudnn };
   AttentionKernel attention_kernel = AttentionKernel::Auto;
-  // GroupNorm: Auto takes one block per group where the group fits in one block, else
-  // two launches. Grid first tries the one-launch kernel spread over the whole GPU
-  // (a cooperative launch; tensors up to about 16 MB in f16), measured slower than
-  // Auto on an H200 (bench/cuda-notes.md, v11): kept for tests and for the work on
-  // its fixed cost. TwoLaunch never takes the one-block kernel (for A/B runs). Cluster
-  // first tries the one-launch kernel over thread block clusters (sm_90; tensors whose
-  // slices of 64 bytes 16 blocks hold in registers), pending its A/B.
+  // GroupNorm: Auto takes the cluster kernel (sm_90) where a thread holds 2 to 4
+  // accesses of the tensor (about 1 to 4 MB), else one block per group where the group
+  // fits in one block, else two launches. Grid first tries the one-launch kernel spread over the
+  // whole GPU (a cooperative launch; tensors up to about 16 MB in f16), measured slower than Auto
+  // on an H200 (bench/cuda-notes.md, v11): kept for tests and for the work on its fixed cost.
+  // TwoLaunch never takes the one-block kernel (for A/B runs). Cluster first tries the one-launch
+  // kernel over thread block clusters (sm_90; tensors whose slices of 64 bytes 16 blocks hold in
+  // registers), wherever it can (for A/B runs).
   enum class GroupNormKernel { Auto, Grid, TwoLaunch, Cluster };
   GroupNormKernel group_norm_kernel = GroupNormKernel::Auto;
   // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our

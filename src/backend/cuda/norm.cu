@@ -3,14 +3,14 @@
 // runs in a fixed order, so results are the same run after run (a replayed
 // graph reproduces the eager pass bit for bit).
 //
-// Groups small enough for one block's registers take one launch and one pass
-// (group_norm_resident). Larger ones, on NHWC, read whole rows of C channels
-// (coalesced) and sort the per-channel sums into groups, in two launches: partial
-// sums per (batch, block of rows, group), where the last block of each batch row
-// folds them (one warp per group, in a fixed order) with gamma and beta into a
-// per-channel scale and shift; then out = act(x * scale + shift) in a flat
-// grid-stride loop. group_norm_grid, one launch over the whole GPU, runs only when
-// asked for (it measured slower; see there).
+// Tensors of about 1 to 4 MB take one launch over thread block clusters on Hopper
+// (group_norm_cluster). Otherwise groups small enough for one block's registers take
+// one launch and one pass (group_norm_resident). Larger ones, on NHWC, read whole rows of C
+// channels (coalesced) and sort the per-channel sums into groups, in two launches: partial sums per
+// (batch, block of rows, group), where the last block of each batch row folds them (one warp per
+// group, in a fixed order) with gamma and beta into a per-channel scale and shift; then out = act(x
+// * scale + shift) in a flat grid-stride loop. group_norm_grid, one launch over the whole GPU, runs
+// only when asked for (it measured slower; see there).
 #include <cooperative_groups.h>
 
 #include <algorithm>
@@ -870,9 +870,16 @@ std::atomic<size_t> cluster_calls{0};
 // False where the tensor does not suit the kernel (the caller takes another path):
 // before sm_90; accesses of 16 bytes; a pack of N channels in at most two groups; a
 // slice of at most 16 groups making a whole number of packs and 64 bytes; its rows
-// held by at most 16 blocks of 256 threads with 16 accesses each (8 in bf16).
+// held by at most 16 blocks of 256 threads with 16 accesses each (8 in bf16). Where
+// `chosen` (Auto), also false outside 2 to 4 accesses a thread, where it measured
+// slower than the other paths (H100, bench/results/2026-12-06-h100-v27): at one
+// access (under a megabyte: SD1.5's and SDXL's 2x64x1280) the one-block kernel, with no
+// cluster barriers, takes 7 us against 10; from six (5 MB and up: 2x4096x320,
+// 2x1024x1280) two 256-thread blocks an SM keep too few loads in flight (25 us against
+// 19). Between, it is the fastest: 2x1024x640 12.0 us against 15.5, the VAE's
+// 1x4096x512 12.5 against 16.3, 2x256x1280 11.0 against 11.9.
 template <class T>
-bool launch_group_norm_cluster(const GroupNormArgs& a) {
+bool launch_group_norm_cluster(const GroupNormArgs& a, bool chosen) {
   constexpr int N = kVec<T>;
   const cudaDeviceProp& props = context().props;
   if (props.major < 9) return false;
@@ -901,6 +908,7 @@ bool launch_group_norm_cluster(const GroupNormArgs& a) {
          (clusters * size < props.multiProcessorCount || accesses(size) > kHeldAccesses<T>))
     size *= 2;
   if (accesses(size) > kHeldAccesses<T> || clusters * size > INT32_MAX) return false;
+  if (chosen && (accesses(size) < 2 || accesses(size) > 4)) return false;
 
   GroupNormClusterParams<T> params{static_cast<const T*>(a.x.raw()),
                                    static_cast<const T*>(a.gamma.raw()),
@@ -1098,7 +1106,10 @@ void group_norm(const GroupNormArgs& args) {
         launch_group_norm_grid<T>(a))
       return;
     if (options().group_norm_kernel == Options::GroupNormKernel::Cluster &&
-        launch_group_norm_cluster<T>(a))
+        launch_group_norm_cluster<T>(a, false))
+      return;
+    if (options().group_norm_kernel == Options::GroupNormKernel::Auto &&
+        launch_group_norm_cluster<T>(a, true))
       return;
     // One block per group where the group is small, or where its accesses are 16
     // bytes wide and there are blocks enough for every multiprocessor. Narrower groups
