@@ -559,9 +559,30 @@ __global__ void __launch_bounds__(kGridThreads, 1) group_norm_grid(GroupNormGrid
   const int c0 = pack * N, g0 = c0 / p.per_group;
   const int split = (g0 + 1) * p.per_group - c0;
 
-  Pack<T, N> v[K];
-  load_held(v, p.x, offset, step, held,
-            p.addend ? p.addend + int64_t(b) * p.addend_stride + c0 : nullptr);
+  const T* addend = p.addend ? p.addend + int64_t(b) * p.addend_stride + c0 : nullptr;
+  Pack<T, N> v[K > 0 ? K : 1];
+  if constexpr (K > 0) load_held(v, p.x, offset, step, held, addend);
+  // f(pack, k) for each of the thread's packs: from the registers, or read again (x plus
+  // the addend rounded to T, as load_held adds it).
+  auto each = [&](auto&& f) {
+    if constexpr (K > 0) {
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+        if (k < held) f(v[k], k);
+    } else {
+      Pack<T, N> ad{};
+      if (addend != nullptr && held > 0) ad = *reinterpret_cast<const Pack<T, N>*>(addend);
+#pragma unroll 4
+      for (int k = 0; k < held; ++k) {
+        Pack<T, N> x = *reinterpret_cast<const Pack<T, N>*>(p.x + offset + k * step);
+        if (addend != nullptr) {
+#pragma unroll
+          for (int j = 0; j < N; ++j) x.v[j] = from_float<T>(to_float(x.v[j]) + to_float(ad.v[j]));
+        }
+        f(x, k);
+      }
+    }
+  };
   float s0 = 0.0f, q0 = 0.0f, s1 = 0.0f, q1 = 0.0f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -763,8 +784,10 @@ __device__ __forceinline__ double cluster_fold(cooperative_groups::cluster_group
 }
 #endif
 
+// K: the accesses a thread holds in registers, or 0: none held, each pass reads the
+// thread's rows again (the second and third from L2, which holds the tensor).
 template <class T, int K>
-__global__ void __launch_bounds__(kClusterThreads, 2)
+__global__ void __launch_bounds__(kClusterThreads, K == 0 ? 3 : 2)
     group_norm_cluster(GroupNormClusterParams<T> p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   __trap();  // the launcher takes this kernel only on sm_90 and later
@@ -792,9 +815,30 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
   const int64_t offset = (int64_t(b) * p.rows + first) * p.channels + c0;
   const int64_t step = int64_t(rows_at_once) * p.channels;
 
-  Pack<T, N> v[K];
-  load_held(v, p.x, offset, step, held,
-            p.addend ? p.addend + int64_t(b) * p.addend_stride + c0 : nullptr);
+  const T* addend = p.addend ? p.addend + int64_t(b) * p.addend_stride + c0 : nullptr;
+  Pack<T, N> v[K > 0 ? K : 1];
+  if constexpr (K > 0) load_held(v, p.x, offset, step, held, addend);
+  // f(pack, k) for each of the thread's packs: from the registers, or read again (x plus
+  // the addend rounded to T, as load_held adds it).
+  auto each = [&](auto&& f) {
+    if constexpr (K > 0) {
+#pragma unroll
+      for (int k = 0; k < K; ++k)
+        if (k < held) f(v[k], k);
+    } else {
+      Pack<T, N> ad{};
+      if (addend != nullptr && held > 0) ad = *reinterpret_cast<const Pack<T, N>*>(addend);
+#pragma unroll 4
+      for (int k = 0; k < held; ++k) {
+        Pack<T, N> x = *reinterpret_cast<const Pack<T, N>*>(p.x + offset + k * step);
+        if (addend != nullptr) {
+#pragma unroll
+          for (int j = 0; j < N; ++j) x.v[j] = from_float<T>(to_float(x.v[j]) + to_float(ad.v[j]));
+        }
+        f(x, k);
+      }
+    }
+  };
 
   // This block's sum of each local group of stage's (first, second) into part[lg]: a
   // warp per group over the threads whose pack touches it, in a fixed order.
@@ -817,12 +861,10 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
   const double count = double(p.rows) * p.per_group;
 
   float s0 = 0.0f, s1 = 0.0f;
+  each([&](const Pack<T, N>& x, int) {
 #pragma unroll
-  for (int k = 0; k < K; ++k) {
-    if (k >= held) continue;
-#pragma unroll
-    for (int j = 0; j < N; ++j) (j < split ? s0 : s1) += to_float(v[k].v[j]);
-  }
+    for (int j = 0; j < N; ++j) (j < split ? s0 : s1) += to_float(x.v[j]);
+  });
   stage[tid] = make_float2(s0, s1);
   block_sums(part_s);
   cluster.sync();
@@ -831,15 +873,13 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
 
   const float m0 = mean_s[lg0], m1 = lg0 + 1 < p.slice_groups ? mean_s[lg0 + 1] : 0.0f;
   float q0 = 0.0f, q1 = 0.0f;
-#pragma unroll
-  for (int k = 0; k < K; ++k) {
-    if (k >= held) continue;
+  each([&](const Pack<T, N>& x, int) {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      const float d = to_float(v[k].v[j]) - (j < split ? m0 : m1);
+      const float d = to_float(x.v[j]) - (j < split ? m0 : m1);
       (j < split ? q0 : q1) += d * d;
     }
-  }
+  });
   stage[tid] = make_float2(q0, q1);
   block_sums(part_q);
   cluster.sync();
@@ -859,7 +899,17 @@ __global__ void __launch_bounds__(kClusterThreads, 2)
       sc[j] = rs * to_float(p.gamma[c0 + j]);
       sh[j] = to_float(p.beta[c0 + j]) - mu * sc[j];
     }
-    store_held(v, p.out, offset, step, held, sc, sh, p.act);
+    if constexpr (K > 0) {
+      store_held(v, p.out, offset, step, held, sc, sh, p.act);
+    } else {
+      each([&](const Pack<T, N>& x, int k) {
+        Pack<T, N> o;
+#pragma unroll
+        for (int j = 0; j < N; ++j)
+          o.v[j] = from_float<T>(activate_narrow<T>(p.act, to_float(x.v[j]) * sc[j] + sh[j]));
+        *reinterpret_cast<Pack<T, N>*>(p.out + offset + k * step) = o;
+      });
+    }
   }
   asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
 #endif
@@ -869,15 +919,18 @@ std::atomic<size_t> cluster_calls{0};
 
 // False where the tensor does not suit the kernel (the caller takes another path):
 // before sm_90; accesses of 16 bytes; a pack of N channels in at most two groups; a
-// slice of at most 16 groups making a whole number of packs and 64 bytes; its rows
-// held by at most 16 blocks of 256 threads with 16 accesses each (8 in bf16). Where
-// `chosen` (Auto), also false outside 2 to 4 accesses a thread, where it measured
-// slower than the other paths (H100, bench/results/2026-12-06-h100-v27): at one
-// access (under a megabyte: SD1.5's and SDXL's 2x64x1280) the one-block kernel, with no
-// cluster barriers, takes 7 us against 10; from six (5 MB and up: 2x4096x320,
-// 2x1024x1280) two 256-thread blocks an SM keep too few loads in flight (25 us against
-// 19). Between, it is the fastest: 2x1024x640 12.0 us against 15.5, the VAE's
-// 1x4096x512 12.5 against 16.3, 2x256x1280 11.0 against 11.9.
+// slice of at most 16 groups making a whole number of packs and 64 bytes. Held in
+// registers where 16 blocks of 256 threads hold the rows with at most 4 accesses a
+// thread; else (unless `chosen`) read three times where it is at most 32 MiB (L2 holds
+// it for the second and third). Where `chosen` (Auto), only held, and at 2 to 4
+// accesses a thread: H100, bench/results/2026-12-06-h100-v27, against the other paths.
+// At one access (under a megabyte: SD1.5's and SDXL's 2x64x1280) the one-block kernel,
+// with no cluster barriers, takes 7 us against 10. Holding more than 4 measured slower
+// (2x4096x320 25 us against 19, 1x16384x512 41 against 29): at 16, 128 registers a
+// thread leave room for 14 clusters of 16 blocks at once where 16 were launched (ncu),
+// two waves. Between, it is the fastest: 2x1024x640 12.0 us against 15.5, the VAE's
+// 1x4096x512 12.5 against 16.3, 2x256x1280 11.0 against 11.9. The three-read variant
+// is pending its A/B.
 template <class T>
 bool launch_group_norm_cluster(const GroupNormArgs& a, bool chosen) {
   constexpr int N = kVec<T>;
@@ -907,8 +960,15 @@ bool launch_group_norm_cluster(const GroupNormArgs& a, bool chosen) {
   while (size < kClusterMaxSize &&
          (clusters * size < props.multiProcessorCount || accesses(size) > kHeldAccesses<T>))
     size *= 2;
-  if (accesses(size) > kHeldAccesses<T> || clusters * size > INT32_MAX) return false;
-  if (chosen && (accesses(size) < 2 || accesses(size) > 4)) return false;
+  const bool held = accesses(size) <= 4;
+  if (chosen && (!held || accesses(size) < 2)) return false;
+  if (!held) {
+    if (int64_t(batch) * rows * channels * int64_t(sizeof(T)) > (int64_t(32) << 20)) return false;
+    // Two blocks a multiprocessor at least, where 16 a cluster make them.
+    size = 1;
+    while (size < kClusterMaxSize && clusters * size < 2 * props.multiProcessorCount) size *= 2;
+  }
+  if (clusters * size > INT32_MAX) return false;
 
   GroupNormClusterParams<T> params{static_cast<const T*>(a.x.raw()),
                                    static_cast<const T*>(a.gamma.raw()),
@@ -956,7 +1016,10 @@ bool launch_group_norm_cluster(const GroupNormArgs& a, bool chosen) {
     cluster_calls.fetch_add(1, std::memory_order_relaxed);
     return true;
   };
-  return launch_held<T>(accesses(size), launch);
+  if (!held) return launch(std::integral_constant<int, 0>{});
+  if (accesses(size) <= 1) return launch(std::integral_constant<int, 1>{});
+  if (accesses(size) <= 2) return launch(std::integral_constant<int, 2>{});
+  return launch(std::integral_constant<int, 4>{});
 }
 
 // Threads across a row's packs (all of them where `threads` allow), the rest of the
