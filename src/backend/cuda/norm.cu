@@ -5,12 +5,13 @@
 //
 // Tensors of about 1 to 4 MB take one launch over thread block clusters on Hopper
 // (group_norm_cluster). Otherwise groups small enough for one block's registers take
-// one launch and one pass (group_norm_resident). Larger ones, on NHWC, read whole rows of C
-// channels (coalesced) and sort the per-channel sums into groups, in two launches: partial sums per
-// (batch, block of rows, group), where the last block of each batch row folds them (one warp per
-// group, in a fixed order) with gamma and beta into a per-channel scale and shift; then out = act(x
-// * scale + shift) in a flat grid-stride loop. group_norm_grid, one launch over the whole GPU, runs
-// only when asked for (it measured slower; see there).
+// one launch and one pass (group_norm_resident). Larger ones, on NHWC, read whole rows
+// of C channels (coalesced) and sort the per-channel sums into groups, in two
+// launches: partial sums per (batch, block of rows, group), where the last block of
+// each batch row folds them (one warp per group, in a fixed order) with gamma and beta
+// into a per-channel scale and shift; then out = act(x * scale + shift) in a flat
+// grid-stride loop. group_norm_grid, one launch over the whole GPU, runs only when
+// asked for (it measured slower; see there).
 #include <cooperative_groups.h>
 
 #include <algorithm>
