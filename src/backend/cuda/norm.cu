@@ -487,8 +487,16 @@ bool launch_held(int64_t accesses, Launch&& launch) {
   return launch(std::integral_constant<int, kHeldAccesses<T>>{});
 }
 
+// v + the addend's pack, rounded to T as the separate add rounded it: the same values
+// either way.
+template <class T, int N>
+__device__ __forceinline__ void add_rounded(Pack<T, N>& v, const Pack<T, N>& ad) {
+#pragma unroll
+  for (int j = 0; j < N; ++j) v.v[j] = from_float<T>(to_float(v.v[j]) + to_float(ad.v[j]));
+}
+
 // A thread's `held` packs at x + offset + k·step (k < held), plus the addend's pack
-// (or nothing), rounded to T as the separate add rounded it: the same values either way.
+// (or nothing).
 template <class T, int N, int K>
 __device__ __forceinline__ void load_held(Pack<T, N> (&v)[K], const T* x, int64_t offset,
                                           int64_t step, int held, const T* addend) {
@@ -498,11 +506,19 @@ __device__ __forceinline__ void load_held(Pack<T, N> (&v)[K], const T* x, int64_
   if (addend == nullptr || held == 0) return;
   const Pack<T, N> ad = *reinterpret_cast<const Pack<T, N>*>(addend);
 #pragma unroll
-  for (int k = 0; k < K; ++k) {
-    if (k >= held) continue;
+  for (int k = 0; k < K; ++k)
+    if (k < held) add_rounded(v[k], ad);
+}
+
+// act(v · scale + shift), rounded to T.
+template <class T, int N>
+__device__ __forceinline__ Pack<T, N> apply_pack(const Pack<T, N>& v, const float (&sc)[N],
+                                                 const float (&sh)[N], Activation act) {
+  Pack<T, N> o;
 #pragma unroll
-    for (int j = 0; j < N; ++j) v[k].v[j] = from_float<T>(to_float(v[k].v[j]) + to_float(ad.v[j]));
-  }
+  for (int j = 0; j < N; ++j)
+    o.v[j] = from_float<T>(activate_narrow<T>(act, to_float(v.v[j]) * sc[j] + sh[j]));
+  return o;
 }
 
 // out = act(v · scale + shift) for the thread's `held` packs, where load_held read them.
@@ -511,14 +527,9 @@ __device__ __forceinline__ void store_held(const Pack<T, N> (&v)[K], T* out, int
                                            int64_t step, int held, const float (&sc)[N],
                                            const float (&sh)[N], Activation act) {
 #pragma unroll
-  for (int k = 0; k < K; ++k) {
-    if (k >= held) continue;
-    Pack<T, N> o;
-#pragma unroll
-    for (int j = 0; j < N; ++j)
-      o.v[j] = from_float<T>(activate_narrow<T>(act, to_float(v[k].v[j]) * sc[j] + sh[j]));
-    *reinterpret_cast<Pack<T, N>*>(out + offset + k * step) = o;
-  }
+  for (int k = 0; k < K; ++k)
+    if (k < held)
+      *reinterpret_cast<Pack<T, N>*>(out + offset + k * step) = apply_pack(v[k], sc, sh, act);
 }
 
 template <class T>
@@ -560,30 +571,9 @@ __global__ void __launch_bounds__(kGridThreads, 1) group_norm_grid(GroupNormGrid
   const int c0 = pack * N, g0 = c0 / p.per_group;
   const int split = (g0 + 1) * p.per_group - c0;
 
-  const T* addend = p.addend ? p.addend + int64_t(b) * p.addend_stride + c0 : nullptr;
-  Pack<T, N> v[K > 0 ? K : 1];
-  if constexpr (K > 0) load_held(v, p.x, offset, step, held, addend);
-  // f(pack, k) for each of the thread's packs: from the registers, or read again (x plus
-  // the addend rounded to T, as load_held adds it).
-  auto each = [&](auto&& f) {
-    if constexpr (K > 0) {
-#pragma unroll
-      for (int k = 0; k < K; ++k)
-        if (k < held) f(v[k], k);
-    } else {
-      Pack<T, N> ad{};
-      if (addend != nullptr && held > 0) ad = *reinterpret_cast<const Pack<T, N>*>(addend);
-#pragma unroll 4
-      for (int k = 0; k < held; ++k) {
-        Pack<T, N> x = *reinterpret_cast<const Pack<T, N>*>(p.x + offset + k * step);
-        if (addend != nullptr) {
-#pragma unroll
-          for (int j = 0; j < N; ++j) x.v[j] = from_float<T>(to_float(x.v[j]) + to_float(ad.v[j]));
-        }
-        f(x, k);
-      }
-    }
-  };
+  Pack<T, N> v[K];
+  load_held(v, p.x, offset, step, held,
+            p.addend ? p.addend + int64_t(b) * p.addend_stride + c0 : nullptr);
   float s0 = 0.0f, q0 = 0.0f, s1 = 0.0f, q1 = 0.0f;
 #pragma unroll
   for (int k = 0; k < K; ++k) {
@@ -832,10 +822,7 @@ __global__ void __launch_bounds__(kClusterThreads, K == 0 ? 3 : 2)
 #pragma unroll 4
       for (int k = 0; k < held; ++k) {
         Pack<T, N> x = *reinterpret_cast<const Pack<T, N>*>(p.x + offset + k * step);
-        if (addend != nullptr) {
-#pragma unroll
-          for (int j = 0; j < N; ++j) x.v[j] = from_float<T>(to_float(x.v[j]) + to_float(ad.v[j]));
-        }
+        if (addend != nullptr) add_rounded(x, ad);
         f(x, k);
       }
     }
@@ -904,11 +891,7 @@ __global__ void __launch_bounds__(kClusterThreads, K == 0 ? 3 : 2)
       store_held(v, p.out, offset, step, held, sc, sh, p.act);
     } else {
       each([&](const Pack<T, N>& x, int k) {
-        Pack<T, N> o;
-#pragma unroll
-        for (int j = 0; j < N; ++j)
-          o.v[j] = from_float<T>(activate_narrow<T>(p.act, to_float(x.v[j]) * sc[j] + sh[j]));
-        *reinterpret_cast<Pack<T, N>*>(p.out + offset + k * step) = o;
+        *reinterpret_cast<Pack<T, N>*>(p.out + offset + k * step) = apply_pack(x, sc, sh, p.act);
       });
     }
   }
@@ -1018,9 +1001,7 @@ bool launch_group_norm_cluster(const GroupNormArgs& a, bool chosen) {
     return true;
   };
   if (!held) return launch(std::integral_constant<int, 0>{});
-  if (accesses(size) <= 1) return launch(std::integral_constant<int, 1>{});
-  if (accesses(size) <= 2) return launch(std::integral_constant<int, 2>{});
-  return launch(std::integral_constant<int, 4>{});
+  return launch_held<T>(accesses(size), launch);
 }
 
 // Threads across a row's packs (all of them where `threads` allow), the rest of the
