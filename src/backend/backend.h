@@ -164,6 +164,15 @@ struct InterleaveGroupNormArgs {
   Tensor normed;
 };
 
+// group_norm, then conv2d of its output, in one op where a backend fuses them: the
+// convolution normalises its input as it reads it, and the normalised tensor is never
+// stored. conv.x is the GroupNorm's input (norm.x as [B, H, W, C]), not its output;
+// norm.out is undefined.
+struct GroupNormConv2dArgs {
+  GroupNormArgs norm;
+  Conv2dArgs conv;
+};
+
 struct TimestepEmbeddingArgs {
   Tensor timesteps;  // [B] f32
   int dim = 0;
@@ -215,6 +224,9 @@ class Backend {
   // The fused form where this backend has one: answers false (having done nothing)
   // otherwise, and ops::interleave_phases_group_norm takes the two ops.
   virtual bool interleave_phases_group_norm(const InterleaveGroupNormArgs&) { return false; }
+  // The fused form where this backend has one for these operands: answers false
+  // (having done nothing) otherwise, and ops::group_norm_conv2d takes the two ops.
+  virtual bool group_norm_conv2d(const GroupNormConv2dArgs&) { return false; }
   virtual void timestep_embedding(const TimestepEmbeddingArgs& a) = 0;
   virtual void embedding(const EmbeddingArgs& a) = 0;
   virtual void slice_last(const SliceLastArgs& a) = 0;

@@ -175,8 +175,7 @@ Tensor AutoencoderKL::decode(const Tensor& z) const {
     else
       x = (*b.upsampler)(x);
   }
-  x = dec_conv_norm_out(x, Activation::SiLU);
-  return dec_conv_out(x);  // [B, H, W, out_channels]
+  return nn::norm_conv(dec_conv_norm_out, Activation::SiLU, dec_conv_out, x);  // [B, H, W, out]
 }
 
 AutoencoderKL::Posterior AutoencoderKL::encode(const Tensor& image) const {
@@ -189,7 +188,7 @@ AutoencoderKL::Posterior AutoencoderKL::encode(const Tensor& image) const {
     if (b.downsampler) x = (*b.downsampler)(x);
   }
   x = run_mid(enc_mid, x);
-  x = enc_conv_out(enc_conv_norm_out(x, Activation::SiLU));  // [B, h, w, 2 * latent]
+  x = nn::norm_conv(enc_conv_norm_out, Activation::SiLU, enc_conv_out, x);  // [B, h, w, 2·latent]
   if (quant_conv) x = (*quant_conv)(x);
   const int64_t lc = config_.latent_channels;
   return {ops::slice_last(x, 0, lc), ops::clamp(ops::slice_last(x, lc, 2 * lc), -30.0f, 20.0f)};

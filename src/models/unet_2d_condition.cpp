@@ -415,8 +415,7 @@ Tensor UNet2DConditionModel::forward(const Inputs& in) const {
     }
   }
 
-  x = (*conv_norm_out)(x, Activation::SiLU);
-  return conv_out(x);  // [B, H, W, out_channels]
+  return nn::norm_conv(*conv_norm_out, Activation::SiLU, conv_out, x);  // [B, H, W, out_channels]
 }
 
 }  // namespace kiln

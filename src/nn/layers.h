@@ -52,6 +52,14 @@ struct GroupNorm {
   }
 };
 
+// conv(norm(x, act)) in one op where the backend folds the GroupNorm into the
+// convolution's reads (ops::group_norm_conv2d).
+inline Tensor norm_conv(const GroupNorm& norm, Activation act, const Conv2d& conv,
+                        const Tensor& x) {
+  return ops::group_norm_conv2d(x, norm.weight, norm.bias, norm.groups, norm.eps, act, conv.weight,
+                                conv.bias, conv.geometry);
+}
+
 struct LayerNorm {
   Tensor weight, bias;  // [C]
   float eps = 1e-5f;

@@ -59,9 +59,9 @@ Tensor linear(const Tensor& x, const Tensor& weight, const Tensor& bias, Activat
 
 namespace {
 
-// ops::conv2d, with the FLOPs of the model's form where this is another (Conv2dArgs).
-Tensor conv2d_counted(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dGeometry g,
-                      const Tensor& residual, double model_flops) {
+// conv2d's arguments, checked, with the output allocated; model_flops as in Conv2dArgs.
+Conv2dArgs conv2d_args(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dGeometry g,
+                       const Tensor& residual, double model_flops) {
   KILN_CHECK(x.ndim() == 4 && weight.ndim() == 4, "conv2d: x ", x.describe(), ", weight ",
              weight.describe(), " (expected NHWC input and OHWI weight)");
   check_float_like(x, weight, "conv2d", "weight");
@@ -92,6 +92,13 @@ Tensor conv2d_counted(const Tensor& x, const Tensor& weight, const Tensor& bias,
     a.residual = residual;
   }
   a.model_flops = model_flops;
+  return a;
+}
+
+// ops::conv2d, with the FLOPs of the model's form where this is another (Conv2dArgs).
+Tensor conv2d_counted(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dGeometry g,
+                      const Tensor& residual, double model_flops) {
+  const Conv2dArgs a = conv2d_args(x, weight, bias, g, residual, model_flops);
   backend_for(x.device()).conv2d(a);
   return a.out;
 }
@@ -147,6 +154,22 @@ Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int 
   a.out = out.reshape(a.x.shape());
   backend_for(x.device()).group_norm(a);
   return out;
+}
+
+Tensor group_norm_conv2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups,
+                         float eps, Activation act, const Tensor& weight, const Tensor& bias,
+                         Conv2dGeometry g) {
+  GroupNormConv2dArgs a;
+  a.conv = conv2d_args(x, weight, bias, g, {}, 0.0);
+  a.norm = group_norm_args(x, gamma, beta, groups, eps, act, {}, -1);
+  Backend& backend = backend_for(x.device());
+  if (backend.group_norm_conv2d(a)) return a.conv.out;
+  const Tensor normed = like(x, x.shape());
+  a.norm.out = normed.reshape(a.norm.x.shape());
+  backend.group_norm(a.norm);
+  a.conv.x = normed;
+  backend.conv2d(a.conv);
+  return a.conv.out;
 }
 
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps) {

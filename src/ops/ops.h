@@ -33,6 +33,12 @@ Tensor conv2d(const Tensor& x, const Tensor& weight, const Tensor& bias, Conv2dG
 Tensor group_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups, float eps,
                   Activation act = Activation::None, const Tensor& addend = {},
                   int64_t addend_col = -1);
+// conv2d(group_norm(x, gamma, beta, groups, eps, act), weight, bias, g) for x
+// [B, H, W, C]: one op where the backend folds the normalisation into the convolution's
+// reads (the normalised tensor is never stored), else the two.
+Tensor group_norm_conv2d(const Tensor& x, const Tensor& gamma, const Tensor& beta, int groups,
+                         float eps, Activation act, const Tensor& weight, const Tensor& bias,
+                         Conv2dGeometry g);
 // x [..., C] normalised over C.
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps);
 

@@ -290,6 +290,88 @@ INSTANTIATE_TEST_SUITE_P(
         ::testing::Values(ConvPath::Im2col, ConvPath::Timed, ConvPath::Narrow)));
 
 // ---------------------------------------------------------------------------
+// A GroupNorm and the few-output convolution after it (ops::group_norm_conv2d: the
+// models' conv_out), folded into one op where the convolution runs in a narrow kernel.
+struct NormConvCase {
+  int64_t b, h, w, c, o;
+  int groups;
+  Activation act;
+};
+
+class NormConv2d : public CudaTest, public ::testing::WithParamInterface<NormConvCase> {
+ protected:
+  void TearDown() override {
+    const cuda::Options defaults;
+    cuda::options().conv_kernel = defaults.conv_kernel;
+    cuda::options().narrow_conv_form = defaults.narrow_conv_form;
+    cuda::options().norm_conv_fused = defaults.norm_conv_fused;
+    cuda::options().group_norm_kernel = defaults.group_norm_kernel;
+    CudaTest::TearDown();
+  }
+};
+
+// Against the CPU's two ops with the convolution's plan timed and in every narrow form
+// forced; folded exactly where the convolution is a few-output one in a narrow kernel;
+// and bit for bit the result of CUDA's own two ops (the GroupNorm on its two-launch
+// path, whose apply computes each normalised value as the fold does), in a replayed
+// graph too. The padding is the normalised tensor's zeros, not act(shift).
+TEST_P(NormConv2d, MatchesCpuAndTheTwoOps) {
+  const NormConvCase c = GetParam();
+  const bool few_out = (c.o == 3 || c.o == 4 || c.o == 8) && c.c % 32 == 0;
+  for (DType dt : kAllTypes) {
+    const std::vector<Tensor> in{
+        random_tensor({c.b, c.h, c.w, c.c}, dt, next_seed(), 2.0f, 3.0f),
+        random_tensor({c.c}, dt, next_seed(), 0.5f, 1.0f), random_tensor({c.c}, dt, next_seed()),
+        random_tensor({c.o, 3, 3, c.c}, dt, next_seed(), 1.0f / std::sqrt(float(9 * c.c))),
+        random_tensor({c.o}, dt, next_seed())};
+    const auto op = [&](const std::vector<Tensor>& t) {
+      return ops::group_norm_conv2d(t[0], t[1], t[2], c.groups, 1e-6f, c.act, t[3], t[4],
+                                    ops::Conv2dGeometry::same(3));
+    };
+    const Tensor expected = op(in);
+    std::vector<Tensor> dev;
+    for (const Tensor& t : in) dev.push_back(on_cuda(t, dt));
+    for (int form : {-1, 0, 1, 2, 3, 4}) {
+      const std::string what = str("group_norm_conv2d ", c.b, "x", c.h, "x", c.w, "x", c.c, " -> ",
+                                   c.o, form >= 0 ? str(" form ", form) : " timed");
+      cuda::options().conv_kernel =
+          form >= 0 ? cuda::Options::ConvKernel::Narrow : cuda::Options::ConvKernel::Auto;
+      cuda::options().narrow_conv_form = form;
+      cuda::options().norm_conv_fused = true;
+      const size_t before = cuda::norm_conv_calls();
+      expect_close(what, dt, in, op, expected);
+      const size_t folded = cuda::norm_conv_calls() - before;
+      if (form >= 0) {
+        EXPECT_EQ(folded, few_out ? 1u : 0u) << what << " " << name(dt);
+      } else if (!few_out) {
+        EXPECT_EQ(folded, 0u) << what << " " << name(dt);
+      }
+      if (folded == 0) continue;
+      const Tensor fused = op(dev).to(Device::CPU);
+      cuda::options().norm_conv_fused = false;
+      cuda::options().group_norm_kernel = cuda::Options::GroupNormKernel::TwoLaunch;
+      const Tensor two_ops = op(dev).to(Device::CPU);
+      cuda::options().norm_conv_fused = true;
+      cuda::options().group_norm_kernel = cuda::Options::GroupNormKernel::Auto;
+      ASSERT_EQ(fused.nbytes(), two_ops.nbytes());
+      EXPECT_EQ(std::memcmp(fused.raw(), two_ops.raw(), fused.nbytes()), 0)
+          << what << " " << name(dt) << ": the fold differs from the two ops";
+      expect_same_bits(what + " " + name(dt), [&] { return op(dev); });
+    }
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, NormConv2d,
+    ::testing::Values(NormConvCase{1, 64, 64, 128, 3, 32, Activation::SiLU},   // VAE conv_out
+                      NormConvCase{2, 64, 64, 320, 4, 32, Activation::SiLU},   // SD conv_out
+                      NormConvCase{1, 32, 32, 512, 8, 32, Activation::SiLU},   // VAE enc conv_out
+                      NormConvCase{2, 19, 70, 96, 4, 8, Activation::None},     // partial tiles
+                      NormConvCase{1, 37, 45, 96, 3, 32, Activation::SiLU},    // 1.5 stages of 64
+                      NormConvCase{1, 9, 11, 48, 3, 4, Activation::SiLU},      // C 48: the two ops
+                      NormConvCase{2, 16, 16, 64, 16, 8, Activation::SiLU}));  // 16 out: two ops
+
+// ---------------------------------------------------------------------------
 // Upsample2D's convolution by output phase (ops::upsample2x_conv, the form CUDA runs)
 // against the direct form on the CPU: nearest ×2, then the 3×3 convolution.
 struct UpsampleConvCase {

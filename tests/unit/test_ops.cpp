@@ -320,6 +320,31 @@ TEST(Ops, UpsampleConvWithGroupNormMatchesTheOpsApart) {
   EXPECT_EQ(max_abs_diff(normed2, ref_normed), 0.0);
 }
 
+// A GroupNorm and the convolution after it as one op (the models' conv_out): the same
+// values as the two ops apart, and each op's own errors for bad operands.
+TEST(Ops, GroupNormConvMatchesTheOpsApart) {
+  const Tensor x = random_tensor({2, 6, 7, 16}, 70);
+  const Tensor gamma = random_tensor({16}, 71), beta = random_tensor({16}, 72);
+  const Tensor w = random_tensor({3, 3, 3, 16}, 73), bias = random_tensor({3}, 74);
+  const auto g = ops::Conv2dGeometry::same(3);
+  const Tensor apart =
+      ops::conv2d(ops::group_norm(x, gamma, beta, 4, 1e-6f, Activation::SiLU), w, bias, g);
+  const Tensor fused =
+      ops::group_norm_conv2d(x, gamma, beta, 4, 1e-6f, Activation::SiLU, w, bias, g);
+  ASSERT_EQ(fused.shape(), apart.shape());
+  std::vector<double> ref(size_t(apart.numel()));
+  for (size_t i = 0; i < ref.size(); ++i) ref[i] = f(apart)[i];
+  EXPECT_EQ(max_abs_diff(fused, ref), 0.0);
+  EXPECT_THROW(ops::group_norm_conv2d(x, gamma, beta, 5, 1e-6f, Activation::SiLU, w, bias, g),
+               Error);  // 16 channels in 5 groups
+  EXPECT_THROW(ops::group_norm_conv2d(x, gamma, beta, 4, 1e-6f, Activation::SiLU,
+                                      random_tensor({3, 3, 3, 8}, 75), bias, g),
+               Error);  // the weight's 8 input channels
+  EXPECT_THROW(ops::group_norm_conv2d(x.reshape({2, 42, 16}), gamma, beta, 4, 1e-6f,
+                                      Activation::SiLU, w, bias, g),
+               Error);  // not NHWC
+}
+
 TEST(Ops, TimestepEmbeddingFollowsDiffusersFormula) {
   const float t[2] = {999.0f, 0.5f};
   Tensor ts = Tensor::from_floats({2}, t);

@@ -82,6 +82,8 @@ const char* kHelp =
     "                       channels, where it beats cuDNN (default auto: all timed; A/B)\n"
     "  --interleave-norm-fused B  1 or 0: on CUDA, an upsampler's phase copy and the next\n"
     "                       GroupNorm's statistics in one pass (default 1; for A/B)\n"
+    "  --norm-conv-fused B  1 or 0: on CUDA, a GroupNorm folded into the few-output\n"
+    "                       convolution after it (conv_out; default 1; for A/B)\n"
     "  --upsample-phases B  1 or 0: on CUDA, upsampling convolutions by output phase (2x2\n"
     "                       taps on the small image), or upsampling and a 3x3 convolution\n"
     "                       (default 1; for A/B)\n"
@@ -504,6 +506,7 @@ int bench(const std::vector<std::string>& argv) {
                    "conv-workspace-mib",
                    "narrow-conv-form",
                    "interleave-norm-fused",
+                   "norm-conv-fused",
                    "attention",
                    "group-norm",
                    "conv",
@@ -563,6 +566,8 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().geglu_fused = *on == 1;
   if (const auto on = args.integer("interleave-norm-fused", 0, 1))
     if (s.cuda()) cuda::options().interleave_norm_fused = *on == 1;
+  if (const auto on = args.integer("norm-conv-fused", 0, 1))
+    if (s.cuda()) cuda::options().norm_conv_fused = *on == 1;
   if (const auto mib = args.integer("conv-workspace-mib", 0, 1 << 16))
     if (s.cuda()) cuda::options().conv_workspace_mib = int(*mib);
   if (args.get("narrow-conv-form") != std::optional<std::string>("auto"))

@@ -11,6 +11,7 @@
 //  - im2col into a bounded column buffer, then a cuBLASLt GEMM with the bias and
 //    residual fused; bands of output rows keep the buffer under 256 MiB.
 #include <algorithm>
+#include <atomic>
 #include <map>
 #include <mutex>
 #include <optional>
@@ -435,11 +436,13 @@ ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
       {true, int(perf[chosen].algo), int(perf[chosen].mathType), perf[chosen].memory, false});
 }
 
-// False when cuDNN cannot take this convolution (the caller uses im2col).
-bool conv_cudnn(const Conv2dArgs& a) {
+// The shape's plan, made (timed) on its first call; null where cuDNN cannot take this
+// convolution or no plan can be made now (inside a capture), or where its plan is not
+// valid.
+const ConvPlan* conv_plan(const Conv2dArgs& a) {
   Context& ctx = context();
-  if (!ctx.cudnn || !options().use_cudnn) return false;
-  if (a.pad_top != a.pad_bottom || a.pad_left != a.pad_right) return false;
+  if (!ctx.cudnn || !options().use_cudnn) return nullptr;
+  if (a.pad_top != a.pad_bottom || a.pad_left != a.pad_right) return nullptr;
   const ConvKey key{a.x.dim(0),
                     a.x.dim(1),
                     a.x.dim(2),
@@ -459,12 +462,18 @@ bool conv_cudnn(const Conv2dArgs& a) {
     std::lock_guard<std::mutex> lock(g_conv_mu);
     auto it = g_conv_plans.find(key);
     if (it == g_conv_plans.end()) {
-      if (ctx.capturing) return false;  // cannot time inside a capture
+      if (ctx.capturing) return nullptr;  // cannot time inside a capture
       it = g_conv_plans.emplace(key, make_conv_plan(key, a)).first;
     }
     plan = &it->second;
   }
-  if (!plan->valid) return false;
+  return plan->valid ? plan : nullptr;
+}
+
+// False when cuDNN cannot take this convolution (the caller uses im2col).
+bool conv_cudnn(const Conv2dArgs& a) {
+  const ConvPlan* plan = conv_plan(a);
+  if (plan == nullptr) return false;
   run_plan(*plan, a);
   // im2col's GEMM counts its own FLOPs.
   if (plan->path != ConvPath::Im2col) count_conv_flops(a);
@@ -489,6 +498,44 @@ void forget_conv_plans() {
 #endif
 }
 
+namespace {
+std::atomic<size_t> norm_conv_count{0};
+}  // namespace
+
+int narrow_route(const Conv2dArgs& a) {
+  if (!narrow_applies(a)) return -1;
+  // Without a timed plan: the forced narrow form, or the one for this image's size.
+  const int untimed =
+      options().narrow_conv_form >= 0 ? options().narrow_conv_form : default_narrow_form(a);
+  if (options().conv_kernel == Options::ConvKernel::Narrow) return untimed;
+#if defined(KILN_WITH_CUDNN)
+  if (const ConvPlan* plan = conv_plan(a))
+    return plan->path == ConvPath::Narrow ? plan->narrow_form : -1;
+#endif
+  // Without cuDNN (or while a graph is captured before the shape's plan was made) a
+  // narrow kernel.
+  return options().conv_kernel != Options::ConvKernel::Cudnn && options().use_cudnn ? untimed : -1;
+}
+
+int folded_norm_form(const GroupNormConv2dArgs& a) {
+  if (a.conv.out.numel() == 0 || !narrow_folds_norm(a.conv) ||
+      !group_norm_scale_shift_applies(a.norm))
+    return -1;
+  return narrow_route(a.conv);
+}
+
+void group_norm_conv2d(const GroupNormConv2dArgs& a, int form) {
+  // Held until the convolution is queued: the stream orders whatever reuses it after.
+  const NormScaleShift st = group_norm_scale_shift(a.norm);
+  count_conv_flops(a.conv);
+  conv_narrow(a.conv, form, {st.scale, st.shift, a.norm.act});
+  norm_conv_count.fetch_add(1, std::memory_order_relaxed);
+}
+
+size_t norm_conv_calls() {
+  return norm_conv_count.load(std::memory_order_relaxed);
+}
+
 void conv2d(const Conv2dArgs& a) {
   if (a.out.numel() == 0) return;
   const int64_t kh = a.weight.dim(1), kw = a.weight.dim(2), c = a.x.dim(3), o = a.weight.dim(0);
@@ -511,26 +558,14 @@ void conv2d(const Conv2dArgs& a) {
     gemm_nt(g);
     return;
   }
-  const bool narrow = narrow_applies(a);
-  // Without a timed plan: the forced narrow form, or the one for this image's size.
-  auto untimed_form = [&] {
-    return options().narrow_conv_form >= 0 ? options().narrow_conv_form : default_narrow_form(a);
-  };
-  if (narrow && options().conv_kernel == Options::ConvKernel::Narrow) {
+  if (const int form = narrow_route(a); form >= 0) {
     count_conv_flops(a);
-    conv_narrow(a, untimed_form());
+    conv_narrow(a, form);
     return;
   }
 #if defined(KILN_WITH_CUDNN)
   if (conv_cudnn(a)) return;  // FLOPs counted there
 #endif
-  // Without cuDNN (or while a graph is captured before the shape's plan was made) a
-  // narrow kernel where one applies, else im2col.
-  if (narrow && options().conv_kernel != Options::ConvKernel::Cudnn && options().use_cudnn) {
-    count_conv_flops(a);
-    conv_narrow(a, untimed_form());
-    return;
-  }
   conv_im2col(a);
 }
 

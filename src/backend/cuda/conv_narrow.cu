@@ -113,9 +113,17 @@ std::vector<int> narrow_forms(const Conv2dArgs& a) {
   return {0, 1, 2, 3, 4};
 }
 
+// Whether a GroupNorm can be folded into this convolution's reads (the few-output
+// kernels take one: conv_narrow's `norm`).
+bool narrow_folds_norm(const Conv2dArgs& a) {
+  return few_out_applies(a);
+}
+
 // y = conv(x) + bias (+ residual) with a narrow kernel; narrow_applies(a) must hold.
 // `form` 1-4 takes the tensor-core kernel where it applies (else the CUDA cores').
-void conv_narrow(const Conv2dArgs& a, int form) {
+void conv_narrow(const Conv2dArgs& a, int form, const InputNorm& norm) {
+  KILN_CHECK(norm.scale == nullptr || few_out_applies(a),
+             "conv_narrow: a folded GroupNorm needs a few-output convolution");
   narrow_calls.fetch_add(1, std::memory_order_relaxed);
   NarrowParams p{a.x.raw(),
                  a.weight.raw(),
@@ -125,7 +133,10 @@ void conv_narrow(const Conv2dArgs& a, int form) {
                  int(a.x.dim(1)),
                  int(a.x.dim(2)),
                  int(a.x.dim(3)),
-                 int(a.weight.dim(0))};
+                 int(a.weight.dim(0)),
+                 norm.scale,
+                 norm.shift,
+                 norm.act};
   const int n = int(a.x.dim(0));
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);

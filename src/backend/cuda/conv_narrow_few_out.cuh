@@ -24,6 +24,30 @@ size_t few_out_smem() {
   return few_out_staged_elems<T, WARPS, ROWS>() * sizeof(T) + size_t(O) * 9 * kNarrowChunk * 4;
 }
 
+// The folded GroupNorm's scale and shift (p.scale set) of image b's V channels from c.
+template <int V>
+__device__ __forceinline__ void load_norm(const NarrowParams& p, int b, int c, float (&sc)[V],
+                                          float (&sh)[V]) {
+  const int64_t at = int64_t(b) * p.c + c;
+#pragma unroll
+  for (int j = 0; j < V; j += 4) {  // 16-byte aligned: C is a multiple of 32
+    const float4 a = __ldg(reinterpret_cast<const float4*>(p.scale + at + j));
+    const float4 d = __ldg(reinterpret_cast<const float4*>(p.shift + at + j));
+    sc[j] = a.x, sc[j + 1] = a.y, sc[j + 2] = a.z, sc[j + 3] = a.w;
+    sh[j] = d.x, sh[j + 1] = d.y, sh[j + 2] = d.z, sh[j + 3] = d.w;
+  }
+}
+
+// act(v · scale + shift), rounded to T: the value the GroupNorm's apply stores
+// (group_norm_apply in norm.cu computes it the same way).
+template <class T, int V>
+__device__ __forceinline__ void normalise(Pack<T, V>& v, const float (&sc)[V], const float (&sh)[V],
+                                          Activation act) {
+#pragma unroll
+  for (int j = 0; j < V; ++j)
+    v.v[j] = from_float<T>(activate_narrow<T>(act, to_float(v.v[j]) * sc[j] + sh[j]));
+}
+
 // Few outputs (O of them, all made by each thread): a block makes a tile of 32 output
 // pixels by WARPS·ROWS rows, ROWS a thread, over the input channels in chunks of 32
 // staged in shared memory with a one-pixel halo. A staged pixel is its chunk plus 16
@@ -40,15 +64,23 @@ __global__ void __launch_bounds__(WARPS * 32) conv3x3_few_out(NarrowParams p) {
   const T* x = static_cast<const T*>(p.x);
   const T* w = static_cast<const T*>(p.weight);
   float acc[ROWS][O] = {};
+  // A thread stages the same V channels of every pixel (the block's threads are a
+  // multiple of kVecs), so the folded GroupNorm's scale and shift are loaded once a chunk.
+  static_assert(WARPS * 32 % kVecs == 0);
+  const int v = threadIdx.x % kVecs;
+  float sc[V] = {}, sh[V] = {};
   for (int c0 = 0; c0 < p.c; c0 += kNarrowChunk) {
+    if (p.scale) load_norm(p, b, c0 + v * V, sc, sh);
     __syncthreads();
     for (int i = threadIdx.x; i < (kTileH + 2) * kHaloW * kVecs; i += WARPS * 32) {
-      const int pix = i / kVecs, v = i - pix * kVecs;
+      const int pix = i / kVecs;
       const int gy = y0 - 1 + pix / kHaloW, gx = x0 - 1 + pix % kHaloW;
       uint4 val = make_uint4(0, 0, 0, 0);
-      if (gy >= 0 && gy < p.h && gx >= 0 && gx < p.w)
+      if (gy >= 0 && gy < p.h && gx >= 0 && gx < p.w) {
         val = *reinterpret_cast<const uint4*>(x + ((int64_t(b) * p.h + gy) * p.w + gx) * p.c + c0 +
                                               v * V);
+        if (p.scale) normalise(reinterpret_cast<Pack<T, V>&>(val), sc, sh, p.act);
+      }
       *reinterpret_cast<uint4*>(xs + pix * kStride + v * V) = val;
     }
     for (int i = threadIdx.x; i < O * 9 * kNarrowChunk; i += WARPS * 32) {
@@ -60,18 +92,18 @@ __global__ void __launch_bounds__(WARPS * 32) conv3x3_few_out(NarrowParams p) {
     for (int tap = 0; tap < 9; ++tap) {
       const int ky = tap / 3, kx = tap % 3;
 #pragma unroll
-      for (int v = 0; v < kVecs; ++v) {
+      for (int u = 0; u < kVecs; ++u) {
         float xf[ROWS][V];
 #pragma unroll
         for (int r = 0; r < ROWS; ++r) {
           const Pack<T, V> pk = *reinterpret_cast<const Pack<T, V>*>(
-              xs + ((ty + WARPS * r + ky) * kHaloW + tx + kx) * kStride + v * V);
+              xs + ((ty + WARPS * r + ky) * kHaloW + tx + kx) * kStride + u * V);
 #pragma unroll
           for (int e = 0; e < V; ++e) xf[r][e] = to_float(pk.v[e]);
         }
 #pragma unroll
         for (int o = 0; o < O; ++o) {
-          const float* wv = ws + (o * 9 + tap) * kNarrowChunk + v * V;
+          const float* wv = ws + (o * 9 + tap) * kNarrowChunk + u * V;
 #pragma unroll
           for (int e = 0; e < V; ++e)
 #pragma unroll
@@ -194,6 +226,27 @@ __global__ void __launch_bounds__(WARPS * 32) conv3x3_few_out_mma(NarrowParams p
   // This lane's row of ldmatrix's four 8×8 matrices: pixels 0-7 / 8-15, channels 0-7 / 8-15.
   const int a_pix = (lane & 7) + ((lane >> 3) & 1) * 8, a_ch = (lane >> 4) * 8;
   const int g = lane >> 2, t = lane & 3;  // fragment coordinates: output g, channels 2t, 2t+1
+  // The folded GroupNorm (p.scale set), applied by each thread to its own copies of
+  // stage s once they have landed, before the barrier that shows them to the others. A
+  // thread copies the same 8 channels of every pixel (the block's threads are a
+  // multiple of kPieces).
+  static_assert(WARPS * 32 % kPieces == 0);
+  auto normalise_stage = [&](int s) {
+    const int piece = threadIdx.x % kPieces, ch = s * F::kChannels + piece * 8;
+    if (ch >= p.c) return;
+    float sc[8], sh[8];
+    load_norm(p, b, ch, sc, sh);
+    T* xs = stages + (s & 1) * F::kStage;
+    for (int i = threadIdx.x; i < (F::kRows + 2) * F::kHaloW * kPieces; i += WARPS * 32) {
+      const int pix = i / kPieces;
+      const int gy = y0 - 1 + pix / F::kHaloW, gx = x0 - 1 + pix % F::kHaloW;
+      if (gy < 0 || gy >= p.h || gx < 0 || gx >= p.w) continue;  // padding: stays zero
+      auto* at = reinterpret_cast<Pack<T, 8>*>(xs + pix * F::kPitch + piece * 8);
+      Pack<T, 8> val = *at;
+      normalise(val, sc, sh, p.act);
+      *at = val;
+    }
+  };
   load(0);
   for (int s = 0; s < count; ++s) {
     if (s + 1 < count) {
@@ -202,6 +255,7 @@ __global__ void __launch_bounds__(WARPS * 32) conv3x3_few_out_mma(NarrowParams p
     } else {
       cp_async_wait<0>();
     }
+    if (p.scale) normalise_stage(s);
     __syncthreads();
     const T* xs = stages + (s & 1) * F::kStage;
     const T* ws = xs + F::kStageX;

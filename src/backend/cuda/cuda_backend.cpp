@@ -179,6 +179,16 @@ class CudaBackend final : public Backend {
     OpScope s("interleave_phases+group_norm", [&] { return dims(a.out); });
     return cuda::interleave_phases_group_norm(a);
   }
+  bool group_norm_conv2d(const GroupNormConv2dArgs& a) override {
+    if (!options().norm_conv_fused) return false;
+    // Decided (the convolution's plan made) before the op is timed.
+    const int form = cuda::folded_norm_form(a);
+    if (form < 0) return false;
+    OpScope s("group_norm+conv2d 3x3",
+              [&] { return dims(a.conv.x) + "->" + std::to_string(a.conv.weight.dim(0)); });
+    cuda::group_norm_conv2d(a, form);
+    return true;
+  }
   void timestep_embedding(const TimestepEmbeddingArgs& a) override {
     OpScope s("timestep_embedding", [&] { return dims(a.out); });
     cuda::timestep_embedding(a);

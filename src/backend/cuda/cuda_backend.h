@@ -116,6 +116,12 @@ struct Options {
   // so the GroupNorm reads the upsampled tensor once instead of twice. Off: the two
   // ops, for A/B runs.
   bool interleave_norm_fused = true;
+  // A GroupNorm followed by a few-output convolution (ops::group_norm_conv2d: the
+  // decoder's and the UNet's conv_out, the encoder's) as one op where the convolution
+  // runs in a narrow kernel: the statistics' launch, then the convolution normalising
+  // its input as it stages it, so the normalised tensor is neither written nor read
+  // back. Off: the two ops, for A/B runs.
+  bool norm_conv_fused = true;
   // How a plan times GEMM candidates and the convolution paths. Warm: back to back on
   // the same operands, so a weight stays in L2 from one run to the next. Step: as
   // inside a step, where every weight is read once and comes from DRAM while the
@@ -154,6 +160,9 @@ size_t group_norm_cluster_calls();
 // (tests: that it ran).
 size_t narrow_conv_calls();
 size_t narrow_conv_mma_calls();
+// Convolutions that ran with a GroupNorm folded into their reads (ops::group_norm_conv2d)
+// so far (tests: that it ran).
+size_t norm_conv_calls();
 // Whether the fused GEGLU GEMM can run here (a build with CUTLASS for sm_90a on a
 // compute 9.0 GPU), and the calls it ran so far (tests: that it ran).
 bool linear_geglu_fused_available();

@@ -1011,16 +1011,14 @@ dim3 pack_block(int packs, int threads) {
   return dim3{unsigned(across), unsigned(threads / across)};
 }
 
-// The two-launch GroupNorm: statistics of the rows `src` gives ([batch, rows, channels]
-// as they see them) into a per-channel scale and shift, then out = act(x (+ addend) ·
-// scale + shift) over x, a tensor of the same shape. The caller has checked batch (at
-// most Context::kCounters) and that batch · rows · channels / N fits 32 bits.
+// The two-launch GroupNorm's first launch: statistics of the rows `src` gives ([batch,
+// rows, channels] as they see them) into a per-channel scale and shift. The caller has
+// checked batch (at most Context::kCounters) and that batch · rows · channels / N fits
+// 32 bits.
 template <class T, int N, class Rows>
-void stats_and_apply(const Rows& src, int batch, int64_t rows, int channels, int groups, float eps,
-                     const T* gamma, const T* beta, const T* x, const T* addend,
-                     int64_t addend_stride, T* out, Activation act) {
+NormScaleShift statistics(const Rows& src, int batch, int64_t rows, int channels, int groups,
+                          float eps, const T* gamma, const T* beta) {
   const int packs = channels / N;
-  const int64_t total = int64_t(batch) * rows * packs;
   const int sms = context().props.multiProcessorCount;
   // The statistics' launch shape, from a same-run comparison of shapes on an H200
   // (bench/results/2026-12-04-h200-v21, call 2; per op, graph replay):
@@ -1085,7 +1083,19 @@ void stats_and_apply(const Rows& src, int batch, int64_t rows, int channels, int
     launch(std::integral_constant<int, kLargeLoads>{});
   else
     launch(std::integral_constant<int, 4>{});
+  return {buffer, scale, shift};
+}
 
+// The two-launch GroupNorm: statistics (above), then out = act(x (+ addend) · scale +
+// shift) over x, a tensor of the same shape as src's rows.
+template <class T, int N, class Rows>
+void stats_and_apply(const Rows& src, int batch, int64_t rows, int channels, int groups, float eps,
+                     const T* gamma, const T* beta, const T* x, const T* addend,
+                     int64_t addend_stride, T* out, Activation act) {
+  const NormScaleShift st = statistics<T, N>(src, batch, rows, channels, groups, eps, gamma, beta);
+  const int packs = channels / N;
+  const int64_t total = int64_t(batch) * rows * packs;
+  const int sms = context().props.multiProcessorCount;
   // Apply: a grid-stride loop over as many 256-thread blocks as are resident at once.
   // Four accesses a step measured level with two and 0.7 ms faster than one on the
   // 1024² VAE decode's GroupNorm (3.76 against 4.45 ms, with the fast SiLU).
@@ -1098,8 +1108,8 @@ void stats_and_apply(const Rows& src, int batch, int64_t rows, int channels, int
   }();
   const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t(sms) * resident);
   group_norm_apply<T, N, U><<<unsigned(blocks), 256, 0, stream()>>>(
-      x, addend, addend_stride, out, scale, shift, uint32_t(total), FastDiv(uint32_t(rows * packs)),
-      FastDiv(uint32_t(packs)), act);
+      x, addend, addend_stride, out, st.scale, st.shift, uint32_t(total),
+      FastDiv(uint32_t(rows * packs)), FastDiv(uint32_t(packs)), act);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -1175,6 +1185,36 @@ void group_norm(const GroupNormArgs& args) {
     else
       launch_group_norm<T, kVec<T>>(a);
   });
+}
+
+bool group_norm_scale_shift_applies(const GroupNormArgs& a) {
+  const int64_t batch = a.x.dim(0), rows = a.x.dim(1), channels = a.x.dim(2);
+  if (a.addend.defined() || a.x.numel() == 0 || batch > Context::kCounters || channels > 16384)
+    return false;
+  bool fits = false;
+  dispatch_float(a.x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    fits = channels % kVec<T> == 0 && aligned16(a.x.raw()) &&
+           batch * rows * (channels / kVec<T>) <= INT32_MAX;
+  });
+  return fits;
+}
+
+NormScaleShift group_norm_scale_shift(const GroupNormArgs& a) {
+  KILN_CHECK(group_norm_scale_shift_applies(a), "group_norm_scale_shift: ", a.x.describe(),
+             " is not taken");
+  const int batch = int(a.x.dim(0)), channels = int(a.x.dim(2));
+  const int64_t rows = a.x.dim(1);
+  NormScaleShift st;
+  dispatch_float(a.x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    constexpr int N = kVec<T>;
+    const PlainRows<T, N> src{static_cast<const T*>(a.x.raw()), nullptr, 0, rows, channels};
+    st =
+        statistics<T, N>(src, batch, rows, channels, a.groups, a.eps,
+                         static_cast<const T*>(a.gamma.raw()), static_cast<const T*>(a.beta.raw()));
+  });
+  return st;
 }
 
 size_t interleave_group_norm_calls() {

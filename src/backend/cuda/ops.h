@@ -3,6 +3,7 @@
 #pragma once
 
 #include <functional>
+#include <memory>
 #include <vector>
 
 #include "backend/backend.h"
@@ -54,9 +55,27 @@ bool few_out_mma_applies(const Conv2dArgs& a);
 // where the options force one).
 int default_narrow_form(const Conv2dArgs& a);
 std::vector<int> narrow_forms(const Conv2dArgs& a);
+// A GroupNorm folded into a convolution's reads: x becomes act(x · scale + shift), f32
+// [B, C] each (group_norm_scale_shift).
+struct InputNorm {
+  const float* scale = nullptr;  // null: no GroupNorm
+  const float* shift = nullptr;
+  Activation act = Activation::None;
+};
 // y = conv(x) + bias (+ residual); narrow_applies(a) must hold. `form` 1-4 takes the
-// tensor-core kernel where it applies (else the CUDA cores').
-void conv_narrow(const Conv2dArgs& a, int form);
+// tensor-core kernel where it applies (else the CUDA cores'). With `norm`, x is
+// normalised as it is read; narrow_folds_norm(a) must hold.
+void conv_narrow(const Conv2dArgs& a, int form, const InputNorm& norm = {});
+bool narrow_folds_norm(const Conv2dArgs& a);
+// conv.cu: the narrow form conv2d runs `a` in, or -1 where it takes another path. Makes
+// the shape's plan where it has none (timing its candidates runs the convolution).
+int narrow_route(const Conv2dArgs& a);
+// conv.cu: ops::group_norm_conv2d with the GroupNorm folded into the narrow
+// convolution's reads: the form it runs in, or -1 where it does not fold these operands
+// (the caller runs the two ops). Decided before anything is launched, so that a caller
+// can time the op alone; group_norm_conv2d then runs it in that form.
+int folded_norm_form(const GroupNormConv2dArgs& a);
+void group_norm_conv2d(const GroupNormConv2dArgs& a, int form);
 
 // attention.cu
 void attention(const AttentionArgs& a);
@@ -72,6 +91,18 @@ bool attention_cudnn(const AttentionArgs& a, const std::function<void()>& ours);
 // norm.cu
 void group_norm(const GroupNormArgs& a);
 void layer_norm(const LayerNormArgs& a);
+// norm.cu: a GroupNorm's statistics as a per-(batch, channel) scale and shift, f32 [B, C]
+// each, so that act(x · scale + shift) rounded to x's type is the GroupNorm's output (as
+// its two-launch path computes it), in scratch memory that `memory` holds.
+struct NormScaleShift {
+  std::shared_ptr<Buffer> memory;
+  const float* scale = nullptr;
+  const float* shift = nullptr;
+};
+// Whether group_norm_scale_shift takes `a` (no addend; 16-byte accesses; batch and size
+// within what its kernel counts and indexes).
+bool group_norm_scale_shift_applies(const GroupNormArgs& a);
+NormScaleShift group_norm_scale_shift(const GroupNormArgs& a);
 
 // elementwise.cu
 void binary(const BinaryArgs& a);
