@@ -308,7 +308,7 @@ if has_stage test && [ -x "$TESTS" ]; then
   # The suites whose CPU references take longest come last, so that a stage cut short
   # by its time loses the fewest suites.
   SUITES=('TestInputs.*' 'Elementwise.*' 'Runtime.*' 'PlanCache.*' 'Shapes/LayerNorm.*' 'Shapes/Linear.*' 'Wide/Linear.*'
-          'Shapes/LinearGeglu.*' 'Shapes/GroupNorm.*' 'Shapes/Conv2d.*' 'AttentionAuto.*'
+          'Shapes/LinearGeglu.*' 'Shapes/GroupNorm.*' 'Shapes/Conv2d.*' 'Shapes/NormConv2d.*' 'AttentionAuto.*'
           'Shapes/Attention.*' 'Shapes/UpsampleConv.*')
   # A suite added to the tests but not to this list would pass unseen (LinearGeglu did).
   for suite in $("$TESTS" --gtest_list_tests | grep -v '^ ' | grep '\.$'); do
