@@ -510,8 +510,8 @@ using GroupNormKernel = cuda::Options::GroupNormKernel;
 // restated): 16-byte accesses, a pack in at most two groups, a slice of at most 16
 // groups making whole packs and 64 bytes. Its rows held in the fewest blocks (a power
 // of two up to 16) that give every multiprocessor one and hold them in 256 threads ×
-// 16 accesses (8 in bf16), where that is at most 4 accesses a thread; else read three
-// times where the tensor is at most 32 MiB. Under Auto (`chosen`), only held, at 2 to 4.
+// 16 accesses (8 in bf16), where that is at most 4 accesses a thread; under Auto
+// (`chosen`), at 2 to 4.
 bool cluster_takes(const NormCase& c, DType dt, bool chosen) {
   const int64_t n = 16 / int64_t(dtype_size(dt)), per_group = c.c / c.groups;
   if (c.c % n != 0 || cuda::device_info().compute_major < 9) return false;
@@ -531,8 +531,7 @@ bool cluster_takes(const NormCase& c, DType dt, bool chosen) {
     while (size < 16 &&
            (clusters * size < cuda::device_info().multiprocessors || accesses(size) > held))
       size *= 2;
-    if (accesses(size) <= 4) return !chosen || accesses(size) >= 2;
-    return !chosen && c.b * c.n * c.c * int64_t(dtype_size(dt)) <= (int64_t(32) << 20);
+    return accesses(size) <= 4 && (!chosen || accesses(size) >= 2);
   }
   return false;
 }

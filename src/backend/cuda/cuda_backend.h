@@ -82,8 +82,8 @@ struct Options {
   // whole GPU (a cooperative launch; tensors up to about 16 MB in f16), measured slower than Auto
   // on an H200 (bench/cuda-notes.md, v11): kept for tests and for the work on its fixed cost.
   // TwoLaunch never takes the one-block kernel (for A/B runs). Cluster first tries the one-launch
-  // kernel over thread block clusters (sm_90; held in registers at up to 4 accesses a thread,
-  // else read three times up to 32 MiB), wherever it can (for A/B runs).
+  // kernel over thread block clusters (sm_90) wherever a thread holds at most 4 accesses, one
+  // included (for A/B runs).
   enum class GroupNormKernel { Auto, Grid, TwoLaunch, Cluster };
   GroupNormKernel group_norm_kernel = GroupNormKernel::Auto;
   // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our

@@ -775,10 +775,9 @@ __device__ __forceinline__ double cluster_fold(cooperative_groups::cluster_group
 }
 #endif
 
-// K: the accesses a thread holds in registers, or 0: none held, each pass reads the
-// thread's rows again (the second and third from L2, which holds the tensor).
+// K: the accesses a thread holds in registers.
 template <class T, int K>
-__global__ void __launch_bounds__(kClusterThreads, K == 0 ? 3 : 2)
+__global__ void __launch_bounds__(kClusterThreads, 2)
     group_norm_cluster(GroupNormClusterParams<T> p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   __trap();  // the launcher takes this kernel only on sm_90 and later
@@ -807,25 +806,13 @@ __global__ void __launch_bounds__(kClusterThreads, K == 0 ? 3 : 2)
   const int64_t step = int64_t(rows_at_once) * p.channels;
 
   const T* addend = p.addend ? p.addend + int64_t(b) * p.addend_stride + c0 : nullptr;
-  Pack<T, N> v[K > 0 ? K : 1];
-  if constexpr (K > 0) load_held(v, p.x, offset, step, held, addend);
-  // f(pack, k) for each of the thread's packs: from the registers, or read again (x plus
-  // the addend rounded to T, as load_held adds it).
+  Pack<T, N> v[K];
+  load_held(v, p.x, offset, step, held, addend);
+  // f(pack) for each of the thread's packs.
   auto each = [&](auto&& f) {
-    if constexpr (K > 0) {
 #pragma unroll
-      for (int k = 0; k < K; ++k)
-        if (k < held) f(v[k], k);
-    } else {
-      Pack<T, N> ad{};
-      if (addend != nullptr && held > 0) ad = *reinterpret_cast<const Pack<T, N>*>(addend);
-#pragma unroll 4
-      for (int k = 0; k < held; ++k) {
-        Pack<T, N> x = *reinterpret_cast<const Pack<T, N>*>(p.x + offset + k * step);
-        if (addend != nullptr) add_rounded(x, ad);
-        f(x, k);
-      }
-    }
+    for (int k = 0; k < K; ++k)
+      if (k < held) f(v[k]);
   };
 
   // This block's sum of each local group of stage's (first, second) into part[lg]: a
@@ -849,7 +836,7 @@ __global__ void __launch_bounds__(kClusterThreads, K == 0 ? 3 : 2)
   const double count = double(p.rows) * p.per_group;
 
   float s0 = 0.0f, s1 = 0.0f;
-  each([&](const Pack<T, N>& x, int) {
+  each([&](const Pack<T, N>& x) {
 #pragma unroll
     for (int j = 0; j < N; ++j) (j < split ? s0 : s1) += to_float(x.v[j]);
   });
@@ -861,7 +848,7 @@ __global__ void __launch_bounds__(kClusterThreads, K == 0 ? 3 : 2)
 
   const float m0 = mean_s[lg0], m1 = lg0 + 1 < p.slice_groups ? mean_s[lg0 + 1] : 0.0f;
   float q0 = 0.0f, q1 = 0.0f;
-  each([&](const Pack<T, N>& x, int) {
+  each([&](const Pack<T, N>& x) {
 #pragma unroll
     for (int j = 0; j < N; ++j) {
       const float d = to_float(x.v[j]) - (j < split ? m0 : m1);
@@ -887,13 +874,7 @@ __global__ void __launch_bounds__(kClusterThreads, K == 0 ? 3 : 2)
       sc[j] = rs * to_float(p.gamma[c0 + j]);
       sh[j] = to_float(p.beta[c0 + j]) - mu * sc[j];
     }
-    if constexpr (K > 0) {
-      store_held(v, p.out, offset, step, held, sc, sh, p.act);
-    } else {
-      each([&](const Pack<T, N>& x, int k) {
-        *reinterpret_cast<Pack<T, N>*>(p.out + offset + k * step) = apply_pack(x, sc, sh, p.act);
-      });
-    }
+    store_held(v, p.out, offset, step, held, sc, sh, p.act);
   }
   asm volatile("barrier.cluster.wait.acquire;" ::: "memory");
 #endif
@@ -903,18 +884,19 @@ std::atomic<size_t> cluster_calls{0};
 
 // False where the tensor does not suit the kernel (the caller takes another path):
 // before sm_90; accesses of 16 bytes; a pack of N channels in at most two groups; a
-// slice of at most 16 groups making a whole number of packs and 64 bytes. Held in
-// registers where 16 blocks of 256 threads hold the rows with at most 4 accesses a
-// thread; else (unless `chosen`) read three times where it is at most 32 MiB (L2 holds
-// it for the second and third). Where `chosen` (Auto), only held, and at 2 to 4
-// accesses a thread: H100, bench/results/2026-12-06-h100-v27, against the other paths.
+// slice of at most 16 groups making a whole number of packs and 64 bytes; rows that 16
+// blocks of 256 threads hold in registers with at most 4 accesses a thread. Where
+// `chosen` (Auto), at 2 to 4 accesses a thread: H100, bench/results/2026-12-06-h100-v27,
+// against the other paths.
 // At one access (under a megabyte: SD1.5's and SDXL's 2x64x1280) the one-block kernel,
 // with no cluster barriers, takes 7 us against 10. Holding more than 4 measured slower
 // (2x4096x320 25 us against 19, 1x16384x512 41 against 29): at 16, 128 registers a
 // thread leave room for 14 clusters of 16 blocks at once where 16 were launched (ncu),
 // two waves. Between, it is the fastest: 2x1024x640 12.0 us against 15.5, the VAE's
-// 1x4096x512 12.5 against 16.3, 2x256x1280 11.0 against 11.9. The three-read variant
-// is pending its A/B.
+// 1x4096x512 12.5 against 16.3, 2x256x1280 11.0 against 11.9. A variant that held
+// nothing and read its rows three times (L2 keeping the tensor) lost to the other
+// paths on every shape of 5-32 MB (…-v28: 2x4096x640 36 us against 25, 1x65536x256 89
+// against 47) and was removed.
 template <class T>
 bool launch_group_norm_cluster(const GroupNormArgs& a, bool chosen) {
   constexpr int N = kVec<T>;
@@ -944,15 +926,8 @@ bool launch_group_norm_cluster(const GroupNormArgs& a, bool chosen) {
   while (size < kClusterMaxSize &&
          (clusters * size < props.multiProcessorCount || accesses(size) > kHeldAccesses<T>))
     size *= 2;
-  const bool held = accesses(size) <= 4;
-  if (chosen && (!held || accesses(size) < 2)) return false;
-  if (!held) {
-    if (int64_t(batch) * rows * channels * int64_t(sizeof(T)) > (int64_t(32) << 20)) return false;
-    // Two blocks a multiprocessor at least, where 16 a cluster make them.
-    size = 1;
-    while (size < kClusterMaxSize && clusters * size < 2 * props.multiProcessorCount) size *= 2;
-  }
-  if (clusters * size > INT32_MAX) return false;
+  const int64_t held = accesses(size);
+  if (held > 4 || (chosen && held < 2) || clusters * size > INT32_MAX) return false;
 
   GroupNormClusterParams<T> params{static_cast<const T*>(a.x.raw()),
                                    static_cast<const T*>(a.gamma.raw()),
@@ -1000,8 +975,9 @@ bool launch_group_norm_cluster(const GroupNormArgs& a, bool chosen) {
     cluster_calls.fetch_add(1, std::memory_order_relaxed);
     return true;
   };
-  if (!held) return launch(std::integral_constant<int, 0>{});
-  return launch_held<T>(accesses(size), launch);
+  if (held == 1) return launch(std::integral_constant<int, 1>{});
+  if (held == 2) return launch(std::integral_constant<int, 2>{});
+  return launch(std::integral_constant<int, 4>{});
 }
 
 // Threads across a row's packs (all of them where `threads` allow), the rest of the
