@@ -580,6 +580,17 @@ TEST_P(GroupNorm, MatchesCpu) {
     for (const Tensor& t : in) dev.push_back(on_cuda(t, dt));
     expect_same_bits(str("group_norm ", c.n, "x", c.c, " ", dtype_name(dt)),
                      [&] { return op(dev); });
+    // The two-launch apply keeps a thread's scale and shift across its accesses where
+    // the grid allows: the same bits as loading them for every access.
+    if (kernel == GroupNormKernel::TwoLaunch) {
+      const Tensor kept = op(dev).to(Device::CPU);
+      cuda::options().group_norm_apply_reuse = false;
+      const Tensor reloaded = op(dev).to(Device::CPU);
+      cuda::options().group_norm_apply_reuse = true;
+      EXPECT_EQ(std::memcmp(kept.raw(), reloaded.raw(), kept.nbytes()), 0)
+          << "group_norm " << c.b << "x" << c.n << "x" << c.c << " " << dtype_name(dt)
+          << ": the apply's kept scale and shift changed the result";
+    }
   }
   cuda::options().group_norm_kernel = cuda::Options::GroupNormKernel::Auto;
 }

@@ -84,6 +84,8 @@ const char* kHelp =
     "                       GroupNorm's statistics in one pass (default 1; for A/B)\n"
     "  --norm-conv-fused B  1 or 0: on CUDA, a GroupNorm folded into the few-output\n"
     "                       convolution after it (conv_out; default 1; for A/B)\n"
+    "  --group-norm-apply-reuse B  1 or 0: on CUDA, the GroupNorm apply's scale and\n"
+    "                       shift loaded once a batch row a thread (default 1; for A/B)\n"
     "  --upsample-phases B  1 or 0: on CUDA, upsampling convolutions by output phase (2x2\n"
     "                       taps on the small image), or upsampling and a 3x3 convolution\n"
     "                       (default 1; for A/B)\n"
@@ -507,6 +509,7 @@ int bench(const std::vector<std::string>& argv) {
                    "narrow-conv-form",
                    "interleave-norm-fused",
                    "norm-conv-fused",
+                   "group-norm-apply-reuse",
                    "attention",
                    "group-norm",
                    "conv",
@@ -568,6 +571,8 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().interleave_norm_fused = *on == 1;
   if (const auto on = args.integer("norm-conv-fused", 0, 1))
     if (s.cuda()) cuda::options().norm_conv_fused = *on == 1;
+  if (const auto on = args.integer("group-norm-apply-reuse", 0, 1))
+    if (s.cuda()) cuda::options().group_norm_apply_reuse = *on == 1;
   if (const auto mib = args.integer("conv-workspace-mib", 0, 1 << 16))
     if (s.cuda()) cuda::options().conv_workspace_mib = int(*mib);
   if (args.get("narrow-conv-form") != std::optional<std::string>("auto"))

@@ -86,6 +86,10 @@ struct Options {
   // included (for A/B runs).
   enum class GroupNormKernel { Auto, Grid, TwoLaunch, Cluster };
   GroupNormKernel group_norm_kernel = GroupNormKernel::Auto;
+  // The two-launch GroupNorm's apply with a grid of whole rows' packs, so that each
+  // thread loads its channels' scale and shift once a batch row instead of once an
+  // access (norm.cu, group_norm_apply). Off: as before, for A/B runs.
+  bool group_norm_apply_reuse = true;
   // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our
   // narrow kernels (3×3 with 3, 4 or 8 input or output channels) and, on small images,
   // im2col and a GEMM, once per shape, and keeps the fastest (plan cache); Cudnn takes

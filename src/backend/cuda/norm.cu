@@ -17,6 +17,7 @@
 #include <algorithm>
 #include <atomic>
 #include <map>
+#include <numeric>
 #include <type_traits>
 #include <utility>
 
@@ -254,15 +255,22 @@ __global__ void __launch_bounds__(512)
 
 // out = act(x * scale + shift) in a grid-stride loop over the whole tensor, U
 // accesses of N channels a thread and step, all U loads issued before any
-// arithmetic (the per-channel scale and shift come from L1). One access a step
-// kept a single 16-byte load in flight per thread: 45% of DRAM bandwidth under
-// ncu on the 1024² VAE decode's 1x1048576x128 (240 us against 128 for a copy).
+// arithmetic. One access a step kept a single 16-byte load in flight per thread: 45%
+// of DRAM bandwidth under ncu on the 1024² VAE decode's 1x1048576x128 (240 us against
+// 128 for a copy). A thread keeps the scale and shift (2N floats, from L1) of the
+// (batch row, pack) it last applied and loads them again only for another: where the
+// launcher makes the stride a whole number of rows (`reuse`), that is once a batch row
+// instead of once an access (ncu, v28: L1 at 63% where DRAM was at 35%, each 16-byte
+// pack loading 64 bytes of scale and shift).
 template <class T, int N, int U>
 __global__ void group_norm_apply(const T* x, const T* addend, int64_t addend_stride, T* out,
                                  const float* scale, const float* shift, uint32_t packs,
-                                 FastDiv batch_packs, FastDiv row_packs, Activation act) {
+                                 FastDiv batch_packs, FastDiv row_packs, Activation act,
+                                 bool reuse) {
   const int64_t channels = int64_t(row_packs.divisor()) * N;
   const uint32_t stride = gridDim.x * blockDim.x;
+  uint32_t held = UINT32_MAX;  // b · packs a row + pack of the scale and shift in sc, sh
+  float sc[N], sh[N];
   for (uint32_t i0 = blockIdx.x * blockDim.x + threadIdx.x; i0 < packs; i0 += U * stride) {
     Pack<T, N> v[U];
 #pragma unroll
@@ -279,18 +287,21 @@ __global__ void group_norm_apply(const T* x, const T* addend, int64_t addend_str
       row_packs.divmod(within, row, cp);
       const int64_t c = int64_t(b) * channels + int64_t(cp) * N;
       const T* add = addend ? addend + int64_t(b) * addend_stride + int64_t(cp) * N : nullptr;
-      float sc[N], sh[N];
-      if constexpr (N % 4 == 0) {
+      const uint32_t key = b * row_packs.divisor() + cp;
+      if (!reuse || key != held) {
+        held = key;
+        if constexpr (N % 4 == 0) {
 #pragma unroll
-        for (int j = 0; j < N; j += 4) {
-          const float4 a = __ldg(reinterpret_cast<const float4*>(scale + c + j));
-          const float4 d = __ldg(reinterpret_cast<const float4*>(shift + c + j));
-          sc[j] = a.x, sc[j + 1] = a.y, sc[j + 2] = a.z, sc[j + 3] = a.w;
-          sh[j] = d.x, sh[j + 1] = d.y, sh[j + 2] = d.z, sh[j + 3] = d.w;
+          for (int j = 0; j < N; j += 4) {
+            const float4 a = __ldg(reinterpret_cast<const float4*>(scale + c + j));
+            const float4 d = __ldg(reinterpret_cast<const float4*>(shift + c + j));
+            sc[j] = a.x, sc[j + 1] = a.y, sc[j + 2] = a.z, sc[j + 3] = a.w;
+            sh[j] = d.x, sh[j + 1] = d.y, sh[j + 2] = d.z, sh[j + 3] = d.w;
+          }
+        } else {
+#pragma unroll
+          for (int j = 0; j < N; ++j) sc[j] = __ldg(scale + c + j), sh[j] = __ldg(shift + c + j);
         }
-      } else {
-#pragma unroll
-        for (int j = 0; j < N; ++j) sc[j] = __ldg(scale + c + j), sh[j] = __ldg(shift + c + j);
       }
       Pack<T, N> o;
 #pragma unroll
@@ -1082,10 +1093,16 @@ void stats_and_apply(const Rows& src, int batch, int64_t rows, int channels, int
         cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, group_norm_apply<T, N, U>, 256, 0));
     return std::max(n, 1);
   }();
-  const int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t(sms) * resident);
+  int64_t blocks = std::min<int64_t>((total + 255) / 256, int64_t(sms) * resident);
+  // The fewest blocks whose threads make a whole number of rows' packs: a grid of a
+  // multiple of them keeps each thread on one pack of channels (group_norm_apply's
+  // `reuse`), where there are that many.
+  const int64_t whole = packs / std::gcd(packs, 256);
+  const bool reuse = options().group_norm_apply_reuse && blocks >= whole;
+  if (reuse) blocks = blocks / whole * whole;
   group_norm_apply<T, N, U><<<unsigned(blocks), 256, 0, stream()>>>(
       x, addend, addend_stride, out, st.scale, st.shift, uint32_t(total),
-      FastDiv(uint32_t(rows * packs)), FastDiv(uint32_t(packs)), act);
+      FastDiv(uint32_t(rows * packs)), FastDiv(uint32_t(packs)), act, reuse);
   CUDA_CHECK_LAUNCH();
 }
 
