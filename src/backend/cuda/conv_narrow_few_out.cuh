@@ -24,28 +24,12 @@ size_t few_out_smem() {
   return few_out_staged_elems<T, WARPS, ROWS>() * sizeof(T) + size_t(O) * 9 * kNarrowChunk * 4;
 }
 
-// The folded GroupNorm's scale and shift (p.scale set) of image b's V channels from c.
+// The folded GroupNorm's scale and shift (p.scale set) of image b's V channels from c
+// (16-byte aligned: C is a multiple of 32).
 template <int V>
 __device__ __forceinline__ void load_norm(const NarrowParams& p, int b, int c, float (&sc)[V],
                                           float (&sh)[V]) {
-  const int64_t at = int64_t(b) * p.c + c;
-#pragma unroll
-  for (int j = 0; j < V; j += 4) {  // 16-byte aligned: C is a multiple of 32
-    const float4 a = __ldg(reinterpret_cast<const float4*>(p.scale + at + j));
-    const float4 d = __ldg(reinterpret_cast<const float4*>(p.shift + at + j));
-    sc[j] = a.x, sc[j + 1] = a.y, sc[j + 2] = a.z, sc[j + 3] = a.w;
-    sh[j] = d.x, sh[j + 1] = d.y, sh[j + 2] = d.z, sh[j + 3] = d.w;
-  }
-}
-
-// act(v · scale + shift), rounded to T: the value the GroupNorm's apply stores
-// (group_norm_apply in norm.cu computes it the same way).
-template <class T, int V>
-__device__ __forceinline__ void normalise(Pack<T, V>& v, const float (&sc)[V], const float (&sh)[V],
-                                          Activation act) {
-#pragma unroll
-  for (int j = 0; j < V; ++j)
-    v.v[j] = from_float<T>(activate_narrow<T>(act, to_float(v.v[j]) * sc[j] + sh[j]));
+  load_scale_shift(p.scale, p.shift, int64_t(b) * p.c + c, sc, sh);
 }
 
 // Few outputs (O of them, all made by each thread): a block makes a tile of 32 output
@@ -79,7 +63,10 @@ __global__ void __launch_bounds__(WARPS * 32) conv3x3_few_out(NarrowParams p) {
       if (gy >= 0 && gy < p.h && gx >= 0 && gx < p.w) {
         val = *reinterpret_cast<const uint4*>(x + ((int64_t(b) * p.h + gy) * p.w + gx) * p.c + c0 +
                                               v * V);
-        if (p.scale) normalise(reinterpret_cast<Pack<T, V>&>(val), sc, sh, p.act);
+        if (p.scale) {
+          const Pack<T, V> read = reinterpret_cast<const Pack<T, V>&>(val);
+          reinterpret_cast<Pack<T, V>&>(val) = apply_scale_shift(read, sc, sh, p.act);
+        }
       }
       *reinterpret_cast<uint4*>(xs + pix * kStride + v * V) = val;
     }
@@ -242,9 +229,8 @@ __global__ void __launch_bounds__(WARPS * 32) conv3x3_few_out_mma(NarrowParams p
       const int gy = y0 - 1 + pix / F::kHaloW, gx = x0 - 1 + pix % F::kHaloW;
       if (gy < 0 || gy >= p.h || gx < 0 || gx >= p.w) continue;  // padding: stays zero
       auto* at = reinterpret_cast<Pack<T, 8>*>(xs + pix * F::kPitch + piece * 8);
-      Pack<T, 8> val = *at;
-      normalise(val, sc, sh, p.act);
-      *at = val;
+      const Pack<T, 8> staged = *at;  // one 16-byte access each way
+      *at = apply_scale_shift(staged, sc, sh, p.act);
     }
   };
   load(0);

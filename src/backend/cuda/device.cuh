@@ -99,6 +99,37 @@ __device__ __forceinline__ float activate_narrow(Activation act, float x) {
   return activate(act, x);
 }
 
+// A normalisation's per-channel scale and shift, f32, of N channels from `at`; 16 bytes
+// at a time where N allows (`at` then a multiple of 4).
+template <int N>
+__device__ __forceinline__ void load_scale_shift(const float* scale, const float* shift, int64_t at,
+                                                 float (&sc)[N], float (&sh)[N]) {
+  if constexpr (N % 4 == 0) {
+#pragma unroll
+    for (int j = 0; j < N; j += 4) {
+      const float4 a = __ldg(reinterpret_cast<const float4*>(scale + at + j));
+      const float4 d = __ldg(reinterpret_cast<const float4*>(shift + at + j));
+      sc[j] = a.x, sc[j + 1] = a.y, sc[j + 2] = a.z, sc[j + 3] = a.w;
+      sh[j] = d.x, sh[j + 1] = d.y, sh[j + 2] = d.z, sh[j + 3] = d.w;
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < N; ++j) sc[j] = __ldg(scale + at + j), sh[j] = __ldg(shift + at + j);
+  }
+}
+
+// act(v · scale + shift), rounded to T: every GroupNorm path's output value, and what a
+// convolution that folds a GroupNorm into its reads stages (the same bits either way).
+template <class T, int N>
+__device__ __forceinline__ Pack<T, N> apply_scale_shift(const Pack<T, N>& v, const float (&sc)[N],
+                                                        const float (&sh)[N], Activation act) {
+  Pack<T, N> o;
+#pragma unroll
+  for (int j = 0; j < N; ++j)
+    o.v[j] = from_float<T>(activate_narrow<T>(act, to_float(v.v[j]) * sc[j] + sh[j]));
+  return o;
+}
+
 // Sum over a warp by butterfly shuffles; every lane gets the same value.
 __device__ __forceinline__ float warp_sum(float v) {
 #pragma unroll

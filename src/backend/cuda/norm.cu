@@ -290,30 +290,15 @@ __global__ void group_norm_apply(const T* x, const T* addend, int64_t addend_str
       const uint32_t key = b * row_packs.divisor() + cp;
       if (!reuse || key != held) {
         held = key;
-        if constexpr (N % 4 == 0) {
-#pragma unroll
-          for (int j = 0; j < N; j += 4) {
-            const float4 a = __ldg(reinterpret_cast<const float4*>(scale + c + j));
-            const float4 d = __ldg(reinterpret_cast<const float4*>(shift + c + j));
-            sc[j] = a.x, sc[j + 1] = a.y, sc[j + 2] = a.z, sc[j + 3] = a.w;
-            sh[j] = d.x, sh[j + 1] = d.y, sh[j + 2] = d.z, sh[j + 3] = d.w;
-          }
-        } else {
-#pragma unroll
-          for (int j = 0; j < N; ++j) sc[j] = __ldg(scale + c + j), sh[j] = __ldg(shift + c + j);
-        }
+        load_scale_shift(scale, shift, c, sc, sh);
       }
-      Pack<T, N> o;
+      // With an addend, what is normalised is x + addend rounded to T (as in the stats).
+      if (add) {
 #pragma unroll
-      for (int j = 0; j < N; ++j) {
-        // With an addend, what is normalised is x + addend rounded to T (as in the stats).
-        const float xv =
-            add ? to_float(from_float<T>(to_float(v[u].v[j]) + to_float(__ldg(add + j))))
-                : to_float(v[u].v[j]);
-        const float y = xv * sc[j] + sh[j];
-        o.v[j] = from_float<T>(activate_narrow<T>(act, y));
+        for (int j = 0; j < N; ++j)
+          v[u].v[j] = from_float<T>(to_float(v[u].v[j]) + to_float(__ldg(add + j)));
       }
-      *reinterpret_cast<Pack<T, N>*>(out + int64_t(i) * N) = o;
+      *reinterpret_cast<Pack<T, N>*>(out + int64_t(i) * N) = apply_scale_shift(v[u], sc, sh, act);
     }
   }
 }
@@ -521,17 +506,6 @@ __device__ __forceinline__ void load_held(Pack<T, N> (&v)[K], const T* x, int64_
     if (k < held) add_rounded(v[k], ad);
 }
 
-// act(v · scale + shift), rounded to T.
-template <class T, int N>
-__device__ __forceinline__ Pack<T, N> apply_pack(const Pack<T, N>& v, const float (&sc)[N],
-                                                 const float (&sh)[N], Activation act) {
-  Pack<T, N> o;
-#pragma unroll
-  for (int j = 0; j < N; ++j)
-    o.v[j] = from_float<T>(activate_narrow<T>(act, to_float(v.v[j]) * sc[j] + sh[j]));
-  return o;
-}
-
 // out = act(v · scale + shift) for the thread's `held` packs, where load_held read them.
 template <class T, int N, int K>
 __device__ __forceinline__ void store_held(const Pack<T, N> (&v)[K], T* out, int64_t offset,
@@ -540,7 +514,8 @@ __device__ __forceinline__ void store_held(const Pack<T, N> (&v)[K], T* out, int
 #pragma unroll
   for (int k = 0; k < K; ++k)
     if (k < held)
-      *reinterpret_cast<Pack<T, N>*>(out + offset + k * step) = apply_pack(v[k], sc, sh, act);
+      *reinterpret_cast<Pack<T, N>*>(out + offset + k * step) =
+          apply_scale_shift(v[k], sc, sh, act);
 }
 
 template <class T>
@@ -1182,15 +1157,10 @@ void group_norm(const GroupNormArgs& args) {
 
 bool group_norm_scale_shift_applies(const GroupNormArgs& a) {
   const int64_t batch = a.x.dim(0), rows = a.x.dim(1), channels = a.x.dim(2);
-  if (a.addend.defined() || a.x.numel() == 0 || batch > Context::kCounters || channels > 16384)
-    return false;
-  bool fits = false;
-  dispatch_float(a.x.dtype(), [&](auto tag) {
-    using T = decltype(tag);
-    fits = channels % kVec<T> == 0 && aligned16(a.x.raw()) &&
-           batch * rows * (channels / kVec<T>) <= INT32_MAX;
-  });
-  return fits;
+  const int64_t n = 16 / int64_t(dtype_size(a.x.dtype()));  // kVec of x's type
+  return !a.addend.defined() && a.x.numel() > 0 && batch <= Context::kCounters &&
+         channels <= 16384 && channels % n == 0 && aligned16(a.x.raw()) &&
+         batch * rows * (channels / n) <= INT32_MAX;
 }
 
 NormScaleShift group_norm_scale_shift(const GroupNormArgs& a) {
