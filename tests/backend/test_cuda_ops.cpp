@@ -590,6 +590,13 @@ TEST_P(GroupNorm, MatchesCpu) {
       EXPECT_EQ(std::memcmp(kept.raw(), reloaded.raw(), kept.nbytes()), 0)
           << "group_norm " << c.b << "x" << c.n << "x" << c.c << " " << dtype_name(dt)
           << ": the apply's kept scale and shift changed the result";
+      // The statistics' two shared-memory layouts add the same sums in the same order.
+      cuda::options().group_norm_stats_spread = false;
+      const Tensor packed = op(dev).to(Device::CPU);
+      cuda::options().group_norm_stats_spread = true;
+      EXPECT_EQ(std::memcmp(kept.raw(), packed.raw(), kept.nbytes()), 0)
+          << "group_norm " << c.b << "x" << c.n << "x" << c.c << " " << dtype_name(dt)
+          << ": the statistics' shared-memory layout changed the result";
     }
   }
   cuda::options().group_norm_kernel = cuda::Options::GroupNormKernel::Auto;

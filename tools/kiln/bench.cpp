@@ -86,6 +86,8 @@ const char* kHelp =
     "                       convolution after it (conv_out; default 1; for A/B)\n"
     "  --group-norm-apply-reuse B  1 or 0: on CUDA, the GroupNorm apply's scale and\n"
     "                       shift loaded once a batch row a thread (default 1; for A/B)\n"
+    "  --group-norm-stats-spread B  1 or 0: on CUDA, the GroupNorm statistics' shared\n"
+    "                       sums laid out without bank conflicts (default 1; for A/B)\n"
     "  --upsample-phases B  1 or 0: on CUDA, upsampling convolutions by output phase (2x2\n"
     "                       taps on the small image), or upsampling and a 3x3 convolution\n"
     "                       (default 1; for A/B)\n"
@@ -510,6 +512,7 @@ int bench(const std::vector<std::string>& argv) {
                    "interleave-norm-fused",
                    "norm-conv-fused",
                    "group-norm-apply-reuse",
+                   "group-norm-stats-spread",
                    "attention",
                    "group-norm",
                    "conv",
@@ -573,6 +576,8 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().norm_conv_fused = *on == 1;
   if (const auto on = args.integer("group-norm-apply-reuse", 0, 1))
     if (s.cuda()) cuda::options().group_norm_apply_reuse = *on == 1;
+  if (const auto on = args.integer("group-norm-stats-spread", 0, 1))
+    if (s.cuda()) cuda::options().group_norm_stats_spread = *on == 1;
   if (const auto mib = args.integer("conv-workspace-mib", 0, 1 << 16))
     if (s.cuda()) cuda::options().conv_workspace_mib = int(*mib);
   if (args.get("narrow-conv-form") != std::optional<std::string>("auto"))

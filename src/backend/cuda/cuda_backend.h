@@ -90,6 +90,10 @@ struct Options {
   // thread loads its channels' scale and shift once a batch row instead of once an
   // access (norm.cu, group_norm_apply). Off: as before, for A/B runs.
   bool group_norm_apply_reuse = true;
+  // The two-launch GroupNorm's statistics with their shared-memory sums laid out so that
+  // a warp's accesses fall into distinct banks (norm.cu, group_norm_stats): the same
+  // sums in the same order. Off: the layout before, for A/B runs.
+  bool group_norm_stats_spread = true;
   // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our
   // narrow kernels (3×3 with 3, 4 or 8 input or output channels) and, on small images,
   // im2col and a GEMM, once per shape, and keeps the fastest (plan cache); Cudnn takes

@@ -86,10 +86,20 @@ struct PhaseRows {
   }
 };
 
+// The statistics kernel's per-channel totals in shared memory: C floats and one padding
+// float after every 32.
+__host__ __device__ inline int norm_stats_channel_floats(int channels) {
+  return channels + channels / 32 + 1;
+}
+
 // Block (X, Y) of up to 512 threads: X across the row's packs of N channels, Y rows at a
-// time, U rows' loads in flight a thread before any arithmetic. Shared memory: [Y][X][N]
+// time, U rows' loads in flight a thread before any arithmetic. Shared memory: [N][Y][X]
 // sums and squares, whose Y rows meet in a tree (all threads, log2 Y steps, a fixed
-// order), then per-channel totals [C] of each, summed into groups at the end. The last
+// order), then per-channel totals [C] of each (one padding word after every 32), summed
+// into groups at the end. Both layouts keep a warp's accesses in distinct banks: as
+// [Y][X][N] a warp's stores of channel j fell into 32 / N banks (8-way conflicts in f16),
+// and the group sums' lanes, per_group channels apart, into as few (`spread` off: that
+// layout, the same sums in the same order, for A/B runs). The last
 // block of a batch row to finish (counted in `counters`, left at zero again) folds the
 // partial sums, in a fixed order, into per-channel scale and shift:
 // out = act(x * scale + shift). Each of its lanes loads its first channel's gamma and
@@ -98,17 +108,20 @@ template <class T, int N, int U, class Rows>
 __global__ void __launch_bounds__(512)
     group_norm_stats(Rows src, float* partial, const T* gamma, const T* beta, float* scale,
                      float* shift, unsigned* counters, int64_t rows, int64_t rows_per_block,
-                     int channels, int groups, float eps) {
+                     int channels, int groups, float eps, bool spread) {
   extern __shared__ float smem[];
   const int X = blockDim.x, Y = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
   const int tid = ty * X + tx, threads = X * Y;
-  float* stage_s = smem;                   // [Y][X][N]
-  float* stage_q = stage_s + threads * N;  // [Y][X][N]
-  float* chan_s = stage_q + threads * N;   // [C]
-  float* chan_q = chan_s + channels;       // [C]
+  // Thread t's channel j at t · ts + j · js; channel c at c + (c >> cs).
+  const int ts = spread ? 1 : N, js = spread ? threads : 1, cs = spread ? 5 : 31;
+  const int chan_len = norm_stats_channel_floats(channels);
+  float* stage_s = smem;                   // [N][Y][X]
+  float* stage_q = stage_s + threads * N;  // [N][Y][X]
+  float* chan_s = stage_q + threads * N;   // [C + C / 32]
+  float* chan_q = chan_s + chan_len;       // [C + C / 32]
   // In the dynamic buffer too: with any static shared memory a launch of exactly
   // 48 KiB dynamic would need the opt-in the launcher only sets above 48 KiB.
-  int& last = *reinterpret_cast<int*>(chan_q + channels);
+  int& last = *reinterpret_cast<int*>(chan_q + chan_len);
 
   const int b = blockIdx.y, splits = gridDim.x;
   const int64_t r0 = int64_t(blockIdx.x) * rows_per_block;
@@ -152,20 +165,20 @@ __global__ void __launch_bounds__(512)
     }
 #pragma unroll
     for (int j = 0; j < N; ++j) {
-      stage_s[tid * N + j] = s[j];
-      stage_q[tid * N + j] = q[j];
+      stage_s[tid * ts + j * js] = s[j];
+      stage_q[tid * ts + j * js] = q[j];
     }
     __syncthreads();
     // Row ty takes row ty + h's sums, halving the rows each step, in a fixed order.
     for (int h = top / 2; h > 0; h /= 2) {
       if (ty < h && ty + h < Y) {
-        const int o = (ty + h) * X * N;
+        const int o = (tid + h * X) * ts;
 #pragma unroll
         for (int j = 0; j < N; ++j) {
-          s[j] += stage_s[o + tx * N + j];
-          q[j] += stage_q[o + tx * N + j];
-          stage_s[tid * N + j] = s[j];
-          stage_q[tid * N + j] = q[j];
+          s[j] += stage_s[o + j * js];
+          q[j] += stage_q[o + j * js];
+          stage_s[tid * ts + j * js] = s[j];
+          stage_q[tid * ts + j * js] = q[j];
         }
       }
       __syncthreads();
@@ -173,8 +186,9 @@ __global__ void __launch_bounds__(512)
     if (ty == 0 && v < packs) {
 #pragma unroll
       for (int j = 0; j < N; ++j) {
-        chan_s[v * N + j] = s[j];
-        chan_q[v * N + j] = q[j];
+        const int c = v * N + j;
+        chan_s[c + (c >> cs)] = s[j];
+        chan_q[c + (c >> cs)] = q[j];
       }
     }
     __syncthreads();
@@ -184,8 +198,8 @@ __global__ void __launch_bounds__(512)
   for (int g = tid; g < groups; g += threads) {
     float gs = 0.0f, gq = 0.0f;
     for (int c = g * per_group; c < (g + 1) * per_group; ++c) {
-      gs += chan_s[c];
-      gq += chan_q[c];
+      gs += chan_s[c + (c >> cs)];
+      gq += chan_q[c + (c >> cs)];
     }
     out[2 * g] = gs;
     out[2 * g + 1] = gq;
@@ -1000,7 +1014,9 @@ NormScaleShift statistics(const Rows& src, int batch, int64_t rows, int channels
   const dim3 block = pack_block(packs, threads);
   const int block_threads = int(block.x * block.y);
   const size_t smem =
-      (size_t(2) * block_threads * N + size_t(2) * channels) * sizeof(float) + sizeof(int);
+      (size_t(2) * block_threads * N + size_t(2) * norm_stats_channel_floats(channels)) *
+          sizeof(float) +
+      sizeof(int);
   float* scale = nullptr;
   float* shift = nullptr;
   std::shared_ptr<Buffer> buffer;
@@ -1037,7 +1053,7 @@ NormScaleShift statistics(const Rows& src, int batch, int64_t rows, int channels
     shift = scale + channel_floats;
     kernel<<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
         src, partial, gamma, beta, scale, shift, context().counters, rows, rows_per_block, channels,
-        groups, eps);
+        groups, eps, options().group_norm_stats_spread);
     CUDA_CHECK_LAUNCH();
   };
   constexpr int kLargeLoads = Rows::kStores ? 4 : 8;
