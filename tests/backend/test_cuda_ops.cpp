@@ -486,6 +486,15 @@ TEST_F(Elementwise, InterleavePhasesGroupNormMatchesCpu) {
       std::vector<Tensor> dev;
       for (const Tensor& t : in) dev.push_back(on_cuda(t, dt));
       expect_same_bits(what + " " + name(dt), [&] { return op(dev).second; });
+      // The apply as a programmatic dependent of the statistics that write its input:
+      // the same bits, eager and in a replayed graph.
+      const Tensor ordinary = op(dev).second.to(Device::CPU);
+      cuda::options().group_norm_pdl = true;
+      const Tensor dependent = op(dev).second.to(Device::CPU);
+      expect_same_bits(what + " (dependent apply) " + name(dt), [&] { return op(dev).second; });
+      cuda::options().group_norm_pdl = false;
+      EXPECT_EQ(std::memcmp(ordinary.raw(), dependent.raw(), ordinary.nbytes()), 0)
+          << what << " " << name(dt) << ": the dependent launch changed the result";
     }
   }
 }
@@ -580,23 +589,31 @@ TEST_P(GroupNorm, MatchesCpu) {
     for (const Tensor& t : in) dev.push_back(on_cuda(t, dt));
     expect_same_bits(str("group_norm ", c.n, "x", c.c, " ", dtype_name(dt)),
                      [&] { return op(dev); });
-    // The two-launch apply keeps a thread's scale and shift across its accesses where
-    // the grid allows: the same bits as loading them for every access.
-    if (kernel == GroupNormKernel::TwoLaunch) {
-      const Tensor kept = op(dev).to(Device::CPU);
-      cuda::options().group_norm_apply_reuse = false;
-      const Tensor reloaded = op(dev).to(Device::CPU);
-      cuda::options().group_norm_apply_reuse = true;
-      EXPECT_EQ(std::memcmp(kept.raw(), reloaded.raw(), kept.nbytes()), 0)
-          << "group_norm " << c.b << "x" << c.n << "x" << c.c << " " << dtype_name(dt)
-          << ": the apply's kept scale and shift changed the result";
-      // The statistics' two shared-memory layouts add the same sums in the same order.
-      cuda::options().group_norm_stats_spread = false;
-      const Tensor packed = op(dev).to(Device::CPU);
-      cuda::options().group_norm_stats_spread = true;
-      EXPECT_EQ(std::memcmp(kept.raw(), packed.raw(), kept.nbytes()), 0)
-          << "group_norm " << c.b << "x" << c.n << "x" << c.c << " " << dtype_name(dt)
-          << ": the statistics' shared-memory layout changed the result";
+    // The two-launch path, forced for every case (under the Auto parameter): its
+    // variants give the same bits as it does by default. The apply keeping a thread's
+    // scale and shift across its accesses (off: loaded for every access), the
+    // statistics' conflict-free shared-memory layout (off: the layout before), and the
+    // apply launched as a programmatic dependent of the statistics (on; eager and in a
+    // replayed graph).
+    if (kernel == GroupNormKernel::Auto) {
+      cuda::options().group_norm_kernel = GroupNormKernel::TwoLaunch;
+      const Tensor two = op(dev).to(Device::CPU);
+      const auto same = [&](const char* what, bool& flag, bool graph) {
+        flag = !flag;
+        const Tensor other = op(dev).to(Device::CPU);
+        if (graph)
+          expect_same_bits(
+              str("group_norm two launches, ", what, " ", c.n, "x", c.c, " ", dtype_name(dt)),
+              [&] { return op(dev); });
+        flag = !flag;
+        EXPECT_EQ(std::memcmp(two.raw(), other.raw(), two.nbytes()), 0)
+            << "group_norm " << c.b << "x" << c.n << "x" << c.c << " " << dtype_name(dt) << ": "
+            << what << " changed the two-launch result";
+      };
+      same("the apply's kept scale and shift", cuda::options().group_norm_apply_reuse, false);
+      same("the statistics' shared-memory layout", cuda::options().group_norm_stats_spread, false);
+      same("the dependent launch of the apply", cuda::options().group_norm_pdl, true);
+      cuda::options().group_norm_kernel = kernel;
     }
   }
   cuda::options().group_norm_kernel = cuda::Options::GroupNormKernel::Auto;

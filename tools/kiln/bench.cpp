@@ -88,6 +88,8 @@ const char* kHelp =
     "                       shift loaded once a batch row a thread (default 1; for A/B)\n"
     "  --group-norm-stats-spread B  1 or 0: on CUDA, the GroupNorm statistics' shared\n"
     "                       sums laid out without bank conflicts (default 1; for A/B)\n"
+    "  --group-norm-pdl B   1 or 0: on CUDA (sm_90), the GroupNorm apply launched as a\n"
+    "                       programmatic dependent of its statistics (default 0; for A/B)\n"
     "  --upsample-phases B  1 or 0: on CUDA, upsampling convolutions by output phase (2x2\n"
     "                       taps on the small image), or upsampling and a 3x3 convolution\n"
     "                       (default 1; for A/B)\n"
@@ -513,6 +515,7 @@ int bench(const std::vector<std::string>& argv) {
                    "norm-conv-fused",
                    "group-norm-apply-reuse",
                    "group-norm-stats-spread",
+                   "group-norm-pdl",
                    "attention",
                    "group-norm",
                    "conv",
@@ -578,6 +581,8 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().group_norm_apply_reuse = *on == 1;
   if (const auto on = args.integer("group-norm-stats-spread", 0, 1))
     if (s.cuda()) cuda::options().group_norm_stats_spread = *on == 1;
+  if (const auto on = args.integer("group-norm-pdl", 0, 1))
+    if (s.cuda()) cuda::options().group_norm_pdl = *on == 1;
   if (const auto mib = args.integer("conv-workspace-mib", 0, 1 << 16))
     if (s.cuda()) cuda::options().conv_workspace_mib = int(*mib);
   if (args.get("narrow-conv-form") != std::optional<std::string>("auto"))

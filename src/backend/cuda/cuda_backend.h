@@ -94,6 +94,10 @@ struct Options {
   // a warp's accesses fall into distinct banks (norm.cu, group_norm_stats): the same
   // sums in the same order. Off: the layout before, for A/B runs.
   bool group_norm_stats_spread = true;
+  // The two-launch GroupNorm's apply launched as a programmatic dependent of its
+  // statistics (sm_90): its blocks take their places, and load their first x, while
+  // the statistics' last block folds the sums. Off: an ordinary launch (A/B runs).
+  bool group_norm_pdl = false;
   // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our
   // narrow kernels (3×3 with 3, 4 or 8 input or output channels) and, on small images,
   // im2col and a GEMM, once per shape, and keeps the fastest (plan cache); Cudnn takes

@@ -8,6 +8,7 @@
 
 #include <cstdint>
 #include <initializer_list>
+#include <utility>
 
 #include "backend/backend.h"
 #include "backend/cuda/context.h"
@@ -128,6 +129,49 @@ __device__ __forceinline__ Pack<T, N> apply_scale_shift(const Pack<T, N>& v, con
   for (int j = 0; j < N; ++j)
     o.v[j] = from_float<T>(activate_narrow<T>(act, to_float(v.v[j]) * sc[j] + sh[j]));
   return o;
+}
+
+// Programmatic dependent launch (sm_90): a kernel launched with
+// launch_dependent() may begin while the kernel before it in the stream is still
+// running, once every block of that kernel has called allow_dependents() or exited.
+// It must call wait_for_prior() before it reads anything that kernel writes or writes
+// anything that kernel reads; wait_for_prior() returns once that kernel has finished
+// and its writes are visible. Both are no-ops before sm_90 and in kernels launched
+// the ordinary way.
+__device__ __forceinline__ void allow_dependents() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.launch_dependents;" ::: "memory");
+#endif
+}
+__device__ __forceinline__ void wait_for_prior() {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+  asm volatile("griddepcontrol.wait;" ::: "memory");
+#endif
+}
+
+// Launches kernel<<<grid, block, smem, stream()>>>(args...) so that it may begin
+// while the kernel before it finishes (where `early` and the GPU is sm_90 or newer):
+// the kernel calls wait_for_prior() before touching that kernel's data.
+template <class... Params, class... Args>
+void launch_dependent(bool early, void (*kernel)(Params...), dim3 grid, dim3 block, size_t smem,
+                      Args&&... args) {
+  if (!early || context().props.major < 9) {
+    kernel<<<grid, block, smem, stream()>>>(std::forward<Args>(args)...);
+    CUDA_CHECK_LAUNCH();
+    return;
+  }
+  cudaLaunchConfig_t config{};
+  config.gridDim = grid;
+  config.blockDim = block;
+  config.dynamicSmemBytes = smem;
+  config.stream = stream();
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
+  attribute.val.programmaticStreamSerializationAllowed = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, Params(std::forward<Args>(args))...));
+  CUDA_CHECK_LAUNCH();
 }
 
 // Sum over a warp by butterfly shuffles; every lane gets the same value.

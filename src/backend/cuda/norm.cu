@@ -123,6 +123,10 @@ __global__ void __launch_bounds__(512)
   // 48 KiB dynamic would need the opt-in the launcher only sets above 48 KiB.
   int& last = *reinterpret_cast<int*>(chan_q + chan_len);
 
+  // The apply after it (launched as a dependent where options().group_norm_pdl) may
+  // take its place on the multiprocessors now; it waits for this grid's end before it
+  // reads the scale and shift.
+  allow_dependents();
   const int b = blockIdx.y, splits = gridDim.x;
   const int64_t r0 = int64_t(blockIdx.x) * rows_per_block;
   const int64_t r1 = min(rows, r0 + rows_per_block);
@@ -275,22 +279,31 @@ __global__ void __launch_bounds__(512)
 // (batch row, pack) it last applied and loads them again only for another: where the
 // launcher makes the stride a whole number of rows (`reuse`), that is once a batch row
 // instead of once an access (ncu, v28: L1 at 63% where DRAM was at 35%, each 16-byte
-// pack loading 64 bytes of scale and shift).
+// pack loading 64 bytes of scale and shift). Launched as a dependent of the statistics
+// kernel, it waits for that kernel's end before it reads the scale and shift, and
+// before its first loads of x too unless `x_ready` (x is not what the statistics
+// kernel writes: its first loads then overlap the statistics' last block).
 template <class T, int N, int U>
 __global__ void group_norm_apply(const T* x, const T* addend, int64_t addend_stride, T* out,
                                  const float* scale, const float* shift, uint32_t packs,
-                                 FastDiv batch_packs, FastDiv row_packs, Activation act,
-                                 bool reuse) {
+                                 FastDiv batch_packs, FastDiv row_packs, Activation act, bool reuse,
+                                 bool x_ready) {
   const int64_t channels = int64_t(row_packs.divisor()) * N;
   const uint32_t stride = gridDim.x * blockDim.x;
   uint32_t held = UINT32_MAX;  // b · packs a row + pack of the scale and shift in sc, sh
   float sc[N], sh[N];
+  bool waited = !x_ready;
+  if (waited) wait_for_prior();
   for (uint32_t i0 = blockIdx.x * blockDim.x + threadIdx.x; i0 < packs; i0 += U * stride) {
     Pack<T, N> v[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
       const uint32_t i = i0 + u * stride;
       if (i < packs) v[u] = *reinterpret_cast<const Pack<T, N>*>(x + int64_t(i) * N);
+    }
+    if (!waited) {
+      wait_for_prior();
+      waited = true;
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
@@ -1091,10 +1104,12 @@ void stats_and_apply(const Rows& src, int batch, int64_t rows, int channels, int
   const int64_t whole = packs / std::gcd(packs, 256);
   const bool reuse = options().group_norm_apply_reuse && blocks >= whole;
   if (reuse) blocks = blocks / whole * whole;
-  group_norm_apply<T, N, U><<<unsigned(blocks), 256, 0, stream()>>>(
-      x, addend, addend_stride, out, st.scale, st.shift, uint32_t(total),
-      FastDiv(uint32_t(rows * packs)), FastDiv(uint32_t(packs)), act, reuse);
-  CUDA_CHECK_LAUNCH();
+  // x is ready before the statistics end unless the statistics kernel writes it (an
+  // upsampler's interleaved phases).
+  launch_dependent(options().group_norm_pdl, group_norm_apply<T, N, U>, dim3(unsigned(blocks)),
+                   dim3(256), 0, x, addend, addend_stride, out, st.scale, st.shift, uint32_t(total),
+                   FastDiv(uint32_t(rows * packs)), FastDiv(uint32_t(packs)), act, reuse,
+                   !Rows::kStores);
 }
 
 template <class T, int N>
