@@ -7,7 +7,8 @@
 #
 #   (device) tar xJf .cache/deps.tar.xz && scripts/gpu-cudnn-norm-conv-probe.sh
 #
-# Output in $OUT (default out/cudnn-norm-conv-probe): build.txt and table.md.
+# Output in $OUT (default out/cudnn-norm-conv-probe): build.txt, table.md, variants.txt
+# (each prologue variant's plans per shape), stdout.txt and stderr.txt.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out/cudnn-norm-conv-probe}
@@ -28,4 +29,11 @@ nvcc -std=c++20 -O2 -gencode arch=compute_90a,code=sm_90a -DCUDNN_FRONTEND_SKIP_
   tail -20 "$OUT/build.txt" >&2
   exit 1
 }
-timeout "${PROBE_TIMEOUT:-300}" /tmp/kiln-cudnn-norm-conv-probe | tee "$OUT/table.md"
+# The frontend's warnings (why a plan or a graph is not supported) go to stdout too:
+# the table is the lines that start with "|".
+timeout "${PROBE_TIMEOUT:-300}" /tmp/kiln-cudnn-norm-conv-probe >"$OUT/stdout.txt" 2>"$OUT/stderr.txt"
+rc=$?
+grep -E '^(\||[A-Z].*cuDNN)' "$OUT/stdout.txt" >"$OUT/table.md"
+grep -E '^  [0-9]' "$OUT/stderr.txt" >"$OUT/variants.txt"
+cat "$OUT/table.md" "$OUT/variants.txt"
+exit $rc
