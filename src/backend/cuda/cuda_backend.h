@@ -98,6 +98,10 @@ struct Options {
   // statistics (sm_90): its blocks take their places, and load their first x, while
   // the statistics' last block folds the sums. Off: an ordinary launch (A/B runs).
   bool group_norm_pdl = false;
+  // Loads in flight a thread in the two-launch GroupNorm's statistics on large tensors
+  // (norm.cu, statistics): 8 (86 registers, one 512-thread block a multiprocessor) or
+  // 4 (64 registers, two blocks: as many bytes in flight, twice the warps). For A/B runs.
+  int group_norm_stats_loads = 8;
   // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our
   // narrow kernels (3×3 with 3, 4 or 8 input or output channels) and, on small images,
   // im2col and a GEMM, once per shape, and keeps the fastest (plan cache); Cudnn takes

@@ -1070,7 +1070,7 @@ NormScaleShift statistics(const Rows& src, int batch, int64_t rows, int channels
     CUDA_CHECK_LAUNCH();
   };
   constexpr int kLargeLoads = Rows::kStores ? 4 : 8;
-  if (large)
+  if (large && !(options().group_norm_stats_loads == 4 && !Rows::kStores))
     launch(std::integral_constant<int, kLargeLoads>{});
   else
     launch(std::integral_constant<int, 4>{});
