@@ -90,8 +90,9 @@ const char* kHelp =
     "                       sums laid out without bank conflicts (default 1; for A/B)\n"
     "  --group-norm-pdl B   1 or 0: on CUDA (sm_90), the GroupNorm apply launched as a\n"
     "                       programmatic dependent of its statistics (default 0; for A/B)\n"
-    "  --group-norm-stats-loads N  8 or 4: on CUDA, loads in flight a thread in the\n"
-    "                       GroupNorm statistics on large tensors (default 8; for A/B)\n"
+    "  --group-norm-stats-loads N  auto, 8 or 4: on CUDA, loads in flight a thread in\n"
+    "                       the GroupNorm statistics on large tensors (default auto: 4\n"
+    "                       from 16M values a batch row, else 8; for A/B)\n"
     "  --upsample-phases B  1 or 0: on CUDA, upsampling convolutions by output phase (2x2\n"
     "                       taps on the small image), or upsampling and a 3x3 convolution\n"
     "                       (default 1; for A/B)\n"
@@ -586,9 +587,10 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().group_norm_stats_spread = *on == 1;
   if (const auto on = args.integer("group-norm-pdl", 0, 1))
     if (s.cuda()) cuda::options().group_norm_pdl = *on == 1;
-  if (const auto n = args.integer("group-norm-stats-loads", 4, 8)) {
-    if (*n != 4 && *n != 8) throw UsageError("--group-norm-stats-loads is 4 or 8");
-    if (s.cuda()) cuda::options().group_norm_stats_loads = int(*n);
+  if (const auto loads = args.get("group-norm-stats-loads"); loads && *loads != "auto") {
+    if (*loads != "4" && *loads != "8")
+      throw UsageError("--group-norm-stats-loads is auto, 4 or 8, got \"" + *loads + "\"");
+    if (s.cuda()) cuda::options().group_norm_stats_loads = std::stoi(*loads);
   }
   if (const auto mib = args.integer("conv-workspace-mib", 0, 1 << 16))
     if (s.cuda()) cuda::options().conv_workspace_mib = int(*mib);

@@ -100,8 +100,9 @@ struct Options {
   bool group_norm_pdl = false;
   // Loads in flight a thread in the two-launch GroupNorm's statistics on large tensors
   // (norm.cu, statistics): 8 (86 registers, one 512-thread block a multiprocessor) or
-  // 4 (64 registers, two blocks: as many bytes in flight, twice the warps). For A/B runs.
-  int group_norm_stats_loads = 8;
+  // 4 (64 registers, two blocks: as many bytes in flight, twice the warps); 0 takes 4
+  // from 16M values a batch row on, 8 below (measured). 4 or 8 for A/B runs and tests.
+  int group_norm_stats_loads = 0;
   // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our
   // narrow kernels (3×3 with 3, 4 or 8 input or output channels) and, on small images,
   // im2col and a GEMM, once per shape, and keeps the fastest (plan cache); Cudnn takes

@@ -1069,9 +1069,17 @@ NormScaleShift statistics(const Rows& src, int batch, int64_t rows, int channels
         groups, eps, options().group_norm_stats_spread);
     CUDA_CHECK_LAUNCH();
   };
-  constexpr int kLargeLoads = Rows::kStores ? 4 : 8;
-  if (large && !(options().group_norm_stats_loads == 4 && !Rows::kStores))
-    launch(std::integral_constant<int, kLargeLoads>{});
+  // On the largest (16M values a batch row and more: 32 MB in f16), four loads a thread
+  // and two blocks a multiprocessor (64 registers against 86): as many bytes in flight
+  // and twice the warps to cover the arithmetic between them. Per GroupNorm call, four
+  // against eight (H100, two rounds, bench/results/2026-12-06-h100-v29, call 4):
+  // 1x1048576x128 295 against 305 µs, 1x262144x256 158 against 163, 1x65536x512 86.5
+  // against 88.4, 1x262144x128 84.4 against 86.6, 1x65536x256 46.2 against 46.9; but
+  // 1x16384x512 31.9 against 29.7 (and 29.7 against 28.7), which keeps eight.
+  int loads = options().group_norm_stats_loads;
+  if (loads == 0) loads = rows * channels >= (int64_t(1) << 24) ? 4 : 8;
+  if (large && loads == 8 && !Rows::kStores)
+    launch(std::integral_constant<int, 8>{});
   else
     launch(std::integral_constant<int, 4>{});
   return {buffer, scale, shift};
