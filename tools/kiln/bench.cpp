@@ -84,8 +84,6 @@ const char* kHelp =
     "                       GroupNorm's statistics in one pass (default 1; for A/B)\n"
     "  --norm-conv-fused B  1 or 0: on CUDA, a GroupNorm folded into the few-output\n"
     "                       convolution after it (conv_out; default 1; for A/B)\n"
-    "  --norm-conv-after-mma B  1 or 0: on CUDA, that fold's tensor-core kernel normalises\n"
-    "                       the next stage after its MMAs on this one (default 0; for A/B)\n"
     "  --group-norm-apply-reuse B  1 or 0: on CUDA, the GroupNorm apply's scale and\n"
     "                       shift loaded once a batch row a thread (default 1; for A/B)\n"
     "  --group-norm-stats-spread B  1 or 0: on CUDA, the GroupNorm statistics' shared\n"
@@ -518,7 +516,6 @@ int bench(const std::vector<std::string>& argv) {
                    "narrow-conv-form",
                    "interleave-norm-fused",
                    "norm-conv-fused",
-                   "norm-conv-after-mma",
                    "group-norm-apply-reuse",
                    "group-norm-stats-spread",
                    "group-norm-pdl",
@@ -584,8 +581,6 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().interleave_norm_fused = *on == 1;
   if (const auto on = args.integer("norm-conv-fused", 0, 1))
     if (s.cuda()) cuda::options().norm_conv_fused = *on == 1;
-  if (const auto on = args.integer("norm-conv-after-mma", 0, 1))
-    if (s.cuda()) cuda::options().norm_conv_after_mma = *on == 1;
   if (const auto on = args.integer("group-norm-apply-reuse", 0, 1))
     if (s.cuda()) cuda::options().group_norm_apply_reuse = *on == 1;
   if (const auto on = args.integer("group-norm-stats-spread", 0, 1))

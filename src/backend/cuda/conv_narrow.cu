@@ -136,8 +136,7 @@ void conv_narrow(const Conv2dArgs& a, int form, const InputNorm& norm) {
                  int(a.weight.dim(0)),
                  norm.scale,
                  norm.shift,
-                 norm.act,
-                 options().norm_conv_after_mma};
+                 norm.act};
   const int n = int(a.x.dim(0));
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);

@@ -20,10 +20,6 @@ struct NarrowParams {
   const float* scale = nullptr;
   const float* shift = nullptr;
   Activation act = Activation::None;
-  // The tensor-core kernel with a folded GroupNorm: each warp normalises its share of
-  // the next stage right after its MMAs on this one (one barrier a stage), instead of
-  // all of a stage before a barrier and its MMAs after it (two).
-  bool norm_after_mma = false;
 };
 
 // The few-output kernels stage the input channels in chunks of this many.

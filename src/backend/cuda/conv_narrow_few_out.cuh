@@ -233,65 +233,46 @@ __global__ void __launch_bounds__(WARPS * 32) conv3x3_few_out_mma(NarrowParams p
       *at = apply_scale_shift(staged, sc, sh, p.act);
     }
   };
-  // Iteration s: the MMAs on stage s (none at s = -1), then stage s + 1 made ready for
-  // the next: landed, normalised where a GroupNorm is folded in, and shown to every
-  // thread by the barrier that ends the iteration. By default the next copy starts
-  // after the MMAs' barrier (stage s's buffer is free then) and is normalised as a
-  // whole stage between two barriers. With p.norm_after_mma it starts before the MMAs
-  // (into the buffer the last iteration's MMAs read) and each thread normalises its own
-  // copies right after its MMAs, so that warps done with their MMAs run the
-  // normalisation's exponentials while others still use the tensor cores: one barrier a
-  // stage. The same values either way.
-  const bool after = p.scale && p.norm_after_mma;
   load(0);
-  for (int s = -1; s < count; ++s) {
-    if (after && s >= 0 && s + 1 < count) load(s + 1);
-    if (s >= 0) {
-      const T* xs = stages + (s & 1) * F::kStage;
-      const T* ws = xs + F::kStageX;
-      if (s * F::kChannels + split * 32 < p.c) {
-#pragma unroll
-        for (int kk = 0; kk < 2; ++kk) {
-          const int ch = split * 32 + kk * 16;
-          uint32_t bf[9][2];
-#pragma unroll
-          for (int tap = 0; tap < 9; ++tap) {
-            const T* wp = ws + (g * 9 + tap) * F::kPitch + ch + 2 * t;
-            bf[tap][0] = *reinterpret_cast<const uint32_t*>(wp);
-            bf[tap][1] = *reinterpret_cast<const uint32_t*>(wp + 8);
-          }
-#pragma unroll
-          for (int kx = 0; kx < 3; ++kx)
-#pragma unroll
-            for (int mt = 0; mt < 2; ++mt)
-#pragma unroll
-              for (int hr = 0; hr < ROWS + 2; ++hr) {  // halo row r0 + hr: output rows hr - ky
-                uint32_t a[4];
-                ldmatrix_x4(
-                    a, xs + ((r0 + hr) * F::kHaloW + mt * 16 + a_pix + kx) * F::kPitch + ch + a_ch);
-#pragma unroll
-                for (int i = 0; i < ROWS; ++i) {
-                  const int ky = hr - i;
-                  if (ky >= 0 && ky <= 2)
-                    mma_16816<T>(acc[i][mt], a, bf[ky * 3 + kx][0], bf[ky * 3 + kx][1]);
-                }
-              }
-        }
-      }
-    }
+  for (int s = 0; s < count; ++s) {
     if (s + 1 < count) {
-      if (after) {
-        cp_async_wait<0>();
-      } else {
-        __syncthreads();  // the MMAs on stage s are done: its buffer takes stage s + 2
-        if (s + 2 < count) {
-          load(s + 2);
-          cp_async_wait<1>();
-        } else {
-          cp_async_wait<0>();
+      load(s + 1);
+      cp_async_wait<1>();
+    } else {
+      cp_async_wait<0>();
+    }
+    if (p.scale) normalise_stage(s);
+    __syncthreads();
+    const T* xs = stages + (s & 1) * F::kStage;
+    const T* ws = xs + F::kStageX;
+    if (s * F::kChannels + split * 32 < p.c) {
+#pragma unroll
+      for (int kk = 0; kk < 2; ++kk) {
+        const int ch = split * 32 + kk * 16;
+        uint32_t bf[9][2];
+#pragma unroll
+        for (int tap = 0; tap < 9; ++tap) {
+          const T* wp = ws + (g * 9 + tap) * F::kPitch + ch + 2 * t;
+          bf[tap][0] = *reinterpret_cast<const uint32_t*>(wp);
+          bf[tap][1] = *reinterpret_cast<const uint32_t*>(wp + 8);
         }
+#pragma unroll
+        for (int kx = 0; kx < 3; ++kx)
+#pragma unroll
+          for (int mt = 0; mt < 2; ++mt)
+#pragma unroll
+            for (int hr = 0; hr < ROWS + 2; ++hr) {  // halo row r0 + hr: output rows hr - ky
+              uint32_t a[4];
+              ldmatrix_x4(
+                  a, xs + ((r0 + hr) * F::kHaloW + mt * 16 + a_pix + kx) * F::kPitch + ch + a_ch);
+#pragma unroll
+              for (int i = 0; i < ROWS; ++i) {
+                const int ky = hr - i;
+                if (ky >= 0 && ky <= 2)
+                  mma_16816<T>(acc[i][mt], a, bf[ky * 3 + kx][0], bf[ky * 3 + kx][1]);
+              }
+            }
       }
-      if (p.scale) normalise_stage(s + 1);
     }
     __syncthreads();
   }

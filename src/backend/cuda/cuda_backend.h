@@ -139,10 +139,6 @@ struct Options {
   // its input as it stages it, so the normalised tensor is neither written nor read
   // back. Off: the two ops, for A/B runs.
   bool norm_conv_fused = true;
-  // In that fold's tensor-core kernel, each warp normalises the next stage after its
-  // MMAs on this one (one barrier a stage) instead of a whole stage before the MMAs
-  // (conv_narrow_few_out.cuh): the same values. Off until measured, for A/B runs.
-  bool norm_conv_after_mma = false;
   // How a plan times GEMM candidates and the convolution paths. Warm: back to back on
   // the same operands, so a weight stays in L2 from one run to the next. Step: as
   // inside a step, where every weight is read once and comes from DRAM while the
