@@ -33,17 +33,11 @@
 
 #include <cudnn_frontend.h>
 
+#include "check_cuda.h"
+
 namespace fe = cudnn_frontend;
 
-#define CK(x)                                                                    \
-  do {                                                                           \
-    cudaError_t e_ = (x);                                                        \
-    if (e_ != cudaSuccess) {                                                     \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                              \
-    }                                                                            \
-  } while (0)
-#define DK(x)                                                                        \
+#define CHECK_CUDNN(x)                                                                        \
   do {                                                                               \
     cudnnStatus_t s_ = (x);                                                          \
     if (s_ != CUDNN_STATUS_SUCCESS) {                                                \
@@ -72,21 +66,21 @@ __global__ void apply_silu(const __half* x, const float* scale, const float* shi
 
 float median_us(const std::function<void()>& run) {
   cudaEvent_t a, b;
-  CK(cudaEventCreate(&a));
-  CK(cudaEventCreate(&b));
+  CHECK_CUDA(cudaEventCreate(&a));
+  CHECK_CUDA(cudaEventCreate(&b));
   for (int i = 0; i < 3; ++i) run();
   std::vector<float> t;
   for (int i = 0; i < 20; ++i) {
-    CK(cudaEventRecord(a));
+    CHECK_CUDA(cudaEventRecord(a));
     run();
-    CK(cudaEventRecord(b));
-    CK(cudaEventSynchronize(b));
+    CHECK_CUDA(cudaEventRecord(b));
+    CHECK_CUDA(cudaEventSynchronize(b));
     float ms = 0;
-    CK(cudaEventElapsedTime(&ms, a, b));
+    CHECK_CUDA(cudaEventElapsedTime(&ms, a, b));
     t.push_back(ms * 1000.0f);
   }
-  CK(cudaEventDestroy(a));
-  CK(cudaEventDestroy(b));
+  CHECK_CUDA(cudaEventDestroy(a));
+  CHECK_CUDA(cudaEventDestroy(b));
   std::sort(t.begin(), t.end());
   return t[t.size() / 2];
 }
@@ -131,7 +125,7 @@ Best time_plans(fe::graph::Graph& g, cudnnHandle_t h, std::unordered_map<int64_t
     int64_t need = 0;
     if (!g.get_workspace_size_plan_at_index(i, need).is_good() || need > ws_bytes) continue;
     if (!g.execute_plan_at_index(h, pack, ws, i).is_good()) continue;
-    CK(cudaDeviceSynchronize());
+    CHECK_CUDA(cudaDeviceSynchronize());
     ++best.built;
     const float us = median_us([&] { (void)g.execute_plan_at_index(h, pack, ws, i); });
     if (us < best.us) {
@@ -142,7 +136,7 @@ Best time_plans(fe::graph::Graph& g, cudnnHandle_t h, std::unordered_map<int64_t
   }
   if (best.index >= 0) {
     (void)g.execute_plan_at_index(h, pack, ws, best.index);
-    CK(cudaDeviceSynchronize());
+    CHECK_CUDA(cudaDeviceSynchronize());
   }
   return best;
 }
@@ -153,10 +147,10 @@ int main() {
   } shapes[] = {{64, 64, 512, 512},   {128, 128, 512, 512}, {256, 256, 512, 256},
                 {256, 256, 256, 256}, {512, 512, 256, 128}, {512, 512, 128, 128}};
   cudnnHandle_t h;
-  DK(cudnnCreate(&h));
+  CHECK_CUDNN(cudnnCreate(&h));
   int dev = 0;
   cudaDeviceProp prop{};
-  CK(cudaGetDeviceProperties(&prop, dev));
+  CHECK_CUDA(cudaGetDeviceProperties(&prop, dev));
   std::printf("%s, cuDNN %zu, frontend %d\n\n", prop.name, cudnnGetVersion(),
               CUDNN_FRONTEND_VERSION);
   std::printf(
@@ -166,7 +160,7 @@ int main() {
       "|---|---|---|---|---|---|---|---|\n");
   const int64_t ws_bytes = int64_t(512) << 20;
   void* ws = nullptr;
-  CK(cudaMalloc(&ws, ws_bytes));
+  CHECK_CUDA(cudaMalloc(&ws, ws_bytes));
   for (const Shape& s : shapes) {
     const long nx = long(s.h) * s.w * s.c, ny = long(s.h) * s.w * s.k, nw = long(s.k) * 9 * s.c;
     std::vector<__half> hx(nx), hw(nw), hb(s.k);
@@ -178,26 +172,26 @@ int main() {
     __half *x, *xn, *w, *b, *y_ref, *y, *sc16, *sh16;
     float *sc, *sh;
     float legacy_again = NAN;
-    CK(cudaMalloc(&x, nx * 2));
-    CK(cudaMalloc(&xn, nx * 2));
-    CK(cudaMalloc(&w, nw * 2));
-    CK(cudaMalloc(&b, s.k * 2));
-    CK(cudaMalloc(&y_ref, ny * 2));
-    CK(cudaMalloc(&y, ny * 2));
-    CK(cudaMalloc(&sc, s.c * 4));
-    CK(cudaMalloc(&sh, s.c * 4));
-    CK(cudaMemcpy(x, hx.data(), nx * 2, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(w, hw.data(), nw * 2, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(b, hb.data(), s.k * 2, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(sc, hs.data(), s.c * 4, cudaMemcpyHostToDevice));
-    CK(cudaMemcpy(sh, hsh.data(), s.c * 4, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMalloc(&x, nx * 2));
+    CHECK_CUDA(cudaMalloc(&xn, nx * 2));
+    CHECK_CUDA(cudaMalloc(&w, nw * 2));
+    CHECK_CUDA(cudaMalloc(&b, s.k * 2));
+    CHECK_CUDA(cudaMalloc(&y_ref, ny * 2));
+    CHECK_CUDA(cudaMalloc(&y, ny * 2));
+    CHECK_CUDA(cudaMalloc(&sc, s.c * 4));
+    CHECK_CUDA(cudaMalloc(&sh, s.c * 4));
+    CHECK_CUDA(cudaMemcpy(x, hx.data(), nx * 2, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(w, hw.data(), nw * 2, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(b, hb.data(), s.k * 2, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(sc, hs.data(), s.c * 4, cudaMemcpyHostToDevice));
+    CHECK_CUDA(cudaMemcpy(sh, hsh.data(), s.c * 4, cudaMemcpyHostToDevice));
     {
       std::vector<__half> a(s.c), d(s.c);
       for (int i = 0; i < s.c; ++i) a[i] = __float2half(hs[i]), d[i] = __float2half(hsh[i]);
-      CK(cudaMalloc(&sc16, s.c * 2));
-      CK(cudaMalloc(&sh16, s.c * 2));
-      CK(cudaMemcpy(sc16, a.data(), s.c * 2, cudaMemcpyHostToDevice));
-      CK(cudaMemcpy(sh16, d.data(), s.c * 2, cudaMemcpyHostToDevice));
+      CHECK_CUDA(cudaMalloc(&sc16, s.c * 2));
+      CHECK_CUDA(cudaMalloc(&sh16, s.c * 2));
+      CHECK_CUDA(cudaMemcpy(sc16, a.data(), s.c * 2, cudaMemcpyHostToDevice));
+      CHECK_CUDA(cudaMemcpy(sh16, d.data(), s.c * 2, cudaMemcpyHostToDevice));
     }
 
     // apply, then the legacy convolution and the bias: the reference and the baseline.
@@ -206,37 +200,37 @@ int main() {
     cudnnTensorDescriptor_t xd, yd, bd;
     cudnnFilterDescriptor_t wd;
     cudnnConvolutionDescriptor_t cd;
-    DK(cudnnCreateTensorDescriptor(&xd));
-    DK(cudnnCreateTensorDescriptor(&yd));
-    DK(cudnnCreateTensorDescriptor(&bd));
-    DK(cudnnCreateFilterDescriptor(&wd));
-    DK(cudnnCreateConvolutionDescriptor(&cd));
-    DK(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, 1, s.c, s.h, s.w));
-    DK(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, 1, s.k, s.h, s.w));
-    DK(cudnnSetTensor4dDescriptor(bd, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, 1, s.k, 1, 1));
-    DK(cudnnSetFilter4dDescriptor(wd, CUDNN_DATA_HALF, CUDNN_TENSOR_NHWC, s.k, s.c, 3, 3));
-    DK(cudnnSetConvolution2dDescriptor(cd, 1, 1, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION,
+    CHECK_CUDNN(cudnnCreateTensorDescriptor(&xd));
+    CHECK_CUDNN(cudnnCreateTensorDescriptor(&yd));
+    CHECK_CUDNN(cudnnCreateTensorDescriptor(&bd));
+    CHECK_CUDNN(cudnnCreateFilterDescriptor(&wd));
+    CHECK_CUDNN(cudnnCreateConvolutionDescriptor(&cd));
+    CHECK_CUDNN(cudnnSetTensor4dDescriptor(xd, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, 1, s.c, s.h, s.w));
+    CHECK_CUDNN(cudnnSetTensor4dDescriptor(yd, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, 1, s.k, s.h, s.w));
+    CHECK_CUDNN(cudnnSetTensor4dDescriptor(bd, CUDNN_TENSOR_NHWC, CUDNN_DATA_HALF, 1, s.k, 1, 1));
+    CHECK_CUDNN(cudnnSetFilter4dDescriptor(wd, CUDNN_DATA_HALF, CUDNN_TENSOR_NHWC, s.k, s.c, 3, 3));
+    CHECK_CUDNN(cudnnSetConvolution2dDescriptor(cd, 1, 1, 1, 1, 1, 1, CUDNN_CROSS_CORRELATION,
                                        CUDNN_DATA_FLOAT));
-    DK(cudnnSetConvolutionMathType(cd, CUDNN_TENSOR_OP_MATH));
+    CHECK_CUDNN(cudnnSetConvolutionMathType(cd, CUDNN_TENSOR_OP_MATH));
     apply();
     cudnnConvolutionFwdAlgoPerf_t perf[8];
     int found = 0;
-    DK(cudnnFindConvolutionForwardAlgorithmEx(h, xd, xn, wd, w, cd, yd, y_ref, 8, &found, perf,
+    CHECK_CUDNN(cudnnFindConvolutionForwardAlgorithmEx(h, xd, xn, wd, w, cd, yd, y_ref, 8, &found, perf,
                                               ws, ws_bytes));
     int chosen = 0;
     while (chosen < found && perf[chosen].status != CUDNN_STATUS_SUCCESS) ++chosen;
     const cudnnConvolutionFwdAlgo_t algo = perf[chosen].algo;
     const float one = 1.0f, zero = 0.0f;
     auto legacy = [&] {
-      DK(cudnnConvolutionForward(h, &one, xd, xn, wd, w, cd, algo, ws, ws_bytes, &zero, yd, y_ref));
+      CHECK_CUDNN(cudnnConvolutionForward(h, &one, xd, xn, wd, w, cd, algo, ws, ws_bytes, &zero, yd, y_ref));
     };
     const float legacy_us = median_us(legacy);
     apply();
     legacy();
-    DK(cudnnAddTensor(h, &one, bd, b, &one, yd, y_ref));
-    CK(cudaDeviceSynchronize());
+    CHECK_CUDNN(cudnnAddTensor(h, &one, bd, b, &one, yd, y_ref));
+    CHECK_CUDA(cudaDeviceSynchronize());
     std::vector<__half> ref(ny);
-    CK(cudaMemcpy(ref.data(), y_ref, ny * 2, cudaMemcpyDeviceToHost));
+    CHECK_CUDA(cudaMemcpy(ref.data(), y_ref, ny * 2, cudaMemcpyDeviceToHost));
 
     // A graph: conv + bias alone (variant null), or with the prologue built as `v` says.
     auto make = [&](const Variant* v) {
@@ -333,7 +327,7 @@ int main() {
                                               {4, w},
                                               {5, b},
                                               {6, y}};
-      CK(cudaMemset(y, 0, ny * 2));
+      CHECK_CUDA(cudaMemset(y, 0, ny * 2));
       const Best got = time_plans(*g, h, pack, ws, ws_bytes);
       std::fprintf(stderr, "  %dx%dx%d->%d %s: %d plans listed, %d built, best %.1f us (%s)\n", s.h,
                    s.w, s.c, s.k, v.name, got.count, got.built, got.us, got.name.c_str());
@@ -341,7 +335,7 @@ int main() {
       fused = got;
       fused_variant = &v;
       std::vector<__half> out(ny);
-      CK(cudaMemcpy(out.data(), y, ny * 2, cudaMemcpyDeviceToHost));
+      CHECK_CUDA(cudaMemcpy(out.data(), y, ny * 2, cudaMemcpyDeviceToHost));
       float diff = 0, mag = 0;
       for (long i = 0; i < ny; ++i) {
         diff = std::max(diff, std::fabs(__half2float(out[i]) - __half2float(ref[i])));

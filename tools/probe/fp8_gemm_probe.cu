@@ -35,14 +35,7 @@
 #include <string>
 #include <vector>
 
-#define CHECK_CUDA(x)                                                                 \
-  do {                                                                                \
-    cudaError_t e_ = (x);                                                             \
-    if (e_ != cudaSuccess) {                                                          \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                   \
-    }                                                                                 \
-  } while (0)
+#include "check_cuda.h"
 #define CHECK_BLAS(x)                                                                  \
   do {                                                                                 \
     cublasStatus_t s_ = (x);                                                           \

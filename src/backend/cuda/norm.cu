@@ -96,10 +96,10 @@ __host__ __device__ inline int norm_stats_channel_floats(int channels) {
 // time, U rows' loads in flight a thread before any arithmetic. Shared memory: [N][Y][X]
 // sums and squares, whose Y rows meet in a tree (all threads, log2 Y steps, a fixed
 // order), then per-channel totals [C] of each (one padding word after every 32), summed
-// into groups at the end. Both layouts keep a warp's accesses in distinct banks: as
-// [Y][X][N] a warp's stores of channel j fell into 32 / N banks (8-way conflicts in f16),
-// and the group sums' lanes, per_group channels apart, into as few (`spread` off: that
-// layout, the same sums in the same order, for A/B runs). The last
+// into groups at the end. Both arrays keep a warp's accesses in distinct banks: laid
+// out [Y][X][N], a warp's stores of channel j fell into 32 / N banks (8-way conflicts in
+// f16), and the group sums' lanes, per_group channels apart, into as few (`spread` off:
+// that layout, the same sums in the same order, for A/B runs). The last
 // block of a batch row to finish (counted in `counters`, left at zero again) folds the
 // partial sums, in a fixed order, into per-channel scale and shift:
 // out = act(x * scale + shift). Each of its lanes loads its first channel's gamma and
