@@ -57,6 +57,9 @@ struct LayerNormArgs {
   Tensor gamma, beta;  // [C]
   float eps = 1e-5f;
   Tensor out;  // [M, C]
+  // What the next ops will read (their weights): a hint, which a backend may bring into
+  // its caches while it normalises; no effect on any value.
+  std::vector<Tensor> prefetch;
 };
 
 struct AttentionArgs {

@@ -40,7 +40,10 @@ Tensor group_norm_conv2d(const Tensor& x, const Tensor& gamma, const Tensor& bet
                          float eps, Activation act, const Tensor& weight, const Tensor& bias,
                          Conv2dGeometry g);
 // x [..., C] normalised over C.
-Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps);
+// `prefetch`: tensors the next ops read (weights), a hint the backend may act on while
+// it normalises (the CUDA backend's --prefetch-weights); never changes a value.
+Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
+                  const std::vector<Tensor>& prefetch = {});
 
 // q [B, Sq, H*D], k and v [B, Sk, H*D] → [B, Sq, H*D]; softmax(q k^T * scale) v per head.
 // The same from packed projections, as one GEMM of the concatenated weights makes
