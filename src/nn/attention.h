@@ -1,6 +1,7 @@
 // diffusers' Attention (to_q, to_k, to_v, to_out.0) and FeedForward.
 #pragma once
 
+#include <array>
 #include <vector>
 
 #include "nn/layers.h"
@@ -43,7 +44,7 @@ struct Attention {
   std::vector<Linear*> context_projections() { return {&to_k, &to_v}; }
   // The weights a call reads on the query's side: q's projection (or q/k/v's, fused)
   // and the output's. A prefetch hint for the op before it (ops::layer_norm).
-  std::vector<Tensor> weights_read() const {
+  std::array<Tensor, 2> weights_read() const {
     return {to_qkv.weight.defined() ? to_qkv.weight : to_q.weight, to_out.weight};
   }
   void read_kv_from_context(int64_t col) { context_kv_col = col; }

@@ -109,7 +109,7 @@ Tensor BasicTransformerBlock::operator()(const Tensor& x, const Tensor& context)
   // into L2 while it normalises (--prefetch-weights).
   Tensor h = attn1(norm1(x, attn1.weights_read()), only_cross_attention ? context : Tensor(), x);
   h = attn2(norm2(h, attn2.weights_read()), context, h);
-  return ff(norm3(h, {ff.proj_in.weight}), h);
+  return ff(norm3(h, {&ff.proj_in.weight, 1}), h);
 }
 
 std::vector<Attention*> BasicTransformerBlock::context_attentions() {

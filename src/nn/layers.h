@@ -66,7 +66,7 @@ struct LayerNorm {
 
   void load(const WeightLoader& w, const std::string& prefix, int64_t channels, float eps);
   // prefetch: the weights the next ops read (ops::layer_norm's hint).
-  Tensor operator()(const Tensor& x, const std::vector<Tensor>& prefetch = {}) const {
+  Tensor operator()(const Tensor& x, std::span<const Tensor> prefetch = {}) const {
     return ops::layer_norm(x, weight, bias, eps, prefetch);
   }
 };

@@ -1,4 +1,5 @@
-// The probes' check of a CUDA runtime call: on an error, where and what, then exit.
+// The probes' checks of a library call: on a status other than `ok`, where and what
+// (`describe(status)`), then exit.
 #pragma once
 
 #include <cuda_runtime.h>
@@ -6,11 +7,13 @@
 #include <cstdio>
 #include <cstdlib>
 
-#define CHECK_CUDA(x)                                                                 \
-  do {                                                                                \
-    cudaError_t e_ = (x);                                                             \
-    if (e_ != cudaSuccess) {                                                          \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudaGetErrorString(e_)); \
-      std::exit(1);                                                                   \
-    }                                                                                 \
+#define CHECK_STATUS(x, ok, describe)                                       \
+  do {                                                                      \
+    const auto s_ = (x);                                                    \
+    if (s_ != (ok)) {                                                       \
+      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, describe(s_)); \
+      std::exit(1);                                                         \
+    }                                                                       \
   } while (0)
+
+#define CHECK_CUDA(x) CHECK_STATUS(x, cudaSuccess, cudaGetErrorString)

@@ -37,14 +37,7 @@
 
 namespace fe = cudnn_frontend;
 
-#define CHECK_CUDNN(x)                                                                        \
-  do {                                                                               \
-    cudnnStatus_t s_ = (x);                                                          \
-    if (s_ != CUDNN_STATUS_SUCCESS) {                                                \
-      std::fprintf(stderr, "%s:%d %s\n", __FILE__, __LINE__, cudnnGetErrorString(s_)); \
-      std::exit(1);                                                                  \
-    }                                                                                \
-  } while (0)
+#define CHECK_CUDNN(x) CHECK_STATUS(x, CUDNN_STATUS_SUCCESS, cudnnGetErrorString)
 
 __global__ void apply_silu(const __half* x, const float* scale, const float* shift, __half* y,
                            long n, int c) {

@@ -36,14 +36,7 @@
 #include <vector>
 
 #include "check_cuda.h"
-#define CHECK_BLAS(x)                                                                  \
-  do {                                                                                 \
-    cublasStatus_t s_ = (x);                                                           \
-    if (s_ != CUBLAS_STATUS_SUCCESS) {                                                 \
-      std::fprintf(stderr, "%s:%d cuBLASLt status %d\n", __FILE__, __LINE__, int(s_)); \
-      std::exit(1);                                                                    \
-    }                                                                                  \
-  } while (0)
+#define CHECK_BLAS(x) CHECK_STATUS(x, CUBLAS_STATUS_SUCCESS, cublasLtGetStatusString)
 
 namespace {
 

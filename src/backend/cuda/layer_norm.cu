@@ -139,6 +139,7 @@ void layer_norm(const LayerNormArgs& a) {
     prefetch.evict_last = options().prefetch_weights == 2;
     for (const Tensor& t : a.prefetch) {
       if (prefetch.count == kMaxPrefetch) break;
+      if (!t.defined() || t.device() != Device::CUDA) continue;
       prefetch.base[prefetch.count] = static_cast<const char*>(t.raw());
       prefetch.lines[prefetch.count++] = int64_t((t.nbytes() + 127) / 128);
     }
