@@ -6,7 +6,6 @@
 #pragma once
 
 #include <limits>
-#include <span>
 #include <vector>
 
 #include "core/tensor.h"
@@ -58,10 +57,6 @@ struct LayerNormArgs {
   Tensor gamma, beta;  // [C]
   float eps = 1e-5f;
   Tensor out;  // [M, C]
-  // What the next ops will read (their weights; some may be undefined or elsewhere): a
-  // hint, which a backend may bring into its caches while it normalises; no effect on
-  // any value. The caller's tensors, for the call's duration.
-  std::span<const Tensor> prefetch;
 };
 
 struct AttentionArgs {

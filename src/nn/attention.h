@@ -1,7 +1,6 @@
 // diffusers' Attention (to_q, to_k, to_v, to_out.0) and FeedForward.
 #pragma once
 
-#include <array>
 #include <vector>
 
 #include "nn/layers.h"
@@ -42,11 +41,6 @@ struct Attention {
   // handed over (to_k and to_v emptied, in that order) and from now on the context
   // passed in is that GEMM's output, read from column `col`.
   std::vector<Linear*> context_projections() { return {&to_k, &to_v}; }
-  // The weights a call reads on the query's side: q's projection (or q/k/v's, fused)
-  // and the output's. A prefetch hint for the op before it (ops::layer_norm).
-  std::array<Tensor, 2> weights_read() const {
-    return {to_qkv.weight.defined() ? to_qkv.weight : to_q.weight, to_out.weight};
-  }
   void read_kv_from_context(int64_t col) { context_kv_col = col; }
   // x: [B, S, query_dim], context: [B, T, context_dim] (x itself when undefined)
   // → [B, S, query_dim], plus `residual` when given.

@@ -104,12 +104,10 @@ void BasicTransformerBlock::load(const WeightLoader& w, const std::string& prefi
 }
 
 Tensor BasicTransformerBlock::operator()(const Tensor& x, const Tensor& context) const {
-  // x: [B, S, dim]; each sub-layer adds its input back (the residual is fused). Each
-  // LayerNorm names the weights of the GEMMs after it, which the CUDA backend can bring
-  // into L2 while it normalises (--prefetch-weights).
-  Tensor h = attn1(norm1(x, attn1.weights_read()), only_cross_attention ? context : Tensor(), x);
-  h = attn2(norm2(h, attn2.weights_read()), context, h);
-  return ff(norm3(h, {&ff.proj_in.weight, 1}), h);
+  // x: [B, S, dim]; each sub-layer adds its input back (the residual is fused).
+  Tensor h = attn1(norm1(x), only_cross_attention ? context : Tensor(), x);
+  h = attn2(norm2(h), context, h);
+  return ff(norm3(h), h);
 }
 
 std::vector<Attention*> BasicTransformerBlock::context_attentions() {

@@ -65,10 +65,7 @@ struct LayerNorm {
   float eps = 1e-5f;
 
   void load(const WeightLoader& w, const std::string& prefix, int64_t channels, float eps);
-  // prefetch: the weights the next ops read (ops::layer_norm's hint).
-  Tensor operator()(const Tensor& x, std::span<const Tensor> prefetch = {}) const {
-    return ops::layer_norm(x, weight, bias, eps, prefetch);
-  }
+  Tensor operator()(const Tensor& x) const { return ops::layer_norm(x, weight, bias, eps); }
 };
 
 // Activation names in configs ("silu", "swish", "gelu", "quick_gelu", ...).

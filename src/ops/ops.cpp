@@ -172,8 +172,7 @@ Tensor group_norm_conv2d(const Tensor& x, const Tensor& gamma, const Tensor& bet
   return a.conv.out;
 }
 
-Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
-                  std::span<const Tensor> prefetch) {
+Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps) {
   const int64_t c = x.dim(-1);
   check_optional_vector(x, gamma, c, "layer_norm", "gamma");
   check_optional_vector(x, beta, c, "layer_norm", "beta");
@@ -183,7 +182,6 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
   a.gamma = gamma;
   a.beta = beta;
   a.eps = eps;
-  a.prefetch = prefetch;
   Tensor out = like(x, x.shape());
   a.out = out.reshape(a.x.shape());
   backend_for(x.device()).layer_norm(a);

@@ -3,7 +3,6 @@
 // device's backend. Shapes in the comments; images are NHWC.
 #pragma once
 
-#include <span>
 #include <utility>
 #include <vector>
 
@@ -41,10 +40,7 @@ Tensor group_norm_conv2d(const Tensor& x, const Tensor& gamma, const Tensor& bet
                          float eps, Activation act, const Tensor& weight, const Tensor& bias,
                          Conv2dGeometry g);
 // x [..., C] normalised over C.
-// `prefetch`: tensors the next ops read (weights), a hint the backend may act on while
-// it normalises (the CUDA backend's --prefetch-weights); never changes a value.
-Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps,
-                  std::span<const Tensor> prefetch = {});
+Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps);
 
 // q [B, Sq, H*D], k and v [B, Sk, H*D] → [B, Sq, H*D]; softmax(q k^T * scale) v per head.
 // The same from packed projections, as one GEMM of the concatenated weights makes

@@ -82,8 +82,6 @@ const char* kHelp =
     "                       channels, where it beats cuDNN (default auto: all timed; A/B)\n"
     "  --interleave-norm-fused B  1 or 0: on CUDA, an upsampler's phase copy and the next\n"
     "                       GroupNorm's statistics in one pass (default 1; for A/B)\n"
-    "  --prefetch-weights M 0, 1 or 2: on CUDA, a transformer's LayerNorms bring the next\n"
-    "                       GEMMs' weights into L2 (1 plain, 2 evict-last; default 0, A/B)\n"
     "  --norm-conv-fused B  1 or 0: on CUDA, a GroupNorm folded into the few-output\n"
     "                       convolution after it (conv_out; default 1; for A/B)\n"
     "  --group-norm-apply-reuse B  1 or 0: on CUDA, the GroupNorm apply's scale and\n"
@@ -517,7 +515,6 @@ int bench(const std::vector<std::string>& argv) {
                    "conv-workspace-mib",
                    "narrow-conv-form",
                    "interleave-norm-fused",
-                   "prefetch-weights",
                    "norm-conv-fused",
                    "group-norm-apply-reuse",
                    "group-norm-stats-spread",
@@ -582,8 +579,6 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().geglu_fused = *on == 1;
   if (const auto on = args.integer("interleave-norm-fused", 0, 1))
     if (s.cuda()) cuda::options().interleave_norm_fused = *on == 1;
-  if (const auto mode = args.integer("prefetch-weights", 0, 2))
-    if (s.cuda()) cuda::options().prefetch_weights = int(*mode);
   if (const auto on = args.integer("norm-conv-fused", 0, 1))
     if (s.cuda()) cuda::options().norm_conv_fused = *on == 1;
   if (const auto on = args.integer("group-norm-apply-reuse", 0, 1))

@@ -133,12 +133,6 @@ struct Options {
   // so the GroupNorm reads the upsampled tensor once instead of twice. Off: the two
   // ops, for A/B runs.
   bool interleave_norm_fused = true;
-  // A LayerNorm brings the weights of the GEMMs after it (LayerNormArgs::prefetch) into
-  // L2 while it normalises: its threads issue one L2 prefetch per 128-byte line, spread
-  // over the grid, at the start. 0 off, 1 plain prefetches, 2 marked evict-last (kept
-  // ahead of other lines). For A/B runs: whether a step's GEMMs wait on weights read
-  // cold from memory.
-  int prefetch_weights = 0;
   // A GroupNorm followed by a few-output convolution (ops::group_norm_conv2d: the
   // decoder's and the UNet's conv_out, the encoder's) as one op where the convolution
   // runs in a narrow kernel: the statistics' launch, then the convolution normalising

@@ -10,37 +10,12 @@ namespace {
 
 constexpr int kRowsPerBlock = 8;  // one warp per row
 
-// Up to this many ranges of bytes (the next GEMMs' weights) that a launch's threads
-// bring into L2 as it starts (Options::prefetch_weights); a hint, no value depends on it.
-constexpr int kMaxPrefetch = 4;
-struct Prefetch {
-  const char* base[kMaxPrefetch] = {};
-  int64_t lines[kMaxPrefetch] = {};  // 128-byte lines from base
-  int count = 0;
-  bool evict_last = false;
-};
-
-// Thread t of the grid's T prefetches lines t, t + T, ... of each range.
-__device__ __forceinline__ void prefetch_l2(const Prefetch& p) {
-  const int64_t threads = int64_t(gridDim.x) * blockDim.x * blockDim.y;
-  const int64_t t = (int64_t(blockIdx.x) * blockDim.y + threadIdx.y) * blockDim.x + threadIdx.x;
-  for (int r = 0; r < p.count; ++r)
-    for (int64_t i = t; i < p.lines[r]; i += threads) {
-      const char* a = p.base[r] + i * 128;
-      if (p.evict_last)
-        asm volatile("prefetch.global.L2::evict_last [%0];" ::"l"(a));
-      else
-        asm volatile("prefetch.global.L2 [%0];" ::"l"(a));
-    }
-}
-
 // The row read once into registers (K packs of N per lane), two reductions
 // from there, one write. gamma and beta are loaded with the row, before the
 // reductions, so that their latency is not paid after them.
 template <class T, int N, int K>
 __global__ void layer_norm_kernel(const T* x, const T* gamma, const T* beta, T* out, int64_t rows,
-                                  int channels, float eps, Prefetch prefetch) {
-  if (prefetch.count > 0) prefetch_l2(prefetch);
+                                  int channels, float eps) {
   const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.y;
   if (row >= rows) return;
   const int lane = threadIdx.x;
@@ -91,8 +66,7 @@ __global__ void layer_norm_kernel(const T* x, const T* gamma, const T* beta, T* 
 // (the second from L1), a third to write.
 template <class T, int N>
 __global__ void layer_norm_wide_kernel(const T* x, const T* gamma, const T* beta, T* out,
-                                       int64_t rows, int channels, float eps, Prefetch prefetch) {
-  if (prefetch.count > 0) prefetch_l2(prefetch);
+                                       int64_t rows, int channels, float eps) {
   const int64_t row = int64_t(blockIdx.x) * kRowsPerBlock + threadIdx.y;
   if (row >= rows) return;
   const int lane = threadIdx.x;
@@ -134,16 +108,6 @@ void layer_norm(const LayerNormArgs& a) {
   const int64_t rows = a.x.dim(0);
   const int channels = int(a.x.dim(1));
   if (rows == 0 || channels == 0) return;
-  Prefetch prefetch;
-  if (options().prefetch_weights > 0) {
-    prefetch.evict_last = options().prefetch_weights == 2;
-    for (const Tensor& t : a.prefetch) {
-      if (prefetch.count == kMaxPrefetch) break;
-      if (!t.defined() || t.device() != Device::CUDA) continue;
-      prefetch.base[prefetch.count] = static_cast<const char*>(t.raw());
-      prefetch.lines[prefetch.count++] = int64_t((t.nbytes() + 127) / 128);
-    }
-  }
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     const T* x = static_cast<const T*>(a.x.raw());
@@ -156,14 +120,14 @@ void layer_norm(const LayerNormArgs& a) {
     const int per_lane = (channels + 32 * width - 1) / (32 * width);  // packs per lane
     auto launch = [&](auto n, auto k) {
       layer_norm_kernel<T, decltype(n)::value, decltype(k)::value>
-          <<<grid, block, 0, stream()>>>(x, gamma, beta, out, rows, channels, a.eps, prefetch);
+          <<<grid, block, 0, stream()>>>(x, gamma, beta, out, rows, channels, a.eps);
     };
     using One = std::integral_constant<int, 1>;
     using Vec = std::integral_constant<int, kVec<T>>;
     if (width == 1 || per_lane > 8)
       (width == 1 ? layer_norm_wide_kernel<T, 1>
                   : layer_norm_wide_kernel<T, kVec<T>>)<<<grid, block, 0, stream()>>>(
-          x, gamma, beta, out, rows, channels, a.eps, prefetch);
+          x, gamma, beta, out, rows, channels, a.eps);
     else if (per_lane <= 1)
       launch(Vec{}, One{});
     else if (per_lane <= 2)
