@@ -613,6 +613,7 @@ TEST_P(GroupNorm, MatchesCpu) {
       same("the apply's kept scale and shift", cuda::options().group_norm_apply_reuse, false);
       same("the statistics' shared-memory layout", cuda::options().group_norm_stats_spread, false);
       same("the dependent launch of the apply", cuda::options().group_norm_pdl, true);
+      same("the statistics read from the end", cuda::options().group_norm_stats_reverse, true);
       // Four or eight loads in flight a thread in the large statistics (two blocks a
       // multiprocessor or one), whichever the size would not take: other partial sums,
       // so against the CPU, and reproducible.
@@ -684,23 +685,43 @@ INSTANTIATE_TEST_SUITE_P(
 class LayerNorm : public CudaTest,
                   public ::testing::WithParamInterface<std::tuple<int64_t, int64_t>> {};
 
+// Both forms (a warp a row; packs with 8, 16 or 32 lanes a row) against the CPU, and
+// the packed form's bits the same eagerly and replayed.
 TEST_P(LayerNorm, MatchesCpu) {
   const auto [m, c] = GetParam();
-  for (DType dt : kAllTypes) {
-    std::vector<Tensor> in{random_tensor({m, c}, dt, next_seed(), 2.0f, 1.0f),
-                           random_tensor({c}, dt, next_seed(), 0.5f, 1.0f),
-                           random_tensor({c}, dt, next_seed())};
-    expect_match(str("layer_norm ", m, "x", c), dt, in, [&](const std::vector<Tensor>& t) {
-      return ops::layer_norm(t[0], t[1], t[2], 1e-5f);
-    });
+  for (bool packed : {false, true}) {
+    cuda::options().layer_norm_packed = packed;
+    for (DType dt : kAllTypes) {
+      std::vector<Tensor> in{random_tensor({m, c}, dt, next_seed(), 2.0f, 1.0f),
+                             random_tensor({c}, dt, next_seed(), 0.5f, 1.0f),
+                             random_tensor({c}, dt, next_seed())};
+      const auto op = [&](const std::vector<Tensor>& t) {
+        return ops::layer_norm(t[0], t[1], t[2], 1e-5f);
+      };
+      const std::string what = str("layer_norm ", m, "x", c, packed ? " packed" : "");
+      expect_match(what, dt, in, op);
+      if (packed) {
+        std::vector<Tensor> dev;
+        for (const Tensor& t : in) dev.push_back(on_cuda(t, dt));
+        expect_same_bits(str(what, " ", dtype_name(dt)), [&] { return op(dev); });
+      }
+    }
   }
+  cuda::options().layer_norm_packed = cuda::Options{}.layer_norm_packed;
 }
 
+// The models' widths (320: 8 lanes a row; 640: 16; 1280: 32; 768: 16 with 6 packs a
+// lane), rows that leave a packed warp part empty (77 and 130), a width no lane count
+// divides (200: 25 packs in f16), scalar accesses (5), and too wide for registers.
 INSTANTIATE_TEST_SUITE_P(Shapes, LayerNorm,
                          ::testing::Values(std::tuple<int64_t, int64_t>{8192, 320},
+                                           std::tuple<int64_t, int64_t>{77, 320},
+                                           std::tuple<int64_t, int64_t>{130, 640},
                                            std::tuple<int64_t, int64_t>{154, 768},
                                            std::tuple<int64_t, int64_t>{2048, 1280},
-                                           std::tuple<int64_t, int64_t>{13, 5}));
+                                           std::tuple<int64_t, int64_t>{37, 200},
+                                           std::tuple<int64_t, int64_t>{13, 5},
+                                           std::tuple<int64_t, int64_t>{9, 4096}));
 
 // ---------------------------------------------------------------------------
 TEST_F(Elementwise, BinaryWithBroadcast) {

@@ -108,7 +108,7 @@ template <class T, int N, int U, class Rows>
 __global__ void __launch_bounds__(512)
     group_norm_stats(Rows src, float* partial, const T* gamma, const T* beta, float* scale,
                      float* shift, unsigned* counters, int64_t rows, int64_t rows_per_block,
-                     int channels, int groups, float eps, bool spread) {
+                     int channels, int groups, float eps, bool spread, bool reverse) {
   extern __shared__ float smem[];
   const int X = blockDim.x, Y = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
   const int tid = ty * X + tx, threads = X * Y;
@@ -128,7 +128,10 @@ __global__ void __launch_bounds__(512)
   // reads the scale and shift.
   allow_dependents();
   const int b = blockIdx.y, splits = gridDim.x;
-  const int64_t r0 = int64_t(blockIdx.x) * rows_per_block;
+  // This block's share of the rows: from the end where `reverse` (blocks start in
+  // about the order of their index). Its partial sums go where that share's belong.
+  const int part = reverse ? splits - 1 - int(blockIdx.x) : int(blockIdx.x);
+  const int64_t r0 = int64_t(part) * rows_per_block;
   const int64_t r1 = min(rows, r0 + rows_per_block);
   const int packs = channels / N;
   int top = 1;  // the smallest power of two >= Y
@@ -198,7 +201,7 @@ __global__ void __launch_bounds__(512)
     __syncthreads();
   }
   const int per_group = channels / groups;
-  float* out = partial + (int64_t(b) * splits + blockIdx.x) * groups * 2;
+  float* out = partial + (int64_t(b) * splits + part) * groups * 2;
   for (int g = tid; g < groups; g += threads) {
     float gs = 0.0f, gq = 0.0f;
     for (int c = g * per_group; c < (g + 1) * per_group; ++c) {
@@ -1066,7 +1069,7 @@ NormScaleShift statistics(const Rows& src, int batch, int64_t rows, int channels
     shift = scale + channel_floats;
     kernel<<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
         src, partial, gamma, beta, scale, shift, context().counters, rows, rows_per_block, channels,
-        groups, eps, options().group_norm_stats_spread);
+        groups, eps, options().group_norm_stats_spread, options().group_norm_stats_reverse);
     CUDA_CHECK_LAUNCH();
   };
   // On the largest (16M values a batch row and more: 32 MB in f16), four loads a thread
