@@ -592,9 +592,9 @@ TEST_P(GroupNorm, MatchesCpu) {
     // The two-launch path, forced for every case (under the Auto parameter): its
     // variants give the same bits as it does by default. The apply keeping a thread's
     // scale and shift across its accesses (off: loaded for every access), the
-    // statistics' conflict-free shared-memory layout (off: the layout before), and the
-    // apply launched as a programmatic dependent of the statistics (on; eager and in a
-    // replayed graph).
+    // statistics' conflict-free shared-memory layout (off: the layout before), the
+    // apply launched as a programmatic dependent of the statistics, and the statistics
+    // and the apply walking the tensor from its end (on; eager and in a replayed graph).
     if (kernel == GroupNormKernel::Auto) {
       cuda::options().group_norm_kernel = GroupNormKernel::TwoLaunch;
       const Tensor two = op(dev).to(Device::CPU);
@@ -614,6 +614,7 @@ TEST_P(GroupNorm, MatchesCpu) {
       same("the statistics' shared-memory layout", cuda::options().group_norm_stats_spread, false);
       same("the dependent launch of the apply", cuda::options().group_norm_pdl, true);
       same("the statistics read from the end", cuda::options().group_norm_stats_reverse, true);
+      same("the apply from the end", cuda::options().group_norm_apply_reverse, true);
       // Four or eight loads in flight a thread in the large statistics (two blocks a
       // multiprocessor or one), whichever the size would not take: other partial sums,
       // so against the CPU, and reproducible.

@@ -101,6 +101,10 @@ struct Options {
   // reads from the start. For tensors larger than L2 (the VAE decode's). Off: the
   // order before, for A/B runs.
   bool group_norm_stats_reverse = false;
+  // The apply after them walks the tensor from its end too, so that what it leaves in
+  // L2 is the head of its output, where the convolution after it starts reading. Off:
+  // from the start, for A/B runs.
+  bool group_norm_apply_reverse = false;
   // The two-launch GroupNorm's apply launched as a programmatic dependent of its
   // statistics (sm_90): its blocks take their places, and load their first x, while
   // the statistics' last block folds the sums. Off: an ordinary launch (A/B runs).

@@ -286,11 +286,13 @@ __global__ void __launch_bounds__(512)
 // kernel, it waits for that kernel's end before it reads the scale and shift, and
 // before its first loads of x too unless `x_ready` (x is not what the statistics
 // kernel writes: its first loads then overlap the statistics' last block).
+// `reverse`: access j is pack packs - 1 - j, so that the grid walks the tensor from
+// its end (Options::group_norm_apply_reverse).
 template <class T, int N, int U>
 __global__ void group_norm_apply(const T* x, const T* addend, int64_t addend_stride, T* out,
                                  const float* scale, const float* shift, uint32_t packs,
                                  FastDiv batch_packs, FastDiv row_packs, Activation act, bool reuse,
-                                 bool x_ready) {
+                                 bool x_ready, bool reverse) {
   const int64_t channels = int64_t(row_packs.divisor()) * N;
   const uint32_t stride = gridDim.x * blockDim.x;
   uint32_t held = UINT32_MAX;  // b · packs a row + pack of the scale and shift in sc, sh
@@ -301,8 +303,9 @@ __global__ void group_norm_apply(const T* x, const T* addend, int64_t addend_str
     Pack<T, N> v[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const uint32_t i = i0 + u * stride;
-      if (i < packs) v[u] = *reinterpret_cast<const Pack<T, N>*>(x + int64_t(i) * N);
+      const uint32_t j = i0 + u * stride;
+      const uint32_t i = reverse ? packs - 1 - j : j;
+      if (j < packs) v[u] = *reinterpret_cast<const Pack<T, N>*>(x + int64_t(i) * N);
     }
     if (!waited) {
       wait_for_prior();
@@ -310,8 +313,9 @@ __global__ void group_norm_apply(const T* x, const T* addend, int64_t addend_str
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const uint32_t i = i0 + u * stride;
-      if (i >= packs) break;
+      const uint32_t j = i0 + u * stride;
+      if (j >= packs) break;
+      const uint32_t i = reverse ? packs - 1 - j : j;
       uint32_t b, within, row, cp;
       batch_packs.divmod(i, b, within);
       row_packs.divmod(within, row, cp);
@@ -1120,7 +1124,7 @@ void stats_and_apply(const Rows& src, int batch, int64_t rows, int channels, int
   launch_dependent(options().group_norm_pdl, group_norm_apply<T, N, U>, dim3(unsigned(blocks)),
                    dim3(256), 0, x, addend, addend_stride, out, st.scale, st.shift, uint32_t(total),
                    FastDiv(uint32_t(rows * packs)), FastDiv(uint32_t(packs)), act, reuse,
-                   !Rows::kStores);
+                   !Rows::kStores, options().group_norm_apply_reverse);
 }
 
 template <class T, int N>
