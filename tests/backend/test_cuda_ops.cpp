@@ -495,6 +495,21 @@ TEST_F(Elementwise, InterleavePhasesGroupNormMatchesCpu) {
       cuda::options().group_norm_pdl = false;
       EXPECT_EQ(std::memcmp(ordinary.raw(), dependent.raw(), ordinary.nbytes()), 0)
           << what << " " << name(dt) << ": the dependent launch changed the result";
+      // The statistics (which write the interleaved output) and the apply walking the
+      // tensor from its end: the same bits in both outputs, eager and replayed.
+      const Tensor forward_out = op(dev).first.to(Device::CPU);
+      cuda::options().group_norm_stats_reverse = true;
+      cuda::options().group_norm_apply_reverse = true;
+      const auto reversed = op(dev);
+      const Tensor reversed_out = reversed.first.to(Device::CPU);
+      const Tensor reversed_normed = reversed.second.to(Device::CPU);
+      expect_same_bits(what + " (from the end) " + name(dt), [&] { return op(dev).second; });
+      cuda::options().group_norm_stats_reverse = false;
+      cuda::options().group_norm_apply_reverse = false;
+      EXPECT_EQ(std::memcmp(forward_out.raw(), reversed_out.raw(), forward_out.nbytes()), 0)
+          << what << " " << name(dt) << ": the reversed order changed the interleaved output";
+      EXPECT_EQ(std::memcmp(ordinary.raw(), reversed_normed.raw(), ordinary.nbytes()), 0)
+          << what << " " << name(dt) << ": the reversed order changed the normalised output";
     }
   }
 }
@@ -615,6 +630,16 @@ TEST_P(GroupNorm, MatchesCpu) {
       same("the dependent launch of the apply", cuda::options().group_norm_pdl, true);
       same("the statistics read from the end", cuda::options().group_norm_stats_reverse, true);
       same("the apply from the end", cuda::options().group_norm_apply_reverse, true);
+      {  // both from the end (--group-norm-reverse 2)
+        cuda::options().group_norm_stats_reverse = true;
+        const Tensor both = op(dev).to(Device::CPU);
+        same("the statistics and the apply from the end", cuda::options().group_norm_apply_reverse,
+             true);
+        cuda::options().group_norm_stats_reverse = false;
+        EXPECT_EQ(std::memcmp(two.raw(), both.raw(), two.nbytes()), 0)
+            << "group_norm " << c.b << "x" << c.n << "x" << c.c << " " << dtype_name(dt)
+            << ": the statistics and the apply from the end changed the two-launch result";
+      }
       // Four or eight loads in flight a thread in the large statistics (two blocks a
       // multiprocessor or one), whichever the size would not take: other partial sums,
       // so against the CPU, and reproducible.
@@ -690,6 +715,9 @@ class LayerNorm : public CudaTest,
 // the packed form's bits the same eagerly and replayed.
 TEST_P(LayerNorm, MatchesCpu) {
   const auto [m, c] = GetParam();
+  struct Restore {
+    ~Restore() { cuda::options().layer_norm_packed = cuda::Options{}.layer_norm_packed; }
+  } restore;
   for (bool packed : {false, true}) {
     cuda::options().layer_norm_packed = packed;
     for (DType dt : kAllTypes) {
@@ -708,21 +736,23 @@ TEST_P(LayerNorm, MatchesCpu) {
       }
     }
   }
-  cuda::options().layer_norm_packed = cuda::Options{}.layer_norm_packed;
 }
 
-// The models' widths (320: 8 lanes a row; 640: 16; 1280: 32; 768: 16 with 6 packs a
-// lane), rows that leave a packed warp part empty (77 and 130), a width no lane count
-// divides (200: 25 packs in f16), scalar accesses (5), and too wide for registers.
-INSTANTIATE_TEST_SUITE_P(Shapes, LayerNorm,
-                         ::testing::Values(std::tuple<int64_t, int64_t>{8192, 320},
-                                           std::tuple<int64_t, int64_t>{77, 320},
-                                           std::tuple<int64_t, int64_t>{130, 640},
-                                           std::tuple<int64_t, int64_t>{154, 768},
-                                           std::tuple<int64_t, int64_t>{2048, 1280},
-                                           std::tuple<int64_t, int64_t>{37, 200},
-                                           std::tuple<int64_t, int64_t>{13, 5},
-                                           std::tuple<int64_t, int64_t>{9, 4096}));
+// The models' widths (in f16, 8 channels a pack: 320 takes 8 lanes a row, 640 16, 1280
+// 32, 768 16 with 6 packs a lane), rows that leave a packed warp part empty (77 and
+// 131), a width no lane count divides (200: 25 packs in f16), the packed form's one,
+// three and eight packs a lane (64, 192, 2048), scalar accesses (5), and too wide for
+// registers (4096).
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, LayerNorm,
+    ::testing::Values(std::tuple<int64_t, int64_t>{8192, 320},
+                      std::tuple<int64_t, int64_t>{77, 320}, std::tuple<int64_t, int64_t>{131, 640},
+                      std::tuple<int64_t, int64_t>{5, 64}, std::tuple<int64_t, int64_t>{7, 192},
+                      std::tuple<int64_t, int64_t>{33, 2048},
+                      std::tuple<int64_t, int64_t>{154, 768},
+                      std::tuple<int64_t, int64_t>{2048, 1280},
+                      std::tuple<int64_t, int64_t>{37, 200}, std::tuple<int64_t, int64_t>{13, 5},
+                      std::tuple<int64_t, int64_t>{9, 4096}));
 
 // ---------------------------------------------------------------------------
 TEST_F(Elementwise, BinaryWithBroadcast) {

@@ -94,8 +94,9 @@ struct Options {
   // a warp's accesses fall into distinct banks (norm.cu, group_norm_stats): the same
   // sums in the same order. Off: the layout before, for A/B runs.
   bool group_norm_stats_spread = true;
-  // The two-launch GroupNorm's statistics walk the tensor from its end: block i takes
-  // the rows of block splits - 1 - i (the same partial sums, folded in the same order).
+  // The two-launch GroupNorm's statistics (also those of the upsampler's phase copy
+  // and of a GroupNorm folded into a convolution) walk the tensor from its end: block
+  // i takes the rows of block splits - 1 - i (the same partial sums, in the same order).
   // The convolution before wrote the tensor from its start, so its tail is what L2
   // still holds; read first, and the head read last is in L2 for the apply, which
   // reads from the start. For tensors larger than L2 (the VAE decode's). Off: the
@@ -115,8 +116,8 @@ struct Options {
   // from 16M values a batch row on, 8 below (measured). 4 or 8 for A/B runs and tests.
   int group_norm_stats_loads = 0;
   // LayerNorm from packs kept as loaded, with 8, 16 or 32 lanes a row (the fewest that
-  // hold it in at most six packs a lane: 320 channels take 8 lanes and four rows a
-  // warp). Off: a warp a row, its values held as floats (the form before, for A/B runs).
+  // hold it in at most six packs a lane: 320 channels in f16 take 8 lanes and four rows
+  // a warp). Off: a warp a row, its values held as floats (the form before, A/B runs).
   bool layer_norm_packed = false;
   // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our
   // narrow kernels (3×3 with 3, 4 or 8 input or output channels) and, on small images,

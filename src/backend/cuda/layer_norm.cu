@@ -203,8 +203,16 @@ void layer_norm(const LayerNormArgs& a) {
       auto packed = [&](auto l) {
         constexpr int Lanes = decltype(l)::value;
         auto go = [&](auto kk) {
-          layer_norm_packed_kernel<T, kVec<T>, decltype(kk)::value, Lanes>
-              <<<blocks, block, 0, stream()>>>(x, gamma, beta, out, rows, channels, a.eps);
+          constexpr int Packs = decltype(kk)::value;
+          // Only what the rule above can pick: 8 lanes take 1 to 6 packs, 16 take 4 to 6
+          // (more than 48 a row), 32 take 4 to 8 (more than 96).
+          if constexpr ((Lanes == 8 && Packs <= 6) ||
+                        (Lanes > 8 && Packs >= 4 && (Lanes == 32 || Packs <= 6)))
+            layer_norm_packed_kernel<T, kVec<T>, Packs, Lanes>
+                <<<blocks, block, 0, stream()>>>(x, gamma, beta, out, rows, channels, a.eps);
+          else
+            KILN_CHECK(false, "layer_norm: no packed kernel of ", Lanes, " lanes and ", Packs,
+                       " packs a lane");
         };
         if (k <= 1)
           go(One{});
