@@ -88,11 +88,6 @@ const char* kHelp =
     "                       shift loaded once a batch row a thread (default 1; for A/B)\n"
     "  --group-norm-stats-spread B  1 or 0: on CUDA, the GroupNorm statistics' shared\n"
     "                       sums laid out without bank conflicts (default 1; for A/B)\n"
-    "  --group-norm-reverse R  0, 1 or 2: on CUDA, the two-launch GroupNorm walks the\n"
-    "                       tensor from its start, its statistics from the end (1), or\n"
-    "                       its statistics and apply from the end (2) (default 0; A/B)\n"
-    "  --layer-norm-packed B  1 or 0: on CUDA, LayerNorm rows of 8, 16 or 32 lanes from\n"
-    "                       packs as loaded, or a warp a row (default 0; for A/B)\n"
     "  --group-norm-pdl B   1 or 0: on CUDA (sm_90), the GroupNorm apply launched as a\n"
     "                       programmatic dependent of its statistics (default 0; for A/B)\n"
     "  --group-norm-stats-loads N  auto, 8 or 4: on CUDA, loads in flight a thread in\n"
@@ -524,8 +519,6 @@ int bench(const std::vector<std::string>& argv) {
                    "group-norm-apply-reuse",
                    "group-norm-stats-spread",
                    "group-norm-pdl",
-                   "group-norm-reverse",
-                   "layer-norm-packed",
                    "group-norm-stats-loads",
                    "attention",
                    "group-norm",
@@ -594,14 +587,6 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().group_norm_stats_spread = *on == 1;
   if (const auto on = args.integer("group-norm-pdl", 0, 1))
     if (s.cuda()) cuda::options().group_norm_pdl = *on == 1;
-  if (const auto r = args.integer("group-norm-reverse", 0, 2)) {
-    if (s.cuda()) {
-      cuda::options().group_norm_stats_reverse = *r >= 1;
-      cuda::options().group_norm_apply_reverse = *r == 2;
-    }
-  }
-  if (const auto on = args.integer("layer-norm-packed", 0, 1))
-    if (s.cuda()) cuda::options().layer_norm_packed = *on == 1;
   if (const auto loads = args.get("group-norm-stats-loads"); loads && *loads != "auto") {
     if (*loads != "4" && *loads != "8")
       throw UsageError("--group-norm-stats-loads is auto, 4 or 8, got \"" + *loads + "\"");

@@ -94,18 +94,6 @@ struct Options {
   // a warp's accesses fall into distinct banks (norm.cu, group_norm_stats): the same
   // sums in the same order. Off: the layout before, for A/B runs.
   bool group_norm_stats_spread = true;
-  // The two-launch GroupNorm's statistics (also those of the upsampler's phase copy
-  // and of a GroupNorm folded into a convolution) walk the tensor from its end: block
-  // i takes the rows of block splits - 1 - i (the same partial sums, in the same order).
-  // The convolution before wrote the tensor from its start, so its tail is what L2
-  // still holds; read first, and the head read last is in L2 for the apply, which
-  // reads from the start. For tensors larger than L2 (the VAE decode's). Off: the
-  // order before, for A/B runs.
-  bool group_norm_stats_reverse = false;
-  // The apply after them walks the tensor from its end too, so that what it leaves in
-  // L2 is the head of its output, where the convolution after it starts reading. Off:
-  // from the start, for A/B runs.
-  bool group_norm_apply_reverse = false;
   // The two-launch GroupNorm's apply launched as a programmatic dependent of its
   // statistics (sm_90): its blocks take their places, and load their first x, while
   // the statistics' last block folds the sums. Off: an ordinary launch (A/B runs).
@@ -115,10 +103,6 @@ struct Options {
   // 4 (64 registers, two blocks: as many bytes in flight, twice the warps); 0 takes 4
   // from 16M values a batch row on, 8 below (measured). 4 or 8 for A/B runs and tests.
   int group_norm_stats_loads = 0;
-  // LayerNorm from packs kept as loaded, with 8, 16 or 32 lanes a row (the fewest that
-  // hold it in at most six packs a lane: 320 channels in f16 take 8 lanes and four rows
-  // a warp). Off: a warp a row, its values held as floats (the form before, A/B runs).
-  bool layer_norm_packed = false;
   // Convolutions that cuDNN can take: Auto times cuDNN's best algorithm against our
   // narrow kernels (3×3 with 3, 4 or 8 input or output channels) and, on small images,
   // im2col and a GEMM, once per shape, and keeps the fastest (plan cache); Cudnn takes

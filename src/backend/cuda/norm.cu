@@ -108,7 +108,7 @@ template <class T, int N, int U, class Rows>
 __global__ void __launch_bounds__(512)
     group_norm_stats(Rows src, float* partial, const T* gamma, const T* beta, float* scale,
                      float* shift, unsigned* counters, int64_t rows, int64_t rows_per_block,
-                     int channels, int groups, float eps, bool spread, bool reverse) {
+                     int channels, int groups, float eps, bool spread) {
   extern __shared__ float smem[];
   const int X = blockDim.x, Y = blockDim.y, tx = threadIdx.x, ty = threadIdx.y;
   const int tid = ty * X + tx, threads = X * Y;
@@ -128,10 +128,7 @@ __global__ void __launch_bounds__(512)
   // reads the scale and shift.
   allow_dependents();
   const int b = blockIdx.y, splits = gridDim.x;
-  // This block's share of the rows: from the end where `reverse` (blocks start in
-  // about the order of their index). Its partial sums go where that share's belong.
-  const int part = reverse ? splits - 1 - int(blockIdx.x) : int(blockIdx.x);
-  const int64_t r0 = int64_t(part) * rows_per_block;
+  const int64_t r0 = int64_t(blockIdx.x) * rows_per_block;
   const int64_t r1 = min(rows, r0 + rows_per_block);
   const int packs = channels / N;
   int top = 1;  // the smallest power of two >= Y
@@ -201,7 +198,7 @@ __global__ void __launch_bounds__(512)
     __syncthreads();
   }
   const int per_group = channels / groups;
-  float* out = partial + (int64_t(b) * splits + part) * groups * 2;
+  float* out = partial + (int64_t(b) * splits + blockIdx.x) * groups * 2;
   for (int g = tid; g < groups; g += threads) {
     float gs = 0.0f, gq = 0.0f;
     for (int c = g * per_group; c < (g + 1) * per_group; ++c) {
@@ -286,13 +283,11 @@ __global__ void __launch_bounds__(512)
 // kernel, it waits for that kernel's end before it reads the scale and shift, and
 // before its first loads of x too unless `x_ready` (x is not what the statistics
 // kernel writes: its first loads then overlap the statistics' last block).
-// `reverse`: access j is pack packs - 1 - j, so that the grid walks the tensor from
-// its end (Options::group_norm_apply_reverse).
 template <class T, int N, int U>
 __global__ void group_norm_apply(const T* x, const T* addend, int64_t addend_stride, T* out,
                                  const float* scale, const float* shift, uint32_t packs,
                                  FastDiv batch_packs, FastDiv row_packs, Activation act, bool reuse,
-                                 bool x_ready, bool reverse) {
+                                 bool x_ready) {
   const int64_t channels = int64_t(row_packs.divisor()) * N;
   const uint32_t stride = gridDim.x * blockDim.x;
   uint32_t held = UINT32_MAX;  // b · packs a row + pack of the scale and shift in sc, sh
@@ -303,9 +298,8 @@ __global__ void group_norm_apply(const T* x, const T* addend, int64_t addend_str
     Pack<T, N> v[U];
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const uint32_t j = i0 + u * stride;
-      const uint32_t i = reverse ? packs - 1 - j : j;
-      if (j < packs) v[u] = *reinterpret_cast<const Pack<T, N>*>(x + int64_t(i) * N);
+      const uint32_t i = i0 + u * stride;
+      if (i < packs) v[u] = *reinterpret_cast<const Pack<T, N>*>(x + int64_t(i) * N);
     }
     if (!waited) {
       wait_for_prior();
@@ -313,9 +307,8 @@ __global__ void group_norm_apply(const T* x, const T* addend, int64_t addend_str
     }
 #pragma unroll
     for (int u = 0; u < U; ++u) {
-      const uint32_t j = i0 + u * stride;
-      if (j >= packs) break;
-      const uint32_t i = reverse ? packs - 1 - j : j;
+      const uint32_t i = i0 + u * stride;
+      if (i >= packs) break;
       uint32_t b, within, row, cp;
       batch_packs.divmod(i, b, within);
       row_packs.divmod(within, row, cp);
@@ -1073,7 +1066,7 @@ NormScaleShift statistics(const Rows& src, int batch, int64_t rows, int channels
     shift = scale + channel_floats;
     kernel<<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
         src, partial, gamma, beta, scale, shift, context().counters, rows, rows_per_block, channels,
-        groups, eps, options().group_norm_stats_spread, options().group_norm_stats_reverse);
+        groups, eps, options().group_norm_stats_spread);
     CUDA_CHECK_LAUNCH();
   };
   // On the largest (16M values a batch row and more: 32 MB in f16), four loads a thread
@@ -1124,7 +1117,7 @@ void stats_and_apply(const Rows& src, int batch, int64_t rows, int channels, int
   launch_dependent(options().group_norm_pdl, group_norm_apply<T, N, U>, dim3(unsigned(blocks)),
                    dim3(256), 0, x, addend, addend_stride, out, st.scale, st.shift, uint32_t(total),
                    FastDiv(uint32_t(rows * packs)), FastDiv(uint32_t(packs)), act, reuse,
-                   !Rows::kStores, options().group_norm_apply_reverse);
+                   !Rows::kStores);
 }
 
 template <class T, int N>
