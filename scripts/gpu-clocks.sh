@@ -11,7 +11,8 @@
 #   (device) tar xJf .cache/deps.tar.xz && scripts/gpu-clocks.sh     carry .cache
 #   SKIP_BUILD=1 ...     use build-gpu/ as it is
 #
-# Output in $OUT (default out/gpu-clocks): smi.csv, phases.txt, bench logs and table.md.
+# Output in $OUT (default out/gpu-clocks): smi.csv, phases.txt, seconds.txt, bench logs
+# and table.md.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-$PWD/out/gpu-clocks}
@@ -54,21 +55,23 @@ run() {  # name, bench arguments
 run sdxl-unet --arch sdxl --what unet --size 1024 --reps 300 --warmup 3
 run sd15-unet --arch sd15 --what unet --size 512 --reps 1500 --warmup 10
 run vae-1024 --arch sd15 --what vae --size 1024 --reps 300 --warmup 3
-phase "matmul start"
-python3 - <<'EOF' >"$OUT/matmul.txt" 2>&1
-import time, torch
+# The phase starts once PyTorch is imported and the product warmed up (the import
+# takes seconds at idle power).
+python3 - "$OUT/phases.txt" <<'EOF' >"$OUT/matmul.txt" 2>&1
+import sys, time, torch
 a = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
 b = torch.randn(8192, 8192, device="cuda", dtype=torch.float16)
 for _ in range(3): a @ b
 torch.cuda.synchronize()
 t = time.time(); n = 0
+open(sys.argv[1], "a").write(f"{t:.6f} matmul start\n")
 while time.time() - t < 6:
     for _ in range(10): a @ b
     torch.cuda.synchronize(); n += 10
 dt = time.time() - t
+open(sys.argv[1], "a").write(f"{time.time():.6f} matmul end\n")
 print(f"8192^3 f16 matmul: {2 * 8192**3 * n / dt / 1e12:.0f} TFLOP/s over {dt:.1f} s")
 EOF
-phase "matmul end"
 sleep 0.5
 kill $smi 2>/dev/null
 wait $smi 2>/dev/null
@@ -103,6 +106,19 @@ for name, e in phases.items():
     print(f"| {name} | {len(s)} | {statistics.median(sm):.0f} | {min(sm):.0f} | "
           f"{statistics.median(r[2] for r in s):.0f} | {statistics.median(r[3] for r in s):.0f} "
           f"({s[0][4]:.0f}) | {max(r[5] for r in s):.0f} | {' '.join(reasons)} |")
+# Second by second (median SM MHz / W), with the phases' edges: a bench runs its eager
+# repetitions first and its graph replays after, which the seconds tell apart.
+t0 = rows[0][0] if rows else 0.0
+with open(f"{out}/seconds.txt", "w") as f:
+    for name, e in phases.items():
+        f.write(f"{name}: {e['start'] - t0:.1f} .. {e['end'] - t0:.1f} s\n")
+    by_second = {}
+    for r in rows:
+        by_second.setdefault(int(r[0] - t0), []).append(r)
+    for k in sorted(by_second):
+        v = by_second[k]
+        f.write(f"{k} {statistics.median(r[1] for r in v):.0f} MHz "
+                f"{statistics.median(r[3] for r in v):.0f} W\n")
 EOF
 grep -h "graph" "$OUT"/bench-*.txt | grep "|" | head -10
 cat "$OUT/matmul.txt"
