@@ -338,6 +338,46 @@ if [ -n "$LANE_PID" ]; then
   log "goldens and full size done"
 fi
 
+# --- clocks -------------------------------------------------------------------
+# nvidia-smi samples the SM clock and power draw while kiln's bench and the peer's
+# timings run; the table ends with one line for each. Under long runs the GPU's
+# power cap lowers the clock (SDXL's graph at about 1700 MHz of 1980, v32), and short
+# timed runs can finish before it does: the line says at which clock the numbers came.
+CLOCK_PID=
+clocks_start() {  # file
+  command -v nvidia-smi >/dev/null || return 0
+  nvidia-smi --query-gpu=clocks.sm,power.draw,power.limit --format=csv,noheader,nounits \
+    -lms 50 >"$1" 2>/dev/null &
+  CLOCK_PID=$!
+}
+clocks_stop() {
+  [ -n "$CLOCK_PID" ] || return 0
+  kill "$CLOCK_PID" 2>/dev/null
+  wait "$CLOCK_PID" 2>/dev/null
+  CLOCK_PID=
+}
+trap 'clocks_stop; [ -n "$PEER_PID" ] && kill -TERM "$PEER_PID" 2>/dev/null' EXIT
+clocks_line() {  # file, what: the samples drawing at least half the power limit (busy)
+  [ -s "$1" ] || return 0
+  python3 - "$1" "$2" <<'PY' >>"$SUMMARY"
+import statistics, sys
+busy, total = [], 0
+for line in open(sys.argv[1]):
+    try:
+        mhz, watts, limit = (float(x) for x in line.split(","))
+    except ValueError:
+        continue
+    total += 1
+    if watts >= 0.5 * limit:
+        busy.append((mhz, watts, limit))
+if busy:
+    mhz = [b[0] for b in busy]
+    print(f"GPU during {sys.argv[2]}: SM clock median {statistics.median(mhz):.0f} MHz "
+          f"(lowest {min(mhz):.0f}), power median {statistics.median(b[1] for b in busy):.0f} W "
+          f"of {busy[0][2]:.0f}, over the {len(busy)} of {total} samples at half the limit or more")
+PY
+}
+
 # --- kiln bench ---------------------------------------------------------------
 if has_stage bench && [ -x "$KILN" ] && [ -n "$PEER_PID" ]; then
   if peer_signal USR1; then
@@ -354,6 +394,7 @@ fi
 if has_stage bench && [ -x "$KILN" ]; then
   log "kiln bench"
   rm -f "$LOGS"/kiln-*.json "$LOGS/kiln-bench.log"  # the table reads every kiln-*.json
+  clocks_start "$LOGS/clocks-kiln.csv"
   run_bench() {  # name, then kiln bench arguments
     local name=$1; shift
     timeout $(( $(left) > 200 ? 150 : $(left) / 2 )) "$KILN" bench --commit "$COMMIT" \
@@ -364,14 +405,19 @@ if has_stage bench && [ -x "$KILN" ]; then
   run_bench sdxl --arch sdxl --what unet --size 1024
   run_bench vae1024 --arch sd15 --what vae --size 1024 --reps 5
   run_bench e2e --arch sd15 --what e2e --size 512 --steps 30 --reps 3
+  clocks_stop
+  clocks_line "$LOGS/clocks-kiln.csv" "kiln's bench"
   grep -E "^\|" "$LOGS/kiln-bench.log" | grep -v "^| op\|^|---" | grep -E "eager|graph|e2e" | head -20
 fi
 
 # --- the peer -----------------------------------------------------------------
 if peer_signal USR2; then
   log "peer: timing each job as it becomes ready, the others stopped"
+  clocks_start "$LOGS/clocks-peer.csv"
   wait "$PEER_PID"
   PEER_PID=
+  clocks_stop
+  clocks_line "$LOGS/clocks-peer.csv" "the peer's timings"
   sed 's/^/  /' "$LOGS/peer-control.log"
 elif [ -n "$PEER_PID" ]; then
   log "peer: the jobs' controller ended early; its log:"
