@@ -1,0 +1,251 @@
+// 3×3 convolutions over images of at most 128 pixels (SD1.5's 8×8 level at batch 2:
+// 2x8x8x1280 -> 1280, eleven a step, and 2x8x8x2560 -> 1280, three), split along the
+// input channels across a cluster of eight blocks. Their GEMM is 128 rows by 1280
+// columns by 11520 (or 23040) deep: cuDNN and im2col + cuBLASLt reach 150-180 TF/s
+// there (about 19 µs a call on an H100 for 29.5 MB of weights, which DRAM streams in
+// about 9), because 128 rows make ten 128×128 output tiles for 132 multiprocessors.
+//
+// Here a block makes 80 output channels of every pixel from one eighth of the input
+// channels (all nine taps): its slice of x, at most 128 × 320 values, is staged once in
+// shared memory, and its weights stream through shared memory a tap at a time, two or
+// three stages deep, into warp-level MMAs (eight warps of 16 pixel rows). The eight
+// partial sums meet through distributed shared memory: each block of the cluster adds
+// the eight partials of 16 rows in rank order (the same bits every run), then the bias
+// and the residual, and stores them. 16 column tiles × 8 = 128 blocks, one wave.
+//
+// Opt-in (Options::conv_split_k): timed among the convolution paths with 1, forced
+// where it applies with 2 (tests, A/B runs).
+#include <cooperative_groups.h>
+
+#include <atomic>
+#include <type_traits>
+
+#include "backend/cuda/device.cuh"
+#include "backend/cuda/mma.cuh"
+#include "backend/cuda/ops.h"
+
+namespace kiln::cuda {
+namespace {
+
+constexpr int kSplits = 8;           // blocks of a cluster, one slice of channels each
+constexpr int kTileO = 80;           // output channels a block
+constexpr int kMaxPixels = 128;      // rows: eight warps of 16
+constexpr int kThreads = 256;
+constexpr int kReducePitch = kTileO + 4;  // floats a row of the partial sums
+
+struct SplitKParams {
+  const void* x;         // [N, H, W, C]
+  const void* weight;    // [O, 3, 3, C]
+  const void* bias;      // [O] or null
+  const void* residual;  // [N, H, W, O] or null
+  void* y;               // [N, H, W, O]
+  int h, w, c, o, pixels;
+};
+
+// Shared memory of a block with CK channels and `stages` weight stages: the x slice
+// (a zero row after the pixels, where padding and absent rows read), then the stages;
+// the partial sums reuse it once the MMAs are done.
+template <int CK>
+constexpr size_t split_k_smem(int stages) {
+  const size_t pitch = size_t(CK + 8) * 2;  // bytes a row; (CK + 8) / 8 odd: no ldmatrix conflicts
+  const size_t inputs = (kMaxPixels + 1) * pitch + stages * size_t(kTileO) * pitch;
+  const size_t partial = size_t(kMaxPixels) * kReducePitch * sizeof(float);
+  return inputs > partial ? inputs : partial;
+}
+
+template <class T, int CK, int STAGES>
+__global__ void __launch_bounds__(kThreads) conv3x3_split_k(SplitKParams p) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+  __trap();  // the launcher takes this kernel only on sm_90 and later
+#else
+  static_assert(CK % 16 == 0, "channels a block in steps of 16");
+  constexpr int kPitch = CK + 8;  // elements a shared row
+  constexpr int kChunks = CK / 8;  // 16-byte chunks a row
+  constexpr int kSteps = CK / 16;
+  constexpr int kTilesN = kTileO / 8;
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* xs = reinterpret_cast<T*>(smem);          // [kMaxPixels + 1][kPitch]
+  T* ws = xs + (kMaxPixels + 1) * kPitch;      // [STAGES][kTileO][kPitch]
+  float* partial = reinterpret_cast<float*>(smem);  // [kMaxPixels][kReducePitch], after the MMAs
+
+  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
+  const int rank = int(cluster.block_rank());  // the slice of channels, and of rows to reduce
+  const int o0 = blockIdx.x * kTileO, c0 = rank * CK;
+  const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const T* x = static_cast<const T*>(p.x);
+  const T* w = static_cast<const T*>(p.weight);
+
+  // x's slice: every pixel's CK channels from c0; the zero row after them.
+  for (int i = tid; i < p.pixels * kChunks; i += kThreads) {
+    const int m = i / kChunks, j = i - m * kChunks;
+    cp_async_16(xs + m * kPitch + j * 8, x + int64_t(m) * p.c + c0 + j * 8, 16);
+  }
+  for (int j = tid; j < kPitch / 8; j += kThreads)
+    *reinterpret_cast<uint4*>(xs + kMaxPixels * kPitch + j * 8) = make_uint4(0, 0, 0, 0);
+  auto load_tap = [&](int tap) {
+    T* dst = ws + (tap % STAGES) * kTileO * kPitch;
+    for (int i = tid; i < kTileO * kChunks; i += kThreads) {
+      const int o = i / kChunks, j = i - o * kChunks;
+      cp_async_16(dst + o * kPitch + j * 8, w + (int64_t(o0 + o) * 9 + tap) * p.c + c0 + j * 8,
+                  16);
+    }
+  };
+#pragma unroll
+  for (int s = 0; s < STAGES - 1; ++s) {
+    load_tap(s);
+    cp_async_commit();  // the first group holds x's slice too
+  }
+
+  // This lane's pixel in its warp's ldmatrix of A: row warp·16 + (lane & 15), channels
+  // (lane >> 4) · 8 on from each step's 16.
+  const int m = warp * 16 + (lane & 15);
+  const int hw = p.h * p.w;
+  const int img = m / hw, within = m - img * hw, py = within / p.w, px = within - py * p.w;
+  const int a_col = (lane >> 4) * 8;
+  const int mat = lane >> 3, mat_row = lane & 7;  // for B: 16 columns × 16 channels a load
+  const int b_row = mat_row + (mat >> 1) * 8, b_col = (mat & 1) * 8;
+
+  float acc[kTilesN][4];
+#pragma unroll
+  for (int t = 0; t < kTilesN; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+
+  for (int tap = 0; tap < 9; ++tap) {
+    if (tap + STAGES - 1 < 9) load_tap(tap + STAGES - 1);
+    cp_async_commit();  // empty groups at the end keep the count
+    cp_async_wait<STAGES - 1>();
+    __syncthreads();
+    const int sy = py + tap / 3 - 1, sx = px + tap % 3 - 1;
+    const bool inside = m < p.pixels && sy >= 0 && sy < p.h && sx >= 0 && sx < p.w;
+    const T* a_row = xs + (inside ? (img * hw + sy * p.w + sx) : kMaxPixels) * kPitch + a_col;
+    const T* stage = ws + (tap % STAGES) * kTileO * kPitch;
+#pragma unroll
+    for (int k = 0; k < kSteps; ++k) {
+      uint32_t af[4];
+      ldmatrix_x4(af, a_row + k * 16);
+#pragma unroll
+      for (int np = 0; np < kTilesN / 2; ++np) {
+        uint32_t bf[4];
+        ldmatrix_x4(bf, stage + (np * 16 + b_row) * kPitch + k * 16 + b_col);
+        mma_16816<T>(acc[2 * np], af, bf[0], bf[1]);
+        mma_16816<T>(acc[2 * np + 1], af, bf[2], bf[3]);
+      }
+    }
+    __syncthreads();  // the stage is refilled next
+  }
+  cp_async_wait<0>();
+  __syncthreads();
+
+  // This block's partial sums into shared memory: thread (group g, quad q) holds rows
+  // g and g + 8 of its warp's 16, columns 2q and 2q + 1 of each 8.
+  {
+    const int g = lane >> 2, q = lane & 3, r = warp * 16 + g;
+#pragma unroll
+    for (int t = 0; t < kTilesN; ++t) {
+      const int col = t * 8 + 2 * q;
+      partial[r * kReducePitch + col] = acc[t][0];
+      partial[r * kReducePitch + col + 1] = acc[t][1];
+      partial[(r + 8) * kReducePitch + col] = acc[t][2];
+      partial[(r + 8) * kReducePitch + col + 1] = acc[t][3];
+    }
+  }
+  cluster.sync();  // every block's partials written and visible to the cluster
+
+  // Rows rank·16 .. +15: the eight partials in rank order, the bias, the residual.
+  constexpr int kRows = kMaxPixels / kSplits;
+  const T* bias = static_cast<const T*>(p.bias);
+  const T* residual = static_cast<const T*>(p.residual);
+  T* y = static_cast<T*>(p.y);
+  for (int i = tid; i < kRows * kTileO; i += kThreads) {
+    const int r = rank * kRows + i / kTileO, col = i % kTileO;
+    if (r >= p.pixels) continue;
+    float v[kSplits];
+#pragma unroll
+    for (int s = 0; s < kSplits; ++s)
+      v[s] = *cluster.map_shared_rank(partial + r * kReducePitch + col, unsigned(s));
+    float sum = 0.0f;
+#pragma unroll
+    for (int s = 0; s < kSplits; ++s) sum += v[s];
+    const int o = o0 + col;
+    if (bias) sum += to_float(bias[o]);
+    const int64_t at = int64_t(r) * p.o + o;
+    if (residual) sum += to_float(residual[at]);
+    y[at] = from_float<T>(sum);
+  }
+  cluster.sync();  // no block leaves while another still reads its partials
+#endif
+}
+
+std::atomic<size_t> split_k_calls{0};
+
+template <class T, int CK, int STAGES>
+void launch_split_k(const SplitKParams& p) {
+  auto* kernel = conv3x3_split_k<T, CK, STAGES>;
+  constexpr size_t kSmem = split_k_smem<CK>(STAGES);
+  static const bool configured = [&] {
+    CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+    return true;
+  }();
+  (void)configured;
+  cudaLaunchConfig_t config{};
+  config.gridDim = dim3(unsigned(p.o / kTileO), unsigned(kSplits));
+  config.blockDim = dim3(kThreads);
+  config.dynamicSmemBytes = kSmem;
+  config.stream = stream();
+  cudaLaunchAttribute attribute{};
+  attribute.id = cudaLaunchAttributeClusterDimension;
+  attribute.val.clusterDim.x = 1;
+  attribute.val.clusterDim.y = unsigned(kSplits);
+  attribute.val.clusterDim.z = 1;
+  config.attrs = &attribute;
+  config.numAttrs = 1;
+  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+  CUDA_CHECK_LAUNCH();
+}
+
+}  // namespace
+
+bool split_k_conv_applies(const Conv2dArgs& a) {
+  const int64_t c = a.x.dim(3), o = a.weight.dim(0);
+  const int64_t pixels = a.x.dim(0) * a.x.dim(1) * a.x.dim(2);
+  return a.weight.dim(1) == 3 && a.weight.dim(2) == 3 && a.stride == 1 && a.pad_top == 1 &&
+         a.pad_left == 1 && a.pad_bottom == 1 && a.pad_right == 1 && a.x.dtype() != DType::F32 &&
+         pixels >= 1 && pixels <= kMaxPixels && (c == 8 * 160 || c == 8 * 320) &&
+         o % kTileO == 0 && aligned16(a.x.raw()) && aligned16(a.weight.raw()) &&
+         split_k_conv_available();
+}
+
+void conv_split_k(const Conv2dArgs& a) {
+  KILN_CHECK(split_k_conv_applies(a), "conv_split_k: ", a.x.describe(), " with weight ",
+             a.weight.describe(), " is not taken");
+  const SplitKParams p{a.x.raw(),
+                       a.weight.raw(),
+                       a.bias.defined() ? a.bias.raw() : nullptr,
+                       a.residual.defined() ? a.residual.raw() : nullptr,
+                       a.out.raw(),
+                       int(a.x.dim(1)),
+                       int(a.x.dim(2)),
+                       int(a.x.dim(3)),
+                       int(a.weight.dim(0)),
+                       int(a.x.dim(0) * a.x.dim(1) * a.x.dim(2))};
+  dispatch_float(a.x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, float>) {  // split_k_conv_applies excludes f32
+      if (p.c == 8 * 160)
+        launch_split_k<T, 160, 3>(p);
+      else
+        launch_split_k<T, 320, 2>(p);
+    }
+  });
+  split_k_calls.fetch_add(1, std::memory_order_relaxed);
+}
+
+bool split_k_conv_available() {
+  return context().props.major >= 9;
+}
+
+size_t split_k_conv_calls() {
+  return split_k_calls.load(std::memory_order_relaxed);
+}
+
+}  // namespace kiln::cuda
