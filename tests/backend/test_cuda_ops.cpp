@@ -267,6 +267,13 @@ TEST_P(Conv2d, MatchesCpu) {
       // applies), and never where it does not.
       EXPECT_EQ(split_k_ran, path == ConvPath::SplitK && split_k_shape && dt != DType::F32 ? 1u : 0u)
           << label << " " << name(dt);
+      if (split_k_ran > 0) {  // the partials meet in a fixed order: the same bits, replayed too
+        std::vector<Tensor> dev;
+        for (const Tensor& t : in) dev.push_back(on_cuda(t, dt));
+        expect_same_bits(str("conv ", c.b, "x", c.h, "x", c.w, "x", c.c, " -> ", c.o, label, " ",
+                             name(dt)),
+                         [&] { return op(dev); });
+      }
       if (path == ConvPath::Narrow) {
         EXPECT_EQ(narrow_ran, narrow ? 1u : 0u) << label << " form " << form << " " << name(dt);
         // The tensor-core forms run on f16/bf16 with few outputs, and only there; with
@@ -300,6 +307,7 @@ INSTANTIATE_TEST_SUITE_P(
                           ConvCase{2, 19, 70, 32, 4, 3, 1, 1, 1, 1, 1, true},    // partial tiles
                           ConvCase{1, 37, 45, 96, 3, 3, 1, 1, 1, 1, 1, true},    // 1.5 stages of 64
                           ConvCase{1, 3, 130, 8, 48, 3, 1, 1, 1, 1, 1, true},    // partial rows
+                          ConvCase{2, 8, 8, 2560, 1280, 3, 1, 1, 1, 1, 1, false},  // 8×8 up block
                           ConvCase{1, 4, 4, 2560, 80, 3, 1, 1, 1, 1, 1, true},   // 2560 inputs
                           ConvCase{1, 8, 8, 1280, 160, 3, 1, 1, 1, 1, 1, true},  // one image
                           ConvCase{1, 5, 7, 1280, 160, 3, 1, 1, 1, 1, 1, true},  // 35 pixels

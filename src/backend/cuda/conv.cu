@@ -139,7 +139,7 @@ struct ConvKey {
   bool cudnn_only;  // Options::ConvKernel::Cudnn: the other paths are not timed
   int narrow_form;  // Options::narrow_conv_form: -1, or the one narrow form timed
   bool step_timed;  // Options::PlanTiming::Step
-  int split_k;      // Options::conv_split_k: 1 times kiln's split-K kernel too
+  int split_k;      // 1: Options::conv_split_k is 1 and the split-K kernel takes the shape
   auto tie() const {
     return std::tie(n, h, w, c, o, kh, kw, stride, pad_h, pad_w, dtype, cudnn_only, narrow_form,
                     step_timed, split_k);
@@ -468,7 +468,7 @@ const ConvPlan* conv_plan(const Conv2dArgs& a) {
                     options().conv_kernel == Options::ConvKernel::Cudnn,
                     options().narrow_conv_form,
                     options().plan_timing == Options::PlanTiming::Step,
-                    options().conv_split_k};
+                    options().conv_split_k == 1 && split_k_conv_applies(a) ? 1 : 0};
   const ConvPlan* plan = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_conv_mu);

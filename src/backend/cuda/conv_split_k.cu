@@ -109,11 +109,18 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(SplitKParams p) {
 #pragma unroll
   for (int t = 0; t < kTilesN; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
 
+  // A warp whose 16 rows are all past the image (batch 1: warps 4-7) only loads and
+  // meets the barriers; the reduction never reads its rows.
+  const bool has_rows = warp * 16 < p.pixels;
   for (int tap = 0; tap < 9; ++tap) {
     if (tap + STAGES - 1 < 9) load_tap(tap + STAGES - 1);
     cp_async_commit();  // empty groups at the end keep the count
     cp_async_wait<STAGES - 1>();
     __syncthreads();
+    if (!has_rows) {
+      __syncthreads();
+      continue;
+    }
     const int sy = py + tap / 3 - 1, sx = px + tap % 3 - 1;
     const bool inside = m < p.pixels && sy >= 0 && sy < p.h && sx >= 0 && sx < p.w;
     const T* a_row = xs + (inside ? (img * hw + sy * p.w + sx) : kMaxPixels) * kPitch + a_col;
@@ -177,29 +184,58 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(SplitKParams p) {
 
 std::atomic<size_t> split_k_calls{0};
 
+// The launch of `columns` column tiles, each a cluster of kSplits blocks.
 template <class T, int CK, int STAGES>
-void launch_split_k(const SplitKParams& p) {
-  auto* kernel = conv3x3_split_k<T, CK, STAGES>;
-  constexpr size_t kSmem = split_k_smem<CK>(STAGES);
-  static const bool configured = [&] {
-    CUDA_CHECK(
-        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
-    return true;
-  }();
-  (void)configured;
+cudaLaunchConfig_t split_k_config(int columns, cudaLaunchAttribute& attribute) {
   cudaLaunchConfig_t config{};
-  config.gridDim = dim3(unsigned(p.o / kTileO), unsigned(kSplits));
+  config.gridDim = dim3(unsigned(columns), unsigned(kSplits));
   config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = kSmem;
+  config.dynamicSmemBytes = split_k_smem<CK>(STAGES);
   config.stream = stream();
-  cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeClusterDimension;
   attribute.val.clusterDim.x = 1;
   attribute.val.clusterDim.y = unsigned(kSplits);
   attribute.val.clusterDim.z = 1;
   config.attrs = &attribute;
   config.numAttrs = 1;
-  CUDA_CHECK(cudaLaunchKernelEx(&config, kernel, p));
+  return config;
+}
+
+// How many clusters of this instantiation can be resident at once (0: none; asked once,
+// after the shared-memory attribute is set). Below the column tiles a call launches,
+// the call takes more than one wave.
+template <class T, int CK, int STAGES>
+int resident_clusters() {
+  static const int clusters = [] {
+    auto* kernel = conv3x3_split_k<T, CK, STAGES>;
+    const size_t smem = split_k_smem<CK>(STAGES);
+    if (smem > size_t(context().props.sharedMemPerBlockOptin)) return 0;
+    CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
+    cudaLaunchAttribute attribute{};
+    const cudaLaunchConfig_t config = split_k_config<T, CK, STAGES>(1, attribute);
+    int n = 0;
+    if (cudaOccupancyMaxActiveClusters(&n, kernel, &config) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return 0;
+    }
+    return n;
+  }();
+  return clusters;
+}
+
+// Calls f<CK, STAGES>() for a's input channels (1280 or 2560).
+template <class T, class F>
+auto with_slice(int64_t channels, F&& f) {
+  return channels == 8 * 160 ? f(std::integral_constant<int, 160>{}, std::integral_constant<int, 3>{})
+                             : f(std::integral_constant<int, 320>{}, std::integral_constant<int, 2>{});
+}
+
+template <class T, int CK, int STAGES>
+void launch_split_k(const SplitKParams& p) {
+  cudaLaunchAttribute attribute{};
+  const cudaLaunchConfig_t config = split_k_config<T, CK, STAGES>(p.o / kTileO, attribute);
+  CUDA_CHECK(cudaLaunchKernelEx(&config, conv3x3_split_k<T, CK, STAGES>, p));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -208,11 +244,22 @@ void launch_split_k(const SplitKParams& p) {
 bool split_k_conv_applies(const Conv2dArgs& a) {
   const int64_t c = a.x.dim(3), o = a.weight.dim(0);
   const int64_t pixels = a.x.dim(0) * a.x.dim(1) * a.x.dim(2);
-  return a.weight.dim(1) == 3 && a.weight.dim(2) == 3 && a.stride == 1 && a.pad_top == 1 &&
-         a.pad_left == 1 && a.pad_bottom == 1 && a.pad_right == 1 && a.x.dtype() != DType::F32 &&
-         pixels >= 1 && pixels <= kMaxPixels && (c == 8 * 160 || c == 8 * 320) &&
-         o % kTileO == 0 && aligned16(a.x.raw()) && aligned16(a.weight.raw()) &&
-         split_k_conv_available();
+  if (!(a.weight.dim(1) == 3 && a.weight.dim(2) == 3 && a.stride == 1 && a.pad_top == 1 &&
+        a.pad_left == 1 && a.pad_bottom == 1 && a.pad_right == 1 && a.x.dtype() != DType::F32 &&
+        pixels >= 1 && pixels <= kMaxPixels && (c == 8 * 160 || c == 8 * 320) &&
+        o % kTileO == 0 && aligned16(a.x.raw()) && aligned16(a.weight.raw()) &&
+        split_k_conv_available()))
+    return false;
+  // At least one cluster of eight blocks of this shared memory fits on the GPU.
+  bool fits = false;
+  dispatch_float(a.x.dtype(), [&](auto tag) {
+    using T = decltype(tag);
+    if constexpr (!std::is_same_v<T, float>)
+      fits = with_slice<T>(c, [](auto ck, auto stages) {
+        return resident_clusters<T, decltype(ck)::value, decltype(stages)::value>() > 0;
+      });
+  });
+  return fits;
 }
 
 void conv_split_k(const Conv2dArgs& a) {
@@ -230,18 +277,18 @@ void conv_split_k(const Conv2dArgs& a) {
                        int(a.x.dim(0) * a.x.dim(1) * a.x.dim(2))};
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
-    if constexpr (!std::is_same_v<T, float>) {  // split_k_conv_applies excludes f32
-      if (p.c == 8 * 160)
-        launch_split_k<T, 160, 3>(p);
-      else
-        launch_split_k<T, 320, 2>(p);
-    }
+    if constexpr (!std::is_same_v<T, float>)  // split_k_conv_applies excludes f32
+      with_slice<T>(p.c, [&](auto ck, auto stages) {
+        launch_split_k<T, decltype(ck)::value, decltype(stages)::value>(p);
+        return 0;
+      });
   });
   split_k_calls.fetch_add(1, std::memory_order_relaxed);
 }
 
 bool split_k_conv_available() {
-  return context().props.major >= 9;
+  // sm_90 (the build's kernels are sm_90a; later GPUs take other shared-memory sizes).
+  return context().props.major == 9;
 }
 
 size_t split_k_conv_calls() {
