@@ -64,11 +64,6 @@ __global__ void __launch_bounds__(512) conv3x3_few_in(NarrowParams p) {
   }
 }
 
-bool is_3x3_same(const Conv2dArgs& a) {
-  return a.weight.dim(1) == 3 && a.weight.dim(2) == 3 && a.stride == 1 && a.pad_top == 1 &&
-         a.pad_left == 1 && a.pad_bottom == 1 && a.pad_right == 1;
-}
-
 bool few_out_applies(const Conv2dArgs& a) {
   const int64_t o = a.weight.dim(0), c = a.x.dim(3);
   return is_3x3_same(a) && (o == 3 || o == 4 || o == 8) && c % kNarrowChunk == 0 &&
@@ -83,6 +78,11 @@ bool few_in_applies(const Conv2dArgs& a) {
 std::atomic<size_t> narrow_calls{0}, narrow_mma_calls{0};
 
 }  // namespace
+
+bool is_3x3_same(const Conv2dArgs& a) {
+  return a.weight.dim(1) == 3 && a.weight.dim(2) == 3 && a.stride == 1 && a.pad_top == 1 &&
+         a.pad_left == 1 && a.pad_bottom == 1 && a.pad_right == 1;
+}
 
 // The tensor-core form of the few-output kernel: f16/bf16 on sm_80 and later, 16-byte
 // aligned weights (cp.async copies them 16 bytes at a time).
@@ -119,24 +119,29 @@ bool narrow_folds_norm(const Conv2dArgs& a) {
   return few_out_applies(a);
 }
 
+NarrowParams narrow_params(const Conv2dArgs& a, const float* scale, const float* shift,
+                           Activation act) {
+  return {a.x.raw(),
+          a.weight.raw(),
+          a.bias.defined() ? a.bias.raw() : nullptr,
+          a.residual.defined() ? a.residual.raw() : nullptr,
+          a.out.raw(),
+          int(a.x.dim(1)),
+          int(a.x.dim(2)),
+          int(a.x.dim(3)),
+          int(a.weight.dim(0)),
+          scale,
+          shift,
+          act};
+}
+
 // y = conv(x) + bias (+ residual) with a narrow kernel; narrow_applies(a) must hold.
 // `form` 1-4 takes the tensor-core kernel where it applies (else the CUDA cores').
 void conv_narrow(const Conv2dArgs& a, int form, const InputNorm& norm) {
   KILN_CHECK(norm.scale == nullptr || few_out_applies(a),
              "conv_narrow: a folded GroupNorm needs a few-output convolution");
   narrow_calls.fetch_add(1, std::memory_order_relaxed);
-  NarrowParams p{a.x.raw(),
-                 a.weight.raw(),
-                 a.bias.defined() ? a.bias.raw() : nullptr,
-                 a.residual.defined() ? a.residual.raw() : nullptr,
-                 a.out.raw(),
-                 int(a.x.dim(1)),
-                 int(a.x.dim(2)),
-                 int(a.x.dim(3)),
-                 int(a.weight.dim(0)),
-                 norm.scale,
-                 norm.shift,
-                 norm.act};
+  const NarrowParams p = narrow_params(a, norm.scale, norm.shift, norm.act);
   const int n = int(a.x.dim(0));
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);

@@ -22,6 +22,14 @@ struct NarrowParams {
   Activation act = Activation::None;
 };
 
+// Whether `a` is a 3×3 convolution with stride 1 and padding 1 all round.
+bool is_3x3_same(const Conv2dArgs& a);
+
+// a's operands and sizes (NHWC x, OHWI weight), with a GroupNorm folded into x's reads
+// where `scale` is set. The split-K kernel (conv_split_k.cu) takes the same.
+NarrowParams narrow_params(const Conv2dArgs& a, const float* scale = nullptr,
+                           const float* shift = nullptr, Activation act = Activation::None);
+
 // The few-output kernels stage the input channels in chunks of this many.
 constexpr int kNarrowChunk = 32;
 

@@ -20,6 +20,7 @@
 #include <atomic>
 #include <type_traits>
 
+#include "backend/cuda/conv_narrow.cuh"
 #include "backend/cuda/device.cuh"
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.h"
@@ -27,20 +28,11 @@
 namespace kiln::cuda {
 namespace {
 
-constexpr int kSplits = 8;           // blocks of a cluster, one slice of channels each
-constexpr int kTileO = 80;           // output channels a block
-constexpr int kMaxPixels = 128;      // rows: eight warps of 16
+constexpr int kSplits = 8;       // blocks of a cluster, one slice of channels each
+constexpr int kTileO = 80;       // output channels a block
+constexpr int kMaxPixels = 128;  // rows: eight warps of 16
 constexpr int kThreads = 256;
 constexpr int kReducePitch = kTileO + 4;  // floats a row of the partial sums
-
-struct SplitKParams {
-  const void* x;         // [N, H, W, C]
-  const void* weight;    // [O, 3, 3, C]
-  const void* bias;      // [O] or null
-  const void* residual;  // [N, H, W, O] or null
-  void* y;               // [N, H, W, O]
-  int h, w, c, o, pixels;
-};
 
 // Shared memory of a block with CK channels and `stages` weight stages: the x slice
 // (a zero row after the pixels, where padding and absent rows read), then the stages;
@@ -54,18 +46,18 @@ constexpr size_t split_k_smem(int stages) {
 }
 
 template <class T, int CK, int STAGES>
-__global__ void __launch_bounds__(kThreads) conv3x3_split_k(SplitKParams p) {
+__global__ void __launch_bounds__(kThreads) conv3x3_split_k(NarrowParams p, int pixels) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   __trap();  // the launcher takes this kernel only on sm_90 and later
 #else
   static_assert(CK % 16 == 0, "channels a block in steps of 16");
-  constexpr int kPitch = CK + 8;  // elements a shared row
+  constexpr int kPitch = CK + 8;   // elements a shared row
   constexpr int kChunks = CK / 8;  // 16-byte chunks a row
   constexpr int kSteps = CK / 16;
   constexpr int kTilesN = kTileO / 8;
   extern __shared__ __align__(16) unsigned char smem[];
-  T* xs = reinterpret_cast<T*>(smem);          // [kMaxPixels + 1][kPitch]
-  T* ws = xs + (kMaxPixels + 1) * kPitch;      // [STAGES][kTileO][kPitch]
+  T* xs = reinterpret_cast<T*>(smem);               // [kMaxPixels + 1][kPitch]
+  T* ws = xs + (kMaxPixels + 1) * kPitch;           // [STAGES][kTileO][kPitch]
   float* partial = reinterpret_cast<float*>(smem);  // [kMaxPixels][kReducePitch], after the MMAs
 
   cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
@@ -76,7 +68,7 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(SplitKParams p) {
   const T* w = static_cast<const T*>(p.weight);
 
   // x's slice: every pixel's CK channels from c0; the zero row after them.
-  for (int i = tid; i < p.pixels * kChunks; i += kThreads) {
+  for (int i = tid; i < pixels * kChunks; i += kThreads) {
     const int m = i / kChunks, j = i - m * kChunks;
     cp_async_16(xs + m * kPitch + j * 8, x + int64_t(m) * p.c + c0 + j * 8, 16);
   }
@@ -86,8 +78,7 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(SplitKParams p) {
     T* dst = ws + (tap % STAGES) * kTileO * kPitch;
     for (int i = tid; i < kTileO * kChunks; i += kThreads) {
       const int o = i / kChunks, j = i - o * kChunks;
-      cp_async_16(dst + o * kPitch + j * 8, w + (int64_t(o0 + o) * 9 + tap) * p.c + c0 + j * 8,
-                  16);
+      cp_async_16(dst + o * kPitch + j * 8, w + (int64_t(o0 + o) * 9 + tap) * p.c + c0 + j * 8, 16);
     }
   };
 #pragma unroll
@@ -111,7 +102,7 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(SplitKParams p) {
 
   // A warp whose 16 rows are all past the image (batch 1: warps 4-7) only loads and
   // meets the barriers; the reduction never reads its rows.
-  const bool has_rows = warp * 16 < p.pixels;
+  const bool has_rows = warp * 16 < pixels;
   for (int tap = 0; tap < 9; ++tap) {
     if (tap + STAGES - 1 < 9) load_tap(tap + STAGES - 1);
     cp_async_commit();  // empty groups at the end keep the count
@@ -122,7 +113,7 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(SplitKParams p) {
       continue;
     }
     const int sy = py + tap / 3 - 1, sx = px + tap % 3 - 1;
-    const bool inside = m < p.pixels && sy >= 0 && sy < p.h && sx >= 0 && sx < p.w;
+    const bool inside = m < pixels && sy >= 0 && sy < p.h && sx >= 0 && sx < p.w;
     const T* a_row = xs + (inside ? (img * hw + sy * p.w + sx) : kMaxPixels) * kPitch + a_col;
     const T* stage = ws + (tap % STAGES) * kTileO * kPitch;
 #pragma unroll
@@ -164,7 +155,7 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(SplitKParams p) {
   T* y = static_cast<T*>(p.y);
   for (int i = tid; i < kRows * kTileO; i += kThreads) {
     const int r = rank * kRows + i / kTileO, col = i % kTileO;
-    if (r >= p.pixels) continue;
+    if (r >= pixels) continue;
     float v[kSplits];
 #pragma unroll
     for (int s = 0; s < kSplits; ++s)
@@ -224,18 +215,19 @@ int resident_clusters() {
   return clusters;
 }
 
-// Calls f<CK, STAGES>() for a's input channels (1280 or 2560).
-template <class T, class F>
+// Calls f(CK, STAGES) for a's input channels (1280 or 2560), as integral constants.
+template <class F>
 auto with_slice(int64_t channels, F&& f) {
-  return channels == 8 * 160 ? f(std::integral_constant<int, 160>{}, std::integral_constant<int, 3>{})
-                             : f(std::integral_constant<int, 320>{}, std::integral_constant<int, 2>{});
+  return channels == 8 * 160
+             ? f(std::integral_constant<int, 160>{}, std::integral_constant<int, 3>{})
+             : f(std::integral_constant<int, 320>{}, std::integral_constant<int, 2>{});
 }
 
 template <class T, int CK, int STAGES>
-void launch_split_k(const SplitKParams& p) {
+void launch_split_k(const NarrowParams& p, int pixels) {
   cudaLaunchAttribute attribute{};
   const cudaLaunchConfig_t config = split_k_config<T, CK, STAGES>(p.o / kTileO, attribute);
-  CUDA_CHECK(cudaLaunchKernelEx(&config, conv3x3_split_k<T, CK, STAGES>, p));
+  CUDA_CHECK(cudaLaunchKernelEx(&config, conv3x3_split_k<T, CK, STAGES>, p, pixels));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -244,18 +236,16 @@ void launch_split_k(const SplitKParams& p) {
 bool split_k_conv_applies(const Conv2dArgs& a) {
   const int64_t c = a.x.dim(3), o = a.weight.dim(0);
   const int64_t pixels = a.x.dim(0) * a.x.dim(1) * a.x.dim(2);
-  if (!(a.weight.dim(1) == 3 && a.weight.dim(2) == 3 && a.stride == 1 && a.pad_top == 1 &&
-        a.pad_left == 1 && a.pad_bottom == 1 && a.pad_right == 1 && a.x.dtype() != DType::F32 &&
-        pixels >= 1 && pixels <= kMaxPixels && (c == 8 * 160 || c == 8 * 320) &&
-        o % kTileO == 0 && aligned16(a.x.raw()) && aligned16(a.weight.raw()) &&
-        split_k_conv_available()))
+  if (!(is_3x3_same(a) && a.x.dtype() != DType::F32 && pixels >= 1 && pixels <= kMaxPixels &&
+        (c == 8 * 160 || c == 8 * 320) && o % kTileO == 0 && aligned16(a.x.raw()) &&
+        aligned16(a.weight.raw()) && split_k_conv_available()))
     return false;
   // At least one cluster of eight blocks of this shared memory fits on the GPU.
   bool fits = false;
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>)
-      fits = with_slice<T>(c, [](auto ck, auto stages) {
+      fits = with_slice(c, [](auto ck, auto stages) {
         return resident_clusters<T, decltype(ck)::value, decltype(stages)::value>() > 0;
       });
   });
@@ -265,21 +255,13 @@ bool split_k_conv_applies(const Conv2dArgs& a) {
 void conv_split_k(const Conv2dArgs& a) {
   KILN_CHECK(split_k_conv_applies(a), "conv_split_k: ", a.x.describe(), " with weight ",
              a.weight.describe(), " is not taken");
-  const SplitKParams p{a.x.raw(),
-                       a.weight.raw(),
-                       a.bias.defined() ? a.bias.raw() : nullptr,
-                       a.residual.defined() ? a.residual.raw() : nullptr,
-                       a.out.raw(),
-                       int(a.x.dim(1)),
-                       int(a.x.dim(2)),
-                       int(a.x.dim(3)),
-                       int(a.weight.dim(0)),
-                       int(a.x.dim(0) * a.x.dim(1) * a.x.dim(2))};
+  const NarrowParams p = narrow_params(a);
+  const int pixels = int(a.x.dim(0) * a.x.dim(1) * a.x.dim(2));
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>)  // split_k_conv_applies excludes f32
-      with_slice<T>(p.c, [&](auto ck, auto stages) {
-        launch_split_k<T, decltype(ck)::value, decltype(stages)::value>(p);
+      with_slice(p.c, [&](auto ck, auto stages) {
+        launch_split_k<T, decltype(ck)::value, decltype(stages)::value>(p, pixels);
         return 0;
       });
   });
