@@ -140,9 +140,10 @@ struct ConvKey {
   int narrow_form;  // Options::narrow_conv_form: -1, or the one narrow form timed
   bool step_timed;  // Options::PlanTiming::Step
   int split_k;      // 1: Options::conv_split_k is 1 and the split-K kernel takes the shape
+  int split_k_rows;  // Options::conv_split_k_rows where split_k is 1, else 0
   auto tie() const {
     return std::tie(n, h, w, c, o, kh, kw, stride, pad_h, pad_w, dtype, cudnn_only, narrow_form,
-                    step_timed, split_k);
+                    step_timed, split_k, split_k_rows);
   }
   bool operator<(const ConvKey& k) const { return tie() < k.tie(); }
   // Every field, for the plan cache.
@@ -150,7 +151,8 @@ struct ConvKey {
     return str("n", n, " h", h, " w", w, " c", c, " o", o, " k", kh, "x", kw, " stride", stride,
                " pad", pad_h, ",", pad_w, " ", dtype_name(dtype), cudnn_only ? " cudnn-only" : "",
                narrow_form >= 0 ? str(" narrow-form", narrow_form) : "",
-               step_timed ? " step-timed" : "", split_k ? str(" split-k", split_k) : "");
+               step_timed ? " step-timed" : "", split_k ? str(" split-k", split_k) : "",
+               split_k && split_k_rows != 16 ? str(" rows", split_k_rows) : "");
   }
 };
 
@@ -454,6 +456,7 @@ const ConvPlan* conv_plan(const Conv2dArgs& a) {
   Context& ctx = context();
   if (!ctx.cudnn || !options().use_cudnn) return nullptr;
   if (a.pad_top != a.pad_bottom || a.pad_left != a.pad_right) return nullptr;
+  const int split_k = options().conv_split_k == 1 && split_k_conv_applies(a) ? 1 : 0;
   const ConvKey key{a.x.dim(0),
                     a.x.dim(1),
                     a.x.dim(2),
@@ -468,7 +471,8 @@ const ConvPlan* conv_plan(const Conv2dArgs& a) {
                     options().conv_kernel == Options::ConvKernel::Cudnn,
                     options().narrow_conv_form,
                     options().plan_timing == Options::PlanTiming::Step,
-                    options().conv_split_k == 1 && split_k_conv_applies(a) ? 1 : 0};
+                    split_k,
+                    split_k ? options().conv_split_k_rows : 0};
   const ConvPlan* plan = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_conv_mu);

@@ -45,16 +45,22 @@ constexpr size_t split_k_smem(int stages) {
   return inputs > partial ? inputs : partial;
 }
 
-template <class T, int CK, int STAGES>
+template <class T, int CK, int STAGES, int WR>
 __global__ void __launch_bounds__(kThreads) conv3x3_split_k(NarrowParams p, int pixels) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   __trap();  // the launcher takes this kernel only on sm_90 and later
 #else
   static_assert(CK % 16 == 0, "channels a block in steps of 16");
+  static_assert(WR == 16 || WR == 32, "a warp's rows: 16 or 32");
   constexpr int kPitch = CK + 8;   // elements a shared row
   constexpr int kChunks = CK / 8;  // 16-byte chunks a row
   constexpr int kSteps = CK / 16;
-  constexpr int kTilesN = kTileO / 8;
+  // The block's 128 × 80 outputs over eight warps: WR rows by kWarpCols columns each.
+  constexpr int kRowGroups = kMaxPixels / WR;
+  constexpr int kColGroups = kThreads / 32 / kRowGroups;
+  constexpr int kWarpCols = kTileO / kColGroups;
+  constexpr int kTilesN = kWarpCols / 8;  // 10 or 5 MMA columns
+  constexpr int kHalves = WR / 16;        // MMA rows
   extern __shared__ __align__(16) unsigned char smem[];
   T* xs = reinterpret_cast<T*>(smem);               // [kMaxPixels + 1][kPitch]
   T* ws = xs + (kMaxPixels + 1) * kPitch;           // [STAGES][kTileO][kPitch]
@@ -64,6 +70,7 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(NarrowParams p, int 
   const int rank = int(cluster.block_rank());  // the slice of channels, and of rows to reduce
   const int o0 = blockIdx.x * kTileO, c0 = rank * CK;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
+  const int row0 = (warp / kColGroups) * WR, col0 = (warp % kColGroups) * kWarpCols;
   const T* x = static_cast<const T*>(p.x);
   const T* w = static_cast<const T*>(p.weight);
 
@@ -87,22 +94,34 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(NarrowParams p, int 
     cp_async_commit();  // the first group holds x's slice too
   }
 
-  // This lane's pixel in its warp's ldmatrix of A: row warp·16 + (lane & 15), channels
-  // (lane >> 4) · 8 on from each step's 16.
-  const int m = warp * 16 + (lane & 15);
+  // This lane's pixel in each of its warp's ldmatrix of A: row row0 + h·16 + (lane & 15),
+  // channels (lane >> 4) · 8 on from each step's 16.
   const int hw = p.h * p.w;
-  const int img = m / hw, within = m - img * hw, py = within / p.w, px = within - py * p.w;
+  int m[kHalves], img[kHalves], py[kHalves], px[kHalves];
+#pragma unroll
+  for (int h = 0; h < kHalves; ++h) {
+    m[h] = row0 + h * 16 + (lane & 15);
+    img[h] = m[h] / hw;
+    const int within = m[h] - img[h] * hw;
+    py[h] = within / p.w;
+    px[h] = within - py[h] * p.w;
+  }
   const int a_col = (lane >> 4) * 8;
   const int mat = lane >> 3, mat_row = lane & 7;  // for B: 16 columns × 16 channels a load
   const int b_row = mat_row + (mat >> 1) * 8, b_col = (mat & 1) * 8;
+  // ldmatrix.x2 for an odd last 8 columns: lanes 0-15 give the addresses (the others
+  // repeat them).
+  const int b2_row = mat_row, b2_col = (mat & 1) * 8;
 
-  float acc[kTilesN][4];
+  float acc[kHalves][kTilesN][4];
 #pragma unroll
-  for (int t = 0; t < kTilesN; ++t) acc[t][0] = acc[t][1] = acc[t][2] = acc[t][3] = 0.0f;
+  for (int h = 0; h < kHalves; ++h)
+#pragma unroll
+    for (int t = 0; t < kTilesN; ++t) acc[h][t][0] = acc[h][t][1] = acc[h][t][2] = acc[h][t][3] = 0.0f;
 
-  // A warp whose 16 rows are all past the image (batch 1: warps 4-7) only loads and
+  // A warp whose rows are all past the image (batch 1: half the warps) only loads and
   // meets the barriers; the reduction never reads its rows.
-  const bool has_rows = warp * 16 < pixels;
+  const bool has_rows = row0 < pixels;
   for (int tap = 0; tap < 9; ++tap) {
     if (tap + STAGES - 1 < 9) load_tap(tap + STAGES - 1);
     cp_async_commit();  // empty groups at the end keep the count
@@ -112,20 +131,34 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(NarrowParams p, int 
       __syncthreads();
       continue;
     }
-    const int sy = py + tap / 3 - 1, sx = px + tap % 3 - 1;
-    const bool inside = m < pixels && sy >= 0 && sy < p.h && sx >= 0 && sx < p.w;
-    const T* a_row = xs + (inside ? (img * hw + sy * p.w + sx) : kMaxPixels) * kPitch + a_col;
-    const T* stage = ws + (tap % STAGES) * kTileO * kPitch;
+    const T* a_row[kHalves];
+#pragma unroll
+    for (int h = 0; h < kHalves; ++h) {
+      const int sy = py[h] + tap / 3 - 1, sx = px[h] + tap % 3 - 1;
+      const bool inside = m[h] < pixels && sy >= 0 && sy < p.h && sx >= 0 && sx < p.w;
+      a_row[h] = xs + (inside ? (img[h] * hw + sy * p.w + sx) : kMaxPixels) * kPitch + a_col;
+    }
+    const T* stage = ws + (tap % STAGES) * kTileO * kPitch + col0 * kPitch;
 #pragma unroll
     for (int k = 0; k < kSteps; ++k) {
-      uint32_t af[4];
-      ldmatrix_x4(af, a_row + k * 16);
+      uint32_t af[kHalves][4];
+#pragma unroll
+      for (int h = 0; h < kHalves; ++h) ldmatrix_x4(af[h], a_row[h] + k * 16);
 #pragma unroll
       for (int np = 0; np < kTilesN / 2; ++np) {
         uint32_t bf[4];
         ldmatrix_x4(bf, stage + (np * 16 + b_row) * kPitch + k * 16 + b_col);
-        mma_16816<T>(acc[2 * np], af, bf[0], bf[1]);
-        mma_16816<T>(acc[2 * np + 1], af, bf[2], bf[3]);
+#pragma unroll
+        for (int h = 0; h < kHalves; ++h) {
+          mma_16816<T>(acc[h][2 * np], af[h], bf[0], bf[1]);
+          mma_16816<T>(acc[h][2 * np + 1], af[h], bf[2], bf[3]);
+        }
+      }
+      if constexpr (kTilesN % 2 == 1) {
+        uint32_t bf[2];
+        ldmatrix_x2(bf, stage + ((kTilesN - 1) * 8 + b2_row) * kPitch + k * 16 + b2_col);
+#pragma unroll
+        for (int h = 0; h < kHalves; ++h) mma_16816<T>(acc[h][kTilesN - 1], af[h], bf[0], bf[1]);
       }
     }
     __syncthreads();  // the stage is refilled next
@@ -134,16 +167,20 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(NarrowParams p, int 
   __syncthreads();
 
   // This block's partial sums into shared memory: thread (group g, quad q) holds rows
-  // g and g + 8 of its warp's 16, columns 2q and 2q + 1 of each 8.
+  // g and g + 8 of each 16 of its warp's, columns 2q and 2q + 1 of each 8.
   {
-    const int g = lane >> 2, q = lane & 3, r = warp * 16 + g;
+    const int g = lane >> 2, q = lane & 3;
 #pragma unroll
-    for (int t = 0; t < kTilesN; ++t) {
-      const int col = t * 8 + 2 * q;
-      partial[r * kReducePitch + col] = acc[t][0];
-      partial[r * kReducePitch + col + 1] = acc[t][1];
-      partial[(r + 8) * kReducePitch + col] = acc[t][2];
-      partial[(r + 8) * kReducePitch + col + 1] = acc[t][3];
+    for (int h = 0; h < kHalves; ++h) {
+      const int r = row0 + h * 16 + g;
+#pragma unroll
+      for (int t = 0; t < kTilesN; ++t) {
+        const int col = col0 + t * 8 + 2 * q;
+        partial[r * kReducePitch + col] = acc[h][t][0];
+        partial[r * kReducePitch + col + 1] = acc[h][t][1];
+        partial[(r + 8) * kReducePitch + col] = acc[h][t][2];
+        partial[(r + 8) * kReducePitch + col + 1] = acc[h][t][3];
+      }
     }
   }
   cluster.sync();  // every block's partials written and visible to the cluster
@@ -176,7 +213,7 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(NarrowParams p, int 
 std::atomic<size_t> split_k_calls{0};
 
 // The launch of `columns` column tiles, each a cluster of kSplits blocks.
-template <class T, int CK, int STAGES>
+template <int CK, int STAGES>
 cudaLaunchConfig_t split_k_config(int columns, cudaLaunchAttribute& attribute) {
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(unsigned(columns), unsigned(kSplits));
@@ -195,16 +232,16 @@ cudaLaunchConfig_t split_k_config(int columns, cudaLaunchAttribute& attribute) {
 // How many clusters of this instantiation can be resident at once (0: none; asked once,
 // after the shared-memory attribute is set). Below the column tiles a call launches,
 // the call takes more than one wave.
-template <class T, int CK, int STAGES>
+template <class T, int CK, int STAGES, int WR>
 int resident_clusters() {
   static const int clusters = [] {
-    auto* kernel = conv3x3_split_k<T, CK, STAGES>;
+    auto* kernel = conv3x3_split_k<T, CK, STAGES, WR>;
     const size_t smem = split_k_smem<CK>(STAGES);
     if (smem > size_t(context().props.sharedMemPerBlockOptin)) return 0;
     CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
     cudaLaunchAttribute attribute{};
-    const cudaLaunchConfig_t config = split_k_config<T, CK, STAGES>(1, attribute);
+    const cudaLaunchConfig_t config = split_k_config<CK, STAGES>(1, attribute);
     int n = 0;
     if (cudaOccupancyMaxActiveClusters(&n, kernel, &config) != cudaSuccess) {
       (void)cudaGetLastError();
@@ -215,19 +252,28 @@ int resident_clusters() {
   return clusters;
 }
 
-// Calls f(CK, STAGES) for a's input channels (1280 or 2560), as integral constants.
+// Calls f(CK, STAGES, WR) for a's input channels (1280 or 2560) and the warp tile's
+// rows (Options::conv_split_k_rows), as integral constants.
 template <class F>
 auto with_slice(int64_t channels, F&& f) {
-  return channels == 8 * 160
-             ? f(std::integral_constant<int, 160>{}, std::integral_constant<int, 3>{})
-             : f(std::integral_constant<int, 320>{}, std::integral_constant<int, 2>{});
+  using std::integral_constant;
+  const bool wide = options().conv_split_k_rows == 32;
+  if (channels == 8 * 160)
+    return wide ? f(integral_constant<int, 160>{}, integral_constant<int, 3>{},
+                    integral_constant<int, 32>{})
+                : f(integral_constant<int, 160>{}, integral_constant<int, 3>{},
+                    integral_constant<int, 16>{});
+  return wide ? f(integral_constant<int, 320>{}, integral_constant<int, 2>{},
+                  integral_constant<int, 32>{})
+              : f(integral_constant<int, 320>{}, integral_constant<int, 2>{},
+                  integral_constant<int, 16>{});
 }
 
-template <class T, int CK, int STAGES>
+template <class T, int CK, int STAGES, int WR>
 void launch_split_k(const NarrowParams& p, int pixels) {
   cudaLaunchAttribute attribute{};
-  const cudaLaunchConfig_t config = split_k_config<T, CK, STAGES>(p.o / kTileO, attribute);
-  CUDA_CHECK(cudaLaunchKernelEx(&config, conv3x3_split_k<T, CK, STAGES>, p, pixels));
+  const cudaLaunchConfig_t config = split_k_config<CK, STAGES>(p.o / kTileO, attribute);
+  CUDA_CHECK(cudaLaunchKernelEx(&config, conv3x3_split_k<T, CK, STAGES, WR>, p, pixels));
   CUDA_CHECK_LAUNCH();
 }
 
@@ -245,8 +291,9 @@ bool split_k_conv_applies(const Conv2dArgs& a) {
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>)
-      fits = with_slice(c, [](auto ck, auto stages) {
-        return resident_clusters<T, decltype(ck)::value, decltype(stages)::value>() > 0;
+      fits = with_slice(c, [](auto ck, auto stages, auto rows) {
+        return resident_clusters<T, decltype(ck)::value, decltype(stages)::value,
+                                 decltype(rows)::value>() > 0;
       });
   });
   return fits;
@@ -260,8 +307,9 @@ void conv_split_k(const Conv2dArgs& a) {
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>)  // split_k_conv_applies excludes f32
-      with_slice(p.c, [&](auto ck, auto stages) {
-        launch_split_k<T, decltype(ck)::value, decltype(stages)::value>(p, pixels);
+      with_slice(p.c, [&](auto ck, auto stages, auto rows) {
+        launch_split_k<T, decltype(ck)::value, decltype(stages)::value, decltype(rows)::value>(
+            p, pixels);
         return 0;
       });
   });

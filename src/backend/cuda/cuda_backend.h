@@ -121,6 +121,9 @@ struct Options {
   // applies (the fastest kept, as for the others), 2 forced where it applies (tests,
   // A/B runs). Off until measured.
   int conv_split_k = 0;
+  // The split-K kernel's warp tile: 16 pixel rows × 80 output channels (16), or 32 × 40
+  // (32: a quarter fewer shared-memory reads a multiply). Plans name it where it is not 16.
+  int conv_split_k_rows = 16;
   // The largest workspace a cuDNN convolution algorithm may take, in MiB: the timed
   // choice is the fastest within it (and within 3% of that, the smallest). Plans made
   // under another cap are not kept on disk.
