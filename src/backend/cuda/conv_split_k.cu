@@ -8,7 +8,8 @@
 // Here a block makes 80 output channels of every pixel from one eighth of the input
 // channels (all nine taps): its slice of x, at most 128 × 320 values, is staged once in
 // shared memory, and its weights stream through shared memory a tap at a time, two or
-// three stages deep, into warp-level MMAs (eight warps of 16 pixel rows). The eight
+// three stages deep, into warp-level MMAs (eight warps of 16 pixel rows × 80 channels,
+// or with Options::conv_split_k_rows 32 of 32 rows × 40 channels). The eight
 // partial sums meet through distributed shared memory: each block of the cluster adds
 // the eight partials of 16 rows in rank order (the same bits every run), then the bias
 // and the residual, and stores them. 16 column tiles × 8 = 128 blocks, one wave.
@@ -30,7 +31,7 @@ namespace {
 
 constexpr int kSplits = 8;       // blocks of a cluster, one slice of channels each
 constexpr int kTileO = 80;       // output channels a block
-constexpr int kMaxPixels = 128;  // rows: eight warps of 16
+constexpr int kMaxPixels = 128;  // rows: eight warps of 16, or four pairs of 32
 constexpr int kThreads = 256;
 constexpr int kReducePitch = kTileO + 4;  // floats a row of the partial sums
 
