@@ -355,7 +355,7 @@ ConvPlan fastest_path(ConvPlan plan, const ConvKey& k, const Conv2dArgs& a, cons
   if (narrow_applies(a))
     for (int form : narrow_forms(a)) time_other(ConvPath::Narrow, form);
   if (a.out.numel() / k.o <= kIm2colTimedPixels && k.kh * k.kw > 1) time_other(ConvPath::Im2col, 0);
-  if (k.split_k == 1 && split_k_conv_applies(a)) time_other(ConvPath::SplitK, 0);
+  if (k.split_k == 1) time_other(ConvPath::SplitK, 0);  // set only where the kernel applies
   if (best.path == ConvPath::Cudnn) {
     keep(cudnn_choice);
     return plan;

@@ -259,15 +259,12 @@ template <class F>
 auto with_slice(int64_t channels, F&& f) {
   using std::integral_constant;
   const bool wide = options().conv_split_k_rows == 32;
-  if (channels == 8 * 160)
-    return wide ? f(integral_constant<int, 160>{}, integral_constant<int, 3>{},
-                    integral_constant<int, 32>{})
-                : f(integral_constant<int, 160>{}, integral_constant<int, 3>{},
-                    integral_constant<int, 16>{});
-  return wide ? f(integral_constant<int, 320>{}, integral_constant<int, 2>{},
-                  integral_constant<int, 32>{})
-              : f(integral_constant<int, 320>{}, integral_constant<int, 2>{},
-                  integral_constant<int, 16>{});
+  const auto with_rows = [&](auto ck, auto stages) {
+    return wide ? f(ck, stages, integral_constant<int, 32>{})
+                : f(ck, stages, integral_constant<int, 16>{});
+  };
+  return channels == 8 * 160 ? with_rows(integral_constant<int, 160>{}, integral_constant<int, 3>{})
+                             : with_rows(integral_constant<int, 320>{}, integral_constant<int, 2>{});
 }
 
 template <class T, int CK, int STAGES, int WR>
