@@ -1,6 +1,6 @@
 // 3×3 convolutions over images of at most 128 pixels (SD1.5's 8×8 level at batch 2:
 // 2x8x8x1280 -> 1280, eleven a step, and 2x8x8x2560 -> 1280, three), split along the
-// input channels across a cluster of eight blocks. Their GEMM is 128 rows by 1280
+// input channels over eight blocks. Their GEMM is 128 rows by 1280
 // columns by 11520 (or 23040) deep: cuDNN and im2col + cuBLASLt reach 150-180 TF/s
 // there (about 19 µs a call on an H100 for 29.5 MB of weights, which DRAM streams in
 // about 9), because 128 rows make ten 128×128 output tiles for 132 multiprocessors.
@@ -9,18 +9,24 @@
 // channels (all nine taps): its slice of x, at most 128 × 320 values, is staged once in
 // shared memory, and its weights stream through shared memory a tap at a time, two or
 // three stages deep, into warp-level MMAs (eight warps of 16 pixel rows × 80 channels,
-// or with Options::conv_split_k_rows 32 of 32 rows × 40 channels). The eight
-// partial sums meet through distributed shared memory: each block of the cluster adds
-// the eight partials of 16 rows in rank order (the same bits every run), then the bias
-// and the residual, and stores them. 16 column tiles × 8 = 128 blocks, one wave.
+// or with Options::conv_split_k_rows 32 of 32 rows × 40 channels). Each block stores
+// its partial sums (f32) in a workspace; the last of a column tile's eight blocks to
+// finish (a counter in Context::counters, left at zero) adds the eight in split order
+// (the same bits every run), then the bias and the residual, and stores the outputs.
+// 16 column tiles × 8 = 128 blocks, one wave of one block a multiprocessor.
+//
+// The first form met its partials in the distributed shared memory of a cluster of
+// eight blocks, and took 37-44 µs a call on an H100 against 23-25 for the path the plan
+// picks (bench/results/2026-12-07-v34): clusters of eight are placed within a GPC, and
+// fewer than 16 of them at one block a multiprocessor may fit at once, which makes
+// two waves. The workspace costs 40 KB a block through L2 and needs no co-residency.
 //
 // Opt-in (Options::conv_split_k): timed among the convolution paths with 1, forced
 // where it applies with 2 (tests, A/B runs).
-#include <cooperative_groups.h>
-
 #include <atomic>
 #include <type_traits>
 
+#include "backend/cuda/context.h"
 #include "backend/cuda/conv_narrow.cuh"
 #include "backend/cuda/device.cuh"
 #include "backend/cuda/mma.cuh"
@@ -29,25 +35,22 @@
 namespace kiln::cuda {
 namespace {
 
-constexpr int kSplits = 8;       // blocks of a cluster, one slice of channels each
+constexpr int kSplits = 8;       // blocks a column tile, one slice of channels each
 constexpr int kTileO = 80;       // output channels a block
 constexpr int kMaxPixels = 128;  // rows: eight warps of 16, or four pairs of 32
 constexpr int kThreads = 256;
-constexpr int kReducePitch = kTileO + 4;  // floats a row of the partial sums
 
 // Shared memory of a block with CK channels and `stages` weight stages: the x slice
-// (a zero row after the pixels, where padding and absent rows read), then the stages;
-// the partial sums reuse it once the MMAs are done.
+// (a zero row after the pixels, where padding and absent rows read), then the stages.
 template <int CK>
 constexpr size_t split_k_smem(int stages) {
   const size_t pitch = size_t(CK + 8) * 2;  // bytes a row; (CK + 8) / 8 odd: no ldmatrix conflicts
-  const size_t inputs = (kMaxPixels + 1) * pitch + stages * size_t(kTileO) * pitch;
-  const size_t partial = size_t(kMaxPixels) * kReducePitch * sizeof(float);
-  return inputs > partial ? inputs : partial;
+  return (kMaxPixels + 1) * pitch + stages * size_t(kTileO) * pitch;
 }
 
 template <class T, int CK, int STAGES, int WR>
-__global__ void __launch_bounds__(kThreads) conv3x3_split_k(NarrowParams p, int pixels) {
+__global__ void __launch_bounds__(kThreads)
+    conv3x3_split_k(NarrowParams p, int pixels, float* partials, unsigned* counters) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
   __trap();  // the launcher takes this kernel only on sm_90 and later
 #else
@@ -64,11 +67,9 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(NarrowParams p, int 
   constexpr int kHalves = WR / 16;        // MMA rows
   extern __shared__ __align__(16) unsigned char smem[];
   T* xs = reinterpret_cast<T*>(smem);               // [kMaxPixels + 1][kPitch]
-  T* ws = xs + (kMaxPixels + 1) * kPitch;           // [STAGES][kTileO][kPitch]
-  float* partial = reinterpret_cast<float*>(smem);  // [kMaxPixels][kReducePitch], after the MMAs
+  T* ws = xs + (kMaxPixels + 1) * kPitch;  // [STAGES][kTileO][kPitch]
 
-  cooperative_groups::cluster_group cluster = cooperative_groups::this_cluster();
-  const int rank = int(cluster.block_rank());  // the slice of channels, and of rows to reduce
+  const int rank = blockIdx.y;  // the slice of channels
   const int o0 = blockIdx.x * kTileO, c0 = rank * CK;
   const int tid = threadIdx.x, warp = tid / 32, lane = tid % 32;
   const int row0 = (warp / kColGroups) * WR, col0 = (warp % kColGroups) * kWarpCols;
@@ -167,9 +168,11 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(NarrowParams p, int 
   cp_async_wait<0>();
   __syncthreads();
 
-  // This block's partial sums into shared memory: thread (group g, quad q) holds rows
-  // g and g + 8 of each 16 of its warp's, columns 2q and 2q + 1 of each 8.
-  {
+  // This block's partial sums into the workspace, [split][column tile][pixel][kTileO]:
+  // thread (group g, quad q) holds rows g and g + 8 of each 16 of its warp's, columns
+  // 2q and 2q + 1 of each 8.
+  float* mine = partials + (int64_t(rank) * gridDim.x + blockIdx.x) * kMaxPixels * kTileO;
+  if (has_rows) {
     const int g = lane >> 2, q = lane & 3;
 #pragma unroll
     for (int h = 0; h < kHalves; ++h) {
@@ -177,80 +180,75 @@ __global__ void __launch_bounds__(kThreads) conv3x3_split_k(NarrowParams p, int 
 #pragma unroll
       for (int t = 0; t < kTilesN; ++t) {
         const int col = col0 + t * 8 + 2 * q;
-        partial[r * kReducePitch + col] = acc[h][t][0];
-        partial[r * kReducePitch + col + 1] = acc[h][t][1];
-        partial[(r + 8) * kReducePitch + col] = acc[h][t][2];
-        partial[(r + 8) * kReducePitch + col + 1] = acc[h][t][3];
+        if (r < pixels)
+          __stcg(reinterpret_cast<float2*>(mine + r * kTileO + col),
+                 make_float2(acc[h][t][0], acc[h][t][1]));
+        if (r + 8 < pixels)
+          __stcg(reinterpret_cast<float2*>(mine + (r + 8) * kTileO + col),
+                 make_float2(acc[h][t][2], acc[h][t][3]));
       }
     }
   }
-  cluster.sync();  // every block's partials written and visible to the cluster
+  // The last of the column tile's blocks to get here adds the eight partials.
+  __shared__ int last;
+  __threadfence();
+  __syncthreads();
+  if (tid == 0) last = atomicAdd(&counters[blockIdx.x], 1u) == unsigned(kSplits - 1) ? 1 : 0;
+  __syncthreads();
+  if (!last) return;
+  __threadfence();
+  if (tid == 0) counters[blockIdx.x] = 0;
 
-  // Rows rank·16 .. +15: the eight partials in rank order, the bias, the residual.
-  constexpr int kRows = kMaxPixels / kSplits;
+  // Four outputs a thread and step: the eight partials in split order, the bias, the
+  // residual.
   const T* bias = static_cast<const T*>(p.bias);
   const T* residual = static_cast<const T*>(p.residual);
   T* y = static_cast<T*>(p.y);
-  for (int i = tid; i < kRows * kTileO; i += kThreads) {
-    const int r = rank * kRows + i / kTileO, col = i % kTileO;
-    if (r >= pixels) continue;
-    float v[kSplits];
+  const int64_t split_stride = int64_t(gridDim.x) * kMaxPixels * kTileO;
+  const float* tile = partials + int64_t(blockIdx.x) * kMaxPixels * kTileO;
+  for (int i = tid; i < pixels * (kTileO / 4); i += kThreads) {
+    const int r = i / (kTileO / 4), col = (i - r * (kTileO / 4)) * 4;
+    float4 v[kSplits];
 #pragma unroll
     for (int s = 0; s < kSplits; ++s)
-      v[s] = *cluster.map_shared_rank(partial + r * kReducePitch + col, unsigned(s));
-    float sum = 0.0f;
+      v[s] = __ldcg(reinterpret_cast<const float4*>(tile + s * split_stride + r * kTileO + col));
+    float sum[4] = {0.0f, 0.0f, 0.0f, 0.0f};
 #pragma unroll
-    for (int s = 0; s < kSplits; ++s) sum += v[s];
+    for (int s = 0; s < kSplits; ++s) {
+      sum[0] += v[s].x;
+      sum[1] += v[s].y;
+      sum[2] += v[s].z;
+      sum[3] += v[s].w;
+    }
     const int o = o0 + col;
-    if (bias) sum += to_float(bias[o]);
     const int64_t at = int64_t(r) * p.o + o;
-    if (residual) sum += to_float(residual[at]);
-    y[at] = from_float<T>(sum);
+#pragma unroll
+    for (int j = 0; j < 4; ++j) {
+      if (bias) sum[j] += to_float(bias[o + j]);
+      if (residual) sum[j] += to_float(residual[at + j]);
+      y[at + j] = from_float<T>(sum[j]);
+    }
   }
-  cluster.sync();  // no block leaves while another still reads its partials
 #endif
 }
 
 std::atomic<size_t> split_k_calls{0};
 
-// The launch of `columns` column tiles, each a cluster of kSplits blocks.
-template <int CK, int STAGES>
-cudaLaunchConfig_t split_k_config(int columns, cudaLaunchAttribute& attribute) {
-  cudaLaunchConfig_t config{};
-  config.gridDim = dim3(unsigned(columns), unsigned(kSplits));
-  config.blockDim = dim3(kThreads);
-  config.dynamicSmemBytes = split_k_smem<CK>(STAGES);
-  config.stream = stream();
-  attribute.id = cudaLaunchAttributeClusterDimension;
-  attribute.val.clusterDim.x = 1;
-  attribute.val.clusterDim.y = unsigned(kSplits);
-  attribute.val.clusterDim.z = 1;
-  config.attrs = &attribute;
-  config.numAttrs = 1;
-  return config;
-}
-
-// How many clusters of this instantiation can be resident at once (0: none; asked once,
-// after the shared-memory attribute is set). Below the column tiles a call launches,
-// the call takes more than one wave.
+// Whether a block of this instantiation fits on a multiprocessor (asked once, after
+// the shared-memory attribute is set).
 template <class T, int CK, int STAGES, int WR>
-int resident_clusters() {
-  static const int clusters = [] {
+bool fits() {
+  static const bool ok = [] {
     auto* kernel = conv3x3_split_k<T, CK, STAGES, WR>;
     const size_t smem = split_k_smem<CK>(STAGES);
-    if (smem > size_t(context().props.sharedMemPerBlockOptin)) return 0;
+    if (smem > size_t(context().props.sharedMemPerBlockOptin)) return false;
     CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));
-    cudaLaunchAttribute attribute{};
-    const cudaLaunchConfig_t config = split_k_config<CK, STAGES>(1, attribute);
     int n = 0;
-    if (cudaOccupancyMaxActiveClusters(&n, kernel, &config) != cudaSuccess) {
-      (void)cudaGetLastError();
-      return 0;
-    }
-    return n;
+    CUDA_CHECK(cudaOccupancyMaxActiveBlocksPerMultiprocessor(&n, kernel, kThreads, smem));
+    return n > 0;
   }();
-  return clusters;
+  return ok;
 }
 
 // Calls f(CK, STAGES, WR) for a's input channels (1280 or 2560) and the warp tile's
@@ -268,10 +266,12 @@ auto with_slice(int64_t channels, F&& f) {
 }
 
 template <class T, int CK, int STAGES, int WR>
-void launch_split_k(const NarrowParams& p, int pixels) {
-  cudaLaunchAttribute attribute{};
-  const cudaLaunchConfig_t config = split_k_config<CK, STAGES>(p.o / kTileO, attribute);
-  CUDA_CHECK(cudaLaunchKernelEx(&config, conv3x3_split_k<T, CK, STAGES, WR>, p, pixels));
+void launch_split_k(const NarrowParams& p, int pixels, float* partials) {
+  const int columns = p.o / kTileO;
+  KILN_CHECK(columns <= Context::kCounters, "conv_split_k: ", columns, " column tiles");
+  conv3x3_split_k<T, CK, STAGES, WR>
+      <<<dim3(unsigned(columns), unsigned(kSplits)), kThreads, split_k_smem<CK>(STAGES), stream()>>>(
+          p, pixels, partials, context().counters);
   CUDA_CHECK_LAUNCH();
 }
 
@@ -284,17 +284,16 @@ bool split_k_conv_applies(const Conv2dArgs& a) {
         (c == 8 * 160 || c == 8 * 320) && o % kTileO == 0 && aligned16(a.x.raw()) &&
         aligned16(a.weight.raw()) && split_k_conv_available()))
     return false;
-  // At least one cluster of eight blocks of this shared memory fits on the GPU.
-  bool fits = false;
+  // A block of this shared memory fits on a multiprocessor.
+  bool ok = false;
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>)
-      fits = with_slice(c, [](auto ck, auto stages, auto rows) {
-        return resident_clusters<T, decltype(ck)::value, decltype(stages)::value,
-                                 decltype(rows)::value>() > 0;
+      ok = with_slice(c, [](auto ck, auto stages, auto rows) {
+        return fits<T, decltype(ck)::value, decltype(stages)::value, decltype(rows)::value>();
       });
   });
-  return fits;
+  return ok;
 }
 
 void conv_split_k(const Conv2dArgs& a) {
@@ -302,12 +301,14 @@ void conv_split_k(const Conv2dArgs& a) {
              a.weight.describe(), " is not taken");
   const NarrowParams p = narrow_params(a);
   const int pixels = int(a.x.dim(0) * a.x.dim(1) * a.x.dim(2));
+  // [split][column tile][pixel][kTileO] partial sums; rows past `pixels` are not written.
+  const auto partials = scratch(size_t(kSplits) * p.o * kMaxPixels * sizeof(float));
   dispatch_float(a.x.dtype(), [&](auto tag) {
     using T = decltype(tag);
     if constexpr (!std::is_same_v<T, float>)  // split_k_conv_applies excludes f32
       with_slice(p.c, [&](auto ck, auto stages, auto rows) {
         launch_split_k<T, decltype(ck)::value, decltype(stages)::value, decltype(rows)::value>(
-            p, pixels);
+            p, pixels, static_cast<float*>(partials->data()));
         return 0;
       });
   });
