@@ -79,7 +79,7 @@ const char* kHelp =
     "                       (default 512; for A/B)\n"
     "  --conv-split-k N     0, 1 or 2: on CUDA, kiln's split-K kernel for 3x3\n"
     "                       convolutions of at most 128 pixels not used, timed against\n"
-    "                       the other paths, or forced where it applies (default 0; A/B)\n"
+    "                       the other paths, or forced where it applies (default 1; A/B)\n"
     "  --conv-split-k-rows N  16 or 32: the split-K kernel's warp tile, 16 pixel rows x\n"
     "                       80 channels or 32 x 40 (default 16; A/B)\n"
     "  --narrow-conv-form F auto, 0 (CUDA cores) or 1-4 (tensor cores: 16, 4 or 2 rows a\n"

@@ -119,8 +119,8 @@ struct Options {
   // kiln's split-K kernel for 3×3 convolutions of at most 128 pixels (SD1.5's 8×8
   // level; conv_split_k.cu): 0 not used, 1 timed against the other paths where it
   // applies (the fastest kept, as for the others), 2 forced where it applies (tests,
-  // A/B runs). Off until measured.
-  int conv_split_k = 0;
+  // A/B runs).
+  int conv_split_k = 1;
   // The split-K kernel's warp tile: 16 pixel rows × 80 output channels (16), or 32 × 40
   // (32: a quarter fewer shared-memory reads a multiply). Plans name it where it is not 16.
   int conv_split_k_rows = 16;
