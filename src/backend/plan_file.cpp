@@ -105,9 +105,9 @@ ConvChoice conv_from(const json& j) {
   c.math_type = j.at("math_type").get<int>();
   c.workspace = j.at("workspace").get<uint64_t>();
   c.fused = j.at("fused").get<bool>();
-  // The enums are small (and kiln's own paths are -1, -2 and -3); anything else is
-  // damage that cuDNN must not see.
-  if (c.algo < kConvSplitKAlgo || c.algo > 64 || c.math_type < 0 || c.math_type > 64)
+  // The enums are small (and kiln's own paths are -1 and -2); anything else is damage
+  // that cuDNN must not see.
+  if (c.algo < kConvIm2colAlgo || c.algo > 64 || c.math_type < 0 || c.math_type > 64)
     KILN_FAIL("a convolution algorithm or math type is out of range");
   return c;
 }

@@ -58,12 +58,10 @@ struct GemmChoice {
 // Algorithm codes for kiln's own convolution paths, beside cuDNN's (which are >= 0).
 inline constexpr int kConvNarrowAlgo = -1;  // the narrow 3x3 kernels (3, 4 or 8 channels)
 inline constexpr int kConvIm2colAlgo = -2;  // im2col + a cuBLASLt GEMM
-inline constexpr int kConvSplitKAlgo = -3;  // kiln's split-K kernel (conv_split_k.cu)
 
 struct ConvChoice {
   bool valid = false;  // false: cuDNN offered no algorithm within the workspace limit
-  int algo = 0;        // cudnnConvolutionFwdAlgo_t, or kConvNarrowAlgo / kConvIm2colAlgo /
-                       // kConvSplitKAlgo
+  int algo = 0;        // cudnnConvolutionFwdAlgo_t, or kConvNarrowAlgo / kConvIm2colAlgo
   int math_type = 0;   // cudnnMathType_t
   uint64_t workspace = 0;
   bool fused = false;  // cuDNN's bias + residual call was accepted with this algorithm

@@ -202,11 +202,8 @@ struct ConvCase {
 // Paths: im2col and a GEMM; the default (cuDNN's best algorithm timed against our narrow
 // kernels and, on small images, im2col, the fastest kept); a narrow kernel forced where
 // one applies, in each of its forms (CUDA cores; the tensor-core forms, for f16/bf16
-// with few outputs) and with none forced; the split-K kernel forced where it applies
-// (3×3 same, at most 128 pixels, 1280 or 2560 inputs, outputs a multiple of 80, f16/bf16,
-// sm_90), and the default elsewhere; the split-K kernel with its 32-row warp tile, on the
-// shapes it takes only.
-enum class ConvPath { Im2col, Timed, Narrow, SplitK, SplitK32 };
+// with few outputs) and with none forced.
+enum class ConvPath { Im2col, Timed, Narrow };
 
 class Conv2d : public CudaTest,
                public ::testing::WithParamInterface<std::tuple<ConvCase, ConvPath>> {
@@ -215,8 +212,6 @@ class Conv2d : public CudaTest,
     cuda::options().use_cudnn = true;
     cuda::options().conv_kernel = cuda::Options::ConvKernel::Auto;
     cuda::options().narrow_conv_form = -1;
-    cuda::options().conv_split_k = cuda::Options{}.conv_split_k;
-    cuda::options().conv_split_k_rows = cuda::Options{}.conv_split_k_rows;
     CudaTest::TearDown();
   }
 };
@@ -227,23 +222,14 @@ TEST_P(Conv2d, MatchesCpu) {
   cuda::options().use_cudnn = path != ConvPath::Im2col;
   cuda::options().conv_kernel = path == ConvPath::Narrow ? cuda::Options::ConvKernel::Narrow
                                                          : cuda::Options::ConvKernel::Auto;
-  const bool split_k_path = path == ConvPath::SplitK || path == ConvPath::SplitK32;
-  cuda::options().conv_split_k = split_k_path ? 2 : 0;
-  cuda::options().conv_split_k_rows = path == ConvPath::SplitK32 ? 32 : 16;
   // Where a narrow kernel takes the shape (3×3, stride 1, padding 1; 3, 4 or 8 output
   // channels on a multiple of 32 inputs, or 3, 4 or 8 inputs and at least 32 outputs).
   const bool same = c.k == 3 && c.stride == 1 && c.pt == 1 && c.pl == 1 && c.pb == 1 && c.pr == 1;
   const bool few_out = same && (c.o == 3 || c.o == 4 || c.o == 8) && c.c % 32 == 0;
   const bool narrow = few_out || (same && (c.c == 3 || c.c == 4 || c.c == 8) && c.o >= 32);
-  const bool split_k_shape = same && c.b * c.h * c.w <= 128 && (c.c == 1280 || c.c == 2560) &&
-                             c.o % 80 == 0 && cuda::split_k_conv_available();
-  if (path == ConvPath::SplitK32 && !split_k_shape)
-    GTEST_SKIP() << "the split-K kernel does not take this shape";
-  const char* label = path == ConvPath::Im2col   ? " im2col"
-                      : path == ConvPath::Timed  ? " timed"
-                      : path == ConvPath::Narrow ? " narrow"
-                      : path == ConvPath::SplitK ? " split-k"
-                                                 : " split-k rows 32";
+  const char* label = path == ConvPath::Im2col  ? " im2col"
+                      : path == ConvPath::Timed ? " timed"
+                                                : " narrow";
   const ops::Conv2dGeometry g{c.stride, c.pt, c.pl, c.pb, c.pr};
   const int64_t ho = (c.h + c.pt + c.pb - c.k) / c.stride + 1;
   const int64_t wo = (c.w + c.pl + c.pr - c.k) / c.stride + 1;
@@ -263,24 +249,11 @@ TEST_P(Conv2d, MatchesCpu) {
       cuda::options().narrow_conv_form = form;
       const size_t narrow_before = cuda::narrow_conv_calls();
       const size_t mma_before = cuda::narrow_conv_mma_calls();
-      const size_t split_k_before = cuda::split_k_conv_calls();
       expect_close(str("conv ", c.b, "x", c.h, "x", c.w, "x", c.c, " -> ", c.o, " k", c.k, " s",
                        c.stride, label, form >= 0 ? str(" form ", form) : ""),
                    dt, in, op, expected);
       const size_t narrow_ran = cuda::narrow_conv_calls() - narrow_before;
       const size_t mma_ran = cuda::narrow_conv_mma_calls() - mma_before;
-      const size_t split_k_ran = cuda::split_k_conv_calls() - split_k_before;
-      // expect_close runs the op once on the device (the kernel forced: once where it
-      // applies), and never where it does not.
-      EXPECT_EQ(split_k_ran, split_k_path && split_k_shape && dt != DType::F32 ? 1u : 0u)
-          << label << " " << name(dt);
-      if (split_k_ran > 0) {  // the partials meet in a fixed order: the same bits, replayed too
-        std::vector<Tensor> dev;
-        for (const Tensor& t : in) dev.push_back(on_cuda(t, dt));
-        expect_same_bits(str("conv ", c.b, "x", c.h, "x", c.w, "x", c.c, " -> ", c.o, label, " ",
-                             name(dt)),
-                         [&] { return op(dev); });
-      }
       if (path == ConvPath::Narrow) {
         EXPECT_EQ(narrow_ran, narrow ? 1u : 0u) << label << " form " << form << " " << name(dt);
         // The tensor-core forms run on f16/bf16 with few outputs, and only there; with
@@ -314,13 +287,8 @@ INSTANTIATE_TEST_SUITE_P(
                           ConvCase{2, 19, 70, 32, 4, 3, 1, 1, 1, 1, 1, true},    // partial tiles
                           ConvCase{1, 37, 45, 96, 3, 3, 1, 1, 1, 1, 1, true},    // 1.5 stages of 64
                           ConvCase{1, 3, 130, 8, 48, 3, 1, 1, 1, 1, 1, true},    // partial rows
-                          ConvCase{2, 8, 8, 2560, 1280, 3, 1, 1, 1, 1, 1, false},  // 8×8 up block
-                          ConvCase{1, 4, 4, 2560, 80, 3, 1, 1, 1, 1, 1, true},   // 2560 inputs
-                          ConvCase{1, 8, 8, 1280, 160, 3, 1, 1, 1, 1, 1, true},  // one image
-                          ConvCase{1, 5, 7, 1280, 160, 3, 1, 1, 1, 1, 1, true},  // 35 pixels
-                          ConvCase{2, 9, 7, 1280, 80, 3, 1, 1, 1, 1, 1, false}), // 126 pixels
-        ::testing::Values(ConvPath::Im2col, ConvPath::Timed, ConvPath::Narrow, ConvPath::SplitK,
-                          ConvPath::SplitK32)));
+                          ConvCase{2, 8, 8, 2560, 1280, 3, 1, 1, 1, 1, 1, false}),  // 8×8 up block
+        ::testing::Values(ConvPath::Im2col, ConvPath::Timed, ConvPath::Narrow)));
 
 // ---------------------------------------------------------------------------
 // A GroupNorm and the few-output convolution after it (ops::group_norm_conv2d: the

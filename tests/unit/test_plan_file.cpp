@@ -49,7 +49,6 @@ Plans test_plans() {
   p.conv["n1 h7 w7 c3 o5 k3x3 f16"] = ConvChoice{};
   p.conv["n2 h64 w64 c320 o4 k3x3 f16"] = ConvChoice{true, kConvNarrowAlgo, 0, 0, false};
   p.conv["n2 h8 w8 c1280 o1280 k3x3 f16"] = ConvChoice{true, kConvIm2colAlgo, 0, 0, false};
-  p.conv["n2 h8 w8 c2560 o1280 k3x3 f16 split-k1"] = ConvChoice{true, kConvSplitKAlgo, 0, 0, false};
   p.attention["b2 h8 sq4096 sk77 d40 f16"] = AttentionChoice{true, 2};
   p.attention["b1 h1 sq19 sk19 d64 bf16"] = AttentionChoice{};
   return p;
@@ -149,8 +148,8 @@ TEST_F(PlanFile, ADamagedFileIsIgnoredWithANoteAndNeverThrows) {
   std::string bad_enum = good;
   bad_enum.replace(bad_enum.find("\"math_type\": 1"), 14, "\"math_type\": 999");
   std::string bad_algo = good;
-  const std::string im2col_algo = "\"algo\": -2";  // made -4, below kiln's own codes
-  bad_algo.replace(bad_algo.find(im2col_algo), im2col_algo.size(), "\"algo\": -4");
+  const std::string im2col_algo = "\"algo\": -2";  // made -3, below kiln's own codes
+  bad_algo.replace(bad_algo.find(im2col_algo), im2col_algo.size(), "\"algo\": -3");
   std::string bad_kernel = good;
   bad_kernel.replace(bad_kernel.find("\"cudnn\""), 7, "\"cublas\"");
   std::string bad_plan = good;

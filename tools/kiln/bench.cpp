@@ -77,11 +77,6 @@ const char* kHelp =
     "                       kernel (default auto: timed per shape; for A/B)\n"
     "  --conv-workspace-mib N  the largest workspace a cuDNN convolution may take\n"
     "                       (default 512; for A/B)\n"
-    "  --conv-split-k N     0, 1 or 2: on CUDA, kiln's split-K kernel for 3x3\n"
-    "                       convolutions of at most 128 pixels not used, timed against\n"
-    "                       the other paths, or forced where it applies (default 1; A/B)\n"
-    "  --conv-split-k-rows N  16 or 32: the split-K kernel's warp tile, 16 pixel rows x\n"
-    "                       80 channels or 32 x 40 (default 16; A/B)\n"
     "  --narrow-conv-form F auto, 0 (CUDA cores) or 1-4 (tensor cores: 16, 4 or 2 rows a\n"
     "                       block of 4 warps, 16 of 8): the 3x3 kernel for few output\n"
     "                       channels, where it beats cuDNN (default auto: all timed; A/B)\n"
@@ -518,8 +513,6 @@ int bench(const std::vector<std::string>& argv) {
                    "geglu-form",
                    "upsample-phases",
                    "conv-workspace-mib",
-                   "conv-split-k",
-                   "conv-split-k-rows",
                    "narrow-conv-form",
                    "interleave-norm-fused",
                    "norm-conv-fused",
@@ -601,12 +594,6 @@ int bench(const std::vector<std::string>& argv) {
   }
   if (const auto mib = args.integer("conv-workspace-mib", 0, 1 << 16))
     if (s.cuda()) cuda::options().conv_workspace_mib = int(*mib);
-  if (const auto split = args.integer("conv-split-k", 0, 2))
-    if (s.cuda()) cuda::options().conv_split_k = int(*split);
-  if (const auto rows = args.integer("conv-split-k-rows", 16, 32)) {
-    if (*rows != 16 && *rows != 32) throw UsageError("--conv-split-k-rows is 16 or 32");
-    if (s.cuda()) cuda::options().conv_split_k_rows = int(*rows);
-  }
   if (args.get("narrow-conv-form") != std::optional<std::string>("auto"))
     if (const auto form = args.integer("narrow-conv-form", 0, 4))
       if (s.cuda()) cuda::options().narrow_conv_form = int(*form);

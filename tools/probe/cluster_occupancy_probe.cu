@@ -1,12 +1,13 @@
 // How many thread-block clusters a GPU holds at once, and what a cluster's size costs a
-// kernel that streams weights. The split-K convolution (src/backend/cuda/conv_split_k.cu)
-// launches 16 column tiles as clusters of 8 blocks, one block a multiprocessor (124 or
-// 189 KB of shared memory); on an H100 it took 37-44 µs a call against the 19 µs its
-// DRAM stream and MMAs predicted. If fewer than 16 clusters of 8 fit, the call is two
-// waves. This probe prints cudaOccupancyMaxActiveClusters for cluster sizes 1-16 and
-// several shared-memory sizes, then times 128 blocks that each stream 230 KB (the split-K
-// block's weights: 80 channels × 9 taps × 160 inputs × 2 bytes) with one block a
-// multiprocessor, launched as clusters of 1, 2, 4 and 8.
+// kernel that streams weights. v32's split-K convolution (removed in v34) launched 16
+// column tiles as clusters of 8 blocks, one block a multiprocessor (124 or 189 KB of
+// shared memory), and took 37-44 µs a call on an H100 against the 19 µs its DRAM stream
+// and MMAs predicted: fewer than 16 clusters of 8 fit, so the call ran in two waves
+// (bench/results/2026-12-07-v34). This probe prints cudaOccupancyMaxActiveClusters for
+// cluster sizes 1-16 and several shared-memory sizes, then times 128 blocks that each
+// stream 225 KB (that kernel's weights a block: 80 channels × 9 taps × 160 inputs × 2
+// bytes) with one block a multiprocessor, launched as clusters of 1, 2, 4 and 8. H100:
+// 15 clusters of 8 and 30 of 4 at one block a multiprocessor (120 of 132 used).
 //
 //   nvcc -std=c++17 -O3 -gencode arch=compute_90a,code=sm_90a cluster_occupancy_probe.cu
 //

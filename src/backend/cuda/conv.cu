@@ -139,11 +139,9 @@ struct ConvKey {
   bool cudnn_only;  // Options::ConvKernel::Cudnn: the other paths are not timed
   int narrow_form;  // Options::narrow_conv_form: -1, or the one narrow form timed
   bool step_timed;  // Options::PlanTiming::Step
-  int split_k;      // 1: Options::conv_split_k is 1 and the split-K kernel takes the shape
-  int split_k_rows;  // Options::conv_split_k_rows where split_k is 1, else 0
   auto tie() const {
     return std::tie(n, h, w, c, o, kh, kw, stride, pad_h, pad_w, dtype, cudnn_only, narrow_form,
-                    step_timed, split_k, split_k_rows);
+                    step_timed);
   }
   bool operator<(const ConvKey& k) const { return tie() < k.tie(); }
   // Every field, for the plan cache.
@@ -151,16 +149,15 @@ struct ConvKey {
     return str("n", n, " h", h, " w", w, " c", c, " o", o, " k", kh, "x", kw, " stride", stride,
                " pad", pad_h, ",", pad_w, " ", dtype_name(dtype), cudnn_only ? " cudnn-only" : "",
                narrow_form >= 0 ? str(" narrow-form", narrow_form) : "",
-               step_timed ? " step-timed" : "", split_k ? str(" split-k", split_k) : "",
-               split_k && split_k_rows != 16 ? str(" rows", split_k_rows) : "");
+               step_timed ? " step-timed" : "");
   }
 };
 
-// What a plan runs: cuDNN's convolution, a narrow kernel of ours, im2col and a GEMM, or
-// our split-K kernel. The plan cache stores the last three as plans::kConvNarrowAlgo,
-// kConvIm2colAlgo and kConvSplitKAlgo, algorithm numbers cuDNN's enumeration does not
-// use (a narrow plan's form, 0-4, in its math type).
-enum class ConvPath { Cudnn, Narrow, Im2col, SplitK };
+// What a plan runs: cuDNN's convolution, a narrow kernel of ours, or im2col and a GEMM.
+// The plan cache stores the last two as plans::kConvNarrowAlgo and kConvIm2colAlgo,
+// algorithm numbers cuDNN's enumeration does not use (a narrow plan's form, 0-4, in
+// its math type).
+enum class ConvPath { Cudnn, Narrow, Im2col };
 
 struct ConvPlan {
   cudnnTensorDescriptor_t x = nullptr, y = nullptr, bias = nullptr;
@@ -256,12 +253,6 @@ std::optional<ConvPlan> try_fused(const ConvPlan& plan, const ConvKey& k, const 
 std::optional<ConvPlan> plan_from_store(ConvPlan plan, const ConvKey& k, const Conv2dArgs& a,
                                         const plans::ConvChoice& stored) {
   if (!stored.valid) return plan;
-  if (stored.algo == plans::kConvSplitKAlgo) {
-    if (!split_k_conv_applies(a)) return std::nullopt;
-    plan.path = ConvPath::SplitK;
-    plan.valid = true;
-    return plan;
-  }
   if (stored.algo == plans::kConvNarrowAlgo || stored.algo == plans::kConvIm2colAlgo) {
     if (stored.algo == plans::kConvNarrowAlgo) {
       const int form = stored.math_type;
@@ -297,7 +288,6 @@ std::optional<ConvPlan> plan_from_store(ConvPlan plan, const ConvKey& k, const C
 void run_plan(const ConvPlan& plan, const Conv2dArgs& a) {
   if (plan.path == ConvPath::Narrow) return conv_narrow(a, plan.narrow_form);
   if (plan.path == ConvPath::Im2col) return conv_im2col(a);
-  if (plan.path == ConvPath::SplitK) return conv_split_k(a);
   Context& ctx = context();
   const auto ws = plan.workspace ? scratch(plan.workspace) : nullptr;
   if (plan.fused && a.bias.defined()) {
@@ -355,15 +345,12 @@ ConvPlan fastest_path(ConvPlan plan, const ConvKey& k, const Conv2dArgs& a, cons
   if (narrow_applies(a))
     for (int form : narrow_forms(a)) time_other(ConvPath::Narrow, form);
   if (a.out.numel() / k.o <= kIm2colTimedPixels && k.kh * k.kw > 1) time_other(ConvPath::Im2col, 0);
-  if (k.split_k == 1) time_other(ConvPath::SplitK, 0);  // set only where the kernel applies
   if (best.path == ConvPath::Cudnn) {
     keep(cudnn_choice);
     return plan;
   }
   if (best.path == ConvPath::Narrow)
     keep({true, plans::kConvNarrowAlgo, best.narrow_form, 0, false});
-  else if (best.path == ConvPath::SplitK)
-    keep({true, plans::kConvSplitKAlgo, 0, 0, false});
   else
     keep({true, plans::kConvIm2colAlgo, 0, 0, false});
   return best;
@@ -456,7 +443,6 @@ const ConvPlan* conv_plan(const Conv2dArgs& a) {
   Context& ctx = context();
   if (!ctx.cudnn || !options().use_cudnn) return nullptr;
   if (a.pad_top != a.pad_bottom || a.pad_left != a.pad_right) return nullptr;
-  const int split_k = options().conv_split_k == 1 && split_k_conv_applies(a) ? 1 : 0;
   const ConvKey key{a.x.dim(0),
                     a.x.dim(1),
                     a.x.dim(2),
@@ -470,9 +456,7 @@ const ConvPlan* conv_plan(const Conv2dArgs& a) {
                     a.x.dtype(),
                     options().conv_kernel == Options::ConvKernel::Cudnn,
                     options().narrow_conv_form,
-                    options().plan_timing == Options::PlanTiming::Step,
-                    split_k,
-                    split_k ? options().conv_split_k_rows : 0};
+                    options().plan_timing == Options::PlanTiming::Step};
   const ConvPlan* plan = nullptr;
   {
     std::lock_guard<std::mutex> lock(g_conv_mu);
@@ -572,11 +556,6 @@ void conv2d(const Conv2dArgs& a) {
     g.residual = a.residual.defined() ? a.residual.raw() : nullptr;
     g.dtype = a.x.dtype();
     gemm_nt(g);
-    return;
-  }
-  if (options().conv_split_k == 2 && split_k_conv_applies(a)) {  // forced (tests, A/B)
-    count_conv_flops(a);
-    conv_split_k(a);
     return;
   }
   if (const int form = narrow_route(a); form >= 0) {

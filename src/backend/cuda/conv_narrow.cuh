@@ -26,7 +26,7 @@ struct NarrowParams {
 bool is_3x3_same(const Conv2dArgs& a);
 
 // a's operands and sizes (NHWC x, OHWI weight), with a GroupNorm folded into x's reads
-// where `scale` is set. The split-K kernel (conv_split_k.cu) takes the same.
+// where `scale` is set.
 NarrowParams narrow_params(const Conv2dArgs& a, const float* scale = nullptr,
                            const float* shift = nullptr, Activation act = Activation::None);
 

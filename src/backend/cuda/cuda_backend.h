@@ -116,14 +116,6 @@ struct Options {
   // output rows a block of four warps, or 16 of eight. Plans made with a form forced are
   // not kept on disk.
   int narrow_conv_form = -1;
-  // kiln's split-K kernel for 3×3 convolutions of at most 128 pixels (SD1.5's 8×8
-  // level; conv_split_k.cu): 0 not used, 1 timed against the other paths where it
-  // applies (the fastest kept, as for the others), 2 forced where it applies (tests,
-  // A/B runs).
-  int conv_split_k = 1;
-  // The split-K kernel's warp tile: 16 pixel rows × 80 output channels (16), or 32 × 40
-  // (32: a quarter fewer shared-memory reads a multiply). Plans name it where it is not 16.
-  int conv_split_k_rows = 16;
   // The largest workspace a cuDNN convolution algorithm may take, in MiB: the timed
   // choice is the fastest within it (and within 3% of that, the smallest). Plans made
   // under another cap are not kept on disk.
@@ -185,10 +177,6 @@ size_t group_norm_cluster_calls();
 // (tests: that it ran).
 size_t narrow_conv_calls();
 size_t narrow_conv_mma_calls();
-// Whether kiln's split-K convolution kernel can run on this GPU (compute 9.0 and later:
-// thread block clusters), and the convolutions it ran so far (tests: that it ran).
-bool split_k_conv_available();
-size_t split_k_conv_calls();
 // Convolutions that ran with a GroupNorm folded into their reads (ops::group_norm_conv2d)
 // so far (tests: that it ran).
 size_t norm_conv_calls();

@@ -67,11 +67,6 @@ struct InputNorm {
 // normalised as it is read; narrow_folds_norm(a) must hold.
 void conv_narrow(const Conv2dArgs& a, int form, const InputNorm& norm = {});
 bool narrow_folds_norm(const Conv2dArgs& a);
-// conv_split_k.cu: 3×3 convolutions (stride 1, padding 1) of at most 128 pixels with
-// 1280 or 2560 input and a multiple of 80 output channels, f16/bf16, sm_90: the input
-// channels split across a cluster of eight blocks (Options::conv_split_k).
-bool split_k_conv_applies(const Conv2dArgs& a);
-void conv_split_k(const Conv2dArgs& a);
 // conv.cu: the narrow form conv2d runs `a` in, or -1 where it takes another path. Makes
 // the shape's plan where it has none (timing its candidates runs the convolution).
 int narrow_route(const Conv2dArgs& a);
