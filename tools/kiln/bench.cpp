@@ -77,7 +77,7 @@ const char* kHelp =
     "                       kernel (default auto: timed per shape; for A/B)\n"
     "  --small-h2d-kernel B 1 or 0: on CUDA, host-to-device copies of at most 256 bytes\n"
     "                       (a step's timesteps) carried in a kernel's parameter, or\n"
-    "                       always cudaMemcpyAsync (default 1; A/B)\n"
+    "                       always cudaMemcpyAsync (default 0; A/B)\n"
     "  --conv-workspace-mib N  the largest workspace a cuDNN convolution may take\n"
     "                       (default 512; for A/B)\n"
     "  --narrow-conv-form F auto, 0 (CUDA cores) or 1-4 (tensor cores: 16, 4 or 2 rows a\n"
