@@ -393,6 +393,13 @@ void bench_text(Bench& b, const fs::path& dir, bool xl, const std::vector<int>& 
 // The SD 1.x generation of TextToImagePipeline (CFG, Euler, the folder's
 // scheduler config) with the UNet replayed from a CUDA graph: what the pipeline
 // gains once it captures its denoiser. Prompt to pixels on the host, as e2e.
+// Host time of each part of one generation (e2e-graph with --per-op): where a part
+// takes long on the host, the host waited there (a synchronising call); the GPU time
+// of the ops outside the replays comes from the op profile of a second run.
+struct E2eParts {
+  double encode = 0, inputs = 0, timesteps = 0, replay = 0, sampler = 0, decode = 0;
+};
+
 double e2e_with_graph(const fs::path& dir, const Settings& s, int size, int steps, int reps) {
 #if defined(KILN_WITH_CUDA)
   const auto tokenizer = text::ClipTokenizer::load(dir / "tokenizer");
@@ -409,7 +416,18 @@ double e2e_with_graph(const fs::path& dir, const Settings& s, int size, int step
   in.encoder_hidden_states =
       Tensor::zeros({2, 77, unet->config().cross_attention_dim[0]}, s.placement.dtype, dev);
   cuda::CapturedForward graph([&] { return unet->forward(in); });
+  E2eParts parts;
+  bool timing_parts = false;
+  auto clock = std::chrono::steady_clock::now();
+  // Adds the host time since the last mark to `part` (only while timing_parts).
+  auto mark = [&](double& part) {
+    if (!timing_parts) return;
+    const auto now = std::chrono::steady_clock::now();
+    part += std::chrono::duration<double, std::milli>(now - clock).count();
+    clock = now;
+  };
   auto generate = [&] {
+    clock = std::chrono::steady_clock::now();
     Tensor ids = Tensor::empty({2, 77}, DType::I32);
     const std::vector<int32_t> negative = tokenizer.encode_for_model("");
     const std::vector<int32_t> prompt = tokenizer.encode_for_model("an astronaut riding a horse");
@@ -424,23 +442,58 @@ double e2e_with_graph(const fs::path& dir, const Settings& s, int size, int step
         ops::scale(generator.randn_nhwc(1, 4, side, side).to(dev), scheduler->init_noise_sigma()),
         DType::F32);
     const float guidance = 7.5f;
+    mark(parts.encode);
     for (int i = 0; i < scheduler->num_steps(); ++i) {
       in.sample.copy_from(scheduler->scale_model_input(ops::concat_rows({latents, latents}), i));
+      mark(parts.inputs);
       const float t = scheduler->timesteps()[size_t(i)];
       const float ts[2] = {t, t};
       in.timesteps.copy_from(Tensor::from_floats({2}, ts));
-      const Tensor out = ops::cast(graph.replay(), DType::F32);
+      mark(parts.timesteps);
+      const Tensor& replayed = graph.replay();
+      mark(parts.replay);
+      const Tensor out = ops::cast(replayed, DType::F32);
       const Tensor guided =
           ops::linear_combination({{1.0f - guidance, out.rows(0, 1)}, {guidance, out.rows(1, 2)}});
       latents = scheduler->step(guided, i, latents, generator);
+      mark(parts.sampler);
     }
     const Tensor z = ops::scale(latents, float(1.0 / vae->config().scaling_factor));
     (void)ops::cast(vae->decode(z), DType::F32).to(Device::CPU);
+    mark(parts.decode);
   };
   Settings host = s;
   host.placement.device = Device::CPU;
   generate();
-  return time_runs(host, generate, 0, reps).first;
+  const double ms = time_runs(host, generate, 0, reps).first;
+  if (s.per_op) {
+    // Host side first (nothing else on), then the GPU time of the ops outside the
+    // replays (events around each; the replays themselves are not ops).
+    cuda::synchronize();
+    timing_parts = true;
+    generate();
+    timing_parts = false;
+    cuda::reset_op_profile();
+    cuda::set_op_profiling(true, s.per_shape);
+    generate();
+    cuda::set_op_profiling(false, s.per_shape);
+    double gpu = 0.0;
+    const std::vector<cuda::OpTime> ops = cuda::op_profile();
+    for (const auto& o : ops) gpu += o.ms;
+    std::printf(
+        "\ne2e-graph %d², %d steps, host ms by part of one generation (a long part is a wait):"
+        " text %.3f, step inputs %.3f, timestep copies %.3f, replay launches %.3f, CFG and"
+        " sampler %.3f, decode and copy back %.3f\n\n"
+        "ops outside the replays on the GPU (events around each op): %.3f ms\n\n"
+        "| op | calls | ms |\n|---|---|---|\n",
+        size, steps, parts.encode, parts.inputs, parts.timesteps, parts.replay, parts.sampler,
+        parts.decode, gpu);
+    int shown = 0;
+    for (const auto& o : ops)
+      if (shown++ < 25) std::printf("| %s | %d | %.3f |\n", o.op.c_str(), o.calls, o.ms);
+    std::printf("\n");
+  }
+  return ms;
 #else
   (void)dir, (void)s, (void)size, (void)steps, (void)reps;
   return 0.0;
