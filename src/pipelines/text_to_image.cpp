@@ -109,6 +109,16 @@ std::unique_ptr<TextToImagePipeline> TextToImagePipeline::load(const std::filesy
       ModelConfig::load(vae_dir).boolean("force_upcast", true))
     vae_placement.dtype = DType::F32;
   p->vae_ = AutoencoderKL::load(vae_dir, vae_placement);
+  if (GraphCache::enabled_for(placement.device)) {
+    size_t budget = 0;
+#if defined(KILN_WITH_CUDA)
+    budget = cuda::device_info().total_memory / 16;
+#endif
+    const AutoencoderKL* vae = p->vae_.get();
+    p->decoder_graphs_ = std::make_unique<GraphCache>(
+        "the VAE decoder", [vae](const std::vector<Tensor>& in) { return vae->decode(in[0]); },
+        device_mutex(), /*max_graphs=*/4, budget);
+  }
 
   const int64_t context_dim =
       p->xl_ ? p->text_encoder_->config().hidden_size + p->text_encoder_2_->config().hidden_size
@@ -224,6 +234,12 @@ std::unique_ptr<Generation> TextToImagePipeline::start(const ResolvedRequest& r)
 
 void TextToImagePipeline::step(const std::vector<Generation*>& batch) const {
   if (batch.empty()) return;
+  // This thread's device work outside the graph caches holds the device shared: a
+  // capture on another thread (the server decodes on its side thread) records
+  // everything queued on the stream, and would take these ops into its graph. The
+  // caches take the lock themselves (exclusively to capture), so it is let go around
+  // the denoiser's call.
+  std::shared_lock<std::shared_mutex> device(device_mutex());
 #if defined(KILN_WITH_CUDA)
   // Between steps, not inside one: the previous step is done on the GPU before this
   // one is queued (cuda::StreamFence says why).
@@ -262,8 +278,15 @@ void TextToImagePipeline::step(const std::vector<Generation*>& batch) const {
     in.time_ids = join(time_ids);
   }
   if (!conds.empty()) in.timestep_cond = join(conds);
-  const Tensor out = ops::cast(graphs_ ? graphs_->forward(in) : unet_->forward(in),
-                               DType::F32);  // [rows, h, w, C]
+  Tensor predicted;
+  if (graphs_) {
+    device.unlock();
+    predicted = graphs_->forward(in);
+    device.lock();
+  } else {
+    predicted = unet_->forward(in);
+  }
+  const Tensor out = ops::cast(predicted, DType::F32);  // [rows, h, w, C]
 
   int64_t row = 0;
   for (Generation* g : batch) {
@@ -339,7 +362,15 @@ io::Image TextToImagePipeline::decode_latents(const Tensor& latents) const {
   } else {
     z = ops::scale(latents, float(1.0 / vc.scaling_factor));
   }
-  const Tensor decoded = ops::cast(vae_->decode(z), DType::F32).to(Device::CPU);  // [1, H, W, 3]
+  Tensor decoded;
+  if (decoder_graphs_ && z.dim(1) * z.dim(2) <= kGraphedDecodeLatentPixels) {
+    device.unlock();  // the cache takes the lock itself, exclusively to capture
+    decoded = decoder_graphs_->run({z}, z.dim(0), z.dim(0));
+    device.lock();
+  } else {
+    decoded = vae_->decode(z);
+  }
+  decoded = ops::cast(decoded, DType::F32).to(Device::CPU);  // [1, H, W, 3]
 
   // diffusers' postprocess: (x / 2 + 0.5) clamped to [0, 1], × 255, rounded half to even.
   io::Image image;

@@ -117,8 +117,9 @@ TEST_P(CudaGolden, ImagesMatchDiffusers) {
   }
 }
 
-// The pipeline replays its denoiser from CUDA graphs (denoiser_graphs.h): the images
-// must be those of the eager pass, and the graphs must actually have been used.
+// The pipeline replays its denoiser and its decoder from CUDA graphs (graph_cache.h):
+// the images must be those of the eager pass, and the graphs must actually have been
+// used.
 TEST_P(CudaGolden, GraphReplayMatchesEager) {
   const std::filesystem::path dir = golden::data_dir() / model() / "model";
   ::setenv("KILN_CUDA_GRAPHS", "0", 1);
@@ -141,6 +142,9 @@ TEST_P(CudaGolden, GraphReplayMatchesEager) {
               (unsigned long long)st.captures, (unsigned long long)st.replays);
   EXPECT_GT(st.replays, 0u);
   EXPECT_EQ(eager->graph_stats().replays, 0u);
+  // The decodes too (the goldens' latents are far below the size limit).
+  EXPECT_GT(graphed->decoder_graph_stats().replays, 0u);
+  EXPECT_EQ(eager->decoder_graph_stats().replays + eager->decoder_graph_stats().eager, 0u);
 }
 
 // Step-level batching on CUDA, through the graphs and their row buckets (the batch's 5
