@@ -2,7 +2,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <sstream>
+#include <string_view>
 
 #include "io/safetensors.h"
 #if defined(KILN_WITH_CUDA)
@@ -109,7 +111,9 @@ std::unique_ptr<TextToImagePipeline> TextToImagePipeline::load(const std::filesy
       ModelConfig::load(vae_dir).boolean("force_upcast", true))
     vae_placement.dtype = DType::F32;
   p->vae_ = AutoencoderKL::load(vae_dir, vae_placement);
-  if (GraphCache::enabled_for(placement.device)) {
+  const char* decode_graphs = std::getenv("KILN_CUDA_DECODE_GRAPHS");
+  if (GraphCache::enabled_for(placement.device) &&
+      !(decode_graphs && std::string_view(decode_graphs) == "0")) {
     size_t budget = 0;
 #if defined(KILN_WITH_CUDA)
     budget = cuda::device_info().total_memory / 16;

@@ -174,6 +174,8 @@ class TextToImagePipeline {
   // kGraphedDecodeLatentPixels (768² images in SD): there the decode's launches bound it
   // (512² on an H100: 6.12 ms eager, 4.71 replayed), where at 1024² it is as fast
   // eagerly (19.56 against 19.68 ms) and a graph's arena would hold about 2.9 GB.
+  // KILN_CUDA_DECODE_GRAPHS=0 decodes eagerly (the arenas' memory back: about 0.7 GB
+  // a 512² key).
   static constexpr int64_t kGraphedDecodeLatentPixels = 96 * 96;
   std::unique_ptr<GraphCache> decoder_graphs_;
   // On CUDA: step() lets the GPU run at most one step behind the host.
