@@ -57,38 +57,45 @@ Tensor GraphCache::run(const std::vector<Tensor>& inputs, int64_t rows, int64_t 
   if (!slot) slot = std::make_unique<Entry>();
   Entry& e = *slot;
   e.last_used = ++clock_;
-  if (e.fixed.empty()) {  // a new key, or one whose graph was evicted
-    e.fixed.resize(inputs.size());
-    for (size_t i = 0; i < inputs.size(); ++i)
-      if (inputs[i].defined())
-        e.fixed[i] = Tensor::zeros(inputs[i].shape().with(0, padded_rows), inputs[i].dtype(),
-                                   Device::CUDA);
-  }
-  for (size_t i = 0; i < inputs.size(); ++i)
-    if (inputs[i].defined()) e.fixed[i].rows(0, rows).copy_from(inputs[i]);
-
-  auto eager = [&] {
-    ++stats_.eager;
+  {
+    // Everything this queues holds the device shared, the inputs' copies included: a
+    // capture on another thread (another cache's) would record them into its graph.
     std::shared_lock<std::shared_mutex> shared(device_);
-    return forward_(e.fixed).rows(0, rows);
-  };
-  if (e.failed || ++e.calls == 1) return eager();
-  if (!e.graph) {
+    if (e.fixed.empty()) {  // a new key, or one whose graph was evicted
+      e.fixed.resize(inputs.size());
+      for (size_t i = 0; i < inputs.size(); ++i)
+        if (inputs[i].defined())
+          e.fixed[i] = Tensor::zeros(inputs[i].shape().with(0, padded_rows), inputs[i].dtype(),
+                                     Device::CUDA);
+    }
+    for (size_t i = 0; i < inputs.size(); ++i)
+      if (inputs[i].defined()) e.fixed[i].rows(0, rows).copy_from(inputs[i]);
+    if (e.failed || ++e.calls == 1) {
+      ++stats_.eager;
+      return forward_(e.fixed).rows(0, rows);
+    }
+    if (e.graph) {
+      ++stats_.replays;
+      // The next replay writes over the graph's output: the caller gets a copy.
+      return e.graph->replay().rows(0, rows).clone();
+    }
+  }
+  {
+    std::unique_lock<std::shared_mutex> exclusive(device_);
     try {
-      std::unique_lock<std::shared_mutex> exclusive(device_);
       e.graph = std::make_unique<cuda::CapturedForward>([&e, this] { return forward_(e.fixed); });
       ++stats_.captures;
     } catch (const Error& err) {
       std::fprintf(stderr, "kiln: capturing %s as a CUDA graph failed (%s); eager instead\n",
                    what_.c_str(), err.what());
       e.failed = true;
-      return eager();
+      ++stats_.eager;
+      return forward_(e.fixed).rows(0, rows);
     }
     evict_beyond_budget(e);
   }
   std::shared_lock<std::shared_mutex> shared(device_);
   ++stats_.replays;
-  // The next replay writes over the graph's output: the caller gets a copy.
   return e.graph->replay().rows(0, rows).clone();
 #else
   (void)padded_rows;
