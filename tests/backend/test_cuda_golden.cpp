@@ -3,14 +3,18 @@
 // f32, held to DESIGN.md's contract for CUDA: each component's NMSE ≤ 1e-3 and
 // every final image's PSNR ≥ 30 dB.
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
 #include <nlohmann/json.hpp>
+#include <thread>
+#include <vector>
 
 #include "../golden/golden.h"
 #include "backend_test.h"
+#include "core/random.h"
 #include "io/image.h"
 #include "models/autoencoder_kl.h"
 #include "models/clip_text_model.h"
@@ -145,6 +149,41 @@ TEST_P(CudaGolden, GraphReplayMatchesEager) {
   // The decodes too (the goldens' latents are far below the size limit).
   EXPECT_GT(graphed->decoder_graph_stats().replays, 0u);
   EXPECT_EQ(eager->decoder_graph_stats().replays + eager->decoder_graph_stats().eager, 0u);
+}
+
+// The server decodes on a side thread while its batch thread steps: a decode captured
+// there must neither record the steps' ops into its graph nor leave them out of the
+// generation (both queue on the one stream; the device lock keeps them apart). The side
+// thread decodes a latent size not seen before three times (eager, capture, replay)
+// while the main thread generates again and again an image it made alone before.
+TEST_P(CudaGolden, DecodeCapturedBesideSteps) {
+  const auto pipeline =
+      TextToImagePipeline::load(golden::data_dir() / model() / "model", placement());
+  const ResolvedRequest r = pipeline->resolve(golden::golden_cases(model()).front().request);
+  const io::Image alone = pipeline->generate(r);
+  (void)pipeline->generate(r);  // its own size's decode captured before the race
+  const uint64_t captures_before = pipeline->decoder_graph_stats().captures;
+
+  TorchGenerator noise(7);
+  const Tensor latents = noise.randn_nhwc(1, 4, 12, 20).to(Device::CUDA);
+  std::vector<io::Image> side;
+  std::atomic<bool> side_done{false};
+  std::thread decoder([&] {
+    for (int i = 0; i < 3; ++i) side.push_back(pipeline->decode_latents(latents));
+    side_done = true;
+  });
+  std::vector<io::Image> beside;
+  while (!side_done || beside.empty()) beside.push_back(pipeline->generate(r));
+  decoder.join();
+
+  EXPECT_EQ(pipeline->decoder_graph_stats().captures, captures_before + 1);
+  for (size_t i = 0; i < beside.size(); ++i)
+    EXPECT_GE(golden::psnr(beside[i], alone), 60.0) << "generation " << i << " beside the decodes";
+  ASSERT_EQ(side.size(), 3u);
+  EXPECT_GE(golden::psnr(side[1], side[0]), 60.0) << "captured decode against eager";
+  EXPECT_GE(golden::psnr(side[2], side[0]), 60.0) << "replayed decode against eager";
+  std::printf("[ %s %s ] %zu generations beside three decodes\n", model().c_str(),
+              name(placement().dtype).c_str(), beside.size());
 }
 
 // Step-level batching on CUDA, through the graphs and their row buckets (the batch's 5
