@@ -75,9 +75,6 @@ const char* kHelp =
     "                       (default 1 where built; for A/B)\n"
     "  --geglu-form K       auto, pingpong or cooperative: the fused GEGLU GEMM's CUTLASS\n"
     "                       kernel (default auto: timed per shape; for A/B)\n"
-    "  --small-h2d-kernel B 1 or 0: on CUDA, host-to-device copies of at most 256 bytes\n"
-    "                       (a step's timesteps) carried in a kernel's parameter, or\n"
-    "                       always cudaMemcpyAsync (default 0; A/B)\n"
     "  --conv-workspace-mib N  the largest workspace a cuDNN convolution may take\n"
     "                       (default 512; for A/B)\n"
     "  --narrow-conv-form F auto, 0 (CUDA cores) or 1-4 (tensor cores: 16, 4 or 2 rows a\n"
@@ -578,7 +575,6 @@ int bench(const std::vector<std::string>& argv) {
                    "group-norm-apply-reuse",
                    "group-norm-stats-spread",
                    "group-norm-pdl",
-                   "small-h2d-kernel",
                    "group-norm-stats-loads",
                    "attention",
                    "group-norm",
@@ -647,8 +643,6 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().group_norm_stats_spread = *on == 1;
   if (const auto on = args.integer("group-norm-pdl", 0, 1))
     if (s.cuda()) cuda::options().group_norm_pdl = *on == 1;
-  if (const auto on = args.integer("small-h2d-kernel", 0, 1))
-    if (s.cuda()) cuda::options().small_h2d_kernel = *on == 1;
   if (const auto loads = args.get("group-norm-stats-loads"); loads && *loads != "auto") {
     if (*loads != "4" && *loads != "8")
       throw UsageError("--group-norm-stats-loads is auto, 4 or 8, got \"" + *loads + "\"");

@@ -21,7 +21,6 @@
 #include <vector>
 
 #include "backend/cuda/context.h"
-#include "backend/cuda/cuda_backend.h"
 
 namespace kiln::cuda {
 namespace {
@@ -85,10 +84,6 @@ class CachingAllocator final : public Allocator {
       KILN_CHECK(!context().capturing,
                  "a host-to-device copy inside a captured forward pass (its inputs must already "
                  "be on the device)");
-      if (bytes <= kParamCopyBytes && options().small_h2d_kernel) {
-        copy_to_device_as_parameter(dst, src, bytes);
-        return;
-      }
       // From pageable memory the call returns once the bytes are staged, so the
       // host buffer may be freed right after.
       CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s));

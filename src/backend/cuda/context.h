@@ -77,12 +77,6 @@ inline cudaStream_t stream() {
   return context().stream;
 }
 
-// elementwise.cu: `bytes` (at most kParamCopyBytes) from the host to `dst` on the
-// stream, carried in a kernel's parameter: queued like a kernel, with no staging of
-// pageable memory, and the host buffer may go at once.
-constexpr size_t kParamCopyBytes = 256;
-void copy_to_device_as_parameter(void* dst, const void* src, size_t bytes);
-
 // Device memory for a kernel's temporaries, from the caching allocator; freed
 // (returned to the cache) when the pointer goes.
 std::shared_ptr<Buffer> scratch(size_t bytes);

@@ -116,12 +116,6 @@ struct Options {
   // output rows a block of four warps, or 16 of eight. Plans made with a form forced are
   // not kept on disk.
   int narrow_conv_form = -1;
-  // Host-to-device copies of at most kParamCopyBytes (a step's timesteps) as a kernel
-  // whose parameter holds the bytes, instead of cudaMemcpyAsync from pageable memory,
-  // which the driver may stage only once the stream has drained (a pause of the GPU
-  // each step). Off (cudaMemcpyAsync always) until measured: v34 wrote it and got no
-  // GPU to run it on; tools/probe/h2d_pageable_probe.cu asks whether the wait happens.
-  bool small_h2d_kernel = false;
   // The largest workspace a cuDNN convolution algorithm may take, in MiB: the timed
   // choice is the fastest within it (and within 3% of that, the smallest). Plans made
   // under another cap are not kept on disk.

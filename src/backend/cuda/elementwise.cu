@@ -5,9 +5,7 @@
 // sizes and addresses allow, f32 arithmetic throughout.
 #include <algorithm>
 #include <cmath>
-#include <cstring>
 
-#include "backend/cuda/context.h"
 #include "backend/cuda/device.cuh"
 #include "backend/cuda/fast_div.h"
 #include "backend/cuda/ops.h"
@@ -334,16 +332,6 @@ uint32_t pack_count(int64_t elements, int width, const char* op) {
     CUDA_CHECK_LAUNCH();                                                                  \
   } while (0)
 
-// ---------------------------------------------------------------------------
-// A few host bytes carried to the device in a kernel's parameter.
-struct ParameterBytes {
-  unsigned char b[kParamCopyBytes];
-};
-
-__global__ void store_parameter_bytes(unsigned char* dst, ParameterBytes src, int bytes) {
-  for (int i = threadIdx.x; i < bytes; i += blockDim.x) dst[i] = src.b[i];
-}
-
 }  // namespace
 
 void binary(const BinaryArgs& a) {
@@ -603,14 +591,6 @@ void bias_act_residual(void* out, const void* bias, const void* residual, int64_
                        pack_count(rows * cols, width, "bias_act_residual"),
                        FastDiv(uint32_t(cols / width)), act);
   });
-}
-
-void copy_to_device_as_parameter(void* dst, const void* src, size_t bytes) {
-  KILN_CHECK(bytes <= kParamCopyBytes, "copy_to_device_as_parameter: ", bytes, " bytes");
-  ParameterBytes p;
-  std::memcpy(p.b, src, bytes);
-  store_parameter_bytes<<<1, 64, 0, stream()>>>(static_cast<unsigned char*>(dst), p, int(bytes));
-  CUDA_CHECK_LAUNCH();
 }
 
 }  // namespace kiln::cuda
