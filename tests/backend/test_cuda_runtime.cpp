@@ -148,10 +148,17 @@ TEST_F(Runtime, CapturedUNetForwardReplaysTheEagerResult) {
   const auto unet = UNet2DConditionModel::load(golden::data_dir() / "sdxl/model/unet",
                                                {Device::CUDA, DType::F16, ""});
   UNet2DConditionModel::Inputs in = unet_inputs_on_cuda(ref, "unet");
+  cuda::reset_flop_count();
   const Tensor eager = on_cpu(unet->forward(in));
+  const double forward_flops = cuda::flop_count();
+  ASSERT_GT(forward_flops, 0.0);
+  // The FLOP counter counts work done: the warm pass, not the capture, then each replay.
+  cuda::reset_flop_count();
   cuda::CapturedForward graph([&] { return unet->forward(in); });
+  EXPECT_EQ(cuda::flop_count(), forward_flops);
   const Tensor replayed = on_cpu(graph.replay());
   EXPECT_EQ(nmse(replayed, eager), 0.0);
+  EXPECT_EQ(cuda::flop_count(), 2 * forward_flops);
   // New values in the same input buffers: the replay computes on them.
   const Tensor other = ref.get("unet_odd.sample");
   if (other.shape() == in.sample.shape()) {

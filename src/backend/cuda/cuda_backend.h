@@ -306,6 +306,7 @@ void reset_flop_count();
 // allocations come from a private pool that only it uses, so every replay runs
 // over the same addresses with no allocation. The returned tensor is
 // overwritten by the next replay.
+// flop_count() counts the recorded ops' FLOPs at each replay, not at the capture.
 class CapturedForward {
  public:
   // profile_ops: event nodes around every op in the graph, so that op_profile()
@@ -321,6 +322,7 @@ class CapturedForward {
 
  private:
   int pool_ = 0;
+  double flops_ = 0.0;  // what one replay computes, as flop_count() counts it
   void* graph_ = nullptr;
   void* exec_ = nullptr;
   Tensor output_;

@@ -34,7 +34,12 @@ CapturedForward::CapturedForward(std::function<Tensor()> forward, bool profile_o
       CUDA_CHECK(cudaStreamBeginCapture(c.stream, cudaStreamCaptureModeRelaxed));
       capturing = c.capturing = true;
       if (profile_ops) profile_capture(true);
+      // The FLOP counter counts work done: what the capture records runs at each
+      // replay, not now.
+      const double before = flop_count();
       output_ = forward();
+      flops_ = flop_count() - before;
+      count_flops(-flops_);
       if (profile_ops) profile_capture(false);
       capturing = c.capturing = false;
       CUDA_CHECK(cudaStreamEndCapture(c.stream, &graph));
@@ -70,6 +75,7 @@ CapturedForward::~CapturedForward() {
 
 const Tensor& CapturedForward::replay() {
   CUDA_CHECK(cudaGraphLaunch(static_cast<cudaGraphExec_t>(exec_), stream()));
+  count_flops(flops_);
   return output_;
 }
 
