@@ -38,6 +38,10 @@ void synchronize();
 // Implementation choices, for tests that compare paths and for diagnosis.
 struct Options {
   bool use_cudnn = true;            // 3×3 convolutions through cuDNN where it is built in
+  // ops::Branch on a second stream (a parallel branch in a captured graph): the models'
+  // independent work (the time and text projections, resnets' shortcut projections)
+  // beside the main path. Off: in place, for A/B runs. Off while ops are profiled.
+  bool branches = true;
   bool use_flash_attention = true;  // our fused kernel for head dims up to 160
   // Head dims up to 64: 32 query rows a warp (four warps) instead of 16 (eight).
   // Measured on an H200 (SDXL 1024², 2026-11-21): 16 rows 9.27 ms of attention a
@@ -186,6 +190,8 @@ bool linear_geglu_fused_available();
 size_t linear_geglu_fused_calls();
 // Calls of the fused phase copy and GroupNorm so far (tests: that it ran).
 size_t interleave_group_norm_calls();
+// Stretches of work ops::Branch ran on the second stream so far (tests: that it did).
+size_t branches_begun();
 
 // Plans: the algorithm each GEMM and cuDNN convolution shape runs with, chosen by
 // timing on its first use and kept on disk, one file per GPU (backend/plan_file.h),
@@ -218,6 +224,9 @@ struct MemoryStats {
   size_t device_mallocs = 0;               // cudaMalloc calls so far
 };
 MemoryStats memory_stats();
+// Device memory kiln holds outside the caching allocator: the GEMM workspaces and
+// counters of its streams (32 MiB and 16 KiB a stream).
+size_t fixed_device_bytes();
 void reset_peak_memory();
 // Returns every cached free block to the driver.
 void release_cached_memory();
