@@ -201,8 +201,9 @@ void join_branch() {
   if (b.inside) end_branch();
   if (!b.pending) return;
   b.pending = false;
-  CUDA_CHECK(cudaStreamWaitEvent(context().stream, b.done, 0));
-  defer_frees(false);
+  const cudaError_t waited = cudaStreamWaitEvent(context().stream, b.done, 0);
+  defer_frees(false);  // even if the wait failed: a count left up would stop all reuse
+  CUDA_CHECK(waited);
 }
 
 size_t branches_begun() {
