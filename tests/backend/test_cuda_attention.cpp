@@ -60,6 +60,9 @@ class UsePath {
   explicit UsePath(AttentionPath path) {
     cuda::options().use_flash_attention = path != AttentionPath::Banded;
     cuda::options().flash_two_tiles_per_warp = path == AttentionPath::FlashTwoTiles;
+    // The one-tile path takes 32-row blocks where 64 make less than a wave; the
+    // two-tile path keeps 64 (head dims above 64 run the same kernel on both otherwise).
+    cuda::options().flash_narrow_blocks = path == AttentionPath::FlashOneTile;
     cuda::options().flash_wgmma = path == AttentionPath::FlashWgmma128 ||
                                   path == AttentionPath::FlashWgmma192 ||
                                   path == AttentionPath::FlashWgmmaProducer;
@@ -76,6 +79,7 @@ class UsePath {
     const cuda::Options defaults;
     cuda::options().use_flash_attention = defaults.use_flash_attention;
     cuda::options().flash_two_tiles_per_warp = defaults.flash_two_tiles_per_warp;
+    cuda::options().flash_narrow_blocks = defaults.flash_narrow_blocks;
     cuda::options().flash_wgmma = defaults.flash_wgmma;
     cuda::options().flash_wgmma_producer = defaults.flash_wgmma_producer;
     cuda::options().flash_short_kv_kernel = defaults.flash_short_kv_kernel;
@@ -125,8 +129,14 @@ bool skip_on_path(const AttentionCase& c, AttentionPath path) {
 // expect_taken fails where the path's kernel should have run and did not.
 struct KernelCalls {
   size_t cudnn = cuda::cudnn_attention_calls(), wgmma = cuda::flash_wgmma_calls(),
-         short_kv = cuda::flash_short_kv_calls();
+         short_kv = cuda::flash_short_kv_calls(), narrow = cuda::flash_narrow_calls();
   void expect_taken(const AttentionCase& c, DType dt, AttentionPath path) const {
+    // Head dims 65 to 160 whose 64-row blocks are fewer than the multiprocessors.
+    const int64_t blocks = (c.sq + 63) / 64 * c.heads * c.b;
+    if (path == AttentionPath::FlashOneTile && dt != DType::F32 && c.d > 64 && c.d <= 160 &&
+        blocks < cuda::device_info().multiprocessors) {
+      EXPECT_GT(cuda::flash_narrow_calls(), narrow) << "32-row blocks did not run " << dtype_name(dt);
+    }
     if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
       EXPECT_GT(cuda::cudnn_attention_calls(), cudnn) << "cuDNN did not run " << dtype_name(dt);
     }
@@ -232,6 +242,8 @@ INSTANTIATE_TEST_SUITE_P(
             AttentionCase{2, 4096, 77, 8, 40, false},     // SD1.5 cross
             AttentionCase{2, 1024, 1024, 8, 80, false},   // SD1.5 32×32
             AttentionCase{2, 256, 77, 8, 160, false},     // SD1.5 16×16 cross
+            AttentionCase{2, 256, 256, 8, 160, false},    // SD1.5 16×16 self
+            AttentionCase{2, 64, 64, 8, 160, false},      // SD1.5 8×8 self (mid block)
             AttentionCase{2, 1024, 1024, 10, 64, false},  // SDXL / SD2 self
             AttentionCase{2, 1024, 77, 20, 64, false},    // SDXL cross
             AttentionCase{1, 128, 128, 3, 48, true},      // causal, two key tiles

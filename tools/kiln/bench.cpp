@@ -61,6 +61,8 @@ const char* kHelp =
     "                       for comparing the two kernels)\n"
     "  --flash-short-kv B   1 or 0: flash attention over at most 128 keys in four-warp\n"
     "                       blocks, or eight-warp ones (default 1; for A/B)\n"
+    "  --flash-narrow B     1 or 0: head dims above 64 in 32-row blocks where 64-row\n"
+    "                       ones make less than a wave (default 0; for A/B)\n"
     "  --flash-wgmma B      1 or 0: on Hopper, kiln's flash attention on warpgroup MMAs\n"
     "                       where it applies, or on mma.sync (default 0; for A/B)\n"
     "  --flash-wgmma-rows N query rows a block of the wgmma kernel: 128 or 192 (default:\n"
@@ -574,6 +576,7 @@ int bench(const std::vector<std::string>& argv) {
                    "flash-warp-rows",
                    "flash-short-kv",
                    "flash-wgmma",
+                   "flash-narrow",
                    "flash-wgmma-rows",
                    "flash-wgmma-producer",
                    "flash-short-kv-kernel",
@@ -640,6 +643,8 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().flash_short_kv_blocks = *on == 1;
   if (const auto on = args.integer("branches", 0, 1))
     if (s.cuda()) cuda::options().branches = *on == 1;
+  if (const auto on = args.integer("flash-narrow", 0, 1))
+    if (s.cuda()) cuda::options().flash_narrow_blocks = *on == 1;
   if (const auto on = args.integer("flash-wgmma", 0, 1))
     if (s.cuda()) cuda::options().flash_wgmma = *on == 1;
   if (const auto on = args.integer("flash-wgmma-producer", 0, 1))

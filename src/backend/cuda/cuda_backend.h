@@ -52,6 +52,10 @@ struct Options {
   // (SDXL, --attention kiln; bench/results/2026-12-03-h200-v13): 1024x77 x 20 heads
   // 1.034 -> 0.927 ms a step (60 calls), 4096x77 0.254 -> 0.246.
   bool flash_short_kv_blocks = true;
+  // Head dims above 64 (SD1.5's 80 and 160): 32 query rows a block instead of 64 where 64
+  // make fewer blocks than the GPU has multiprocessors (256 × 256 × 16 heads: 64 blocks).
+  // Off until measured (v36).
+  bool flash_narrow_blocks = false;
   // Hopper (compute 9.0, in a build for sm_90a): the flash kernel on warpgroup MMAs
   // (wgmma) for padded head dims 48, 64 and 80 without a causal mask, in place of the
   // mma.sync kernel above. Correct, but off by default: on an H200 it is slower than
@@ -173,6 +177,7 @@ size_t cudnn_attention_calls();
 bool flash_wgmma_available();
 size_t flash_wgmma_calls();
 size_t flash_short_kv_calls();  // launches of the short-KV kernel (flash_short_kv_kernel)
+size_t flash_narrow_calls();    // flash launches in 32-row blocks (flash_narrow_blocks)
 // GroupNorm calls the grid-wide one-launch kernel ran so far (tests: that it ran).
 size_t group_norm_grid_calls();
 // Launches of the cluster GroupNorm kernel so far (tests check which path ran).
