@@ -231,14 +231,6 @@ class Backend {
   virtual void embedding(const EmbeddingArgs& a) = 0;
   virtual void slice_last(const SliceLastArgs& a) = 0;
   virtual void cast(const CastArgs& a) = 0;
-
-  // Independent work beside the main path (ops::Branch). begin_branch(): the ops this
-  // thread issues next may run concurrently with what follows end_branch(), until
-  // join_branch(); false where the backend runs them in place (then end_branch() and
-  // join_branch() are not called). What the branch reads must stay alive until the join.
-  virtual bool begin_branch() { return false; }
-  virtual void end_branch() {}
-  virtual void join_branch() {}
 };
 
 Backend& backend_for(Device device);

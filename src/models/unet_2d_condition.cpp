@@ -347,41 +347,33 @@ Tensor UNet2DConditionModel::forward(const Inputs& in) const {
   const Device dev = placement_.device;
   const DType dt = placement_.dtype;
 
-  // The time embedding and the text's projections depend on nothing the latent path
-  // computes: they run on a branch beside conv_in and the first resnet's norm1 and
-  // conv1. The first resnet joins it before it reads the time embedding (every resnet
-  // is handed it; the join is done once), which is before any attention reads context.
-  ops::Branch conditioning(dev);
-  Tensor temb_act, context;
-  conditioning.run([&] {
-    // Time embedding: sinusoidal projection (f32), then the MLP in the model dtype.
-    const int64_t ch0 = c.block_out_channels[0];
-    Tensor t_emb = ops::timestep_embedding(in.timesteps.to(dev), int(ch0), c.flip_sin_to_cos,
-                                           c.freq_shift);  // [B, ch0]
-    Tensor cond = in.timestep_cond.defined() ? ops::to(in.timestep_cond, dev, dt) : Tensor();
-    Tensor emb = time_embedding(ops::cast(t_emb, dt), cond);  // [B, time_dim]
-    if (add_embedding) {
-      KILN_CHECK(in.text_embeds.defined() && in.time_ids.defined(),
-                 "unet: this model (addition_embed_type text_time) needs text_embeds and time_ids");
-      const int64_t ids = in.time_ids.dim(1);
-      // Each of the time ids gets its own sinusoidal embedding, concatenated.
-      Tensor time_embeds =
-          ops::timestep_embedding(in.time_ids.to(dev).reshape({batch * ids}),
-                                  int(c.addition_time_embed_dim), c.flip_sin_to_cos, c.freq_shift)
-              .reshape({batch, ids * c.addition_time_embed_dim});
-      Tensor add = ops::concat_last({ops::to(in.text_embeds, dev, dt), ops::cast(time_embeds, dt)});
-      KILN_CHECK(add.dim(1) == c.projection_class_embeddings_input_dim,
-                 "unet: added conditioning has ", add.dim(1), " features, the model expects ",
-                 c.projection_class_embeddings_input_dim);
-      emb = ops::add(emb, (*add_embedding)(add));
-    }
-    // What every resnet projects and adds, or (fused) all of their projections at once.
-    temb_act = ops::activate(emb, Activation::SiLU);
-    if (time_proj_.weight.defined()) temb_act = time_proj_(temb_act);
-    const Tensor text = ops::to(in.encoder_hidden_states, dev, dt);
-    // Fused context projections: every attention reads its k and v from this one tensor.
-    context = context_kv_.weight.defined() ? context_kv_(text) : text;
-  });
+  // Time embedding: sinusoidal projection (f32), then the MLP in the model dtype.
+  const int64_t ch0 = c.block_out_channels[0];
+  Tensor t_emb = ops::timestep_embedding(in.timesteps.to(dev), int(ch0), c.flip_sin_to_cos,
+                                         c.freq_shift);  // [B, ch0]
+  Tensor cond = in.timestep_cond.defined() ? ops::to(in.timestep_cond, dev, dt) : Tensor();
+  Tensor emb = time_embedding(ops::cast(t_emb, dt), cond);  // [B, time_dim]
+  if (add_embedding) {
+    KILN_CHECK(in.text_embeds.defined() && in.time_ids.defined(),
+               "unet: this model (addition_embed_type text_time) needs text_embeds and time_ids");
+    const int64_t ids = in.time_ids.dim(1);
+    // Each of the time ids gets its own sinusoidal embedding, concatenated.
+    Tensor time_embeds =
+        ops::timestep_embedding(in.time_ids.to(dev).reshape({batch * ids}),
+                                int(c.addition_time_embed_dim), c.flip_sin_to_cos, c.freq_shift)
+            .reshape({batch, ids * c.addition_time_embed_dim});
+    Tensor add = ops::concat_last({ops::to(in.text_embeds, dev, dt), ops::cast(time_embeds, dt)});
+    KILN_CHECK(add.dim(1) == c.projection_class_embeddings_input_dim,
+               "unet: added conditioning has ", add.dim(1), " features, the model expects ",
+               c.projection_class_embeddings_input_dim);
+    emb = ops::add(emb, (*add_embedding)(add));
+  }
+  // What every resnet projects and adds, or (fused) all of their projections at once.
+  Tensor temb_act = ops::activate(emb, Activation::SiLU);
+  if (time_proj_.weight.defined()) temb_act = time_proj_(temb_act);
+  const Tensor text = ops::to(in.encoder_hidden_states, dev, dt);
+  // Fused context projections: every attention reads its k and v from this one tensor.
+  const Tensor context = context_kv_.weight.defined() ? context_kv_(text) : text;
 
   Tensor x = ops::to(sample, dev, dt);
   if (c.center_input_sample) {
@@ -393,7 +385,7 @@ Tensor UNet2DConditionModel::forward(const Inputs& in) const {
   std::vector<Tensor> skips{x};
   for (const DownBlock& b : down_blocks) {
     for (size_t l = 0; l < b.resnets.size(); ++l) {
-      x = b.resnets[l](x, temb_act, &conditioning);
+      x = b.resnets[l](x, temb_act);
       if (!b.attentions.empty()) x = b.attentions[l](x, context);
       skips.push_back(x);
     }
@@ -404,7 +396,7 @@ Tensor UNet2DConditionModel::forward(const Inputs& in) const {
   }
 
   if (mid_block) {
-    x = mid_block->resnets[0](x, temb_act, &conditioning);
+    x = mid_block->resnets[0](x, temb_act);
     x = mid_block->attentions[0](x, context);
     x = mid_block->resnets[1](x, temb_act);
   }
@@ -413,7 +405,7 @@ Tensor UNet2DConditionModel::forward(const Inputs& in) const {
     for (size_t l = 0; l < b.resnets.size(); ++l) {
       x = ops::concat_last({x, skips.back()});  // [B, H, W, C + C_skip]
       skips.pop_back();
-      x = b.resnets[l](x, temb_act, &conditioning);
+      x = b.resnets[l](x, temb_act);
       if (!b.attentions.empty()) x = b.attentions[l](x, context);
     }
     if (b.upsampler) {

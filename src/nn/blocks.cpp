@@ -20,23 +20,13 @@ void ResnetBlock2D::load(const WeightLoader& w, const std::string& prefix, int64
   output_scale_factor = o.output_scale_factor;
 }
 
-Tensor ResnetBlock2D::operator()(const Tensor& x, const Tensor& temb_act,
-                                 ops::Branch* pending) const {
-  return forward(x, nullptr, temb_act, pending);
+Tensor ResnetBlock2D::operator()(const Tensor& x, const Tensor& temb_act) const {
+  return after_norm1(x, norm1(x, Activation::SiLU), temb_act);
 }
 
 Tensor ResnetBlock2D::after_norm1(const Tensor& x, const Tensor& normed,
                                   const Tensor& temb_act) const {
-  return forward(x, &normed, temb_act, nullptr);
-}
-
-Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor* normed, const Tensor& temb_act,
-                              ops::Branch* pending) const {
-  // The shortcut projection reads only x: it runs beside norm1, conv1 and norm2.
-  ops::Branch side(x.device());
-  const Tensor shortcut = conv_shortcut ? side.run([&] { return (*conv_shortcut)(x); }) : x;
-  Tensor h = conv1(normed ? *normed : norm1(x, Activation::SiLU));  // [B, H, W, out]
-  if (pending) pending->join();  // temb_act is made on that branch
+  Tensor h = conv1(normed);  // [B, H, W, out]
   // h + time_emb_proj(temb) feeds norm2 alone: the add happens inside it.
   if (temb_col >= 0) {
     h = norm2(h, Activation::SiLU, temb_act, temb_col);
@@ -44,7 +34,7 @@ Tensor ResnetBlock2D::forward(const Tensor& x, const Tensor* normed, const Tenso
     const Tensor t = time_emb_proj ? (*time_emb_proj)(temb_act) : Tensor();  // [B, out]
     h = norm2(h, Activation::SiLU, t);
   }
-  side.join();
+  const Tensor shortcut = conv_shortcut ? (*conv_shortcut)(x) : x;
   Tensor out = conv2(h, shortcut);
   if (output_scale_factor != 1.0f) out = ops::scale(out, 1.0f / output_scale_factor);
   return out;

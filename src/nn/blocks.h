@@ -36,10 +36,8 @@ struct ResnetBlock2D {
             const Options& options);
   // x: [B, H, W, in], temb_act: [B, temb_channels] with the nonlinearity already
   // applied (the same for every block, so computed once per forward), or the
-  // projections (see temb_col). pending: the branch temb_act is made on, joined just
-  // before temb_act is read (after conv1), so that it runs beside norm1 and conv1.
-  Tensor operator()(const Tensor& x, const Tensor& temb_act = {},
-                    ops::Branch* pending = nullptr) const;
+  // projections (see temb_col).
+  Tensor operator()(const Tensor& x, const Tensor& temb_act = {}) const;
   // The same, given norm1(x, SiLU) already made (Upsample2D::with_norm).
   Tensor after_norm1(const Tensor& x, const Tensor& normed, const Tensor& temb_act = {}) const;
   // Hands time_emb_proj over (emptied) for one GEMM across resnets; from now on the
@@ -48,10 +46,6 @@ struct ResnetBlock2D {
     temb_col = col;
     return &*time_emb_proj;
   }
-
- private:
-  Tensor forward(const Tensor& x, const Tensor* normed, const Tensor& temb_act,
-                 ops::Branch* pending) const;
 };
 
 // Stride-2 3×3 convolution. padding 0 means diffusers' (0, 1, 0, 1) zero pad.

@@ -606,31 +606,4 @@ Tensor to(const Tensor& x, Device device, DType dtype) {
   return cast(x.to(device), dtype);
 }
 
-Branch::Branch(Device device) : device_(device) {}
-
-Branch::~Branch() {
-  try {
-    join();
-  } catch (...) {
-    // A failed join leaves the device in error; the next op reports it.
-  }
-}
-
-bool Branch::begin() {
-  // A second run() before the join is one more stretch of the same branch.
-  if (!backend_for(device_).begin_branch()) return false;
-  pending_ = true;
-  return true;
-}
-
-void Branch::end() {
-  backend_for(device_).end_branch();
-}
-
-void Branch::join() {
-  if (!pending_) return;
-  pending_ = false;
-  backend_for(device_).join_branch();
-}
-
 }  // namespace kiln::ops

@@ -132,46 +132,4 @@ Tensor cast(const Tensor& x, DType dtype);
 // Copy to a device and dtype, as a model's weights are at load.
 Tensor to(const Tensor& x, Device device, DType dtype);
 
-// Work that does not depend on the ops issued after it, run beside them where the
-// device's backend can (CUDA: on a second stream, a parallel branch in a captured
-// graph), in place elsewhere:
-//
-//   ops::Branch side(device);
-//   Tensor p = side.run([&] { return projection(x); });  // issued now, may overlap
-//   Tensor h = main_path(y);                              // with this
-//   side.join();                                          // before p is read
-//   use(h, p);
-//
-// The results are the same either way. What the branch reads must stay alive until
-// join() (or the destructor, which joins). run() may be called again before the join;
-// a run() inside another branch's run() goes in place, on that branch.
-class Branch {
- public:
-  explicit Branch(Device device);
-  ~Branch();
-  Branch(const Branch&) = delete;
-  Branch& operator=(const Branch&) = delete;
-
-  template <class F>
-  auto run(F&& work) {
-    const bool beside = begin();
-    struct End {
-      Branch* b;
-      bool on;
-      ~End() {
-        if (on) b->end();
-      }
-    } end_guard{this, beside};
-    return work();
-  }
-  // The main path waits for the branch here; idempotent.
-  void join();
-
- private:
-  bool begin();
-  void end();
-  Device device_;
-  bool pending_ = false;  // begun beside the main path and not yet joined
-};
-
 }  // namespace kiln::ops

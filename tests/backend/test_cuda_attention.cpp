@@ -60,9 +60,6 @@ class UsePath {
   explicit UsePath(AttentionPath path) {
     cuda::options().use_flash_attention = path != AttentionPath::Banded;
     cuda::options().flash_two_tiles_per_warp = path == AttentionPath::FlashTwoTiles;
-    // The one-tile path takes 32-row blocks where 64 make less than a wave; the
-    // two-tile path keeps 64 (head dims above 64 run the same kernel on both otherwise).
-    cuda::options().flash_narrow_blocks = path == AttentionPath::FlashOneTile;
     cuda::options().flash_wgmma = path == AttentionPath::FlashWgmma128 ||
                                   path == AttentionPath::FlashWgmma192 ||
                                   path == AttentionPath::FlashWgmmaProducer;
@@ -79,7 +76,6 @@ class UsePath {
     const cuda::Options defaults;
     cuda::options().use_flash_attention = defaults.use_flash_attention;
     cuda::options().flash_two_tiles_per_warp = defaults.flash_two_tiles_per_warp;
-    cuda::options().flash_narrow_blocks = defaults.flash_narrow_blocks;
     cuda::options().flash_wgmma = defaults.flash_wgmma;
     cuda::options().flash_wgmma_producer = defaults.flash_wgmma_producer;
     cuda::options().flash_short_kv_kernel = defaults.flash_short_kv_kernel;
@@ -129,14 +125,8 @@ bool skip_on_path(const AttentionCase& c, AttentionPath path) {
 // expect_taken fails where the path's kernel should have run and did not.
 struct KernelCalls {
   size_t cudnn = cuda::cudnn_attention_calls(), wgmma = cuda::flash_wgmma_calls(),
-         short_kv = cuda::flash_short_kv_calls(), narrow = cuda::flash_narrow_calls();
+         short_kv = cuda::flash_short_kv_calls();
   void expect_taken(const AttentionCase& c, DType dt, AttentionPath path) const {
-    // Head dims 65 to 160 whose 64-row blocks are fewer than the multiprocessors.
-    const int64_t blocks = (c.sq + 63) / 64 * c.heads * c.b;
-    if (path == AttentionPath::FlashOneTile && dt != DType::F32 && c.d > 64 && c.d <= 160 &&
-        blocks < cuda::device_info().multiprocessors) {
-      EXPECT_GT(cuda::flash_narrow_calls(), narrow) << "32-row blocks did not run " << dtype_name(dt);
-    }
     if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
       EXPECT_GT(cuda::cudnn_attention_calls(), cudnn) << "cuDNN did not run " << dtype_name(dt);
     }

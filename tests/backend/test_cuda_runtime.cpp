@@ -174,64 +174,6 @@ TEST_F(Runtime, CapturedUNetForwardReplaysTheEagerResult) {
   EXPECT_LE(nmse(graph.replay(), ref.get("unet.out")), 1e-3);
 }
 
-// ops::Branch: a tensor the branch reads and the host drops while the branch runs is
-// not handed out again until the join. Without that, the scale below would take the
-// input's block and overwrite it while the GEMM on the second stream still reads it.
-TEST_F(Runtime, BranchKeepsFreedInputsUntilTheJoin) {
-  cuda::set_poison_allocations(false);
-  ASSERT_TRUE(cuda::options().branches);
-  const int64_t n = 4096;
-  const Tensor w = on_cuda(random_tensor({n, n}, DType::F16, next_seed(), 0.02f), DType::F16);
-  const Tensor source = on_cuda(random_tensor({n, n}, DType::F16, next_seed()), DType::F16);
-  const Tensor expected = on_cpu(ops::linear(ops::linear(source.clone(), w), w));
-  cuda::synchronize();
-  cuda::release_cached_memory();  // the input's block is then the only one of its size free
-  const size_t begun = cuda::branches_begun();
-  ops::Branch side(Device::CUDA);
-  const void* input_block = nullptr;
-  Tensor y;
-  {
-    Tensor x = source.clone();
-    input_block = x.raw();
-    // Two GEMMs of 137 GFLOP each: a few hundred microseconds on the second stream.
-    y = side.run([x = std::move(x), &w]() mutable {
-      Tensor out = ops::linear(ops::linear(x, w), w);
-      x = Tensor();
-      return out;
-    });
-  }
-  EXPECT_EQ(cuda::branches_begun(), begun + 1);
-  const Tensor junk = ops::scale(source, -3.0f);  // same size as the dropped input
-  EXPECT_NE(junk.raw(), input_block);
-  side.join();
-  EXPECT_EQ(nmse(on_cpu(y), expected), 0.0);
-  // After the join the block is free again.
-  const Tensor again = ops::scale(source, 2.0f);
-  (void)again;
-  cuda::synchronize();
-}
-
-// The same UNet forward with its independent work on the second stream and in place:
-// the same kernels on the same inputs, so the same bits, eager and replayed.
-TEST_F(Runtime, BranchesLeaveTheUNetForwardUnchanged) {
-  cuda::set_poison_allocations(false);
-  const golden::References ref("sdxl");
-  const auto unet = UNet2DConditionModel::load(golden::data_dir() / "sdxl/model/unet",
-                                               {Device::CUDA, DType::F16, ""});
-  const UNet2DConditionModel::Inputs in = unet_inputs_on_cuda(ref, "unet");
-  ASSERT_TRUE(cuda::options().branches);
-  const size_t begun = cuda::branches_begun();
-  const Tensor with = on_cpu(unet->forward(in));
-  EXPECT_GT(cuda::branches_begun(), begun);  // the conditioning and the shortcuts
-  cuda::options().branches = false;
-  const Tensor without = on_cpu(unet->forward(in));
-  cuda::options().branches = true;
-  EXPECT_EQ(nmse(with, without), 0.0);
-  cuda::CapturedForward graph([&] { return unet->forward(in); });
-  EXPECT_EQ(nmse(on_cpu(graph.replay()), without), 0.0);
-  EXPECT_EQ(nmse(on_cpu(graph.replay()), without), 0.0);
-}
-
 TEST_F(Runtime, SamplerMathOnF32Latents) {
   // The pipeline keeps latents in f32 on the device and casts the UNet output.
   const Tensor latents = random_tensor({1, 64, 64, 4}, DType::F32, next_seed());

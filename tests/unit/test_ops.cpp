@@ -462,21 +462,5 @@ TEST(Ops, ShapeMismatchesAreErrorsNotCrashes) {
                Error);
 }
 
-// On the CPU a branch runs in place: run() returns the work's result at once, a
-// second run() and repeated joins are fine, and an error inside it propagates.
-TEST(Ops, BranchRunsInPlaceOnTheCpu) {
-  ops::Branch side(Device::CPU);
-  const float v[] = {1.0f, -2.0f, 3.0f};
-  const Tensor x = Tensor::from_floats({3}, v);
-  const Tensor doubled = side.run([&] { return ops::scale(x, 2.0f); });
-  const Tensor tripled = side.run([&] { return ops::scale(x, 3.0f); });
-  side.join();
-  side.join();
-  EXPECT_FLOAT_EQ(doubled.data<float>()[1], -4.0f);
-  EXPECT_FLOAT_EQ(tripled.data<float>()[2], 9.0f);
-  const float w[] = {1.0f, 2.0f};
-  EXPECT_THROW(side.run([&] { return ops::add(x, Tensor::from_floats({2}, w)); }), Error);
-}
-
 }  // namespace
 }  // namespace kiln

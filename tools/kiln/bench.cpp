@@ -61,8 +61,6 @@ const char* kHelp =
     "                       for comparing the two kernels)\n"
     "  --flash-short-kv B   1 or 0: flash attention over at most 128 keys in four-warp\n"
     "                       blocks, or eight-warp ones (default 1; for A/B)\n"
-    "  --flash-narrow B     1 or 0: head dims above 64 in 32-row blocks where 64-row\n"
-    "                       ones make less than a wave (default 0; for A/B)\n"
     "  --flash-wgmma B      1 or 0: on Hopper, kiln's flash attention on warpgroup MMAs\n"
     "                       where it applies, or on mma.sync (default 0; for A/B)\n"
     "  --flash-wgmma-rows N query rows a block of the wgmma kernel: 128 or 192 (default:\n"
@@ -90,9 +88,6 @@ const char* kHelp =
     "                       shift loaded once a batch row a thread (default 1; for A/B)\n"
     "  --group-norm-stats-spread B  1 or 0: on CUDA, the GroupNorm statistics' shared\n"
     "                       sums laid out without bank conflicts (default 1; for A/B)\n"
-    "  --branches B         1 or 0: on CUDA, the models' independent work (time and text\n"
-    "                       projections, resnets' shortcuts) on a second stream beside\n"
-    "                       the main path (default 1; for A/B)\n"
     "  --group-norm-pdl B   1 or 0: on CUDA (sm_90), the GroupNorm apply launched as a\n"
     "                       programmatic dependent of its statistics (default 0; for A/B)\n"
     "  --group-norm-stats-loads N  auto, 8 or 4: on CUDA, loads in flight a thread in\n"
@@ -199,7 +194,7 @@ class Bench {
   }
   double peak_mib() const {
 #if defined(KILN_WITH_CUDA)
-    // What the allocator took at most, and the workspaces it does not hand out (torch's
+    // What the allocator took at most, and the workspace it does not hand out (torch's
     // reserved memory holds cuBLAS's workspace too).
     if (s_.cuda())
       return double(cuda::memory_stats().peak_reserved + cuda::fixed_device_bytes()) /
@@ -576,7 +571,6 @@ int bench(const std::vector<std::string>& argv) {
                    "flash-warp-rows",
                    "flash-short-kv",
                    "flash-wgmma",
-                   "flash-narrow",
                    "flash-wgmma-rows",
                    "flash-wgmma-producer",
                    "flash-short-kv-kernel",
@@ -590,7 +584,6 @@ int bench(const std::vector<std::string>& argv) {
                    "group-norm-apply-reuse",
                    "group-norm-stats-spread",
                    "group-norm-pdl",
-                   "branches",
                    "group-norm-stats-loads",
                    "attention",
                    "group-norm",
@@ -641,10 +634,6 @@ int bench(const std::vector<std::string>& argv) {
   }
   if (const auto on = args.integer("flash-short-kv", 0, 1))
     if (s.cuda()) cuda::options().flash_short_kv_blocks = *on == 1;
-  if (const auto on = args.integer("branches", 0, 1))
-    if (s.cuda()) cuda::options().branches = *on == 1;
-  if (const auto on = args.integer("flash-narrow", 0, 1))
-    if (s.cuda()) cuda::options().flash_narrow_blocks = *on == 1;
   if (const auto on = args.integer("flash-wgmma", 0, 1))
     if (s.cuda()) cuda::options().flash_wgmma = *on == 1;
   if (const auto on = args.integer("flash-wgmma-producer", 0, 1))

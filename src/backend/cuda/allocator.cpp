@@ -1,10 +1,7 @@
 // The caching allocator for Device::CUDA. After the first forward pass of a shape
 // no op calls cudaMalloc: freed blocks wait in per-size free lists and are handed
-// out again. Kernels run on one stream, so a block freed on the host can be
-// reused at once: the next use is queued behind the last. The exception is a branch
-// (ops::Branch: a second stream beside the first until it is joined): while one is
-// open, freed blocks wait aside and join the free lists at the join, when both
-// streams' uses of them are ordered before anything queued after it.
+// out again. All kernels run on one stream, so a block freed on the host can be
+// reused at once: the next use is queued behind the last.
 //
 // Sizes round up to a class (512-byte steps below 1 MiB, then four classes per
 // power of two, at most 25% slack); a request takes the smallest free block of its
@@ -279,26 +276,8 @@ class CachingAllocator final : public Allocator {
     auto it = blocks_.find(ptr);
     if (it == blocks_.end()) return;  // cannot happen; never throw from a destructor
     in_use_ -= it->second.size;
-    if (open_branches_ > 0)
-      deferred_.push_back(ptr);
-    else
-      free_[it->second.pool].emplace(it->second.size, ptr);
+    free_[it->second.pool].emplace(it->second.size, ptr);
   }
-
- public:
-  void defer_frees(bool open) {
-    std::lock_guard<std::mutex> lock(mu_);
-    open_branches_ += open ? 1 : -1;
-    if (open_branches_ > 0) return;
-    open_branches_ = 0;
-    for (void* ptr : deferred_) {
-      auto it = blocks_.find(ptr);
-      if (it != blocks_.end()) free_[it->second.pool].emplace(it->second.size, ptr);
-    }
-    deferred_.clear();
-  }
-
- private:
 
   std::mutex mu_;
   std::unordered_map<void*, Block> blocks_;
@@ -310,8 +289,6 @@ class CachingAllocator final : public Allocator {
   size_t in_use_ = 0, peak_in_use_ = 0, reserved_ = 0, peak_reserved_ = 0, mallocs_ = 0;
   int last_pool_ = 0;
   bool poison_ = false;
-  int open_branches_ = 0;       // branches begun and not joined, on any thread
-  std::vector<void*> deferred_;  // blocks freed while one was open
 };
 
 CachingAllocator& the_allocator() {
@@ -358,9 +335,6 @@ void release_cached_memory() {
 }
 void set_poison_allocations(bool on) {
   the_allocator().set_poison(on);
-}
-void defer_frees(bool open) {
-  the_allocator().defer_frees(open);
 }
 
 }  // namespace kiln::cuda

@@ -405,7 +405,6 @@ __global__ void __launch_bounds__(128) flash_short_kv_kernel(AttentionParams p) 
 }
 
 std::atomic<size_t> g_short_kv_calls{0};
-std::atomic<size_t> g_narrow_calls{0};
 
 template <class T, int DP, int NK>
 void launch_flash_short_kv(const AttentionParams& p, int batch, int heads) {
@@ -461,20 +460,13 @@ int padded_head_dim(int d) {
 // on an H200 where the bytes take about 3): with options().flash_short_kv_blocks, 64
 // rows a block there, four warps of one m-tile, twice the blocks (the default since
 // a same-run A/B: SDXL's 60 calls 1.03 -> 0.93 ms a step).
-// Larger head dims: 64 rows, four warps of one m-tile (registers); with
-// options().flash_narrow_blocks, 32 rows (two warps) where 64 make less than a wave.
+// Larger head dims: 64 rows, four warps of one m-tile (registers).
 template <class T>
 void flash(const AttentionParams& p, int batch, int heads, int dp) {
   if (flash_short_kv<T>(p, batch, heads, dp)) return;
   if (flash_wgmma<T>(p, batch, heads, dp)) return;
   const bool two = options().flash_two_tiles_per_warp;
   const bool short_kv = !two && options().flash_short_kv_blocks && p.sk <= 2 * kBlockN;
-  // Head dims above 64 at 64 rows a block, where that leaves multiprocessors idle (SD1.5's
-  // 16×16 level: 64 blocks for 132): 32 rows a block, twice the blocks.
-  static const int sms = device_info().multiprocessors;
-  const bool narrow = options().flash_narrow_blocks && dp > 64 &&
-                      int64_t((p.sq + 63) / 64) * heads * batch < sms;
-  if (narrow) ++g_narrow_calls;
   switch (dp) {
     case 32:
       if (short_kv) return launch_flash<T, 32, 4, 1>(p, batch, heads);
@@ -489,13 +481,10 @@ void flash(const AttentionParams& p, int batch, int heads, int dp) {
       return two ? launch_flash<T, 64, 4, 2>(p, batch, heads)
                  : launch_flash<T, 64, 8, 1>(p, batch, heads);
     case 80:
-      if (narrow) return launch_flash<T, 80, 2, 1>(p, batch, heads);
       return launch_flash<T, 80, 4, 1>(p, batch, heads);
     case 128:
-      if (narrow) return launch_flash<T, 128, 2, 1>(p, batch, heads);
       return launch_flash<T, 128, 4, 1>(p, batch, heads);
     case 160:
-      if (narrow) return launch_flash<T, 160, 2, 1>(p, batch, heads);
       return launch_flash<T, 160, 4, 1>(p, batch, heads);
   }
   KILN_FAIL("flash attention: no kernel for padded head dim ", dp);
@@ -667,10 +656,6 @@ bool flash_short_kv_takes(int64_t sk) {
 
 size_t flash_short_kv_calls() {
   return g_short_kv_calls.load();
-}
-
-size_t flash_narrow_calls() {
-  return g_narrow_calls.load();
 }
 
 void attention(const AttentionArgs& a) {

@@ -122,7 +122,7 @@ std::unique_ptr<Sdpa> describe(const Key& k) {
   } catch (const std::exception&) {
     return nullptr;  // no implementation of this frontend takes the shape
   }
-  if (!g.validate().is_good() || !g.build_operation_graph(cudnn_handle()).is_good() ||
+  if (!g.validate().is_good() || !g.build_operation_graph(context().cudnn).is_good() ||
       !g.create_execution_plans({fe::HeurMode_t::A}).is_good() || !g.check_support().is_good())
     return nullptr;
   return s;
@@ -155,7 +155,7 @@ void execute(const Sdpa& s, int64_t plan, int64_t workspace, const Pointers& p) 
   std::unordered_map<int64_t, void*> pack{{kQ, p.q}, {kK, p.k}, {kV, p.v}, {kO, p.o}};
   const auto ws = workspace > 0 ? scratch(size_t(workspace)) : nullptr;
   const fe::error_t e =
-      s.graph.execute_plan_at_index(cudnn_handle(), pack, ws ? ws->data() : nullptr, plan);
+      s.graph.execute_plan_at_index(context().cudnn, pack, ws ? ws->data() : nullptr, plan);
   if (!e.is_good()) KILN_FAIL("cuDNN attention: ", message(e));
 }
 

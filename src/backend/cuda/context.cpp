@@ -1,7 +1,6 @@
 // The device context, checked-call failures, device queries and event timing.
 #include <algorithm>
 #include <atomic>
-#include <cstdlib>
 #include <cstring>
 #include <mutex>
 
@@ -110,111 +109,16 @@ bool cudnn_enabled() {
 }
 
 Options& options() {
-  static Options o = [] {
-    Options made;
-    // KILN_CUDA_BRANCHES=0: everything on one stream (generate and serve have no flag).
-    if (const char* b = std::getenv("KILN_CUDA_BRANCHES"); b && std::strcmp(b, "0") == 0)
-      made.branches = false;
-    return made;
-  }();
+  static Options o;
   return o;
 }
 
 void synchronize() {
   CUDA_CHECK(cudaStreamSynchronize(stream()));
-  // A branch not yet joined may still be running beside it.
-  if (const cudaStream_t side = context().side_stream; side && side != stream())
-    CUDA_CHECK(cudaStreamSynchronize(side));
-}
-
-#if defined(KILN_WITH_CUDNN)
-cudnnHandle_t cudnn_handle() {
-  return detail::t_side ? context().side_cudnn : context().cudnn;
-}
-#endif
-
-namespace {
-
-// A thread's branch: its events, and whether it is inside one or has one to join.
-struct BranchState {
-  cudaEvent_t fork = nullptr, done = nullptr;
-  bool inside = false, pending = false;
-};
-thread_local BranchState t_branch;
-std::mutex g_side_mu;
-std::atomic<size_t> g_branches_begun{0};
-
-// The side stream and its scratch, made once, outside any capture.
-bool side_ready() {
-  Context& c = context();
-  std::lock_guard<std::mutex> lock(g_side_mu);
-  if (c.side_stream) return true;
-  if (c.capturing) return false;
-  cudaStream_t s = nullptr;
-  CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
-  CUDA_CHECK(cudaMalloc(&c.side_gemm_workspace, c.gemm_workspace_bytes));
-  CUDA_CHECK(cudaMalloc(&c.side_counters, Context::kCounters * sizeof(unsigned)));
-  CUDA_CHECK(cudaMemsetAsync(c.side_counters, 0, Context::kCounters * sizeof(unsigned), s));
-  CUDA_CHECK(cudaStreamSynchronize(s));
-#if defined(KILN_WITH_CUDNN)
-  // A handle of its own: a handle is bound to one stream, and the main stream's may be
-  // in use on another thread.
-  if (c.cudnn) {
-    CUDNN_CHECK(cudnnCreate(&c.side_cudnn));
-    CUDNN_CHECK(cudnnSetStream(c.side_cudnn, s));
-  }
-#endif
-  c.side_stream = s;
-  return true;
-}
-
-}  // namespace
-
-bool begin_branch() {
-  BranchState& b = t_branch;
-  if (b.inside || !side_ready()) return false;
-  Context& c = context();
-  if (!b.fork) {
-    CUDA_CHECK(cudaEventCreateWithFlags(&b.fork, cudaEventDisableTiming));
-    CUDA_CHECK(cudaEventCreateWithFlags(&b.done, cudaEventDisableTiming));
-  }
-  CUDA_CHECK(cudaEventRecord(b.fork, c.stream));
-  CUDA_CHECK(cudaStreamWaitEvent(c.side_stream, b.fork, 0));
-  g_branches_begun.fetch_add(1, std::memory_order_relaxed);
-  if (!b.pending) defer_frees(true);
-  b.pending = true;
-  b.inside = true;
-  detail::t_side = c.side_stream;
-  return true;
-}
-
-void end_branch() {
-  BranchState& b = t_branch;
-  if (!b.inside) return;
-  detail::t_side = nullptr;
-  b.inside = false;
-  CUDA_CHECK(cudaEventRecord(b.done, context().side_stream));
-}
-
-void join_branch() {
-  BranchState& b = t_branch;
-  if (b.inside) end_branch();
-  if (!b.pending) return;
-  b.pending = false;
-  const cudaError_t waited = cudaStreamWaitEvent(context().stream, b.done, 0);
-  defer_frees(false);  // even if the wait failed: a count left up would stop all reuse
-  CUDA_CHECK(waited);
-}
-
-size_t branches_begun() {
-  return g_branches_begun.load(std::memory_order_relaxed);
 }
 
 size_t fixed_device_bytes() {
-  const Context& c = context();
-  size_t n = c.gemm_workspace_bytes + Context::kCounters * sizeof(unsigned);
-  if (c.side_stream) n += c.gemm_workspace_bytes + Context::kCounters * sizeof(unsigned);
-  return n;
+  return context().gemm_workspace_bytes + Context::kCounters * sizeof(unsigned);
 }
 
 StreamFence::StreamFence() {
@@ -287,7 +191,6 @@ PlanTimer::~PlanTimer() {
 float PlanTimer::time(const std::function<void()>& run, const void* hot, size_t hot_bytes,
                       int reps) {
   reps = std::max(reps, 1);
-  synchronize();  // timed alone, not beside a branch's work
   if (!buffer_) {
     timer_.start();
     for (int r = 0; r < reps; ++r) run();

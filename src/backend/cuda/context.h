@@ -70,47 +70,12 @@ struct Context {
   // (GroupNorm's statistics); every kernel leaves the ones it used at zero.
   unsigned* counters = nullptr;
   static constexpr int kCounters = 4096;
-  // The second stream of ops::Branch, with its own GEMM workspace and counters so that
-  // its ops never share scratch with the main stream's; made by the first branch.
-  cudaStream_t side_stream = nullptr;
-  void* side_gemm_workspace = nullptr;
-  unsigned* side_counters = nullptr;
-#if defined(KILN_WITH_CUDNN)
-  cudnnHandle_t side_cudnn = nullptr;
-#endif
 };
 // Creates the context on first use; throws kiln::Error when there is no device.
 Context& context();
-
-// The stream this thread's ops go to: the context's, or its side stream inside a
-// branch (begin_branch .. end_branch).
-namespace detail {
-inline thread_local cudaStream_t t_side = nullptr;
-}
 inline cudaStream_t stream() {
-  return detail::t_side ? detail::t_side : context().stream;
+  return context().stream;
 }
-// The GEMM workspace and the counters of the stream above.
-inline void* gemm_workspace() {
-  return detail::t_side ? context().side_gemm_workspace : context().gemm_workspace;
-}
-inline unsigned* counters() {
-  return detail::t_side ? context().side_counters : context().counters;
-}
-// cuDNN's handle bound to the stream above (null when cuDNN did not load).
-#if defined(KILN_WITH_CUDNN)
-cudnnHandle_t cudnn_handle();
-#endif
-
-// ops::Branch on CUDA (context.cpp). begin: the side stream waits for what the main
-// stream has queued, and this thread's ops go to the side stream; false (nothing done)
-// inside another branch, while capturing before the side stream exists, or where
-// Options::branches is off. end: back to the main stream. join: the main stream waits
-// for the side's work. Blocks freed while a branch is open are reused only after its
-// join, since either stream may still read them.
-bool begin_branch();
-void end_branch();
-void join_branch();
 
 // Device memory for a kernel's temporaries, from the caching allocator; freed
 // (returned to the cache) when the pointer goes.
@@ -132,9 +97,6 @@ class PoolScope {
   int previous_;
 };
 void register_cuda_allocator();
-// While any branch is open (count up at its begin, down at its join), freed blocks are
-// held back from reuse (begin_branch).
-void defer_frees(bool open);
 
 // FLOPs of GEMM-like work, counted as the ops run (cuda_backend.cpp).
 void count_flops(double flops);

@@ -177,7 +177,7 @@ struct ConvPlan {
 cudnnStatus_t conv_bias_residual(const ConvPlan& plan, const Conv2dArgs& a, void* ws) {
   const float alpha1 = 1.0f, alpha2 = a.residual.defined() ? 1.0f : 0.0f;
   const void* z = a.residual.defined() ? a.residual.raw() : a.out.raw();
-  return cudnnConvolutionBiasActivationForward(cudnn_handle(), &alpha1, plan.x, a.x.raw(), plan.w,
+  return cudnnConvolutionBiasActivationForward(context().cudnn, &alpha1, plan.x, a.x.raw(), plan.w,
                                                a.weight.raw(), plan.conv, plan.algo, ws,
                                                plan.workspace, &alpha2, plan.y, z, plan.bias,
                                                a.bias.raw(), plan.identity, plan.y, a.out.raw());
@@ -274,7 +274,7 @@ std::optional<ConvPlan> plan_from_store(ConvPlan plan, const ConvKey& k, const C
   CUDNN_CHECK(cudnnSetConvolutionMathType(plan.conv, math));
   // cuDNN still takes this algorithm for these descriptors, in that workspace.
   size_t need = 0;
-  if (cudnnGetConvolutionForwardWorkspaceSize(cudnn_handle(), plan.x, plan.w, plan.conv, plan.y,
+  if (cudnnGetConvolutionForwardWorkspaceSize(context().cudnn, plan.x, plan.w, plan.conv, plan.y,
                                               algo, &need) != CUDNN_STATUS_SUCCESS ||
       need > stored.workspace)
     return std::nullopt;
@@ -295,7 +295,7 @@ void run_plan(const ConvPlan& plan, const Conv2dArgs& a) {
     return;
   }
   const float alpha = 1.0f, beta = 0.0f;
-  CUDNN_CHECK(cudnnConvolutionForward(cudnn_handle(), &alpha, plan.x, a.x.raw(), plan.w, a.weight.raw(),
+  CUDNN_CHECK(cudnnConvolutionForward(ctx.cudnn, &alpha, plan.x, a.x.raw(), plan.w, a.weight.raw(),
                                       plan.conv, plan.algo, ws ? ws->data() : nullptr,
                                       plan.workspace, &beta, plan.y, a.out.raw()));
   const int64_t rows = a.out.numel() / a.out.dim(3);
@@ -357,6 +357,7 @@ ConvPlan fastest_path(ConvPlan plan, const ConvKey& k, const Conv2dArgs& a, cons
 }
 
 ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
+  Context& ctx = context();
   ConvPlan plan;
   if (!describe(plan, k, a)) return plan;
   const std::string name = k.name();
@@ -382,15 +383,14 @@ ConvPlan make_conv_plan(const ConvKey& k, const Conv2dArgs& a) {
   // Straight from the driver and back, so that the search's workspace does not
   // linger in the cache.
   void* ws = nullptr;
-  synchronize();  // timed alone, not beside a branch's work
   CUDA_CHECK(cudaMalloc(&ws, limit));
   constexpr int kAlgos = 8;
   cudnnConvolutionFwdAlgoPerf_t perf[kAlgos];
   int returned = 0;
   const cudnnStatus_t found = cudnnFindConvolutionForwardAlgorithmEx(
-      cudnn_handle(), plan.x, a.x.raw(), plan.w, a.weight.raw(), plan.conv, plan.y, a.out.raw(),
-      kAlgos, &returned, perf, ws, limit);
-  CUDA_CHECK(cudaStreamSynchronize(stream()));
+      ctx.cudnn, plan.x, a.x.raw(), plan.w, a.weight.raw(), plan.conv, plan.y, a.out.raw(), kAlgos,
+      &returned, perf, ws, limit);
+  CUDA_CHECK(cudaStreamSynchronize(ctx.stream));
   CUDA_CHECK(cudaFree(ws));
   CUDNN_CHECK(found);
   // The fastest deterministic algorithm (results come sorted by time), so that a

@@ -205,12 +205,6 @@ class CudaBackend final : public Backend {
     OpScope s("cast", [&] { return dims(a.x); });
     cuda::cast(a);
   }
-  // In place while ops are timed one by one: their events belong on one stream.
-  bool begin_branch() override {
-    return options().branches && !profiler().on && cuda::begin_branch();
-  }
-  void end_branch() override { cuda::end_branch(); }
-  void join_branch() override { cuda::join_branch(); }
 };
 
 }  // namespace

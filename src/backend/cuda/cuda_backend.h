@@ -38,10 +38,6 @@ void synchronize();
 // Implementation choices, for tests that compare paths and for diagnosis.
 struct Options {
   bool use_cudnn = true;            // 3×3 convolutions through cuDNN where it is built in
-  // ops::Branch on a second stream (a parallel branch in a captured graph): the models'
-  // independent work (the time and text projections, resnets' shortcut projections)
-  // beside the main path. Off: in place, for A/B runs. Off while ops are profiled.
-  bool branches = true;
   bool use_flash_attention = true;  // our fused kernel for head dims up to 160
   // Head dims up to 64: 32 query rows a warp (four warps) instead of 16 (eight).
   // Measured on an H200 (SDXL 1024², 2026-11-21): 16 rows 9.27 ms of attention a
@@ -52,10 +48,6 @@ struct Options {
   // (SDXL, --attention kiln; bench/results/2026-12-03-h200-v13): 1024x77 x 20 heads
   // 1.034 -> 0.927 ms a step (60 calls), 4096x77 0.254 -> 0.246.
   bool flash_short_kv_blocks = true;
-  // Head dims above 64 (SD1.5's 80 and 160): 32 query rows a block instead of 64 where 64
-  // make fewer blocks than the GPU has multiprocessors (256 × 256 × 16 heads: 64 blocks).
-  // Off until measured (v36).
-  bool flash_narrow_blocks = false;
   // Hopper (compute 9.0, in a build for sm_90a): the flash kernel on warpgroup MMAs
   // (wgmma) for padded head dims 48, 64 and 80 without a causal mask, in place of the
   // mma.sync kernel above. Correct, but off by default: on an H200 it is slower than
@@ -177,7 +169,6 @@ size_t cudnn_attention_calls();
 bool flash_wgmma_available();
 size_t flash_wgmma_calls();
 size_t flash_short_kv_calls();  // launches of the short-KV kernel (flash_short_kv_kernel)
-size_t flash_narrow_calls();    // flash launches in 32-row blocks (flash_narrow_blocks)
 // GroupNorm calls the grid-wide one-launch kernel ran so far (tests: that it ran).
 size_t group_norm_grid_calls();
 // Launches of the cluster GroupNorm kernel so far (tests check which path ran).
@@ -195,8 +186,6 @@ bool linear_geglu_fused_available();
 size_t linear_geglu_fused_calls();
 // Calls of the fused phase copy and GroupNorm so far (tests: that it ran).
 size_t interleave_group_norm_calls();
-// Stretches of work ops::Branch ran on the second stream so far (tests: that it did).
-size_t branches_begun();
 
 // Plans: the algorithm each GEMM and cuDNN convolution shape runs with, chosen by
 // timing on its first use and kept on disk, one file per GPU (backend/plan_file.h),
@@ -229,8 +218,8 @@ struct MemoryStats {
   size_t device_mallocs = 0;               // cudaMalloc calls so far
 };
 MemoryStats memory_stats();
-// Device memory kiln holds outside the caching allocator: the GEMM workspaces and
-// counters of its streams (32 MiB and 16 KiB a stream).
+// Device memory kiln holds outside the caching allocator: the GEMM workspace (32 MiB)
+// and the kernels' counters.
 size_t fixed_device_bytes();
 void reset_peak_memory();
 // Returns every cached free block to the driver.

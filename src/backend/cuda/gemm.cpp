@@ -101,8 +101,8 @@ cublasStatus_t try_run(const Plan& plan, const GemmParams& p, bool residual_in_c
                                                 sizeof(p.bias)));
   const void* cmat = residual_in_c ? p.residual : p.c;
   return cublasLtMatmul(c.lt, plan.op, &alpha, p.b, plan.weight, p.a, plan.act, &beta, cmat,
-                        plan.out, p.c, plan.out, &plan.algo, gemm_workspace(),
-                        c.gemm_workspace_bytes, stream());
+                        plan.out, p.c, plan.out, &plan.algo, c.gemm_workspace,
+                        c.gemm_workspace_bytes, c.stream);
 }
 
 void run(const Plan& plan, const GemmParams& p, bool residual_in_c) {

@@ -1065,7 +1065,7 @@ NormScaleShift statistics(const Rows& src, int batch, int64_t rows, int channels
     scale = partial + partial_floats;
     shift = scale + channel_floats;
     kernel<<<dim3{unsigned(splits), unsigned(batch)}, block, smem, stream()>>>(
-        src, partial, gamma, beta, scale, shift, counters(), rows, rows_per_block, channels,
+        src, partial, gamma, beta, scale, shift, context().counters, rows, rows_per_block, channels,
         groups, eps, options().group_norm_stats_spread);
     CUDA_CHECK_LAUNCH();
   };
