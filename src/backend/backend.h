@@ -59,6 +59,15 @@ struct LayerNormArgs {
   Tensor out;  // [M, C]
 };
 
+// x + residual, rounded to x's dtype (the residual stream's new value), and its LayerNorm.
+struct AddLayerNormArgs {
+  Tensor x, residual;  // [M, C]
+  Tensor gamma, beta;  // [C]
+  float eps = 1e-5f;
+  Tensor sum;  // [M, C]
+  Tensor out;  // [M, C]
+};
+
 struct AttentionArgs {
   Tensor q;  // [B, Sq, heads * D]
   Tensor k;  // [B, Sk, heads * D]
@@ -210,6 +219,9 @@ class Backend {
   virtual void conv2d(const Conv2dArgs& a) = 0;
   virtual void group_norm(const GroupNormArgs& a) = 0;
   virtual void layer_norm(const LayerNormArgs& a) = 0;
+  // The fused form where this backend has one for these operands: answers false
+  // (having done nothing) otherwise, and ops::add_layer_norm takes the two ops.
+  virtual bool add_layer_norm(const AddLayerNormArgs&) { return false; }
   virtual void attention(const AttentionArgs& a) = 0;
   virtual void binary(const BinaryArgs& a) = 0;
   virtual void unary(const UnaryArgs& a) = 0;

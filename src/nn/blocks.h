@@ -61,6 +61,10 @@ struct BlockOptions {
   // multiply-adds in its convolution and no upsampled tensor. Off: the direct form,
   // for A/B runs. Read when a model loads.
   bool upsample_phases = true;
+  // BasicTransformerBlock: the self- and cross-attention's residual adds in the
+  // LayerNorm after them (ops::add_layer_norm) instead of in their output projections'
+  // GEMMs. Off: in the GEMMs, for A/B runs. Read at each forward.
+  bool residual_in_norm = true;
 };
 BlockOptions& block_options();
 

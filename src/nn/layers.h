@@ -66,6 +66,10 @@ struct LayerNorm {
 
   void load(const WeightLoader& w, const std::string& prefix, int64_t channels, float eps);
   Tensor operator()(const Tensor& x) const { return ops::layer_norm(x, weight, bias, eps); }
+  // {x + residual, this(x + residual)}, in one pass where the backend fuses them.
+  std::pair<Tensor, Tensor> after_add(const Tensor& x, const Tensor& residual) const {
+    return ops::add_layer_norm(x, residual, weight, bias, eps);
+  }
 };
 
 // Activation names in configs ("silu", "swish", "gelu", "quick_gelu", ...).

@@ -188,6 +188,31 @@ Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, floa
   return out;
 }
 
+std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x, const Tensor& residual,
+                                         const Tensor& gamma, const Tensor& beta, float eps) {
+  KILN_CHECK(x.shape() == residual.shape(), "add_layer_norm: x ", x.describe(), ", residual ",
+             residual.describe(), " (expected the same shape)");
+  check_float_like(x, residual, "add_layer_norm", "residual");
+  const int64_t c = x.dim(-1);
+  check_optional_vector(x, gamma, c, "add_layer_norm", "gamma");
+  check_optional_vector(x, beta, c, "add_layer_norm", "beta");
+  KILN_CHECK(gamma.defined() && beta.defined(), "add_layer_norm: gamma and beta are required");
+  AddLayerNormArgs a;
+  const Shape rows{x.numel() / std::max<int64_t>(c, 1), c};
+  a.x = x.reshape(rows);
+  a.residual = residual.reshape(rows);
+  a.gamma = gamma;
+  a.beta = beta;
+  a.eps = eps;
+  Tensor sum = like(x, x.shape());
+  Tensor out = like(x, x.shape());
+  a.sum = sum.reshape(rows);
+  a.out = out.reshape(rows);
+  if (backend_for(x.device()).add_layer_norm(a)) return {sum, out};
+  sum = add(x, residual);
+  return {sum, layer_norm(sum, gamma, beta, eps)};
+}
+
 Tensor attention(const Tensor& q, const Tensor& k, const Tensor& v, int heads, float scale,
                  bool causal) {
   KILN_CHECK(q.ndim() == 3 && k.ndim() == 3 && v.ndim() == 3, "attention: q ", q.describe(), ", k ",

@@ -41,6 +41,12 @@ Tensor group_norm_conv2d(const Tensor& x, const Tensor& gamma, const Tensor& bet
                          Conv2dGeometry g);
 // x [..., C] normalised over C.
 Tensor layer_norm(const Tensor& x, const Tensor& gamma, const Tensor& beta, float eps);
+// {x + residual, layer_norm(x + residual)} for x and residual of one shape: the sum
+// (rounded to x's dtype, as add makes it) and its normalisation, in one pass where the
+// backend fuses them (CUDA), else the two ops. A transformer block's residual add, moved
+// out of the GEMM before it into the LayerNorm after it.
+std::pair<Tensor, Tensor> add_layer_norm(const Tensor& x, const Tensor& residual,
+                                         const Tensor& gamma, const Tensor& beta, float eps);
 
 // q [B, Sq, H*D], k and v [B, Sk, H*D] → [B, Sq, H*D]; softmax(q k^T * scale) v per head.
 // The same from packed projections, as one GEMM of the concatenated weights makes

@@ -697,6 +697,56 @@ TEST_P(LayerNorm, MatchesCpu) {
   }
 }
 
+// The sum and its LayerNorm in one pass: each against the CPU, and in f16/bf16 the
+// same bits as CUDA's add and layer_norm one after the other (the sum rounded to the
+// dtype before its statistics, as add leaves it), where the fused kernel takes the
+// shape; widths without 16-byte packs or too wide for registers take the two ops.
+class AddLayerNorm : public CudaTest,
+                     public ::testing::WithParamInterface<std::tuple<int64_t, int64_t>> {};
+
+TEST_P(AddLayerNorm, MatchesCpuAndTheTwoOps) {
+  const auto [m, c] = GetParam();
+  for (DType dt : kAllTypes) {
+    std::vector<Tensor> in{random_tensor({m, c}, dt, next_seed(), 2.0f, 1.0f),
+                           random_tensor({m, c}, dt, next_seed(), 3.0f, -0.5f),
+                           random_tensor({c}, dt, next_seed(), 0.5f, 1.0f),
+                           random_tensor({c}, dt, next_seed())};
+    const std::string what = str("add_layer_norm ", m, "x", c);
+    for (int part : {0, 1}) {
+      expect_match(what + (part ? " norm" : " sum"), dt, in, [&](const std::vector<Tensor>& t) {
+        auto [sum, out] = ops::add_layer_norm(t[0], t[1], t[2], t[3], 1e-5f);
+        return part ? out : sum;
+      });
+    }
+    if (dt == DType::F32) continue;
+    std::vector<Tensor> d;
+    for (const Tensor& t : in) d.push_back(on_cuda(t, dt));
+    const size_t before = cuda::add_layer_norm_calls();
+    auto [sum, out] = ops::add_layer_norm(d[0], d[1], d[2], d[3], 1e-5f);
+    const bool fused = cuda::add_layer_norm_calls() > before;
+    EXPECT_EQ(fused, c % 8 == 0 && c <= 2048) << what << " " << name(dt);
+    const Tensor two_sum = ops::add(d[0], d[1]);
+    const Tensor two_out = ops::layer_norm(two_sum, d[2], d[3], 1e-5f);
+    const Tensor a = sum.to(Device::CPU), b = two_sum.to(Device::CPU);
+    const Tensor e = out.to(Device::CPU), f = two_out.to(Device::CPU);
+    EXPECT_EQ(std::memcmp(a.raw(), b.raw(), a.nbytes()), 0) << what << " sum " << name(dt);
+    EXPECT_EQ(std::memcmp(e.raw(), f.raw(), e.nbytes()), 0) << what << " norm " << name(dt);
+  }
+}
+
+// The transformer blocks' widths at their token counts (SD1.5's three levels, SDXL's
+// 2048x1280), rows that leave a warp's last pass part empty (77), the widest fused
+// (2048), packs that do not fill the lanes evenly (200), and the two-op widths (5: no
+// 16-byte packs; 4096: too wide for registers).
+INSTANTIATE_TEST_SUITE_P(
+    Shapes, AddLayerNorm,
+    ::testing::Values(std::tuple<int64_t, int64_t>{8192, 320},
+                      std::tuple<int64_t, int64_t>{2048, 640},
+                      std::tuple<int64_t, int64_t>{512, 1280},
+                      std::tuple<int64_t, int64_t>{2048, 1280}, std::tuple<int64_t, int64_t>{77, 768},
+                      std::tuple<int64_t, int64_t>{33, 2048}, std::tuple<int64_t, int64_t>{37, 200},
+                      std::tuple<int64_t, int64_t>{13, 5}, std::tuple<int64_t, int64_t>{9, 4096}));
+
 // The models' widths (320, 640, 768, 1280), rows that leave a warp's last pass part
 // empty (77, 131), widths of one, three and eight packs a lane (64, 192, 2048), a
 // width no pack count divides evenly among lanes (200), scalar accesses (5), and too

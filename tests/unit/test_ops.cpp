@@ -462,5 +462,32 @@ TEST(Ops, ShapeMismatchesAreErrorsNotCrashes) {
                Error);
 }
 
+// add_layer_norm on the CPU is add, then layer_norm, and says which operand is wrong.
+TEST(Ops, AddLayerNormIsTheSumAndItsNorm) {
+  std::vector<float> xv(2 * 8), rv(2 * 8), gv(8), bv(8);
+  for (size_t i = 0; i < xv.size(); ++i) {
+    xv[i] = float(i % 5) - 1.5f;
+    rv[i] = 0.25f * float(i % 3);
+  }
+  for (size_t i = 0; i < gv.size(); ++i) {
+    gv[i] = 1.0f + 0.1f * float(i);
+    bv[i] = -0.05f * float(i);
+  }
+  const Tensor x = Tensor::from_floats({2, 8}, xv.data());
+  const Tensor r = Tensor::from_floats({2, 8}, rv.data());
+  const Tensor g = Tensor::from_floats({8}, gv.data());
+  const Tensor b = Tensor::from_floats({8}, bv.data());
+  auto [sum, out] = ops::add_layer_norm(x, r, g, b, 1e-5f);
+  const Tensor want_sum = ops::add(x, r);
+  const Tensor want_out = ops::layer_norm(want_sum, g, b, 1e-5f);
+  for (int64_t i = 0; i < 16; ++i) {
+    EXPECT_EQ(sum.data<float>()[i], want_sum.data<float>()[i]);
+    EXPECT_EQ(out.data<float>()[i], want_out.data<float>()[i]);
+  }
+  EXPECT_THROW((void)ops::add_layer_norm(x, g, g, b, 1e-5f), Error);
+  EXPECT_THROW((void)ops::add_layer_norm(x, r, Tensor::from_floats({7}, gv.data()), b, 1e-5f),
+               Error);
+}
+
 }  // namespace
 }  // namespace kiln

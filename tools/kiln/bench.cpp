@@ -93,6 +93,9 @@ const char* kHelp =
     "  --group-norm-stats-loads N  auto, 8 or 4: on CUDA, loads in flight a thread in\n"
     "                       the GroupNorm statistics on large tensors (default auto: 4\n"
     "                       from 16M values a batch row, else 8; for A/B)\n"
+    "  --norm-residual B    1 or 0: a transformer block's attention residual adds in the\n"
+    "                       LayerNorms after them, or in the GEMMs before (default 1;\n"
+    "                       for A/B)\n"
     "  --upsample-phases B  1 or 0: on CUDA, upsampling convolutions by output phase (2x2\n"
     "                       taps on the small image), or upsampling and a 3x3 convolution\n"
     "                       (default 1; for A/B)\n"
@@ -577,6 +580,7 @@ int bench(const std::vector<std::string>& argv) {
                    "geglu-fused",
                    "geglu-form",
                    "upsample-phases",
+                   "norm-residual",
                    "conv-workspace-mib",
                    "narrow-conv-form",
                    "interleave-norm-fused",
@@ -626,6 +630,8 @@ int bench(const std::vector<std::string>& argv) {
 
   if (const auto on = args.integer("upsample-phases", 0, 1))
     nn::block_options().upsample_phases = *on == 1;
+  if (const auto on = args.integer("norm-residual", 0, 1))
+    nn::block_options().residual_in_norm = *on == 1;
   std::string gpu = "cpu";
 #if defined(KILN_WITH_CUDA)
   if (const auto rows = args.integer("flash-warp-rows", 16, 32)) {

@@ -133,6 +133,10 @@ class CudaBackend final : public Backend {
     OpScope s("layer_norm", [&] { return dims(a.x); });
     cuda::layer_norm(a);
   }
+  bool add_layer_norm(const AddLayerNormArgs& a) override {
+    OpScope s("add+layer_norm", [&] { return dims(a.x); });
+    return cuda::add_layer_norm(a);
+  }
   void attention(const AttentionArgs& a) override {
     OpScope s("attention", [&] {
       return str("b", a.q.dim(0), " h", a.heads, " ", a.q.dim(1), "x", a.k.dim(1), " d",

@@ -186,6 +186,8 @@ bool linear_geglu_fused_available();
 size_t linear_geglu_fused_calls();
 // Calls of the fused phase copy and GroupNorm so far (tests: that it ran).
 size_t interleave_group_norm_calls();
+// Calls of the fused add and LayerNorm (ops::add_layer_norm) so far (tests: that it ran).
+size_t add_layer_norm_calls();
 
 // Plans: the algorithm each GEMM and cuDNN convolution shape runs with, chosen by
 // timing on its first use and kept on disk, one file per GPU (backend/plan_file.h),

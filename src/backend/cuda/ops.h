@@ -91,6 +91,9 @@ bool attention_cudnn(const AttentionArgs& a, const std::function<void()>& ours);
 // norm.cu
 void group_norm(const GroupNormArgs& a);
 void layer_norm(const LayerNormArgs& a);
+// The sum and its LayerNorm in one pass (f16/bf16 rows of 16-byte packs that fit in
+// registers); false (nothing done) otherwise.
+bool add_layer_norm(const AddLayerNormArgs& a);
 // norm.cu: a GroupNorm's statistics as a per-(batch, channel) scale and shift, f32 [B, C]
 // each, so that act(x · scale + shift) rounded to x's type is the GroupNorm's output (as
 // its two-launch path computes it), in scratch memory that `memory` holds.
