@@ -112,10 +112,10 @@ Tensor BasicTransformerBlock::operator()(const Tensor& x, const Tensor& context)
     return ff(norm3(h), h);
   }
   // The attentions' adds in the LayerNorms after them: cuBLASLt's output projections
-  // with a residual operand took 14.7 µs against 8.5 without at 8192x320x320 (ncu, H100,
-  // bench/results/2026-12-07-v36), and the LayerNorm reads its input anyway. The
-  // projection's output is rounded to the activations' dtype before the add, as in
-  // diffusers, instead of the sum alone.
+  // with a residual operand took 14.7 µs against 8.5 without at 8192x320x320 (ncu of an
+  // eager pass, H100, bench/results/2026-12-07-v36), and the LayerNorm reads its input
+  // anyway. The projection's output is rounded to the activations' dtype before the
+  // add, as in diffusers, instead of the sum alone.
   auto [h, n2] = norm2.after_add(attn1(norm1(x), attn1_context), x);
   auto [h2, n3] = norm3.after_add(attn2(n2, context), h);
   return ff(n3, h2);

@@ -63,8 +63,11 @@ struct BlockOptions {
   bool upsample_phases = true;
   // BasicTransformerBlock: the self- and cross-attention's residual adds in the
   // LayerNorm after them (ops::add_layer_norm) instead of in their output projections'
-  // GEMMs. Off: in the GEMMs, for A/B runs. Read at each forward.
-  bool residual_in_norm = true;
+  // GEMMs. Off by default: in a same-run A/B on an H100 (bench/results/2026-12-07-v36,
+  // call 4) SD1.5's step was 0.04 ms slower with it (the GEMMs gained 0.03 ms, the
+  // LayerNorms' extra read and write cost 0.06) and SDXL's 0.29 ms faster on average
+  // over four rounds, within its spread (±0.35). Read at each forward.
+  bool residual_in_norm = false;
 };
 BlockOptions& block_options();
 

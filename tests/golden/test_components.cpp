@@ -10,6 +10,7 @@
 #include "models/autoencoder_kl.h"
 #include "models/clip_text_model.h"
 #include "models/unet_2d_condition.h"
+#include "nn/blocks.h"
 #include "text/clip_tokenizer.h"
 
 namespace kiln::golden {
@@ -60,6 +61,20 @@ TEST_P(Components, UNetForwardMatchesDiffusers) {
     EXPECT_LE(e, kComponentNmse);
     std::printf("[ %s ] %s nmse %.3g\n", GetParam().c_str(), c.c_str(), e);
   }
+}
+
+// The same forward with the attentions' residual adds in the LayerNorms after them
+// (nn::BlockOptions::residual_in_norm, opt-in): a different order of roundings, the
+// same model.
+TEST_P(Components, UNetForwardWithResidualsInNormsMatchesDiffusers) {
+  const References ref(GetParam());
+  const auto unet = UNet2DConditionModel::load(model_dir() / "unet", Placement{});
+  const bool before = nn::block_options().residual_in_norm;
+  nn::block_options().residual_in_norm = true;
+  const double e = nmse(unet->forward(unet_inputs(ref, "unet")), ref.get("unet.out"));
+  nn::block_options().residual_in_norm = before;
+  EXPECT_LE(e, kComponentNmse);
+  std::printf("[ %s ] unet (residuals in norms) nmse %.3g\n", GetParam().c_str(), e);
 }
 
 TEST_P(Components, VaeDecodeAndEncodeMatchDiffusers) {

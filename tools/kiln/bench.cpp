@@ -94,7 +94,7 @@ const char* kHelp =
     "                       the GroupNorm statistics on large tensors (default auto: 4\n"
     "                       from 16M values a batch row, else 8; for A/B)\n"
     "  --norm-residual B    1 or 0: a transformer block's attention residual adds in the\n"
-    "                       LayerNorms after them, or in the GEMMs before (default 1;\n"
+    "                       LayerNorms after them, or in the GEMMs before (default 0;\n"
     "                       for A/B)\n"
     "  --upsample-phases B  1 or 0: on CUDA, upsampling convolutions by output phase (2x2\n"
     "                       taps on the small image), or upsampling and a 3x3 convolution\n"
