@@ -110,6 +110,22 @@ __global__ void layer_norm_wide_kernel(const T* x, const T* gamma, const T* beta
   }
 }
 
+// launch(std::integral_constant<int, K>{}) for the fewest packs a lane, K of 1, 2, 4, 6
+// or 8, that hold per_lane (at most 8).
+template <class F>
+void with_packs_per_lane(int per_lane, F&& launch) {
+  if (per_lane <= 1)
+    launch(std::integral_constant<int, 1>{});
+  else if (per_lane <= 2)
+    launch(std::integral_constant<int, 2>{});
+  else if (per_lane <= 4)
+    launch(std::integral_constant<int, 4>{});
+  else if (per_lane <= 6)
+    launch(std::integral_constant<int, 6>{});
+  else
+    launch(std::integral_constant<int, 8>{});
+}
+
 }  // namespace
 
 void layer_norm(const LayerNormArgs& a) {
@@ -131,22 +147,13 @@ void layer_norm(const LayerNormArgs& a) {
           <<<grid, block, 0, stream()>>>(x, nullptr, gamma, beta, nullptr, out, rows, channels,
                                          a.eps);
     };
-    using One = std::integral_constant<int, 1>;
     using Vec = std::integral_constant<int, kVec<T>>;
     if (width == 1 || per_lane > 8)
       (width == 1 ? layer_norm_wide_kernel<T, 1>
                   : layer_norm_wide_kernel<T, kVec<T>>)<<<grid, block, 0, stream()>>>(
           x, gamma, beta, out, rows, channels, a.eps);
-    else if (per_lane <= 1)
-      launch(Vec{}, One{});
-    else if (per_lane <= 2)
-      launch(Vec{}, std::integral_constant<int, 2>{});
-    else if (per_lane <= 4)
-      launch(Vec{}, std::integral_constant<int, 4>{});
-    else if (per_lane <= 6)
-      launch(Vec{}, std::integral_constant<int, 6>{});
     else
-      launch(Vec{}, std::integral_constant<int, 8>{});
+      with_packs_per_lane(per_lane, [&](auto k) { launch(Vec{}, k); });
     CUDA_CHECK_LAUNCH();
   });
 }
@@ -185,16 +192,7 @@ bool add_layer_norm(const AddLayerNormArgs& a) {
       layer_norm_kernel<T, kVec<T>, decltype(k)::value, true>
           <<<grid, block, 0, stream()>>>(x, res, gamma, beta, sum, out, rows, channels, a.eps);
     };
-    if (per_lane <= 1)
-      launch(std::integral_constant<int, 1>{});
-    else if (per_lane <= 2)
-      launch(std::integral_constant<int, 2>{});
-    else if (per_lane <= 4)
-      launch(std::integral_constant<int, 4>{});
-    else if (per_lane <= 6)
-      launch(std::integral_constant<int, 6>{});
-    else
-      launch(std::integral_constant<int, 8>{});
+    with_packs_per_lane(per_lane, launch);
     CUDA_CHECK_LAUNCH();
   });
   return done;
