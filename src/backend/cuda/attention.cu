@@ -421,14 +421,200 @@ void launch_flash_short_kv(const AttentionParams& p, int batch, int heads) {
   ++g_short_kv_calls;
 }
 
+// The short-KV kernel's work for `tiles` query tiles of 64 rows in turn, one (batch,
+// head) a block (16-byte rows only, p.vec). K and V are loaded once for all of them;
+// the next tile's Q lands while this one's scores, softmax and P·V run (two Q buffers);
+// each warp writes its 16 rows of O into the shared rows its Q came from and stores
+// them from there as whole 16-byte pieces of rows, where the one-tile kernel stores 4
+// bytes a lane from the accumulators (half a 32-byte sector a row and instruction).
+template <class T, int DP, int NK>
+__global__ void __launch_bounds__(128) flash_short_kv_tiles_kernel(AttentionParams p, int tiles) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
+  __trap();
+#else
+  constexpr int kBlockM = 64, kThreads = 128;
+  constexpr int kPitch = DP + 8, kTilesD = DP / 8, kStepsD = DP / 16, kChunks = DP / 8;
+  constexpr int kTilesN = NK / 8, kStepsN = NK / 16;
+  static_assert(NK % 16 == 0, "keys in steps of 16");
+  extern __shared__ __align__(16) unsigned char smem[];
+  T* sq = reinterpret_cast<T*>(smem);  // [2][kBlockM][kPitch]
+  T* sk = sq + 2 * kBlockM * kPitch;   // [NK][kPitch]
+  T* sv = sk + NK * kPitch;            // [NK][kPitch]
+
+  const int head = blockIdx.y, batch = blockIdx.z;
+  const int first = blockIdx.x * tiles;
+  const int count = min(tiles, (p.sq + kBlockM - 1) / kBlockM - first);
+  const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+  const int group = lane >> 2, quad = lane & 3;
+  const int mat = lane >> 3, mat_row = lane & 7;
+  const T* qg = static_cast<const T*>(p.q) + int64_t(batch) * p.sq * p.q_stride + int64_t(head) * p.d;
+  const T* kg =
+      static_cast<const T*>(p.k) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+  const T* vg =
+      static_cast<const T*>(p.v) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
+  T* og = static_cast<T*>(p.out) + int64_t(batch) * p.sq * p.o_stride + int64_t(head) * p.d;
+
+  // Tile i's Q into buffer i % 2; every call commits a group (empty past the last tile),
+  // so that "all but the newest group" is always this tile's Q.
+  auto load_q = [&](int i) {
+    if (i < count) {
+      const int m0 = (first + i) * kBlockM;
+      load_tile<T, DP, kBlockM, kThreads>(sq + (i & 1) * kBlockM * kPitch,
+                                          qg + int64_t(m0) * p.q_stride, min(kBlockM, p.sq - m0),
+                                          p.q_stride, p.d, true);
+    }
+    cp_async_commit();
+  };
+  load_tile<T, DP, NK, kThreads>(sk, kg, p.sk, p.kv_stride, p.d, true);
+  load_q(0);
+  load_tile<T, DP, NK, kThreads>(sv, vg, p.sk, p.kv_stride, p.d, true);
+  cp_async_commit();
+  load_q(1);
+
+  for (int i = 0; i < count; ++i) {
+    cp_async_wait<1>();
+    __syncthreads();
+    T* sqi = sq + (i & 1) * kBlockM * kPitch;
+    uint32_t qf[kStepsD][4];
+#pragma unroll
+    for (int kk = 0; kk < kStepsD; ++kk)
+      ldmatrix_x4(qf[kk], sqi + (warp * 16 + mat_row + (mat & 1) * 8) * kPitch + kk * 16 +
+                              (mat >> 1) * 8);
+
+    float s[kTilesN][4];
+#pragma unroll
+    for (int t = 0; t < kTilesN; ++t) s[t][0] = s[t][1] = s[t][2] = s[t][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kStepsD; ++kk) {
+#pragma unroll
+      for (int np = 0; np < kTilesN / 2; ++np) {
+        uint32_t kb[4];
+        ldmatrix_x4(kb,
+                    sk + (np * 16 + mat_row + (mat >> 1) * 8) * kPitch + kk * 16 + (mat & 1) * 8);
+        mma_16816<T>(s[2 * np], qf[kk], kb[0], kb[1]);
+        mma_16816<T>(s[2 * np + 1], qf[kk], kb[2], kb[3]);
+      }
+    }
+    if (p.sk < NK) {
+#pragma unroll
+      for (int t = 0; t < kTilesN; ++t)
+#pragma unroll
+        for (int e = 0; e < 4; ++e)
+          if (t * 8 + quad * 2 + (e & 1) >= p.sk) s[t][e] = -INFINITY;
+    }
+    float row_sum[2];
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      float mx = -INFINITY;
+#pragma unroll
+      for (int t = 0; t < kTilesN; ++t) mx = fmaxf(mx, fmaxf(s[t][2 * r], s[t][2 * r + 1]));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
+      mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
+      const float base = mx == -INFINITY ? 0.0f : mx * p.scale_log2;
+      float sum = 0.0f;
+#pragma unroll
+      for (int t = 0; t < kTilesN; ++t) {
+#pragma unroll
+        for (int e = 0; e < 2; ++e) {
+          const float pv = fast_exp2(fmaf(s[t][2 * r + e], p.scale_log2, -base));
+          s[t][2 * r + e] = pv;
+          sum += pv;
+        }
+      }
+      sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+      sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+      row_sum[r] = sum;
+    }
+
+    float o[kTilesD][4];
+#pragma unroll
+    for (int t = 0; t < kTilesD; ++t) o[t][0] = o[t][1] = o[t][2] = o[t][3] = 0.0f;
+#pragma unroll
+    for (int kk = 0; kk < kStepsN; ++kk) {
+      uint32_t pa[4];
+      pa[0] = pack2<T>(s[2 * kk][0], s[2 * kk][1]);
+      pa[1] = pack2<T>(s[2 * kk][2], s[2 * kk][3]);
+      pa[2] = pack2<T>(s[2 * kk + 1][0], s[2 * kk + 1][1]);
+      pa[3] = pack2<T>(s[2 * kk + 1][2], s[2 * kk + 1][3]);
+#pragma unroll
+      for (int dp = 0; dp < kStepsD; ++dp) {
+        uint32_t vb[4];
+        ldmatrix_x4_trans(
+            vb, sv + (kk * 16 + mat_row + (mat & 1) * 8) * kPitch + dp * 16 + (mat >> 1) * 8);
+        mma_16816<T>(o[2 * dp], pa, vb[0], vb[1]);
+        mma_16816<T>(o[2 * dp + 1], pa, vb[2], vb[3]);
+      }
+    }
+
+    // O into this warp's own rows of the Q buffer (only this warp read them), then out
+    // as whole 16-byte pieces.
+#pragma unroll
+    for (int r = 0; r < 2; ++r) {
+      const float inv = row_sum[r] > 0.0f ? 1.0f / row_sum[r] : 0.0f;
+      T* srow = sqi + (warp * 16 + group + r * 8) * kPitch;
+#pragma unroll
+      for (int t = 0; t < kTilesD; ++t)
+        *reinterpret_cast<uint32_t*>(srow + t * 8 + quad * 2) =
+            pack2<T>(o[t][2 * r] * inv, o[t][2 * r + 1] * inv);
+    }
+    __syncwarp();
+    const int row0 = (first + i) * kBlockM + warp * 16;
+#pragma unroll
+    for (int j = lane; j < 16 * kChunks; j += 32) {
+      const int r = j / kChunks, c = j - r * kChunks;
+      if (row0 + r < p.sq && c * 8 < p.d)
+        *reinterpret_cast<uint4*>(og + int64_t(row0 + r) * p.o_stride + c * 8) =
+            *reinterpret_cast<const uint4*>(sqi + (warp * 16 + r) * kPitch + c * 8);
+    }
+    // Every warp is done with this buffer before tile i + 2's Q goes into it.
+    __syncthreads();
+    load_q(i + 2);
+  }
+#endif
+}
+
+template <class T, int DP, int NK>
+bool launch_flash_short_kv_tiles(const AttentionParams& p, int batch, int heads, int per_block) {
+  constexpr size_t kSmem = size_t(2 * 64 + 2 * NK) * (DP + 8) * sizeof(T);
+  if (kSmem > context().props.sharedMemPerBlockOptin) return false;
+  static const bool configured = [] {
+    CUDA_CHECK(cudaFuncSetAttribute(flash_short_kv_tiles_kernel<T, DP, NK>,
+                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+    return true;
+  }();
+  (void)configured;
+  const int tiles = (p.sq + 63) / 64;
+  const dim3 grid{unsigned((tiles + per_block - 1) / per_block), unsigned(heads), unsigned(batch)};
+  flash_short_kv_tiles_kernel<T, DP, NK><<<grid, 128, kSmem, stream()>>>(p, per_block);
+  CUDA_CHECK_LAUNCH();
+  ++g_short_kv_calls;
+  return true;
+}
+
+// Query tiles a block of the multi-tile short-KV kernel takes: options().flash_short_kv_tiles
+// where it is positive; under -1 (auto) the most of 4 or 2 that still leaves two blocks a
+// multiprocessor, else 1; 0: the one-tile kernel.
+int short_kv_tiles_per_block(const AttentionParams& p, int batch, int heads) {
+  const int option = options().flash_short_kv_tiles;
+  if (option >= 0) return option;
+  const int64_t tiles = (p.sq + 63) / 64, blocks_wanted = 2 * int64_t(device_info().multiprocessors);
+  for (int t : {4, 2})
+    if ((tiles + t - 1) / t * heads * batch >= blocks_wanted) return t;
+  return 1;
+}
+
 // The short-KV kernel where flash_short_kv_takes the call and it has no causal mask;
 // false otherwise.
 template <class T>
 bool flash_short_kv(const AttentionParams& p, int batch, int heads, int dp) {
   if (p.causal || !flash_short_kv_takes(p.sk)) return false;
   const bool short80 = p.sk <= 80;
+  const int per_block = p.vec ? short_kv_tiles_per_block(p, batch, heads) : 0;
   auto launch = [&](auto d) {
     constexpr int D = decltype(d)::value;
+    if (per_block > 0 && (short80 ? launch_flash_short_kv_tiles<T, D, 80>(p, batch, heads, per_block)
+                                  : launch_flash_short_kv_tiles<T, D, 128>(p, batch, heads, per_block)))
+      return true;
     if (short80)
       launch_flash_short_kv<T, D, 80>(p, batch, heads);
     else
