@@ -29,7 +29,6 @@ enum class AttentionPath {
   FlashWgmma192,
   FlashWgmmaProducer,
   FlashShortKv,  // the kernel for at most 128 keys (the others where it does not apply)
-  FlashShortKvTiles,  // the same over three query tiles a block
   Cudnn
 };
 
@@ -49,8 +48,6 @@ const char* path_name(AttentionPath path) {
       return " flash wgmma producer";
     case AttentionPath::FlashShortKv:
       return " flash short kv";
-    case AttentionPath::FlashShortKvTiles:
-      return " flash short kv 3 tiles";
     case AttentionPath::Cudnn:
       return " cudnn";
   }
@@ -67,9 +64,7 @@ class UsePath {
                                   path == AttentionPath::FlashWgmma192 ||
                                   path == AttentionPath::FlashWgmmaProducer;
     cuda::options().flash_wgmma_producer = path == AttentionPath::FlashWgmmaProducer;
-    cuda::options().flash_short_kv_kernel =
-        path == AttentionPath::FlashShortKv || path == AttentionPath::FlashShortKvTiles;
-    cuda::options().flash_short_kv_tiles = path == AttentionPath::FlashShortKvTiles ? 3 : 0;
+    cuda::options().flash_short_kv_kernel = path == AttentionPath::FlashShortKv;
     cuda::options().flash_wgmma_rows = path == AttentionPath::FlashWgmma128   ? 128
                                        : path == AttentionPath::FlashWgmma192 ? 192
                                                                               : 0;
@@ -84,7 +79,6 @@ class UsePath {
     cuda::options().flash_wgmma = defaults.flash_wgmma;
     cuda::options().flash_wgmma_producer = defaults.flash_wgmma_producer;
     cuda::options().flash_short_kv_kernel = defaults.flash_short_kv_kernel;
-    cuda::options().flash_short_kv_tiles = defaults.flash_short_kv_tiles;
     cuda::options().flash_wgmma_rows = defaults.flash_wgmma_rows;
     cuda::options().attention_kernel = defaults.attention_kernel;
   }
@@ -113,12 +107,8 @@ bool wgmma_takes(const AttentionCase& c, DType dt, AttentionPath path) {
 }
 
 // Whether the short-KV kernel must have taken a call of this case in `dt` on `path`.
-bool short_kv_path(AttentionPath path) {
-  return path == AttentionPath::FlashShortKv || path == AttentionPath::FlashShortKvTiles;
-}
-
 bool short_kv_takes(const AttentionCase& c, DType dt, AttentionPath path) {
-  return short_kv_path(path) && dt != DType::F32 && !c.causal && c.sk <= 128 &&
+  return path == AttentionPath::FlashShortKv && dt != DType::F32 && !c.causal && c.sk <= 128 &&
          c.d <= 160;
 }
 
@@ -127,7 +117,7 @@ bool short_kv_takes(const AttentionCase& c, DType dt, AttentionPath path) {
 // three ops in v14, when each path made its own) are shared by the paths
 // (shared_reference).
 bool skip_on_path(const AttentionCase& c, AttentionPath path) {
-  if (short_kv_path(path)) return c.causal || c.sk > 128;
+  if (path == AttentionPath::FlashShortKv) return c.causal || c.sk > 128;
   return wgmma_path(path) && !wgmma_applies(c);
 }
 
@@ -268,8 +258,7 @@ INSTANTIATE_TEST_SUITE_P(
         ::testing::Values(AttentionPath::Banded, AttentionPath::FlashOneTile,
                           AttentionPath::FlashTwoTiles, AttentionPath::FlashWgmma128,
                           AttentionPath::FlashWgmma192, AttentionPath::FlashWgmmaProducer,
-                          AttentionPath::FlashShortKv, AttentionPath::FlashShortKvTiles,
-                          AttentionPath::Cudnn)));
+                          AttentionPath::FlashShortKv, AttentionPath::Cudnn)));
 
 }  // namespace
 }  // namespace kiln::backend_test

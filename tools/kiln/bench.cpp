@@ -70,9 +70,6 @@ const char* kHelp =
     "  --flash-short-kv-kernel B  1 or 0: attention over at most 128 keys (cross-\n"
     "                       attention) in a kernel of its own, or in the flash kernel\n"
     "                       (default 1; for A/B)\n"
-    "  --flash-short-kv-tiles N  query tiles of 64 rows a block of that kernel, K and\n"
-    "                       V loaded once for them: N, -1 by the grid's size, 0 one\n"
-    "                       tile in the first form (default 0; for A/B)\n"
     "  --geglu-fused B      1 or 0: the feed-forward's GEGLU in its projection's GEMM\n"
     "                       (CUTLASS, Hopper), or the projection and a GEGLU pass\n"
     "                       (default 1 where built; for A/B)\n"
@@ -580,7 +577,6 @@ int bench(const std::vector<std::string>& argv) {
                    "flash-wgmma-rows",
                    "flash-wgmma-producer",
                    "flash-short-kv-kernel",
-                   "flash-short-kv-tiles",
                    "geglu-fused",
                    "geglu-form",
                    "upsample-phases",
@@ -650,8 +646,6 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().flash_wgmma_producer = *on == 1;
   if (const auto on = args.integer("flash-short-kv-kernel", 0, 1))
     if (s.cuda()) cuda::options().flash_short_kv_kernel = *on == 1;
-  if (const auto tiles = args.integer("flash-short-kv-tiles", -1, 8))
-    if (s.cuda()) cuda::options().flash_short_kv_tiles = int(*tiles);
   if (const auto on = args.integer("geglu-fused", 0, 1))
     if (s.cuda()) cuda::options().geglu_fused = *on == 1;
   if (const auto on = args.integer("interleave-norm-fused", 0, 1))

@@ -70,12 +70,6 @@ struct Options {
   // (60 calls), 4096x77 0.257 -> 0.176; SD1.5 4096x77 0.099 -> 0.077. Under Auto it
   // is what cuDNN's SDPA is timed against (0.93 ms for SDXL's 1024x77).
   bool flash_short_kv_kernel = true;
-  // The short-KV kernel over several 64-row query tiles a block (16-byte rows only): K
-  // and V loaded once for them, the next tile's Q loaded under this one's work, O
-  // stored through shared memory as whole 16-byte pieces. The tiles a block: N > 0
-  // exactly, -1 by the number of blocks (the most of 4 or 2 that leaves two blocks a
-  // multiprocessor, else 1), 0 the one-tile kernel above.
-  int flash_short_kv_tiles = 0;
   // The fused attention kernel where both can run a call: Auto times ours against
   // cuDNN's SDPA on each shape's first call and keeps the faster (plan cache);
   // Kiln and Cudnn force one, for tests and diagnosis. cuDNN's takes f16/bf16 with
