@@ -224,6 +224,44 @@ TEST_F(AttentionAuto, MatchesCpu) {
   cuda::set_plan_cache("");
 }
 
+// GPUs with 99 KB of shared memory a block (sm_86 and sm_89: the A10, L4, RTX 30 and
+// 40 series) cannot launch the flash kernels at head dim 160 with more than 80 keys
+// (105 KB: SD1.5's 16×16 self-attention, and 81 to 128 keys in the short-KV kernel).
+// Under that limit such calls take the banded path and still match the CPU; at most
+// 80 keys (75 KB: SD1.5's cross-attention and its 8×8 self-attention at d160) still
+// run in the short-KV kernel.
+class AttentionSharedMemoryLimit : public CudaTest {};
+
+TEST_F(AttentionSharedMemoryLimit, HeadDim160UnderNinetyNineKilobytes) {
+  const cuda::Options defaults;
+  cuda::options().shared_memory_limit = 99 * 1024;
+  cuda::options().attention_kernel = cuda::Options::AttentionKernel::Kiln;
+  struct Case {
+    int64_t b, sq, sk;
+    bool short_kv;  // whether the short-KV kernel must still take it
+  };
+  for (const Case c : {Case{2, 256, 256, false}, Case{2, 64, 64, true}, Case{1, 100, 100, false},
+                       Case{2, 256, 77, true}}) {
+    for (const DType dt : {DType::F16, DType::BF16}) {
+      const size_t short_kv = cuda::flash_short_kv_calls();
+      const std::vector<Tensor> in{random_tensor({c.b, c.sq, 8 * 160}, dt, next_seed()),
+                                   random_tensor({c.b, c.sk, 8 * 160}, dt, next_seed()),
+                                   random_tensor({c.b, c.sk, 8 * 160}, dt, next_seed())};
+      expect_match(str("attention b", c.b, " sq", c.sq, " sk", c.sk, " h8 d160 under 99 KB"), dt,
+                   in, [&](const std::vector<Tensor>& t) {
+                     return ops::attention(t[0], t[1], t[2], 8, 0.0790569f, false);
+                   });
+      if (c.short_kv) {
+        EXPECT_GT(cuda::flash_short_kv_calls(), short_kv) << "the short-KV kernel did not run";
+      } else {
+        EXPECT_EQ(cuda::flash_short_kv_calls(), short_kv) << "a kernel over the limit ran";
+      }
+    }
+  }
+  cuda::options().shared_memory_limit = defaults.shared_memory_limit;
+  cuda::options().attention_kernel = defaults.attention_kernel;
+}
+
 INSTANTIATE_TEST_SUITE_P(
     Shapes, Attention,
     ::testing::Combine(

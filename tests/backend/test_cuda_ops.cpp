@@ -290,6 +290,50 @@ INSTANTIATE_TEST_SUITE_P(
                           ConvCase{2, 8, 8, 2560, 1280, 3, 1, 1, 1, 1, 1, false}),  // 8×8 up block
         ::testing::Values(ConvPath::Im2col, ConvPath::Timed, ConvPath::Narrow)));
 
+// GPUs with 99 KB of shared memory a block (sm_86 and sm_89: the A10, L4, RTX 30 and 40
+// series) cannot launch the few-output tensor-core convolution's 16-row forms (1 and 4,
+// 107 KB), nor sm_75 (64 KB) the CUDA-core form's large f32 blocks (97 KB). Under
+// those limits every form still runs, in blocks that fit, on the units it asks for, and
+// matches the CPU. 512×512 (the VAE's conv_out at 512²) makes enough blocks for the
+// large CUDA-core blocks.
+class Conv2dSharedMemoryLimit : public CudaTest {
+ protected:
+  void TearDown() override {
+    const cuda::Options defaults;
+    cuda::options().shared_memory_limit = defaults.shared_memory_limit;
+    cuda::options().conv_kernel = defaults.conv_kernel;
+    cuda::options().narrow_conv_form = defaults.narrow_conv_form;
+    CudaTest::TearDown();
+  }
+};
+
+TEST_F(Conv2dSharedMemoryLimit, FewOutputFormsFitSmallerLimits) {
+  cuda::options().conv_kernel = cuda::Options::ConvKernel::Narrow;
+  const ops::Conv2dGeometry g{1, 1, 1, 1, 1};
+  for (DType dt : kAllTypes) {
+    std::vector<Tensor> in{
+        random_tensor({1, 512, 512, 128}, dt, next_seed()),
+        random_tensor({3, 3, 3, 128}, dt, next_seed(), 1.0f / std::sqrt(9.0f * 128.0f)),
+        random_tensor({3}, dt, next_seed())};
+    const auto op = [&](const std::vector<Tensor>& t) {
+      return ops::conv2d(t[0], t[1], t[2], g, Tensor());
+    };
+    const Tensor expected = op(in);
+    for (const size_t kib : {size_t(99), size_t(64)}) {
+      cuda::options().shared_memory_limit = kib * 1024;
+      for (int form : {0, 1, 2, 3, 4}) {
+        cuda::options().narrow_conv_form = form;
+        const size_t mma_before = cuda::narrow_conv_mma_calls();
+        expect_close(str("conv 1x512x512x128 -> 3 form ", form, " under ", kib, " KB"), dt, in,
+                     op, expected);
+        EXPECT_EQ(cuda::narrow_conv_mma_calls() - mma_before,
+                  form != 0 && dt != DType::F32 ? 1u : 0u)
+            << "form " << form << " under " << kib << " KB, " << name(dt);
+      }
+    }
+  }
+}
+
 // ---------------------------------------------------------------------------
 // A GroupNorm and the few-output convolution after it (ops::group_norm_conv2d: the
 // models' conv_out), folded into one op where the convolution runs in a narrow kernel.

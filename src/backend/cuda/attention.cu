@@ -253,10 +253,13 @@ __global__ void __launch_bounds__(WARPS * 32, 2) flash_attention_kernel(Attentio
 #endif
 }
 
+// False, launching nothing, where the block's shared memory is over the device's limit
+// (shared_memory_limit).
 template <class T, int DP, int WARPS, int MT>
-void launch_flash(const AttentionParams& p, int batch, int heads) {
+bool launch_flash(const AttentionParams& p, int batch, int heads) {
   constexpr int kBlockM = WARPS * 16 * MT;
   constexpr size_t kSmem = size_t(kBlockM + 4 * kBlockN) * (DP + 8) * sizeof(T);
+  if (kSmem > shared_memory_limit()) return false;
   static const bool configured = [] {
     CUDA_CHECK(cudaFuncSetAttribute(flash_attention_kernel<T, DP, WARPS, MT>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
@@ -266,6 +269,7 @@ void launch_flash(const AttentionParams& p, int batch, int heads) {
   const dim3 grid{unsigned((p.sq + kBlockM - 1) / kBlockM), unsigned(heads), unsigned(batch)};
   flash_attention_kernel<T, DP, WARPS, MT><<<grid, WARPS * 32, kSmem, stream()>>>(p);
   CUDA_CHECK_LAUNCH();
+  return true;
 }
 
 // Attention over at most NK keys without a causal mask: cross-attention on the text's
@@ -407,8 +411,9 @@ __global__ void __launch_bounds__(128) flash_short_kv_kernel(AttentionParams p) 
 std::atomic<size_t> g_short_kv_calls{0};
 
 template <class T, int DP, int NK>
-void launch_flash_short_kv(const AttentionParams& p, int batch, int heads) {
+bool launch_flash_short_kv(const AttentionParams& p, int batch, int heads) {
   constexpr size_t kSmem = size_t(64 + 2 * NK) * (DP + 8) * sizeof(T);
+  if (kSmem > shared_memory_limit()) return false;
   static const bool configured = [] {
     CUDA_CHECK(cudaFuncSetAttribute(flash_short_kv_kernel<T, DP, NK>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
@@ -419,21 +424,19 @@ void launch_flash_short_kv(const AttentionParams& p, int batch, int heads) {
   flash_short_kv_kernel<T, DP, NK><<<grid, 128, kSmem, stream()>>>(p);
   CUDA_CHECK_LAUNCH();
   ++g_short_kv_calls;
+  return true;
 }
 
-// The short-KV kernel where flash_short_kv_takes the call and it has no causal mask;
-// false otherwise.
+// The short-KV kernel where flash_short_kv_takes the call, it has no causal mask and the
+// kernel fits the device's shared memory; false otherwise.
 template <class T>
 bool flash_short_kv(const AttentionParams& p, int batch, int heads, int dp) {
   if (p.causal || !flash_short_kv_takes(p.sk)) return false;
   const bool short80 = p.sk <= 80;
   auto launch = [&](auto d) {
     constexpr int D = decltype(d)::value;
-    if (short80)
-      launch_flash_short_kv<T, D, 80>(p, batch, heads);
-    else
-      launch_flash_short_kv<T, D, 128>(p, batch, heads);
-    return true;
+    return short80 ? launch_flash_short_kv<T, D, 80>(p, batch, heads)
+                   : launch_flash_short_kv<T, D, 128>(p, batch, heads);
   };
   switch (dp) {
     case 32: return launch(std::integral_constant<int, 32>{});
@@ -461,10 +464,12 @@ int padded_head_dim(int d) {
 // rows a block there, four warps of one m-tile, twice the blocks (the default since
 // a same-run A/B: SDXL's 60 calls 1.03 -> 0.93 ms a step).
 // Larger head dims: 64 rows, four warps of one m-tile (registers).
+// False where no flash kernel fits the device's shared memory (head dim 160 on GPUs
+// with 99 KB a block); the caller takes the banded path.
 template <class T>
-void flash(const AttentionParams& p, int batch, int heads, int dp) {
-  if (flash_short_kv<T>(p, batch, heads, dp)) return;
-  if (flash_wgmma<T>(p, batch, heads, dp)) return;
+bool flash(const AttentionParams& p, int batch, int heads, int dp) {
+  if (flash_short_kv<T>(p, batch, heads, dp)) return true;
+  if (flash_wgmma<T>(p, batch, heads, dp)) return true;
   const bool two = options().flash_two_tiles_per_warp;
   const bool short_kv = !two && options().flash_short_kv_blocks && p.sk <= 2 * kBlockN;
   switch (dp) {
@@ -690,10 +695,9 @@ void attention(const AttentionArgs& a) {
     p.causal = a.causal;
     p.vec = d % 8 == 0 && aligned16(p.q) && aligned16(p.k) && aligned16(p.v) && aligned16(p.out);
     ours = [&] {
-      if (dtype == DType::F16)
-        flash<half>(p, batch, heads, dp);
-      else
-        flash<bfloat16>(p, batch, heads, dp);
+      const bool ran = dtype == DType::F16 ? flash<half>(p, batch, heads, dp)
+                                           : flash<bfloat16>(p, batch, heads, dp);
+      if (!ran) attention_banded(a);
     };
   }
   if (!attention_cudnn(a, ours)) ours();

@@ -113,6 +113,12 @@ Options& options() {
   return o;
 }
 
+size_t shared_memory_limit() {
+  const size_t device = context().props.sharedMemPerBlockOptin;
+  const size_t asked = options().shared_memory_limit;
+  return asked > 0 ? std::min(asked, device) : device;
+}
+
 void synchronize() {
   CUDA_CHECK(cudaStreamSynchronize(stream()));
 }

@@ -73,6 +73,10 @@ struct Context {
 };
 // Creates the context on first use; throws kiln::Error when there is no device.
 Context& context();
+// Bytes of shared memory a block may opt into: the device's limit, or
+// options().shared_memory_limit where that is set and lower. A kernel that needs more
+// is not launched; its caller takes another path.
+size_t shared_memory_limit();
 inline cudaStream_t stream() {
   return context().stream;
 }

@@ -137,9 +137,12 @@ void launch_few_out(const NarrowParams& p, int n) {
 template <class T, int O>
 void few_out(const NarrowParams& p, int n) {
   // Eight warps of two rows each where that makes two blocks per multiprocessor; small
-  // images (SD1.5's 64×64 latents) take four warps of one row, for more blocks.
+  // images (SD1.5's 64×64 latents) take four warps of one row, for more blocks, as do
+  // GPUs whose blocks cannot have the larger blocks' shared memory (97 KB in f32; 64 KB
+  // a block on sm_75).
   const int64_t big_blocks = int64_t((p.w + 31) / 32) * ((p.h + 15) / 16) * n;
-  if (big_blocks >= 2 * int64_t(context().props.multiProcessorCount))
+  if (big_blocks >= 2 * int64_t(context().props.multiProcessorCount) &&
+      few_out_smem<T, O, 8, 2>() <= shared_memory_limit())
     launch_few_out<T, O, 8, 2>(p, n);
   else
     launch_few_out<T, O, 4, 1>(p, n);
@@ -333,10 +336,16 @@ __global__ void __launch_bounds__(WARPS * 32) conv3x3_few_out_mma(NarrowParams p
 #endif
 }
 
+// Blocks of 16 rows (forms 1 and 4) take 107 KB of shared memory, more than sm_86 and
+// sm_89 GPUs (A10, L4, RTX 30 and 40 series) allow a block (99 KB): there the call
+// runs in form 3's blocks of two rows (59 KB) instead.
 template <class T, int O, int WARPS, int ROWS, int KS>
 void launch_few_out_mma(const NarrowParams& p, int n) {
   using F = FewOutMma<WARPS, ROWS, KS>;
   const size_t smem = F::smem(sizeof(T));
+  if constexpr (!(WARPS == 4 && ROWS == 1 && KS == 2)) {
+    if (smem > shared_memory_limit()) return launch_few_out_mma<T, O, 4, 1, 2>(p, n);
+  }
   static const bool opted = [&] {
     CUDA_CHECK(cudaFuncSetAttribute(conv3x3_few_out_mma<T, O, WARPS, ROWS, KS>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(smem)));

@@ -70,6 +70,13 @@ struct Options {
   // (60 calls), 4096x77 0.257 -> 0.176; SD1.5 4096x77 0.099 -> 0.077. Under Auto it
   // is what cuDNN's SDPA is timed against (0.93 ms for SDXL's 1024x77).
   bool flash_short_kv_kernel = true;
+  // Bytes of shared memory a block may take; 0: the device's limit (227 KB on H100 and
+  // H200, 163 KB on A100, 99 KB on sm_86/sm_89 GPUs such as the A10, L4 and RTX 30/40,
+  // 64 KB on sm_75). Kernels that would need more are not launched: attention takes the
+  // banded path where the flash kernels do not fit (head dim 160 needs 105 KB), the
+  // few-output convolutions smaller blocks (their 16-row forms need 107 KB). Tests set
+  // it to run those paths on a larger GPU.
+  size_t shared_memory_limit = 0;
   // The fused attention kernel where both can run a call: Auto times ours against
   // cuDNN's SDPA on each shape's first call and keeps the faster (plan cache);
   // Kiln and Cudnn force one, for tests and diagnosis. cuDNN's takes f16/bf16 with
