@@ -230,10 +230,17 @@ TEST_F(AttentionAuto, MatchesCpu) {
 // Under that limit such calls take the banded path and still match the CPU; at most
 // 80 keys (75 KB: SD1.5's cross-attention and its 8×8 self-attention at d160) still
 // run in the short-KV kernel.
-class AttentionSharedMemoryLimit : public CudaTest {};
+class AttentionSharedMemoryLimit : public CudaTest {
+ protected:
+  void TearDown() override {
+    const cuda::Options defaults;
+    cuda::options().shared_memory_limit = defaults.shared_memory_limit;
+    cuda::options().attention_kernel = defaults.attention_kernel;
+    CudaTest::TearDown();
+  }
+};
 
 TEST_F(AttentionSharedMemoryLimit, HeadDim160UnderNinetyNineKilobytes) {
-  const cuda::Options defaults;
   cuda::options().shared_memory_limit = 99 * 1024;
   cuda::options().attention_kernel = cuda::Options::AttentionKernel::Kiln;
   struct Case {
@@ -258,8 +265,6 @@ TEST_F(AttentionSharedMemoryLimit, HeadDim160UnderNinetyNineKilobytes) {
       }
     }
   }
-  cuda::options().shared_memory_limit = defaults.shared_memory_limit;
-  cuda::options().attention_kernel = defaults.attention_kernel;
 }
 
 INSTANTIATE_TEST_SUITE_P(
