@@ -19,8 +19,8 @@ struct AttentionCase {
 
 // Paths: the banded cuBLAS path, the mma.sync flash kernel with one m-tile per warp,
 // with two, the wgmma flash kernel in blocks of 128 and 192 rows (Hopper; the mma.sync
-// one elsewhere and where it does not apply), cuDNN's fused attention (where it takes
-// the shape; ours otherwise).
+// one elsewhere and where it does not apply), its producer form over 64- and 128-key
+// tiles, cuDNN's fused attention (where it takes the shape; ours otherwise).
 enum class AttentionPath {
   Banded,
   FlashOneTile,
@@ -28,6 +28,8 @@ enum class AttentionPath {
   FlashWgmma128,
   FlashWgmma192,
   FlashWgmmaProducer,
+  FlashWgmmaProducer128,        // 128-key tiles: a producer warpgroup, setmaxnreg
+  FlashWgmmaProducer128Anchor,  // and the softmax under its own P·V
   FlashShortKv,  // the kernel for at most 128 keys (the others where it does not apply)
   Cudnn
 };
@@ -46,6 +48,10 @@ const char* path_name(AttentionPath path) {
       return " flash wgmma 192 rows";
     case AttentionPath::FlashWgmmaProducer:
       return " flash wgmma producer";
+    case AttentionPath::FlashWgmmaProducer128:
+      return " flash wgmma producer 128 keys";
+    case AttentionPath::FlashWgmmaProducer128Anchor:
+      return " flash wgmma producer 128 keys anchored";
     case AttentionPath::FlashShortKv:
       return " flash short kv";
     case AttentionPath::Cudnn:
@@ -54,16 +60,25 @@ const char* path_name(AttentionPath path) {
   return "";
 }
 
+bool wgmma_path(AttentionPath path) {
+  return path == AttentionPath::FlashWgmma128 || path == AttentionPath::FlashWgmma192 ||
+         path == AttentionPath::FlashWgmmaProducer ||
+         path == AttentionPath::FlashWgmmaProducer128 ||
+         path == AttentionPath::FlashWgmmaProducer128Anchor;
+}
+
 // Sets the options for `path`; they go back to the defaults when it goes.
 class UsePath {
  public:
   explicit UsePath(AttentionPath path) {
     cuda::options().use_flash_attention = path != AttentionPath::Banded;
     cuda::options().flash_two_tiles_per_warp = path == AttentionPath::FlashTwoTiles;
-    cuda::options().flash_wgmma = path == AttentionPath::FlashWgmma128 ||
-                                  path == AttentionPath::FlashWgmma192 ||
-                                  path == AttentionPath::FlashWgmmaProducer;
-    cuda::options().flash_wgmma_producer = path == AttentionPath::FlashWgmmaProducer;
+    cuda::options().flash_wgmma = wgmma_path(path);
+    const bool k128 = path == AttentionPath::FlashWgmmaProducer128 ||
+                      path == AttentionPath::FlashWgmmaProducer128Anchor;
+    cuda::options().flash_wgmma_producer = path == AttentionPath::FlashWgmmaProducer || k128;
+    cuda::options().flash_wgmma_keys = k128 ? 128 : 64;
+    cuda::options().flash_wgmma_anchor = path == AttentionPath::FlashWgmmaProducer128Anchor;
     cuda::options().flash_short_kv_kernel = path == AttentionPath::FlashShortKv;
     cuda::options().flash_wgmma_rows = path == AttentionPath::FlashWgmma128   ? 128
                                        : path == AttentionPath::FlashWgmma192 ? 192
@@ -78,6 +93,8 @@ class UsePath {
     cuda::options().flash_two_tiles_per_warp = defaults.flash_two_tiles_per_warp;
     cuda::options().flash_wgmma = defaults.flash_wgmma;
     cuda::options().flash_wgmma_producer = defaults.flash_wgmma_producer;
+    cuda::options().flash_wgmma_keys = defaults.flash_wgmma_keys;
+    cuda::options().flash_wgmma_anchor = defaults.flash_wgmma_anchor;
     cuda::options().flash_short_kv_kernel = defaults.flash_short_kv_kernel;
     cuda::options().flash_wgmma_rows = defaults.flash_wgmma_rows;
     cuda::options().attention_kernel = defaults.attention_kernel;
@@ -88,11 +105,6 @@ class UsePath {
 bool cudnn_takes(const AttentionCase& c, DType dt) {
   return cuda::cudnn_attention_enabled() && dt != DType::F32 && !c.causal && c.d % 8 == 0 &&
          c.d <= 160;
-}
-
-bool wgmma_path(AttentionPath path) {
-  return path == AttentionPath::FlashWgmma128 || path == AttentionPath::FlashWgmma192 ||
-         path == AttentionPath::FlashWgmmaProducer;
 }
 
 // Whether the wgmma kernel applies to the case: f16/bf16, no causal mask, a head dim
@@ -125,6 +137,7 @@ bool skip_on_path(const AttentionCase& c, AttentionPath path) {
 // expect_taken fails where the path's kernel should have run and did not.
 struct KernelCalls {
   size_t cudnn = cuda::cudnn_attention_calls(), wgmma = cuda::flash_wgmma_calls(),
+         k128 = cuda::flash_wgmma_k128_calls(false), anchored = cuda::flash_wgmma_k128_calls(true),
          short_kv = cuda::flash_short_kv_calls();
   void expect_taken(const AttentionCase& c, DType dt, AttentionPath path) const {
     if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
@@ -133,6 +146,14 @@ struct KernelCalls {
     if (wgmma_takes(c, dt, path)) {
       EXPECT_GT(cuda::flash_wgmma_calls(), wgmma)
           << "the wgmma kernel did not run " << dtype_name(dt);
+      if (path == AttentionPath::FlashWgmmaProducer128) {
+        EXPECT_GT(cuda::flash_wgmma_k128_calls(false), k128)
+            << "the 128-key producer kernel did not run " << dtype_name(dt);
+      }
+      if (path == AttentionPath::FlashWgmmaProducer128Anchor) {
+        EXPECT_GT(cuda::flash_wgmma_k128_calls(true), anchored)
+            << "the anchored 128-key producer kernel did not run " << dtype_name(dt);
+      }
     }
     if (short_kv_takes(c, dt, path)) {
       EXPECT_GT(cuda::flash_short_kv_calls(), short_kv)
@@ -301,7 +322,9 @@ INSTANTIATE_TEST_SUITE_P(
         ::testing::Values(AttentionPath::Banded, AttentionPath::FlashOneTile,
                           AttentionPath::FlashTwoTiles, AttentionPath::FlashWgmma128,
                           AttentionPath::FlashWgmma192, AttentionPath::FlashWgmmaProducer,
-                          AttentionPath::FlashShortKv, AttentionPath::Cudnn)));
+                          AttentionPath::FlashWgmmaProducer128,
+                          AttentionPath::FlashWgmmaProducer128Anchor, AttentionPath::FlashShortKv,
+                          AttentionPath::Cudnn)));
 
 }  // namespace
 }  // namespace kiln::backend_test

@@ -67,6 +67,10 @@ const char* kHelp =
     "                       by head dim)\n"
     "  --flash-wgmma-producer B  1: the wgmma kernel with a producer warp and ping-pong\n"
     "                       (default 0; for A/B)\n"
+    "  --flash-wgmma-keys N keys a tile of the producer kernel: 64 or 128 (128: a\n"
+    "                       producer warpgroup and setmaxnreg; default 64; for A/B)\n"
+    "  --flash-wgmma-anchor B  1: with 128 keys, a store that keeps the softmax under\n"
+    "                       its own P·V (default 0; for A/B)\n"
     "  --flash-short-kv-kernel B  1 or 0: attention over at most 128 keys (cross-\n"
     "                       attention) in a kernel of its own, or in the flash kernel\n"
     "                       (default 1; for A/B)\n"
@@ -576,6 +580,8 @@ int bench(const std::vector<std::string>& argv) {
                    "flash-wgmma",
                    "flash-wgmma-rows",
                    "flash-wgmma-producer",
+                   "flash-wgmma-keys",
+                   "flash-wgmma-anchor",
                    "flash-short-kv-kernel",
                    "geglu-fused",
                    "geglu-form",
@@ -644,6 +650,12 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().flash_wgmma = *on == 1;
   if (const auto on = args.integer("flash-wgmma-producer", 0, 1))
     if (s.cuda()) cuda::options().flash_wgmma_producer = *on == 1;
+  if (const auto keys = args.integer("flash-wgmma-keys", 64, 128)) {
+    if (*keys != 64 && *keys != 128) throw UsageError("--flash-wgmma-keys is 64 or 128");
+    if (s.cuda()) cuda::options().flash_wgmma_keys = *keys;
+  }
+  if (const auto on = args.integer("flash-wgmma-anchor", 0, 1))
+    if (s.cuda()) cuda::options().flash_wgmma_anchor = *on == 1;
   if (const auto on = args.integer("flash-short-kv-kernel", 0, 1))
     if (s.cuda()) cuda::options().flash_short_kv_kernel = *on == 1;
   if (const auto on = args.integer("geglu-fused", 0, 1))

@@ -4,7 +4,7 @@ m64nNk16, f32 accumulators, A from registers, B from a shared-memory descriptor)
 the N the kernels use. Inline PTX needs every accumulator named, so the wrappers are a
 mechanical listing; this script is where they come from.
 
-  python3 tools/py/gen_wgmma.py 48 64 80 |
+  python3 tools/py/gen_wgmma.py 48 64 80 128 |
     clang-format --assume-filename=src/backend/cuda/wgmma.cuh > src/backend/cuda/wgmma.cuh
 """
 import sys

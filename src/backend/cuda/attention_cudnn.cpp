@@ -55,9 +55,13 @@ struct Key {
     std::snprintf(scale_text, sizeof scale_text, "%.9g", double(scale));
     // "ours" is what it was timed against: the flash kernel by default.
     const Options& o = options();
+    const bool k128 = o.flash_wgmma_keys == 128;
+    const char* producer = !k128                  ? " ours=wgmma-producer"
+                           : o.flash_wgmma_anchor ? " ours=wgmma-producer-k128-anchor"
+                                                  : " ours=wgmma-producer-k128";
     const char* ours = !o.use_flash_attention                    ? " ours=banded"
                        : flash_short_kv_takes(sk)                ? " ours=shortkv"
-                       : o.flash_wgmma && o.flash_wgmma_producer ? " ours=wgmma-producer"
+                       : o.flash_wgmma && o.flash_wgmma_producer ? producer
                        : o.flash_wgmma                           ? " ours=wgmma"
                        : o.flash_two_tiles_per_warp              ? " ours=flash2"
                                                                  : "";

@@ -34,12 +34,13 @@ namespace {
 //
 // ONES (head dim DP − 8, as SD1.5's 40 in 48): the padding chunk of V holds a 1 in
 // its first column, so P·V also sums each row of P in f32 on the tensor cores, the
-// sum of exactly the rounded probabilities it weighs V with. That frees the f32 adds,
-// and with f16 the exponentials run two at a time (ex2.approx.f16x2) straight into
-// the packed P operand. By the units' peak rates (16 exponentials against 4096 FLOPs
-// a cycle and multiprocessor) head dim 40, one exponential per 160 FLOPs, is bound by
-// the exponentials, not the tensor cores. The price is the exponent's rounding to f16
-// (at most 2^-11 of it, relative): the attention tests hold it to the same bounds.
+// sum of exactly the rounded probabilities it weighs V with. That frees the f32 adds.
+// By the units' peak rates (16 exponentials against 4096 FLOPs a cycle and
+// multiprocessor) head dim 40, one exponential per 192 FLOPs at these paddings, is
+// bound by the exponentials, not the tensor cores. They are f32 (ex2.approx.ftz.f32,
+// one MUFU.EX2 each): ex2.approx.f16x2, used here before, is two MUFU.EX2.F16 on
+// sm_90a (tools/py/sass_loops.py), so it saved no special-function work, cost a PRMT a
+// pair and rounded the exponent to f16.
 
 constexpr int kWgmmaBlockN = 64;  // keys per tile
 constexpr int kWgmmaStages = 3;   // K/V tiles in flight
@@ -84,11 +85,14 @@ __device__ __forceinline__ uint64_t smem_descriptor(const void* p, uint32_t lead
          uint64_t(stride_bytes >> 4) << 32;
 }
 
-// 2^x for two f16 values at once, on the special-function unit.
-__device__ __forceinline__ uint32_t exp2_half2(float lo, float hi) {
-  uint32_t x = pack2<half>(lo, hi), y;
-  asm("ex2.approx.f16x2 %0, %1;" : "=r"(y) : "r"(x));
-  return y;
+// `desc` moved on by `elements` of T. The start address is the low word's bits 0–13
+// (address / 16) and every shared-memory address fits them, so the offset adds to the
+// low word alone: ptxas rebuilt each descriptor from its address (six uniform
+// instructions an MMA, about 90 of the loop's 400 at 128-key tiles; sass_loops.py).
+template <class T>
+__device__ __forceinline__ uint64_t desc_offset(uint64_t desc, int elements) {
+  const uint32_t lo = uint32_t(desc) + uint32_t(elements * int(sizeof(T)) >> 4);
+  return uint64_t(uint32_t(desc >> 32)) << 32 | lo;
 }
 
 // ROWS keys × DP features into the core-matrix layout above; chunks at or past
@@ -108,15 +112,17 @@ __device__ __forceinline__ void load_core_tile(T* s, const T* g, int valid_rows,
   }
 }
 
-// One warpgroup's online softmax of a 64 × kBlockN score tile (rows r = 0, 1 of this
+// One warpgroup's online softmax of a 64 × N score tile (rows r = 0, 1 of this
 // thread: rows `group` and `group + 8` of its warp): keys from `valid` on masked,
 // running maxima updated, P packed as the A operand of P·V, and each row's rescale of
-// what came before in `correction`.
-template <class T, int N, bool HALF_EXP, bool SUM>
+// what came before in `correction`. With `mix`, also a word that depends on every
+// exponential (the producer kernel's ANCHOR store): the XOR of their bits, or of the
+// row sums.
+template <class T, int N, bool SUM>
 __device__ __forceinline__ void wgmma_softmax(float (&s)[N / 2], uint32_t (&pa)[N / 16][4],
                                               float (&row_max)[2], float (&row_sum)[2],
                                               float (&correction)[2], int valid, int quad,
-                                              float scale_log2) {
+                                              float scale_log2, uint32_t* mix = nullptr) {
   constexpr int kTilesN = N / 8;
   if (valid < N) {
 #pragma unroll
@@ -137,23 +143,18 @@ __device__ __forceinline__ void wgmma_softmax(float (&s)[N / 2], uint32_t (&pa)[
     correction[r] = fast_exp2(row_max[r] * scale_log2 - base);
     row_max[r] = new_max;
     // Chunk t's pair for row r goes to pa[t / 2][r + 2·(t % 2)] (mma.sync's A layout).
-    if constexpr (HALF_EXP) {
+    float sum = 0.0f;
 #pragma unroll
-      for (int t = 0; t < kTilesN; ++t)
-        pa[t / 2][r + 2 * (t % 2)] = exp2_half2(fmaf(s[t * 4 + 2 * r], scale_log2, -base),
-                                                fmaf(s[t * 4 + 2 * r + 1], scale_log2, -base));
-    } else {
-      float sum = 0.0f;
-#pragma unroll
-      for (int t = 0; t < kTilesN; ++t) {
-        const float a = fast_exp2(fmaf(s[t * 4 + 2 * r], scale_log2, -base));
-        const float b = fast_exp2(fmaf(s[t * 4 + 2 * r + 1], scale_log2, -base));
-        if constexpr (SUM) sum += a + b;
-        pa[t / 2][r + 2 * (t % 2)] = pack2<T>(a, b);
-      }
-      if constexpr (SUM) row_sum[r] = row_sum[r] * correction[r] + sum;
+    for (int t = 0; t < kTilesN; ++t) {
+      const float a = fast_exp2(fmaf(s[t * 4 + 2 * r], scale_log2, -base));
+      const float b = fast_exp2(fmaf(s[t * 4 + 2 * r + 1], scale_log2, -base));
+      if constexpr (SUM) sum += a + b;
+      if (!SUM && mix) *mix ^= __float_as_uint(a) ^ __float_as_uint(b);
+      pa[t / 2][r + 2 * (t % 2)] = pack2<T>(a, b);
     }
+    if constexpr (SUM) row_sum[r] = row_sum[r] * correction[r] + sum;
   }
+  if (SUM && mix) *mix = __float_as_uint(row_sum[0]) ^ __float_as_uint(row_sum[1]);
 }
 
 // O's rows (r = 0, 1 of this thread) scaled by their softmax corrections.
@@ -206,6 +207,11 @@ __device__ __forceinline__ void wgmma_store_out(const float (&o)[DP / 2], const 
 // back to back, takes the softmax of S(j+1) while P(j)·V(j) may still run, and only
 // then waits for it to rescale O. K and V go through a ring of three stages, loaded
 // two tiles ahead, with one block barrier an iteration.
+//
+// That is the order in the PTX. ptxas's scheduler moves the wait for P·V
+// (WARPGROUP.DEPBAR.LE gsb0, 0x0) up, ahead of the softmax's exponentials
+// (tools/py/sass_loops.py, v38), so here the softmax never runs under its own P·V; the
+// producer kernel's ANCHOR form below keeps the wait in place.
 // The end of one tile's step, once the softmax of the next tile's scores has made pn:
 // P·V done, O rescaled by the softmax's correction, pn the next P·V's A operand.
 template <int NO, int NP>
@@ -248,7 +254,6 @@ __global__ void __launch_bounds__(WG * 128, WG == 2 && DP <= 64 ? 2 : 1)
   constexpr int kBlockN = kWgmmaBlockN, kStages = kWgmmaStages, kBlockM = WG * 64;
   constexpr int kThreads = WG * 128, kPitch = DP + 8, kTilesD = DP / 8, kStepsD = DP / 16;
   constexpr int kTilesN = kBlockN / 8, kTile = kBlockN * DP;  // elements of a K or V tile
-  constexpr bool kHalfExp = ONES && std::is_same_v<T, half>;
   extern __shared__ __align__(128) unsigned char smem[];
   T* sk = reinterpret_cast<T*>(smem);  // [kStages][kTile], core-matrix layout
   T* sv = sk + kStages * kTile;        // [kStages][kTile]
@@ -284,11 +289,13 @@ __global__ void __launch_bounds__(WG * 128, WG == 2 && DP <= 64 ? 2 : 1)
     load_core_tile<T, DP, kBlockN, kThreads>(sv + stage * kTile, vg + int64_t(n) * p.kv_stride,
                                              min(kBlockN, p.sk - n), p.kv_stride, p.d, v_chunks);
   };
+  const uint64_t k_base = smem_descriptor(sk, 128, DP * 16);
+  const uint64_t v_base = smem_descriptor(sv, DP * 16, 128);
   auto k_desc = [&](int tile, int kk) {  // K(tile) as B = K^T, features 16·kk on
-    return smem_descriptor(sk + (tile % kStages) * kTile + kk * 128, 128, DP * 16);
+    return desc_offset<T>(k_base, int(unsigned(tile) % kStages) * kTile + kk * 128);
   };
   auto v_desc = [&](int tile, int kk) {  // V(tile) as B, keys 16·kk on
-    return smem_descriptor(sv + (tile % kStages) * kTile + kk * 2 * kTilesD * 64, DP * 16, 128);
+    return desc_offset<T>(v_base, int(unsigned(tile) % kStages) * kTile + kk * 2 * kTilesD * 64);
   };
 
   load_tile<T, DP, kBlockM, kThreads>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d, true);
@@ -321,8 +328,7 @@ __global__ void __launch_bounds__(WG * 128, WG == 2 && DP <= 64 ? 2 : 1)
   wgmma_commit();
   wgmma_wait<0>();
   fence_registers(s);
-  wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pa, row_max, row_sum, correction, p.sk, quad,
-                                             p.scale_log2);
+  wgmma_softmax<T, kBlockN, !ONES>(s, pa, row_max, row_sum, correction, p.sk, quad, p.scale_log2);
 
   // No branch around a wgmma or a wait inside the loop: ptxas serialises the wgmmas of
   // a loop where it cannot prove each accumulator read comes after its wait.
@@ -359,8 +365,8 @@ __global__ void __launch_bounds__(WG * 128, WG == 2 && DP <= 64 ? 2 : 1)
     wgmma_commit();
     wgmma_wait<1>();  // S(j + 1); P(j)·V(j) may still run
     fence_registers(s);
-    wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pn, row_max, row_sum, correction,
-                                               p.sk - (j + 1) * kBlockN, quad, p.scale_log2);
+    wgmma_softmax<T, kBlockN, !ONES>(s, pn, row_max, row_sum, correction, p.sk - (j + 1) * kBlockN,
+                                     quad, p.scale_log2);
     wgmma_next_p(o, pa, pn, correction);
   }
   // The last tile's P·V (its V became visible at the last iteration's barrier).
@@ -402,8 +408,36 @@ void launch_flash_wgmma(const AttentionParams& p, int batch, int heads) {
 // the kernel above fits two). cuDNN's SDPA is still faster on all of them (178, 36,
 // 21, 140). What it lacks of FA3: key tiles of 128–192 (so Q·K^T runs at N = 64 here)
 // with the registers for them (setmaxnreg), Q from shared memory, 128-byte swizzle, TMA.
+//
+// BN 128 (--flash-wgmma-keys 128, opt-in, not yet measured): 128-key tiles, as FA3
+// takes. A tile's fixed costs (the row maxima's shuffles, the corrections, O's rescale,
+// the barriers and the MMAs' descriptors) are shared by twice the scores: by
+// tools/py/sass_loops.py the consumers' loop at head dim 40 issues about 7.6
+// instructions a score at BN 64, 5.9 at 128. The scores' registers double (s and P:
+// 96 a thread), so the producer is a whole warpgroup that gives its registers to the
+// consumers (setmaxnreg: kProducerRegs, kConsumerRegs) and loads with all its 128
+// threads.
 
 constexpr int kProducerStages = 4;
+// Launches of the 128-key producer kernel, plain and anchored (tests: which form ran).
+std::atomic<size_t> g_wgmma_k128_calls{0}, g_wgmma_anchored_calls{0};
+constexpr int kProducerRegs = 56, kConsumerRegs = 224;
+// The registers a thread of the 384-thread block gets at launch (__launch_bounds__(384,
+// 1): 65536 / 384, in steps of 8). setmaxnreg.inc waits until the pool has what it asks
+// for, so the consumers' rise must fit in what the producer gives back; if ptxas ever
+// launched with fewer, the consumers would wait for ever (launch_flash_producer checks).
+constexpr int kLaunchRegs = 65536 / 384 / 8 * 8;
+static_assert(kProducerRegs + 2 * kConsumerRegs <= 3 * kLaunchRegs,
+              "setmaxnreg: the consumers would ask for more registers than the block holds");
+
+template <int N>
+__device__ __forceinline__ void setmaxnreg_dec() {
+  asm volatile("setmaxnreg.dec.sync.aligned.u32 %0;\n" ::"n"(N));
+}
+template <int N>
+__device__ __forceinline__ void setmaxnreg_inc() {
+  asm volatile("setmaxnreg.inc.sync.aligned.u32 %0;\n" ::"n"(N));
+}
 
 __device__ __forceinline__ void mbarrier_init(uint64_t* bar, int count) {
   asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;\n" ::"r"(smem_address(bar)), "r"(count)
@@ -439,20 +473,28 @@ __device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
   asm volatile("bar.arrive %0, %1;\n" ::"r"(id), "r"(threads) : "memory");
 }
 
-template <class T, int DP, int WG, bool ONES>
-__global__ void __launch_bounds__(WG * 128 + 32, 1)
+// Threads loading K and V: a warp at BN 64, a warpgroup (which setmaxnreg needs) above.
+template <int BN>
+__host__ __device__ constexpr int producer_threads() {
+  return BN > 64 ? 128 : 32;
+}
+
+template <class T, int DP, int WG, bool ONES, int BN, bool ANCHOR>
+__global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     flash_attention_producer_kernel(AttentionParams p) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
   __trap();
 #elif defined(__CUDA_ARCH__)
-  constexpr int kBlockN = kWgmmaBlockN, kStages = kProducerStages, kBlockM = WG * 64;
-  constexpr int kConsumers = WG * 128, kThreads = kConsumers + 32;
+  constexpr int kBlockN = BN, kStages = kProducerStages, kBlockM = WG * 64;
+  constexpr int kProducers = producer_threads<BN>(), kConsumers = WG * 128;
+  constexpr int kThreads = kConsumers + kProducers;
+  constexpr bool kRegs = kProducers == 128;  // registers moved by setmaxnreg
   constexpr int kPitch = DP + 8, kTilesD = DP / 8, kStepsD = DP / 16;
   constexpr int kTilesN = kBlockN / 8, kTile = kBlockN * DP;
-  constexpr bool kHalfExp = ONES && std::is_same_v<T, half>;
   extern __shared__ __align__(128) unsigned char smem[];
-  uint64_t* full = reinterpret_cast<uint64_t*>(smem);  // [kStages], count 32 (producer lanes)
+  uint64_t* full = reinterpret_cast<uint64_t*>(smem);  // [kStages], count kProducers
   uint64_t* empty = full + kStages;                    // [kStages], count WG
+  const uint32_t anchor = smem_address(smem + 120);    // the ANCHOR store's word
   T* sk = reinterpret_cast<T*>(smem + 128);            // [kStages][kTile]
   T* sv = sk + kStages * kTile;                        // [kStages][kTile]
   T* sq = sv + kStages * kTile;                        // [kBlockM][kPitch]
@@ -472,7 +514,7 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
 
   if (threadIdx.x == 0) {
     for (int s = 0; s < kStages; ++s) {
-      mbarrier_init(&full[s], 32);
+      mbarrier_init(&full[s], kProducers);
       mbarrier_init(&empty[s], WG);
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
@@ -491,14 +533,16 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
   fence_async_shared();
   __syncthreads();  // the last block-wide barrier: the roles part here
 
-  if (warp == WG * 4) {
+  if (warp >= WG * 4) {
+    if constexpr (kRegs) setmaxnreg_dec<kProducerRegs>();
     // The producer: tile t into stage t % kStages once the consumers released its
-    // previous tile (t − kStages), then an arrival when this lane's copies land.
+    // previous tile (t − kStages), then an arrival when this thread's copies land.
+    const int pt = threadIdx.x - kConsumers;
     for (int t = 0; t < tiles; ++t) {
       const int stage = t % kStages, n = t * kBlockN;
       if (t >= kStages) mbarrier_wait(&empty[stage], (t / kStages - 1) & 1);
       const int valid = min(kBlockN, p.sk - n);
-      for (int i = lane; i < kBlockN * kTilesD; i += 32) {
+      for (int i = pt; i < kBlockN * kTilesD; i += kProducers) {
         const int r_lo = i & 7, c = (i >> 3) % kTilesD, r = (i / (8 * kTilesD)) * 8 + r_lo;
         const int at = ((r >> 3) * kTilesD + c) * 64 + r_lo * 8;
         const bool ok = r < valid && c * 8 < p.d;
@@ -510,14 +554,17 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
     }
     return;
   }
+  if constexpr (kRegs) setmaxnreg_inc<kConsumerRegs>();
 
   const int wg = warp / 4;
   const bool leader = threadIdx.x % 128 == 0;
+  const uint64_t k_base = smem_descriptor(sk, 128, DP * 16);
+  const uint64_t v_base = smem_descriptor(sv, DP * 16, 128);
   auto k_desc = [&](int tile, int kk) {
-    return smem_descriptor(sk + (tile % kStages) * kTile + kk * 128, 128, DP * 16);
+    return desc_offset<T>(k_base, int(unsigned(tile) % kStages) * kTile + kk * 128);
   };
   auto v_desc = [&](int tile, int kk) {
-    return smem_descriptor(sv + (tile % kStages) * kTile + kk * 2 * kTilesD * 64, DP * 16, 128);
+    return desc_offset<T>(v_base, int(unsigned(tile) % kStages) * kTile + kk * 2 * kTilesD * 64);
   };
   auto wait_full = [&](int tile) {
     mbarrier_wait(&full[tile % kStages], (tile / kStages) & 1);
@@ -545,14 +592,22 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
   wgmma_commit();
   wgmma_wait<0>();
   fence_registers(s);
-  wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pa, row_max, row_sum, correction, p.sk, quad,
-                                             p.scale_log2);
+  wgmma_softmax<T, kBlockN, !ONES>(s, pa, row_max, row_sum, correction, p.sk, quad, p.scale_log2);
 
   // The first warpgroup holds the token first (its own barrier, half arrived).
   constexpr int kPair = 256;  // a named barrier's threads: the waiting warpgroup and the one before
   if (WG > 1 && wg == 0) named_barrier_arrive(1, kPair);
-  for (int j = 0; j + 1 < tiles; ++j) {
-    // Stage j − 1 (K and V of tile j − 1) was read by the last iteration's GEMMs.
+  // One tile's step: P(j)·V(j) from cur, the softmax of S(j + 1) into nxt, O rescaled.
+  //
+  // ptxas moves the wait for P·V (WARPGROUP.DEPBAR.LE gsb0, 0x0) up, ahead of the
+  // softmax's exponentials (sass_loops.py, v38), so that the softmax never runs under
+  // its warpgroup's own P·V. It does not move it above a store to shared memory: with
+  // ANCHOR, `mix` (a word that depends on every exponential) is stored first, to one
+  // word that all threads write and none reads, and the SASS has every exponential
+  // between the two waits. The price: the XORs at d40 (half an instruction a score),
+  // and pn may no longer share registers with the running P·V's pa, so the loop takes
+  // two tiles an iteration with P alternating between them instead of copying.
+  auto step = [&](int j, uint32_t(&cur)[kBlockN / 16][4], uint32_t(&nxt)[kBlockN / 16][4]) {
     if (j > 0) mbarrier_arrive_if(&empty[(j - 1) % kStages], leader);
     wait_full(j + 1);
     uint64_t kd[kStepsD], vd[kBlockN / 16];
@@ -563,7 +618,7 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
     fence_registers(kd);
     fence_registers(vd);
     fence_registers(o);
-    fence_registers(pa);
+    fence_registers(cur);
     if (WG > 1) named_barrier_sync(1 + wg, kPair);
     wgmma_fence();
     wgmma_rs_zero<kBlockN, T, 0>(s, qf[0], kd[0]);
@@ -571,36 +626,74 @@ __global__ void __launch_bounds__(WG * 128 + 32, 1)
     for (int kk = 1; kk < kStepsD; ++kk) wgmma_rs<kBlockN, T, 0>(s, qf[kk], kd[kk], 1);
     wgmma_commit();
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) wgmma_rs<DP, T, 1>(o, pa[kk], vd[kk], 1);
+    for (int kk = 0; kk < kBlockN / 16; ++kk) wgmma_rs<DP, T, 1>(o, cur[kk], vd[kk], 1);
     wgmma_commit();
     if (WG > 1) named_barrier_arrive(1 + (wg + 1) % WG, kPair);
     wgmma_wait<1>();
     fence_registers(s);
-    wgmma_softmax<T, kBlockN, kHalfExp, !ONES>(s, pn, row_max, row_sum, correction,
-                                               p.sk - (j + 1) * kBlockN, quad, p.scale_log2);
-    wgmma_next_p(o, pa, pn, correction);
+    uint32_t mix = 0;
+    wgmma_softmax<T, kBlockN, !ONES>(s, nxt, row_max, row_sum, correction, p.sk - (j + 1) * kBlockN,
+                                     quad, p.scale_log2, ANCHOR ? &mix : nullptr);
+    if constexpr (ANCHOR)
+      asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(anchor), "r"(mix) : "memory");
+    wgmma_wait<0>();
+    fence_registers(o);
+    fence_registers(cur);
+    wgmma_rescale(o, correction);
+  };
+  auto v_last = [&](int kk) { return v_desc(tiles - 1, kk); };
+  if constexpr (ANCHOR) {
+    // Two tiles an iteration, P alternating between pa and pn: the softmax writes
+    // registers no running MMA reads, so ptxas need not copy pn into pa.
+    int j = 0;
+    for (; j + 2 < tiles; j += 2) {
+      step(j, pa, pn);
+      step(j + 1, pn, pa);
+    }
+    if (j + 1 < tiles) {
+      step(j, pa, pn);
+      wgmma_last_pv_store<T, DP, ONES>(o, pn, v_last, row_sum, p, batch, head, m0 + warp * 16,
+                                       lane);
+      return;
+    }
+  } else {
+    for (int j = 0; j + 1 < tiles; ++j) {
+      step(j, pa, pn);
+#pragma unroll
+      for (int kk = 0; kk < kBlockN / 16; ++kk)
+#pragma unroll
+        for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
+    }
   }
-  wgmma_last_pv_store<T, DP, ONES>(
-      o, pa, [&](int kk) { return v_desc(tiles - 1, kk); }, row_sum, p, batch, head, m0 + warp * 16,
-      lane);
+  wgmma_last_pv_store<T, DP, ONES>(o, pa, v_last, row_sum, p, batch, head, m0 + warp * 16, lane);
 #endif
 }
 
-template <class T, int DP, int WG, bool ONES>
+template <class T, int DP, int WG, bool ONES, int BN, bool ANCHOR = false>
 void launch_flash_producer(const AttentionParams& p, int batch, int heads) {
   constexpr int kBlockM = WG * 64;
   constexpr size_t kSmem =
-      128 +
-      (size_t(2 * kProducerStages) * kWgmmaBlockN * DP + size_t(kBlockM) * (DP + 8)) * sizeof(T);
+      128 + (size_t(2 * kProducerStages) * BN * DP + size_t(kBlockM) * (DP + 8)) * sizeof(T);
   static const bool configured = [] {
-    CUDA_CHECK(cudaFuncSetAttribute(flash_attention_producer_kernel<T, DP, WG, ONES>,
-                                    cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+    const auto kernel = flash_attention_producer_kernel<T, DP, WG, ONES, BN, ANCHOR>;
+    CUDA_CHECK(
+        cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
+    if constexpr (producer_threads<BN>() == 128) {
+      cudaFuncAttributes attributes{};
+      CUDA_CHECK(cudaFuncGetAttributes(&attributes, kernel));
+      if (kProducerRegs + 2 * kConsumerRegs > 3 * attributes.numRegs)
+        throw Error(str("attention: the 128-key producer kernel was built with ",
+                        attributes.numRegs, " registers a thread; its setmaxnreg split (",
+                        kProducerRegs, " + 2 x ", kConsumerRegs, ") needs ", kLaunchRegs));
+    }
     return true;
   }();
   (void)configured;
   const dim3 grid{unsigned((p.sq + kBlockM - 1) / kBlockM), unsigned(heads), unsigned(batch)};
-  flash_attention_producer_kernel<T, DP, WG, ONES><<<grid, WG * 128 + 32, kSmem, stream()>>>(p);
+  flash_attention_producer_kernel<T, DP, WG, ONES, BN, ANCHOR>
+      <<<grid, WG * 128 + producer_threads<BN>(), kSmem, stream()>>>(p);
   CUDA_CHECK_LAUNCH();
+  if constexpr (BN == 128) ++(ANCHOR ? g_wgmma_anchored_calls : g_wgmma_k128_calls);
 }
 
 std::atomic<size_t> g_wgmma_calls{0};
@@ -616,14 +709,22 @@ void launch_flash_wgmma_rows(const AttentionParams& p, int batch, int heads) {
   if (rows == 0) rows = DP == 64 ? 192 : 128;
   const bool ones = p.d == DP - 8;
   if (options().flash_wgmma_producer) {
+    if (options().flash_wgmma_keys == 128) {  // two consumer warpgroups (registers)
+      if (options().flash_wgmma_anchor) {
+        if (ones) return launch_flash_producer<T, DP, 2, true, 128, true>(p, batch, heads);
+        return launch_flash_producer<T, DP, 2, false, 128, true>(p, batch, heads);
+      }
+      if (ones) return launch_flash_producer<T, DP, 2, true, 128>(p, batch, heads);
+      return launch_flash_producer<T, DP, 2, false, 128>(p, batch, heads);
+    }
     if constexpr (DP <= 64) {  // three warpgroups and a warp at head dim 80 spill
       if (rows == 192) {
-        if (ones) return launch_flash_producer<T, DP, 3, true>(p, batch, heads);
-        return launch_flash_producer<T, DP, 3, false>(p, batch, heads);
+        if (ones) return launch_flash_producer<T, DP, 3, true, 64>(p, batch, heads);
+        return launch_flash_producer<T, DP, 3, false, 64>(p, batch, heads);
       }
     }
-    if (ones) return launch_flash_producer<T, DP, 2, true>(p, batch, heads);
-    return launch_flash_producer<T, DP, 2, false>(p, batch, heads);
+    if (ones) return launch_flash_producer<T, DP, 2, true, 64>(p, batch, heads);
+    return launch_flash_producer<T, DP, 2, false, 64>(p, batch, heads);
   }
   if (rows == 192) {
     if (ones) return launch_flash_wgmma<T, DP, 3, true>(p, batch, heads);
@@ -673,6 +774,10 @@ bool flash_wgmma_available() {
 
 size_t flash_wgmma_calls() {
   return g_wgmma_calls.load();
+}
+
+size_t flash_wgmma_k128_calls(bool anchored) {
+  return anchored ? g_wgmma_anchored_calls.load() : g_wgmma_k128_calls.load();
 }
 
 }  // namespace kiln::cuda

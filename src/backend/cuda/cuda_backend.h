@@ -62,6 +62,13 @@ struct Options {
   // plain wgmma kernel at head dims 64 and 80, 22% slower at 40, and cuDNN's SDPA
   // faster than both (bench/results/2026-12-03-h200-v15).
   bool flash_wgmma_producer = false;
+  // With flash_wgmma_producer: keys a tile, 64 or 128. 128 takes a producer warpgroup
+  // and setmaxnreg (attention_wgmma.cu); written without a GPU (v38), not yet measured.
+  int flash_wgmma_keys = 64;
+  // With 128 keys: the store that keeps ptxas from waiting for P·V before the softmax
+  // (the producer kernel in attention_wgmma.cu); written without a GPU (v38), not yet
+  // measured.
+  bool flash_wgmma_anchor = false;
   // Attention over at most 128 keys, no causal mask (the text's 77 tokens), in a
   // kernel of its own: K and V loaded once, padded to 80 or 128 keys instead of two
   // 64-key tiles (77 keys: 37% fewer MMAs), 32 KB of shared memory at head dim 64
@@ -175,6 +182,8 @@ size_t cudnn_attention_calls();
 // and the attention calls it ran so far (tests: that it ran).
 bool flash_wgmma_available();
 size_t flash_wgmma_calls();
+// Of those, the 128-key producer kernel's launches: plain, or anchored (tests).
+size_t flash_wgmma_k128_calls(bool anchored);
 size_t flash_short_kv_calls();  // launches of the short-KV kernel (flash_short_kv_kernel)
 // GroupNorm calls the grid-wide one-launch kernel ran so far (tests: that it ran).
 size_t group_norm_grid_calls();
