@@ -6,8 +6,9 @@ they load).
     python3 tools/py/sass_loops.py FILE.cubin|FILE.sass KERNEL_REGEX [--body]
         [--skip-after REGEX]
 
-A .cubin is disassembled with cuobjdump (`$CUOBJDUMP`, else on PATH; CUDA's PyPI
-wheel `nvidia-cuda-cuobjdump` carries one where the toolkit does not). Every kernel
+A .cubin is disassembled with cuobjdump (`$CUOBJDUMP`, else on PATH, else the one
+scripts/fetch-cuobjdump.sh puts in .deps/ from CUDA's PyPI wheels, with the nvdisasm
+it runs, where the toolkit has neither). Every kernel
 whose mangled name matches KERNEL_REGEX is listed with each of its loops (a backward
 branch and the instructions from its target to it): instructions in all and by
 unit, and the order of the warpgroup MMAs, waits and barriers within the loop, with
@@ -27,6 +28,7 @@ ISETP, LOP3, F2FP, PRMT...), lsu (shared and global memory, shuffles), uniform
 
 import argparse
 import collections
+import glob
 import os
 import re
 import shutil
@@ -56,17 +58,11 @@ def cuobjdump():
     tool = os.environ.get("CUOBJDUMP") or shutil.which("cuobjdump")
     if tool:
         return tool
-    try:  # CUDA's PyPI wheel
-        import nvidia  # noqa: F401  (a namespace package)
-
-        for root in nvidia.__path__:
-            for sub in ("cu13/bin/cuobjdump", "cuda_cuobjdump/bin/cuobjdump"):
-                path = os.path.join(root, sub)
-                if os.path.exists(path):
-                    return path
-    except ImportError:
-        pass
-    sys.exit("sass_loops: no cuobjdump (set CUOBJDUMP, or pip install nvidia-cuda-cuobjdump)")
+    root = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", ".deps")
+    found = sorted(glob.glob(os.path.join(root, "cuobjdump-*", "cuobjdump")))
+    if found:
+        return found[-1]
+    sys.exit("sass_loops: no cuobjdump (run scripts/fetch-cuobjdump.sh, or set CUOBJDUMP)")
 
 
 def functions(text):
