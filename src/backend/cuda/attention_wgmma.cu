@@ -212,16 +212,20 @@ __device__ __forceinline__ void wgmma_store_out(const float (&o)[DP / 2], const 
 // (WARPGROUP.DEPBAR.LE gsb0, 0x0) up, ahead of the softmax's exponentials
 // (tools/py/sass_loops.py, v38), so here the softmax never runs under its own P·V; the
 // producer kernel's ANCHOR form below keeps the wait in place.
-// The end of one tile's step, once the softmax of the next tile's scores has made pn:
-// P·V done, O rescaled by the softmax's correction, pn the next P·V's A operand.
+// The end of one tile's step, once the softmax of the next tile's scores is done: P·V
+// (whose A operand is pa) waited for, O rescaled by the softmax's correction.
 template <int NO, int NP>
-__device__ __forceinline__ void wgmma_next_p(float (&o)[NO], uint32_t (&pa)[NP][4],
-                                             const uint32_t (&pn)[NP][4],
-                                             const float (&correction)[2]) {
+__device__ __forceinline__ void wgmma_finish_pv(float (&o)[NO], uint32_t (&pa)[NP][4],
+                                                const float (&correction)[2]) {
   wgmma_wait<0>();
   fence_registers(o);
-  fence_registers(pa);  // live until here: pn must not take its registers early
+  fence_registers(pa);  // live until here: the next P must not take its registers early
   wgmma_rescale(o, correction);
+}
+
+// pn, the next P·V's A operand, into pa.
+template <int NP>
+__device__ __forceinline__ void wgmma_copy_p(uint32_t (&pa)[NP][4], const uint32_t (&pn)[NP][4]) {
 #pragma unroll
   for (int kk = 0; kk < NP; ++kk)
 #pragma unroll
@@ -367,7 +371,8 @@ __global__ void __launch_bounds__(WG * 128, WG == 2 && DP <= 64 ? 2 : 1)
     fence_registers(s);
     wgmma_softmax<T, kBlockN, !ONES>(s, pn, row_max, row_sum, correction, p.sk - (j + 1) * kBlockN,
                                      quad, p.scale_log2);
-    wgmma_next_p(o, pa, pn, correction);
+    wgmma_finish_pv(o, pa, correction);
+    wgmma_copy_p(pa, pn);
   }
   // The last tile's P·V (its V became visible at the last iteration's barrier).
   wgmma_last_pv_store<T, DP, ONES>(
@@ -636,10 +641,7 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
                                      quad, p.scale_log2, ANCHOR ? &mix : nullptr);
     if constexpr (ANCHOR)
       asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(anchor), "r"(mix) : "memory");
-    wgmma_wait<0>();
-    fence_registers(o);
-    fence_registers(cur);
-    wgmma_rescale(o, correction);
+    wgmma_finish_pv(o, cur, correction);
   };
   auto v_last = [&](int kk) { return v_desc(tiles - 1, kk); };
   if constexpr (ANCHOR) {
@@ -659,10 +661,7 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
   } else {
     for (int j = 0; j + 1 < tiles; ++j) {
       step(j, pa, pn);
-#pragma unroll
-      for (int kk = 0; kk < kBlockN / 16; ++kk)
-#pragma unroll
-        for (int e = 0; e < 4; ++e) pa[kk][e] = pn[kk][e];
+      wgmma_copy_p(pa, pn);
     }
   }
   wgmma_last_pv_store<T, DP, ONES>(o, pa, v_last, row_sum, p, batch, head, m0 + warp * 16, lane);
