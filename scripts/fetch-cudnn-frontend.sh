@@ -7,6 +7,7 @@
 #   scripts/fetch-cudnn-frontend.sh        prints the include folder
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/pinned-wheel.sh
 version=1.32.0
 sha256=8b354a8e550c083eb247f1eb39a7d69a4a269075f5a01e4fcbd2531680b17239
 wheel=nvidia_cudnn_frontend-$version-cp312-cp312-manylinux_2_27_x86_64.manylinux_2_28_x86_64.whl
@@ -17,15 +18,8 @@ if [ -f "$dest/include/cudnn_frontend.h" ]; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-pip=(python3 -m pip)
-if ! python3 -m pip --version >/dev/null 2>&1; then
-  python3 -m venv "$tmp/venv" >/dev/null
-  pip=("$tmp/venv/bin/python" -m pip)
-fi
-"${pip[@]}" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
-  --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64 \
-  -d "$tmp" "nvidia-cudnn-frontend==$version" >&2
-echo "$sha256  $tmp/$wheel" | sha256sum -c --quiet - >&2
+pinned_wheel "$tmp" "$wheel" "$sha256" "nvidia-cudnn-frontend==$version" \
+  --python-version 3.12 --implementation cp --platform manylinux_2_28_x86_64
 mkdir -p "$dest.partial"
 python3 - "$tmp/$wheel" "$dest.partial" <<'EOF'
 import sys, zipfile

@@ -7,6 +7,7 @@
 #   CUOBJDUMP=$(scripts/fetch-cuobjdump.sh) python3 tools/py/sass_loops.py FILE.cubin KERNEL
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/pinned-wheel.sh
 version=13.5.37
 platform=py3-none-manylinux2014_x86_64.manylinux_2_17_x86_64
 # wheel name, its sha256, the file it carries
@@ -21,18 +22,12 @@ if [ -x "$dest/cuobjdump" ] && [ -x "$dest/nvdisasm" ]; then
 fi
 tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
-pip=(python3 -m pip)
-if ! python3 -m pip --version >/dev/null 2>&1; then
-  python3 -m venv "$tmp/venv" >/dev/null
-  pip=("$tmp/venv/bin/python" -m pip)
-fi
 mkdir -p "$dest"
 for entry in "${tools[@]}"; do
   read -r wheel sha256 name <<<"$entry"
   package=${wheel%%-"$version"*}
-  "${pip[@]}" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
-    --platform manylinux2014_x86_64 -d "$tmp" "${package//_/-}==$version" >&2
-  echo "$sha256  $tmp/$wheel" | sha256sum -c --quiet - >&2
+  pinned_wheel "$tmp" "$wheel" "$sha256" "${package//_/-}==$version" \
+    --platform manylinux2014_x86_64
   python3 - "$tmp/$wheel" "nvidia/cu13/bin/$name" "$dest/$name" <<'PY'
 import os, sys, zipfile
 with zipfile.ZipFile(sys.argv[1]) as z:

@@ -8,6 +8,7 @@
 #   scripts/fetch-cutlass.sh        prints the include folder
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. scripts/lib/pinned-wheel.sh
 version=4.2.0.0
 sha256=f9599ada45c7bcb6bf53f7d3f0a7d154183e53451c01bfa59eecd37dd4a693f6
 wheel=nvidia_cutlass-$version-py3-none-any.whl
@@ -20,16 +21,10 @@ tmp=$(mktemp -d)
 trap 'rm -rf "$tmp"' EXIT
 if [ -f ".cutlass/$wheel" ]; then
   cp ".cutlass/$wheel" "$tmp/"
+  echo "$sha256  $tmp/$wheel" | sha256sum -c --quiet - >&2
 else
-  pip=(python3 -m pip)
-  if ! python3 -m pip --version >/dev/null 2>&1; then
-    python3 -m venv "$tmp/venv" >/dev/null
-    pip=("$tmp/venv/bin/python" -m pip)
-  fi
-  "${pip[@]}" download -q --disable-pip-version-check --no-deps --only-binary=:all: \
-    -d "$tmp" "nvidia-cutlass==$version" >&2
+  pinned_wheel "$tmp" "$wheel" "$sha256" "nvidia-cutlass==$version"
 fi
-echo "$sha256  $tmp/$wheel" | sha256sum -c --quiet - >&2
 mkdir -p "$dest.partial"
 python3 - "$tmp/$wheel" "$dest.partial/include" <<'PY'
 import os, sys, zipfile
