@@ -307,7 +307,8 @@ if has_stage test && [ -x "$TESTS" ]; then
   log "backend ops against the CPU reference (goldens and full size beside them)"
   # The suites whose CPU references take longest come last, so that a stage cut short
   # by its time loses the fewest suites.
-  SUITES=('TestInputs.*' 'Elementwise.*' 'Runtime.*' 'PlanCache.*' 'Shapes/LayerNorm.*' 'Shapes/Linear.*' 'Wide/Linear.*'
+  SUITES=('TestInputs.*' 'Elementwise.*' 'Runtime.*' 'PlanCache.*' 'Shapes/LayerNorm.*'
+          'Shapes/AddLayerNorm.*' 'Shapes/Linear.*' 'Wide/Linear.*'
           'Shapes/LinearGeglu.*' 'Shapes/GroupNorm.*' 'Shapes/Conv2d.*' 'Shapes/NormConv2d.*' 'AttentionAuto.*'
           'AttentionSharedMemoryLimit.*' 'Conv2dSharedMemoryLimit.*' 'Shapes/Attention.*'
           'Shapes/UpsampleConv.*')

@@ -188,14 +188,23 @@ TEST_P(CudaGolden, DecodeCapturedBesideSteps) {
 
 // Step-level batching on CUDA, through the graphs and their row buckets (the batch's 5
 // and 7 rows run padded to 6 and 8): a request's image is the one it makes alone, up
-// to the rounding of GEMMs of another height.
+// to the rounding of GEMMs of another height. That rounding scales with the dtype's
+// unit roundoff, 8x larger in bf16 (8 bits of mantissa) than in f16 (11), about 18 dB
+// of PSNR. SDXL's "late arrival" case measured 39.5-47.3 dB in bf16 over the runs of
+// v11-v39 (the plans are timed, so the GEMMs of the two heights differ from process to
+// process), and 55.1 dB in f16 in v39. A row that took another row's conditioning or
+// noise makes another image, far below either bound.
+double batched_bound(DType dtype) {
+  return dtype == DType::BF16 ? 30.0 : 40.0;
+}
+
 TEST_P(CudaGolden, BatchedImagesEqualImagesMadeAlone) {
   const auto pipeline =
       TextToImagePipeline::load(golden::data_dir() / model() / "model", placement());
   for (const golden::BatchedVsAlone& r : golden::batched_vs_alone(*pipeline)) {
     std::printf("[ %s %s ] %-24s batched vs alone PSNR %.1f dB\n", model().c_str(),
                 name(placement().dtype).c_str(), r.prompt.c_str(), r.psnr);
-    EXPECT_GE(r.psnr, 40.0) << r.prompt;
+    EXPECT_GE(r.psnr, batched_bound(placement().dtype)) << r.prompt;
   }
   EXPECT_GT(pipeline->graph_stats().replays, 0u);
 }
