@@ -16,25 +16,14 @@
 #include <cstdint>
 
 #include "backend/cuda/wgmma.cuh"
+#include "backend/cuda/wgmma_sync.cuh"
 
+using kiln::cuda::fence_registers;
+using kiln::cuda::wgmma_commit;
+using kiln::cuda::wgmma_fence;
 using kiln::cuda::wgmma_rs;
 using kiln::cuda::wgmma_rs_zero;
-
-__device__ __forceinline__ void fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
-template <int N>
-__device__ __forceinline__ void fence_registers(float (&r)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
-}
+using kiln::cuda::wgmma_wait;
 
 __global__ void wait_order_probe(float* out, uint64_t b1, uint64_t b2, int iterations) {
   const uint32_t a[4] = {threadIdx.x, 1, 2, 3};
@@ -43,12 +32,12 @@ __global__ void wait_order_probe(float* out, uint64_t b1, uint64_t b2, int itera
   for (int i = 0; i < 24; ++i) o[i] = 0.0f;
   for (int it = 0; it < iterations; ++it) {
     fence_registers(o);
-    fence();
+    wgmma_fence();
     wgmma_rs_zero<64, half, 0>(s, a, b1);
-    commit();
+    wgmma_commit();
     wgmma_rs<48, half, 1>(o, a, b2, 1);
-    commit();
-    wait<1>();
+    wgmma_commit();
+    wgmma_wait<1>();
     fence_registers(s);
     float sum = 0.0f;
 #pragma unroll
@@ -63,7 +52,7 @@ __global__ void wait_order_probe(float* out, uint64_t b1, uint64_t b2, int itera
                  "f"(sum)
                  : "memory");
 #endif
-    wait<0>();
+    wgmma_wait<0>();
     fence_registers(o);
 #pragma unroll
     for (int i = 0; i < 24; ++i) o[i] *= sum;

@@ -6,6 +6,7 @@
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.h"
 #include "backend/cuda/wgmma.cuh"
+#include "backend/cuda/wgmma_sync.cuh"
 
 // Built for GPUs other than sm_90a the kernel bodies below are compiled out, which
 // leaves their helpers unreferenced on that pass.
@@ -45,37 +46,9 @@ namespace {
 constexpr int kWgmmaBlockN = 64;  // keys per tile
 constexpr int kWgmmaStages = 3;   // K/V tiles in flight
 
-__device__ __forceinline__ void wgmma_fence() {
-  asm volatile("wgmma.fence.sync.aligned;\n" ::: "memory");
-}
-__device__ __forceinline__ void wgmma_commit() {
-  asm volatile("wgmma.commit_group.sync.aligned;\n" ::: "memory");
-}
-template <int N>
-__device__ __forceinline__ void wgmma_wait() {
-  asm volatile("wgmma.wait_group.sync.aligned %0;\n" ::"n"(N) : "memory");
-}
 // cp.async's writes to shared memory, made visible to the tensor cores' (async) reads.
 __device__ __forceinline__ void fence_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
-}
-// Keeps the compiler from moving register reads and writes across a wgmma.
-template <int N>
-__device__ __forceinline__ void fence_registers(float (&r)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+f"(r[i])::"memory");
-}
-template <int N>
-__device__ __forceinline__ void fence_registers(uint64_t (&r)[N]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i) asm volatile("" : "+l"(r[i])::"memory");
-}
-template <int N>
-__device__ __forceinline__ void fence_registers(uint32_t (&r)[N][4]) {
-#pragma unroll
-  for (int i = 0; i < N; ++i)
-#pragma unroll
-    for (int j = 0; j < 4; ++j) asm volatile("" : "+r"(r[i][j])::"memory");
 }
 
 // An unswizzled shared-memory matrix descriptor.

@@ -63,11 +63,11 @@ struct Options {
   // faster than both (bench/results/2026-12-03-h200-v15).
   bool flash_wgmma_producer = false;
   // With flash_wgmma_producer: keys a tile, 64 or 128. 128 takes a producer warpgroup
-  // and setmaxnreg (attention_wgmma.cu); written without a GPU (v38), not yet measured.
+  // and setmaxnreg (attention_wgmma.cu): SD1.5's d40 calls 1.34 -> 0.93 ms a step on
+  // an H100 (v39), still behind cuDNN's SDPA (bench/cuda-notes.md item 20).
   int flash_wgmma_keys = 64;
   // With 128 keys: the store that keeps ptxas from waiting for P·V before the softmax
-  // (the producer kernel in attention_wgmma.cu); written without a GPU (v38), not yet
-  // measured.
+  // (the producer kernel in attention_wgmma.cu): d40 0.93 -> 0.88 ms, d80 level (v39).
   bool flash_wgmma_anchor = false;
   // Attention over at most 128 keys, no causal mask (the text's 77 tokens), in a
   // kernel of its own: K and V loaded once, padded to 80 or 128 keys instead of two

@@ -3,7 +3,8 @@
 // d[N/2] (+)= a · B for one warpgroup: a is the warp's 16 rows × 16 of the 64 × 16
 // A tile in mma.sync's fragment layout, B a shared-memory descriptor (16 × N),
 // K-major (TRANS_B 0) or N-major (1); accumulate 0 overwrites d. Issue between
-// wgmma_fence() and wgmma_commit(), read d only after wgmma_wait<0>().
+// wgmma_fence() and wgmma_commit(), read d only after wgmma_wait<0>() (all three in
+// wgmma_sync.cuh).
 #pragma once
 #include <cstdint>
 #include <type_traits>
