@@ -30,6 +30,7 @@ enum class AttentionPath {
   FlashWgmmaProducer,
   FlashWgmmaProducer128,        // 128-key tiles: a producer warpgroup, setmaxnreg
   FlashWgmmaProducer128Anchor,  // and the softmax under its own P·V
+  FlashWgmmaProducer128Loader,  // and the producer's offsets worked out once, its fence
   FlashShortKv,  // the kernel for at most 128 keys (the others where it does not apply)
   Cudnn
 };
@@ -52,6 +53,8 @@ const char* path_name(AttentionPath path) {
       return " flash wgmma producer 128 keys";
     case AttentionPath::FlashWgmmaProducer128Anchor:
       return " flash wgmma producer 128 keys anchored";
+    case AttentionPath::FlashWgmmaProducer128Loader:
+      return " flash wgmma producer 128 keys anchored loader";
     case AttentionPath::FlashShortKv:
       return " flash short kv";
     case AttentionPath::Cudnn:
@@ -64,7 +67,8 @@ bool wgmma_path(AttentionPath path) {
   return path == AttentionPath::FlashWgmma128 || path == AttentionPath::FlashWgmma192 ||
          path == AttentionPath::FlashWgmmaProducer ||
          path == AttentionPath::FlashWgmmaProducer128 ||
-         path == AttentionPath::FlashWgmmaProducer128Anchor;
+         path == AttentionPath::FlashWgmmaProducer128Anchor ||
+         path == AttentionPath::FlashWgmmaProducer128Loader;
 }
 
 // Sets the options for `path`; they go back to the defaults when it goes.
@@ -74,11 +78,13 @@ class UsePath {
     cuda::options().use_flash_attention = path != AttentionPath::Banded;
     cuda::options().flash_two_tiles_per_warp = path == AttentionPath::FlashTwoTiles;
     cuda::options().flash_wgmma = wgmma_path(path);
-    const bool k128 = path == AttentionPath::FlashWgmmaProducer128 ||
-                      path == AttentionPath::FlashWgmmaProducer128Anchor;
+    const bool loader = path == AttentionPath::FlashWgmmaProducer128Loader;
+    const bool anchor = path == AttentionPath::FlashWgmmaProducer128Anchor || loader;
+    const bool k128 = path == AttentionPath::FlashWgmmaProducer128 || anchor;
     cuda::options().flash_wgmma_producer = path == AttentionPath::FlashWgmmaProducer || k128;
     cuda::options().flash_wgmma_keys = k128 ? 128 : 64;
-    cuda::options().flash_wgmma_anchor = path == AttentionPath::FlashWgmmaProducer128Anchor;
+    cuda::options().flash_wgmma_anchor = anchor;
+    cuda::options().flash_wgmma_loader = loader;
     cuda::options().flash_short_kv_kernel = path == AttentionPath::FlashShortKv;
     cuda::options().flash_wgmma_rows = path == AttentionPath::FlashWgmma128   ? 128
                                        : path == AttentionPath::FlashWgmma192 ? 192
@@ -95,6 +101,7 @@ class UsePath {
     cuda::options().flash_wgmma_producer = defaults.flash_wgmma_producer;
     cuda::options().flash_wgmma_keys = defaults.flash_wgmma_keys;
     cuda::options().flash_wgmma_anchor = defaults.flash_wgmma_anchor;
+    cuda::options().flash_wgmma_loader = defaults.flash_wgmma_loader;
     cuda::options().flash_short_kv_kernel = defaults.flash_short_kv_kernel;
     cuda::options().flash_wgmma_rows = defaults.flash_wgmma_rows;
     cuda::options().attention_kernel = defaults.attention_kernel;
@@ -138,7 +145,7 @@ bool skip_on_path(const AttentionCase& c, AttentionPath path) {
 struct KernelCalls {
   size_t cudnn = cuda::cudnn_attention_calls(), wgmma = cuda::flash_wgmma_calls(),
          k128 = cuda::flash_wgmma_k128_calls(false), anchored = cuda::flash_wgmma_k128_calls(true),
-         short_kv = cuda::flash_short_kv_calls();
+         loader = cuda::flash_wgmma_loader_calls(), short_kv = cuda::flash_short_kv_calls();
   void expect_taken(const AttentionCase& c, DType dt, AttentionPath path) const {
     if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
       EXPECT_GT(cuda::cudnn_attention_calls(), cudnn) << "cuDNN did not run " << dtype_name(dt);
@@ -150,9 +157,14 @@ struct KernelCalls {
         EXPECT_GT(cuda::flash_wgmma_k128_calls(false), k128)
             << "the 128-key producer kernel did not run " << dtype_name(dt);
       }
-      if (path == AttentionPath::FlashWgmmaProducer128Anchor) {
+      if (path == AttentionPath::FlashWgmmaProducer128Anchor ||
+          path == AttentionPath::FlashWgmmaProducer128Loader) {
         EXPECT_GT(cuda::flash_wgmma_k128_calls(true), anchored)
             << "the anchored 128-key producer kernel did not run " << dtype_name(dt);
+      }
+      if (path == AttentionPath::FlashWgmmaProducer128Loader) {
+        EXPECT_GT(cuda::flash_wgmma_loader_calls(), loader)
+            << "the anchored kernel with the hoisted loader did not run " << dtype_name(dt);
       }
     }
     if (short_kv_takes(c, dt, path)) {
@@ -323,7 +335,8 @@ INSTANTIATE_TEST_SUITE_P(
                           AttentionPath::FlashTwoTiles, AttentionPath::FlashWgmma128,
                           AttentionPath::FlashWgmma192, AttentionPath::FlashWgmmaProducer,
                           AttentionPath::FlashWgmmaProducer128,
-                          AttentionPath::FlashWgmmaProducer128Anchor, AttentionPath::FlashShortKv,
+                          AttentionPath::FlashWgmmaProducer128Anchor,
+                          AttentionPath::FlashWgmmaProducer128Loader, AttentionPath::FlashShortKv,
                           AttentionPath::Cudnn)));
 
 }  // namespace

@@ -71,6 +71,8 @@ const char* kHelp =
     "                       producer warpgroup and setmaxnreg; default 64; for A/B)\n"
     "  --flash-wgmma-anchor B  1: with 128 keys, a store that keeps the softmax under\n"
     "                       its own P·V (default 0; for A/B)\n"
+    "  --flash-wgmma-loader B  1: with the anchor, the producer's copies from offsets\n"
+    "                       worked out once and the fence on its side (default 0; A/B)\n"
     "  --flash-short-kv-kernel B  1 or 0: attention over at most 128 keys (cross-\n"
     "                       attention) in a kernel of its own, or in the flash kernel\n"
     "                       (default 1; for A/B)\n"
@@ -582,6 +584,7 @@ int bench(const std::vector<std::string>& argv) {
                    "flash-wgmma-producer",
                    "flash-wgmma-keys",
                    "flash-wgmma-anchor",
+                   "flash-wgmma-loader",
                    "flash-short-kv-kernel",
                    "geglu-fused",
                    "geglu-form",
@@ -656,6 +659,8 @@ int bench(const std::vector<std::string>& argv) {
   }
   if (const auto on = args.integer("flash-wgmma-anchor", 0, 1))
     if (s.cuda()) cuda::options().flash_wgmma_anchor = *on == 1;
+  if (const auto on = args.integer("flash-wgmma-loader", 0, 1))
+    if (s.cuda()) cuda::options().flash_wgmma_loader = *on == 1;
   if (const auto on = args.integer("flash-short-kv-kernel", 0, 1))
     if (s.cuda()) cuda::options().flash_short_kv_kernel = *on == 1;
   if (const auto on = args.integer("geglu-fused", 0, 1))

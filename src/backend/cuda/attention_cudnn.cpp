@@ -56,9 +56,10 @@ struct Key {
     // "ours" is what it was timed against: the flash kernel by default.
     const Options& o = options();
     const bool k128 = o.flash_wgmma_keys == 128;
-    const char* producer = !k128                  ? " ours=wgmma-producer"
-                           : o.flash_wgmma_anchor ? " ours=wgmma-producer-k128-anchor"
-                                                  : " ours=wgmma-producer-k128";
+    const char* producer = !k128                   ? " ours=wgmma-producer"
+                           : !o.flash_wgmma_anchor ? " ours=wgmma-producer-k128"
+                           : o.flash_wgmma_loader  ? " ours=wgmma-producer-k128-anchor-loader"
+                                                   : " ours=wgmma-producer-k128-anchor";
     const char* ours = !o.use_flash_attention                    ? " ours=banded"
                        : flash_short_kv_takes(sk)                ? " ours=shortkv"
                        : o.flash_wgmma && o.flash_wgmma_producer ? producer

@@ -122,8 +122,8 @@ __device__ __forceinline__ void wgmma_softmax(float (&s)[N / 2], uint32_t (&pa)[
       const float a = fast_exp2(fmaf(s[t * 4 + 2 * r], scale_log2, -base));
       const float b = fast_exp2(fmaf(s[t * 4 + 2 * r + 1], scale_log2, -base));
       if constexpr (SUM) sum += a + b;
-      if (!SUM && mix) *mix ^= __float_as_uint(a) ^ __float_as_uint(b);
       pa[t / 2][r + 2 * (t % 2)] = pack2<T>(a, b);
+      if (!SUM && mix) *mix ^= pa[t / 2][r + 2 * (t % 2)];
     }
     if constexpr (SUM) row_sum[r] = row_sum[r] * correction[r] + sum;
   }
@@ -387,8 +387,10 @@ void launch_flash_wgmma(const AttentionParams& p, int batch, int heads) {
 // 21, 140). What it lacks of FA3: key tiles of 128–192 (so Q·K^T runs at N = 64 here)
 // with the registers for them (setmaxnreg), Q from shared memory, 128-byte swizzle, TMA.
 //
-// BN 128 (--flash-wgmma-keys 128, opt-in, not yet measured): 128-key tiles, as FA3
-// takes. A tile's fixed costs (the row maxima's shuffles, the corrections, O's rescale,
+// BN 128 (--flash-wgmma-keys 128, opt-in): 128-key tiles, as FA3 takes. On an H100
+// (v39) SD1.5's d40 calls took 0.93 ms a step against 1.34 at BN 64, 0.88 anchored,
+// and cuDNN's SDPA 0.76 in the same process (bench/cuda-notes.md item 20). A tile's
+// fixed costs (the row maxima's shuffles, the corrections, O's rescale,
 // the barriers and the MMAs' descriptors) are shared by twice the scores: by
 // tools/py/sass_loops.py the consumers' loop at head dim 40 issues about 7.6
 // instructions a score at BN 64, 5.9 at 128. The scores' registers double (s and P:
@@ -398,7 +400,7 @@ void launch_flash_wgmma(const AttentionParams& p, int batch, int heads) {
 
 constexpr int kProducerStages = 4;
 // Launches of the 128-key producer kernel, plain and anchored (tests: which form ran).
-std::atomic<size_t> g_wgmma_k128_calls{0}, g_wgmma_anchored_calls{0};
+std::atomic<size_t> g_wgmma_k128_calls{0}, g_wgmma_anchored_calls{0}, g_wgmma_loader_calls{0};
 constexpr int kProducerRegs = 56, kConsumerRegs = 224;
 // The registers a thread of the 384-thread block gets at launch (__launch_bounds__(384,
 // 1): 65536 / 384, in steps of 8). setmaxnreg.inc waits until the pool has what it asks
@@ -439,6 +441,13 @@ __device__ __forceinline__ void mbarrier_arrive_if(uint64_t* bar, bool on) {
       "r"(int(on))
       : "memory");
 }
+__device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
+  asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_address(bar)) : "memory");
+}
+// 16 bytes from global memory to shared address `dst`, all of them (no zero fill).
+__device__ __forceinline__ void cp_async_16_full(uint32_t dst, const void* src) {
+  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
+}
 // An arrival on `bar` once this thread's cp.asyncs so far have landed.
 __device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
   asm volatile("cp.async.mbarrier.arrive.noinc.shared::cta.b64 [%0];\n" ::"r"(smem_address(bar))
@@ -457,7 +466,7 @@ __host__ __device__ constexpr int producer_threads() {
   return BN > 64 ? 128 : 32;
 }
 
-template <class T, int DP, int WG, bool ONES, int BN, bool ANCHOR>
+template <class T, int DP, int WG, bool ONES, int BN, bool ANCHOR, bool LOADER>
 __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     flash_attention_producer_kernel(AttentionParams p) {
 #if defined(__CUDA_ARCH__) && !defined(__CUDA_ARCH_FEAT_SM90_ALL)
@@ -498,11 +507,16 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
   if constexpr (ONES) {
+    // V's last chunk: 1 in its first column. With LOADER K's last chunk is zeros here
+    // too, and neither is ever loaded.
     for (int r = threadIdx.x; r < kStages * kBlockN; r += kThreads) {
-      T* row = sv + (r / kBlockN) * kTile + ((r % kBlockN >> 3) * kTilesD + kTilesD - 1) * 64 +
-               (r & 7) * 8;
+      const int at =
+          (r / kBlockN) * kTile + ((r % kBlockN >> 3) * kTilesD + kTilesD - 1) * 64 + (r & 7) * 8;
 #pragma unroll
-      for (int e = 0; e < 8; ++e) row[e] = from_float<T>(e == 0 ? 1.0f : 0.0f);
+      for (int e = 0; e < 8; ++e) {
+        sv[at + e] = from_float<T>(e == 0 ? 1.0f : 0.0f);
+        if constexpr (LOADER) sk[at + e] = from_float<T>(0.0f);
+      }
     }
   }
   load_tile<T, DP, kBlockM, kThreads>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d, true);
@@ -516,10 +530,11 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     // The producer: tile t into stage t % kStages once the consumers released its
     // previous tile (t − kStages), then an arrival when this thread's copies land.
     const int pt = threadIdx.x - kConsumers;
-    for (int t = 0; t < tiles; ++t) {
-      const int stage = t % kStages, n = t * kBlockN;
-      if (t >= kStages) mbarrier_wait(&empty[stage], (t / kStages - 1) & 1);
-      const int valid = min(kBlockN, p.sk - n);
+    // Any tile, the last partial one included: about 25 instructions a 16-byte copy
+    // (the divisions by the chunk count, the guards), 250-300 a tile for each producer
+    // thread at head dim 40 (tools/py/sass_loops.py).
+    auto load_any = [&](int t) {
+      const int stage = t % kStages, n = t * kBlockN, valid = min(kBlockN, p.sk - n);
       for (int i = pt; i < kBlockN * kTilesD; i += kProducers) {
         const int r_lo = i & 7, c = (i >> 3) % kTilesD, r = (i / (8 * kTilesD)) * 8 + r_lo;
         const int at = ((r >> 3) * kTilesD + c) * 64 + r_lo * 8;
@@ -528,7 +543,68 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
         cp_async_16(sk + stage * kTile + at, ok ? kg + g : kg, ok ? 16 : 0);
         if (c < v_chunks) cp_async_16(sv + stage * kTile + at, ok ? vg + g : vg, ok ? 16 : 0);
       }
-      cp_async_arrive(&full[stage]);
+    };
+    if constexpr (!LOADER) {
+      for (int t = 0; t < tiles; ++t) {
+        if (t >= kStages) mbarrier_wait(&empty[t % kStages], (t / kStages - 1) & 1);
+        load_any(t);
+        cp_async_arrive(&full[t % kStages]);
+      }
+      return;
+    }
+    // LOADER (--flash-wgmma-loader 1). A full tile's copies are the same for every tile
+    // but for the tile's first row and its stage, so each thread works out its share
+    // once: item k is key row r and real feature chunk c (ONES's padding chunk of K
+    // and V was filled above), `at` in the stage and `off` from the tile's first row.
+    // A full tile then costs an add or two a copy.
+    //
+    // And the fence that makes the copies visible to the tensor cores (the async
+    // proxy) is the producer's: each thread waits for its copies of a tile, fences
+    // them and arrives on the stage's "full" barrier (the barrier's release and the
+    // consumers' acquire carry the fence's order to their MMAs). The consumers then
+    // wait without a fence of their own, which was a MEMBAR.ALL.CTA and a
+    // FENCE.VIEW.ASYNC.S a tile in every consumer warp, ahead of its MMAs.
+    constexpr int kReal = ONES ? kTilesD - 1 : kTilesD;  // chunks a row loads
+    constexpr int kItems = kBlockN * kReal / kProducers;
+    static_assert(kBlockN * kReal % kProducers == 0, "a tile's copies split evenly");
+    constexpr uint32_t kStageBytes = kTile * sizeof(T), kVBytes = kStages * kTile * sizeof(T);
+    uint32_t at[kItems], off[kItems];  // shared address in stage 0; bytes from the row
+#pragma unroll
+    for (int k = 0; k < kItems; ++k) {
+      const int i = pt + k * kProducers, r_lo = i & 7, c = (i >> 3) % kReal, g = (i >> 3) / kReal;
+      at[k] = smem_address(sk + (g * kTilesD + c) * 64 + r_lo * 8);
+      off[k] = uint32_t(((g * 8 + r_lo) * p.kv_stride + c * 8) * int(sizeof(T)));
+    }
+    // Every real chunk of a row is in the tensor (d is DP, or DP − 8 with ONES, as
+    // the dispatch pads) and a tile's offsets fit an int; else every tile goes the
+    // general way.
+    const bool exact = p.d == kReal * 8 && p.kv_stride <= (1 << 22);
+    for (int t = 0; t < tiles; ++t) {
+      const int stage = t % kStages, n = t * kBlockN;
+      if (t > 0) {  // tile t − 1, issued last iteration: landed, fenced, published
+        cp_async_wait<0>();
+        fence_async_shared();
+        mbarrier_arrive(&full[(t - 1) % kStages]);
+      }
+      if (t >= kStages) mbarrier_wait(&empty[stage], (t / kStages - 1) & 1);
+      if (exact && n + kBlockN <= p.sk) {
+        const char* kt = reinterpret_cast<const char*>(kg + int64_t(n) * p.kv_stride);
+        const char* vt = reinterpret_cast<const char*>(vg + int64_t(n) * p.kv_stride);
+        const uint32_t s0 = stage * kStageBytes;
+#pragma unroll
+        for (int k = 0; k < kItems; ++k) {
+          cp_async_16_full(at[k] + s0, kt + off[k]);
+          cp_async_16_full(at[k] + s0 + kVBytes, vt + off[k]);
+        }
+      } else {
+        load_any(t);
+      }
+      cp_async_commit();
+    }
+    if (tiles > 0) {
+      cp_async_wait<0>();
+      fence_async_shared();
+      mbarrier_arrive(&full[(tiles - 1) % kStages]);
     }
     return;
   }
@@ -546,7 +622,7 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
   };
   auto wait_full = [&](int tile) {
     mbarrier_wait(&full[tile % kStages], (tile / kStages) & 1);
-    fence_async_shared();
+    if constexpr (!LOADER) fence_async_shared();  // else the producer fenced its copies
   };
 
   uint32_t qf[kStepsD][4];
@@ -641,13 +717,13 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
 #endif
 }
 
-template <class T, int DP, int WG, bool ONES, int BN, bool ANCHOR = false>
+template <class T, int DP, int WG, bool ONES, int BN, bool ANCHOR = false, bool LOADER = false>
 void launch_flash_producer(const AttentionParams& p, int batch, int heads) {
   constexpr int kBlockM = WG * 64;
   constexpr size_t kSmem =
       128 + (size_t(2 * kProducerStages) * BN * DP + size_t(kBlockM) * (DP + 8)) * sizeof(T);
   static const bool configured = [] {
-    const auto kernel = flash_attention_producer_kernel<T, DP, WG, ONES, BN, ANCHOR>;
+    const auto kernel = flash_attention_producer_kernel<T, DP, WG, ONES, BN, ANCHOR, LOADER>;
     CUDA_CHECK(
         cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
     if constexpr (producer_threads<BN>() == 128) {
@@ -662,10 +738,11 @@ void launch_flash_producer(const AttentionParams& p, int batch, int heads) {
   }();
   (void)configured;
   const dim3 grid{unsigned((p.sq + kBlockM - 1) / kBlockM), unsigned(heads), unsigned(batch)};
-  flash_attention_producer_kernel<T, DP, WG, ONES, BN, ANCHOR>
+  flash_attention_producer_kernel<T, DP, WG, ONES, BN, ANCHOR, LOADER>
       <<<grid, WG * 128 + producer_threads<BN>(), kSmem, stream()>>>(p);
   CUDA_CHECK_LAUNCH();
   if constexpr (BN == 128) ++(ANCHOR ? g_wgmma_anchored_calls : g_wgmma_k128_calls);
+  if constexpr (LOADER) ++g_wgmma_loader_calls;
 }
 
 std::atomic<size_t> g_wgmma_calls{0};
@@ -683,6 +760,10 @@ void launch_flash_wgmma_rows(const AttentionParams& p, int batch, int heads) {
   if (options().flash_wgmma_producer) {
     if (options().flash_wgmma_keys == 128) {  // two consumer warpgroups (registers)
       if (options().flash_wgmma_anchor) {
+        if (options().flash_wgmma_loader) {
+          if (ones) return launch_flash_producer<T, DP, 2, true, 128, true, true>(p, batch, heads);
+          return launch_flash_producer<T, DP, 2, false, 128, true, true>(p, batch, heads);
+        }
         if (ones) return launch_flash_producer<T, DP, 2, true, 128, true>(p, batch, heads);
         return launch_flash_producer<T, DP, 2, false, 128, true>(p, batch, heads);
       }
@@ -750,6 +831,10 @@ size_t flash_wgmma_calls() {
 
 size_t flash_wgmma_k128_calls(bool anchored) {
   return anchored ? g_wgmma_anchored_calls.load() : g_wgmma_k128_calls.load();
+}
+
+size_t flash_wgmma_loader_calls() {
+  return g_wgmma_loader_calls.load();
 }
 
 }  // namespace kiln::cuda

@@ -69,6 +69,12 @@ struct Options {
   // With 128 keys: the store that keeps ptxas from waiting for P·V before the softmax
   // (the producer kernel in attention_wgmma.cu): d40 0.93 -> 0.88 ms, d80 level (v39).
   bool flash_wgmma_anchor = false;
+  // With the anchor: the producer's copies addressed from offsets worked out once (a
+  // full tile's 16-byte copies about 25 instructions each before: 250-300 a tile for
+  // every producer thread at d40), and the fence for the tensor cores' reads made by
+  // the producer before it publishes a stage, not by every consumer warp after its
+  // wait (a MEMBAR.ALL.CTA ahead of each tile's MMAs). Not yet run on a GPU.
+  bool flash_wgmma_loader = false;
   // Attention over at most 128 keys, no causal mask (the text's 77 tokens), in a
   // kernel of its own: K and V loaded once, padded to 80 or 128 keys instead of two
   // 64-key tiles (77 keys: 37% fewer MMAs), 32 KB of shared memory at head dim 64
@@ -184,6 +190,8 @@ bool flash_wgmma_available();
 size_t flash_wgmma_calls();
 // Of those, the 128-key producer kernel's launches: plain, or anchored (tests).
 size_t flash_wgmma_k128_calls(bool anchored);
+// Launches of the anchored kernel with options().flash_wgmma_loader's producer.
+size_t flash_wgmma_loader_calls();
 size_t flash_short_kv_calls();  // launches of the short-KV kernel (flash_short_kv_kernel)
 // GroupNorm calls the grid-wide one-launch kernel ran so far (tests: that it ran).
 size_t group_norm_grid_calls();
