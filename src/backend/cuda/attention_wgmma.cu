@@ -519,11 +519,16 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
       }
     }
   }
-  load_tile<T, DP, kBlockM, kThreads>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d, true);
-  cp_async_commit();
-  cp_async_wait<0>();
-  fence_async_shared();
-  __syncthreads();  // the last block-wide barrier: the roles part here
+  if constexpr (!LOADER) {
+    load_tile<T, DP, kBlockM, kThreads>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d, true);
+    cp_async_commit();
+    cp_async_wait<0>();
+  }
+  fence_async_shared();  // the constant chunks, for the tensor cores
+  // The last block-wide barrier: the roles part here. With LOADER the consumers load Q
+  // after it, while the producer loads the first K and V tiles, so that the two loads'
+  // latencies overlap instead of following each other.
+  __syncthreads();
 
   if (warp >= WG * 4) {
     if constexpr (kRegs) setmaxnreg_dec<kProducerRegs>();
@@ -556,7 +561,8 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     // but for the tile's first row and its stage, so each thread works out its share
     // once: item k is key row r and real feature chunk c (ONES's padding chunk of K
     // and V was filled above), `at` in the stage and `off` from the tile's first row.
-    // A full tile then costs an add or two a copy.
+    // A full tile then costs an add or two a copy. The first tiles' copies start as the
+    // roles part, beside the consumers' copies of Q (see the block barrier above).
     //
     // And the fence that makes the copies visible to the tensor cores (the async
     // proxy) is the producer's: each thread waits for its copies of a tile, fences
@@ -609,6 +615,12 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     return;
   }
   if constexpr (kRegs) setmaxnreg_inc<kConsumerRegs>();
+  if constexpr (LOADER) {
+    load_tile<T, DP, kBlockM, kConsumers>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d, true);
+    cp_async_commit();
+    cp_async_wait<0>();
+    named_barrier_sync(1 + WG, kConsumers);  // all of Q is in (ids 1 to WG are the ping-pong's)
+  }
 
   const int wg = warp / 4;
   const bool leader = threadIdx.x % 128 == 0;
