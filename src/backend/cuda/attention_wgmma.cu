@@ -466,6 +466,15 @@ __host__ __device__ constexpr int producer_threads() {
   return BN > 64 ? 128 : 32;
 }
 
+// V's (and O's) padded width in the producer kernel. With LOADER every head dim has
+// V's ones column, as ONES (d = DP − 8) has in the padding chunk: at d48, d64 and d80
+// (d = DP) V takes one chunk more than K, so that P·V sums each row of P on the tensor
+// cores instead of the softmax's 64 FADDs a tile and thread.
+template <int DP, bool ONES, bool LOADER>
+__host__ __device__ constexpr int producer_v_width() {
+  return ONES || !LOADER ? DP : DP + 8;
+}
+
 template <class T, int DP, int WG, bool ONES, int BN, bool ANCHOR, bool LOADER>
 __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     flash_attention_producer_kernel(AttentionParams p) {
@@ -478,13 +487,16 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
   constexpr bool kRegs = kProducers == 128;  // registers moved by setmaxnreg
   constexpr int kPitch = DP + 8, kTilesD = DP / 8, kStepsD = DP / 16;
   constexpr int kTilesN = kBlockN / 8, kTile = kBlockN * DP;
+  constexpr bool kOnes = ONES || LOADER;  // V has a ones column: P·V sums P's rows
+  constexpr int DV = producer_v_width<DP, ONES, LOADER>(), kTilesV = DV / 8;
+  constexpr int kTileV = kBlockN * DV;
   extern __shared__ __align__(128) unsigned char smem[];
   uint64_t* full = reinterpret_cast<uint64_t*>(smem);  // [kStages], count kProducers
   uint64_t* empty = full + kStages;                    // [kStages], count WG
   const uint32_t anchor = smem_address(smem + 120);    // the ANCHOR store's word
   T* sk = reinterpret_cast<T*>(smem + 128);            // [kStages][kTile]
-  T* sv = sk + kStages * kTile;                        // [kStages][kTile]
-  T* sq = sv + kStages * kTile;                        // [kBlockM][kPitch]
+  T* sv = sk + kStages * kTile;                        // [kStages][kTileV]
+  T* sq = sv + kStages * kTileV;                       // [kBlockM][kPitch]
 
   const int m0 = blockIdx.x * kBlockM, head = blockIdx.y, batch = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -506,16 +518,17 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     }
     asm volatile("fence.mbarrier_init.release.cluster;\n" ::: "memory");
   }
-  if constexpr (ONES) {
-    // V's last chunk: 1 in its first column. With LOADER K's last chunk is zeros here
-    // too, and neither is ever loaded.
+  if constexpr (kOnes) {
+    // V's last chunk: 1 in its first column. With LOADER and ONES K's last chunk (past
+    // d) is zeros here too, and neither is ever loaded.
     for (int r = threadIdx.x; r < kStages * kBlockN; r += kThreads) {
-      const int at =
-          (r / kBlockN) * kTile + ((r % kBlockN >> 3) * kTilesD + kTilesD - 1) * 64 + (r & 7) * 8;
+      const int stage = r / kBlockN, g = r % kBlockN >> 3, row = (r & 7) * 8;
+      const int at_v = stage * kTileV + (g * kTilesV + kTilesV - 1) * 64 + row;
+      const int at_k = stage * kTile + (g * kTilesD + kTilesD - 1) * 64 + row;
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
-        sv[at + e] = from_float<T>(e == 0 ? 1.0f : 0.0f);
-        if constexpr (LOADER) sk[at + e] = from_float<T>(0.0f);
+        sv[at_v + e] = from_float<T>(e == 0 ? 1.0f : 0.0f);
+        if constexpr (ONES && LOADER) sk[at_k + e] = from_float<T>(0.0f);
       }
     }
   }
@@ -543,10 +556,11 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
       for (int i = pt; i < kBlockN * kTilesD; i += kProducers) {
         const int r_lo = i & 7, c = (i >> 3) % kTilesD, r = (i / (8 * kTilesD)) * 8 + r_lo;
         const int at = ((r >> 3) * kTilesD + c) * 64 + r_lo * 8;
+        const int at_v = ((r >> 3) * kTilesV + c) * 64 + r_lo * 8;
         const bool ok = r < valid && c * 8 < p.d;
         const int64_t g = int64_t(n + r) * p.kv_stride + c * 8;
         cp_async_16(sk + stage * kTile + at, ok ? kg + g : kg, ok ? 16 : 0);
-        if (c < v_chunks) cp_async_16(sv + stage * kTile + at, ok ? vg + g : vg, ok ? 16 : 0);
+        if (c < v_chunks) cp_async_16(sv + stage * kTileV + at_v, ok ? vg + g : vg, ok ? 16 : 0);
       }
     };
     if constexpr (!LOADER) {
@@ -573,12 +587,16 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     constexpr int kReal = ONES ? kTilesD - 1 : kTilesD;  // chunks a row loads
     constexpr int kItems = kBlockN * kReal / kProducers;
     static_assert(kBlockN * kReal % kProducers == 0, "a tile's copies split evenly");
-    constexpr uint32_t kStageBytes = kTile * sizeof(T), kVBytes = kStages * kTile * sizeof(T);
-    uint32_t at[kItems], off[kItems];  // shared address in stage 0; bytes from the row
+    constexpr uint32_t kStageBytes = kTile * sizeof(T), kStageBytesV = kTileV * sizeof(T);
+    constexpr uint32_t kVBytes = kStages * kTile * sizeof(T);  // from sk to sv
+    // Shared addresses in stage 0 (V's, where its layout differs from K's) and bytes
+    // from the tile's first row.
+    uint32_t at[kItems], at_v[DV == DP ? 1 : kItems], off[kItems];
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
       const int i = pt + k * kProducers, r_lo = i & 7, c = (i >> 3) % kReal, g = (i >> 3) / kReal;
       at[k] = smem_address(sk + (g * kTilesD + c) * 64 + r_lo * 8);
+      if constexpr (DV != DP) at_v[k] = smem_address(sv + (g * kTilesV + c) * 64 + r_lo * 8);
       off[k] = uint32_t(((g * 8 + r_lo) * p.kv_stride + c * 8) * int(sizeof(T)));
     }
     // Every real chunk of a row is in the tensor (d is DP, or DP − 8 with ONES, as
@@ -596,11 +614,11 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
       if (exact && n + kBlockN <= p.sk) {
         const char* kt = reinterpret_cast<const char*>(kg + int64_t(n) * p.kv_stride);
         const char* vt = reinterpret_cast<const char*>(vg + int64_t(n) * p.kv_stride);
-        const uint32_t s0 = stage * kStageBytes;
+        const uint32_t s0 = stage * kStageBytes, s0_v = stage * kStageBytesV;
 #pragma unroll
         for (int k = 0; k < kItems; ++k) {
           cp_async_16_full(at[k] + s0, kt + off[k]);
-          cp_async_16_full(at[k] + s0 + kVBytes, vt + off[k]);
+          cp_async_16_full((DV == DP ? at[k] + kVBytes : at_v[k]) + s0_v, vt + off[k]);
         }
       } else {
         load_any(t);
@@ -625,12 +643,12 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
   const int wg = warp / 4;
   const bool leader = threadIdx.x % 128 == 0;
   const uint64_t k_base = smem_descriptor(sk, 128, DP * 16);
-  const uint64_t v_base = smem_descriptor(sv, DP * 16, 128);
+  const uint64_t v_base = smem_descriptor(sv, DV * 16, 128);
   auto k_desc = [&](int tile, int kk) {
     return desc_offset<T>(k_base, int(unsigned(tile) % kStages) * kTile + kk * 128);
   };
   auto v_desc = [&](int tile, int kk) {
-    return desc_offset<T>(v_base, int(unsigned(tile) % kStages) * kTile + kk * 2 * kTilesD * 64);
+    return desc_offset<T>(v_base, int(unsigned(tile) % kStages) * kTileV + kk * 2 * kTilesV * 64);
   };
   auto wait_full = [&](int tile) {
     mbarrier_wait(&full[tile % kStages], (tile / kStages) & 1);
@@ -643,9 +661,9 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     ldmatrix_x4(qf[kk],
                 sq + (warp * 16 + mat_row + (mat & 1) * 8) * kPitch + kk * 16 + (mat >> 1) * 8);
 
-  float o[kTilesD * 4];
+  float o[kTilesV * 4];
 #pragma unroll
-  for (int i = 0; i < kTilesD * 4; ++i) o[i] = 0.0f;
+  for (int i = 0; i < kTilesV * 4; ++i) o[i] = 0.0f;
   float row_max[2] = {-INFINITY, -INFINITY}, row_sum[2] = {0.0f, 0.0f}, correction[2];
   float s[kTilesN * 4];
   uint32_t pa[kBlockN / 16][4], pn[kBlockN / 16][4];
@@ -658,7 +676,7 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
   wgmma_commit();
   wgmma_wait<0>();
   fence_registers(s);
-  wgmma_softmax<T, kBlockN, !ONES>(s, pa, row_max, row_sum, correction, p.sk, quad, p.scale_log2);
+  wgmma_softmax<T, kBlockN, !kOnes>(s, pa, row_max, row_sum, correction, p.sk, quad, p.scale_log2);
 
   // The first warpgroup holds the token first (its own barrier, half arrived).
   constexpr int kPair = 256;  // a named barrier's threads: the waiting warpgroup and the one before
@@ -692,14 +710,15 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     for (int kk = 1; kk < kStepsD; ++kk) wgmma_rs<kBlockN, T, 0>(s, qf[kk], kd[kk], 1);
     wgmma_commit();
 #pragma unroll
-    for (int kk = 0; kk < kBlockN / 16; ++kk) wgmma_rs<DP, T, 1>(o, cur[kk], vd[kk], 1);
+    for (int kk = 0; kk < kBlockN / 16; ++kk) wgmma_rs<DV, T, 1>(o, cur[kk], vd[kk], 1);
     wgmma_commit();
     if (WG > 1) named_barrier_arrive(1 + (wg + 1) % WG, kPair);
     wgmma_wait<1>();
     fence_registers(s);
     uint32_t mix = 0;
-    wgmma_softmax<T, kBlockN, !ONES>(s, nxt, row_max, row_sum, correction, p.sk - (j + 1) * kBlockN,
-                                     quad, p.scale_log2, ANCHOR ? &mix : nullptr);
+    wgmma_softmax<T, kBlockN, !kOnes>(s, nxt, row_max, row_sum, correction,
+                                      p.sk - (j + 1) * kBlockN, quad, p.scale_log2,
+                                      ANCHOR ? &mix : nullptr);
     if constexpr (ANCHOR)
       asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(anchor), "r"(mix) : "memory");
     wgmma_finish_pv(o, cur, correction);
@@ -715,8 +734,8 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     }
     if (j + 1 < tiles) {
       step(j, pa, pn);
-      wgmma_last_pv_store<T, DP, ONES>(o, pn, v_last, row_sum, p, batch, head, m0 + warp * 16,
-                                       lane);
+      wgmma_last_pv_store<T, DV, kOnes>(o, pn, v_last, row_sum, p, batch, head, m0 + warp * 16,
+                                        lane);
       return;
     }
   } else {
@@ -725,15 +744,16 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
       wgmma_copy_p(pa, pn);
     }
   }
-  wgmma_last_pv_store<T, DP, ONES>(o, pa, v_last, row_sum, p, batch, head, m0 + warp * 16, lane);
+  wgmma_last_pv_store<T, DV, kOnes>(o, pa, v_last, row_sum, p, batch, head, m0 + warp * 16, lane);
 #endif
 }
 
 template <class T, int DP, int WG, bool ONES, int BN, bool ANCHOR = false, bool LOADER = false>
 void launch_flash_producer(const AttentionParams& p, int batch, int heads) {
   constexpr int kBlockM = WG * 64;
+  constexpr int DV = producer_v_width<DP, ONES, LOADER>();
   constexpr size_t kSmem =
-      128 + (size_t(2 * kProducerStages) * BN * DP + size_t(kBlockM) * (DP + 8)) * sizeof(T);
+      128 + (size_t(kProducerStages) * BN * (DP + DV) + size_t(kBlockM) * (DP + 8)) * sizeof(T);
   static const bool configured = [] {
     const auto kernel = flash_attention_producer_kernel<T, DP, WG, ONES, BN, ANCHOR, LOADER>;
     CUDA_CHECK(

@@ -71,9 +71,12 @@ struct Options {
   bool flash_wgmma_anchor = false;
   // With the anchor: the producer's copies addressed from offsets worked out once (a
   // full tile's 16-byte copies about 25 instructions each before: 250-300 a tile for
-  // every producer thread at d40), and the fence for the tensor cores' reads made by
-  // the producer before it publishes a stage, not by every consumer warp after its
-  // wait (a MEMBAR.ALL.CTA ahead of each tile's MMAs). Not yet run on a GPU.
+  // every producer thread at d40), the fence for the tensor cores' reads made by the
+  // producer before it publishes a stage, not by every consumer warp after its wait (a
+  // MEMBAR.ALL.CTA ahead of each tile's MMAs), Q loaded while the first K and V tiles
+  // are, and V's ones column at every head dim (at d48, d64 and d80 one chunk more of
+  // V instead of 64 FADDs a tile for the row sums). Not yet run on a GPU
+  // (bench/cuda-notes.md item 21).
   bool flash_wgmma_loader = false;
   // Attention over at most 128 keys, no causal mask (the text's 77 tokens), in a
   // kernel of its own: K and V loaded once, padded to 80 or 128 keys instead of two
