@@ -2,6 +2,7 @@
 #include <atomic>
 
 #include "backend/cuda/attention.cuh"
+#include "backend/cuda/attention_tile.h"
 #include "backend/cuda/device.cuh"
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/ops.h"
@@ -14,6 +15,9 @@
 
 namespace kiln::cuda {
 namespace {
+
+using attention_tile::core_offset;
+using attention_tile::item;
 
 // Hopper (sm_90a): the same scheme on warpgroup MMAs. A warpgroup (four warps) takes
 // 64 query rows; S = Q·K^T and O += P·V are wgmma.mma_async with Q and P from
@@ -77,11 +81,10 @@ __device__ __forceinline__ void load_core_tile(T* s, const T* g, int valid_rows,
                                                int d, int chunks) {
   constexpr int kChunks = DP / 8;
   for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
-    const int r_lo = i & 7, c = (i >> 3) % kChunks, r = (i / (8 * kChunks)) * 8 + r_lo;
+    const auto [r, c] = item(i, kChunks);
     if (c >= chunks) continue;
     const bool ok = r < valid_rows && c * 8 < d;
-    cp_async_16(s + ((r >> 3) * kChunks + c) * 64 + r_lo * 8, ok ? g + r * stride + c * 8 : g,
-                ok ? 16 : 0);
+    cp_async_16(s + core_offset(r, c, kChunks), ok ? g + r * stride + c * 8 : g, ok ? 16 : 0);
   }
 }
 
@@ -466,15 +469,6 @@ __host__ __device__ constexpr int producer_threads() {
   return BN > 64 ? 128 : 32;
 }
 
-// V's (and O's) padded width in the producer kernel. With LOADER every head dim has
-// V's ones column, as ONES (d = DP − 8) has in the padding chunk: at d48, d64 and d80
-// (d = DP) V takes one chunk more than K, so that P·V sums each row of P on the tensor
-// cores instead of the softmax's 64 FADDs a tile and thread.
-template <int DP, bool ONES, bool LOADER>
-__host__ __device__ constexpr int producer_v_width() {
-  return ONES || !LOADER ? DP : DP + 8;
-}
-
 template <class T, int DP, int WG, bool ONES, int BN, bool ANCHOR, bool LOADER>
 __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     flash_attention_producer_kernel(AttentionParams p) {
@@ -488,7 +482,11 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
   constexpr int kPitch = DP + 8, kTilesD = DP / 8, kStepsD = DP / 16;
   constexpr int kTilesN = kBlockN / 8, kTile = kBlockN * DP;
   constexpr bool kOnes = ONES || LOADER;  // V has a ones column: P·V sums P's rows
-  constexpr int DV = producer_v_width<DP, ONES, LOADER>(), kTilesV = DV / 8;
+  // V's (and O's) padded width. With LOADER every head dim has V's ones column, as
+  // ONES (d = DP − 8) has in the padding chunk: at d48, d64 and d80 (d = DP) V takes
+  // one chunk more than K, so that P·V sums each row of P on the tensor cores instead
+  // of the softmax's 64 FADDs a tile and thread.
+  constexpr int DV = attention_tile::v_width(DP, ONES, LOADER), kTilesV = DV / 8;
   constexpr int kTileV = kBlockN * DV;
   extern __shared__ __align__(128) unsigned char smem[];
   uint64_t* full = reinterpret_cast<uint64_t*>(smem);  // [kStages], count kProducers
@@ -522,9 +520,9 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     // V's last chunk: 1 in its first column. With LOADER and ONES K's last chunk (past
     // d) is zeros here too, and neither is ever loaded.
     for (int r = threadIdx.x; r < kStages * kBlockN; r += kThreads) {
-      const int stage = r / kBlockN, g = r % kBlockN >> 3, row = (r & 7) * 8;
-      const int at_v = stage * kTileV + (g * kTilesV + kTilesV - 1) * 64 + row;
-      const int at_k = stage * kTile + (g * kTilesD + kTilesD - 1) * 64 + row;
+      const int stage = r / kBlockN, row = r % kBlockN;
+      const int at_v = stage * kTileV + core_offset(row, kTilesV - 1, kTilesV);
+      const int at_k = stage * kTile + core_offset(row, kTilesD - 1, kTilesD);
 #pragma unroll
       for (int e = 0; e < 8; ++e) {
         sv[at_v + e] = from_float<T>(e == 0 ? 1.0f : 0.0f);
@@ -554,9 +552,8 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     auto load_any = [&](int t) {
       const int stage = t % kStages, n = t * kBlockN, valid = min(kBlockN, p.sk - n);
       for (int i = pt; i < kBlockN * kTilesD; i += kProducers) {
-        const int r_lo = i & 7, c = (i >> 3) % kTilesD, r = (i / (8 * kTilesD)) * 8 + r_lo;
-        const int at = ((r >> 3) * kTilesD + c) * 64 + r_lo * 8;
-        const int at_v = ((r >> 3) * kTilesV + c) * 64 + r_lo * 8;
+        const auto [r, c] = item(i, kTilesD);
+        const int at = core_offset(r, c, kTilesD), at_v = core_offset(r, c, kTilesV);
         const bool ok = r < valid && c * 8 < p.d;
         const int64_t g = int64_t(n + r) * p.kv_stride + c * 8;
         cp_async_16(sk + stage * kTile + at, ok ? kg + g : kg, ok ? 16 : 0);
@@ -594,10 +591,10 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     uint32_t at[kItems], at_v[DV == DP ? 1 : kItems], off[kItems];
 #pragma unroll
     for (int k = 0; k < kItems; ++k) {
-      const int i = pt + k * kProducers, r_lo = i & 7, c = (i >> 3) % kReal, g = (i >> 3) / kReal;
-      at[k] = smem_address(sk + (g * kTilesD + c) * 64 + r_lo * 8);
-      if constexpr (DV != DP) at_v[k] = smem_address(sv + (g * kTilesV + c) * 64 + r_lo * 8);
-      off[k] = uint32_t(((g * 8 + r_lo) * p.kv_stride + c * 8) * int(sizeof(T)));
+      const auto [r, c] = item(pt + k * kProducers, kReal);
+      at[k] = smem_address(sk + core_offset(r, c, kTilesD));
+      if constexpr (DV != DP) at_v[k] = smem_address(sv + core_offset(r, c, kTilesV));
+      off[k] = uint32_t((r * p.kv_stride + c * 8) * int(sizeof(T)));
     }
     // Every real chunk of a row is in the tensor (d is DP, or DP − 8 with ONES, as
     // the dispatch pads) and a tile's offsets fit an int; else every tile goes the
@@ -644,11 +641,13 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
   const bool leader = threadIdx.x % 128 == 0;
   const uint64_t k_base = smem_descriptor(sk, 128, DP * 16);
   const uint64_t v_base = smem_descriptor(sv, DV * 16, 128);
-  auto k_desc = [&](int tile, int kk) {
-    return desc_offset<T>(k_base, int(unsigned(tile) % kStages) * kTile + kk * 128);
+  auto k_desc = [&](int tile, int kk) {  // K(tile) as B = K^T, features 16·kk on
+    return desc_offset<T>(k_base,
+                          int(unsigned(tile) % kStages) * kTile + core_offset(0, 2 * kk, kTilesD));
   };
-  auto v_desc = [&](int tile, int kk) {
-    return desc_offset<T>(v_base, int(unsigned(tile) % kStages) * kTileV + kk * 2 * kTilesV * 64);
+  auto v_desc = [&](int tile, int kk) {  // V(tile) as B, keys 16·kk on
+    return desc_offset<T>(
+        v_base, int(unsigned(tile) % kStages) * kTileV + core_offset(16 * kk, 0, kTilesV));
   };
   auto wait_full = [&](int tile) {
     mbarrier_wait(&full[tile % kStages], (tile / kStages) & 1);
@@ -751,7 +750,7 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
 template <class T, int DP, int WG, bool ONES, int BN, bool ANCHOR = false, bool LOADER = false>
 void launch_flash_producer(const AttentionParams& p, int batch, int heads) {
   constexpr int kBlockM = WG * 64;
-  constexpr int DV = producer_v_width<DP, ONES, LOADER>();
+  constexpr int DV = attention_tile::v_width(DP, ONES, LOADER);
   constexpr size_t kSmem =
       128 + (size_t(kProducerStages) * BN * (DP + DV) + size_t(kBlockM) * (DP + 8)) * sizeof(T);
   static const bool configured = [] {

@@ -1,0 +1,40 @@
+// Where the wgmma attention kernels (attention_wgmma.cu) put K and V in shared memory,
+// and which 16-byte copies of a tile each producer thread makes. Host and device: the
+// kernels index with these, and the unit tests check on the CPU that a tile's copies
+// cover its real chunks once each and land where the MMAs' descriptors read.
+//
+// A tile of `rows` keys with `chunks` chunks of 8 features a key (16 bytes) is in
+// wgmma's unswizzled layout: 8 keys × 8 features make a 128-byte core matrix, and core
+// (key group g, chunk c) is at element (g·chunks + c)·64. For S = Q·K^T the tile is B
+// = K^T, K-major: consecutive chunks 128 bytes apart, key groups chunks·128. For
+// O = P·V it is B = V, N-major: key groups chunks·128 bytes apart, chunks 128.
+#pragma once
+
+#include "backend/cuda/fast_div.h"  // KILN_HD
+
+namespace kiln::cuda::attention_tile {
+
+// The element offset of (key row, chunk) in a tile with `chunks` chunks a key.
+KILN_HD constexpr int core_offset(int row, int chunk, int chunks) {
+  return ((row >> 3) * chunks + chunk) * 64 + (row & 7) * 8;
+}
+
+// A tile's 16-byte copies as items: item i is key row `row` and chunk `chunk` of the
+// first `per_row` chunks of each row. Eight consecutive items fill one core matrix
+// (eight rows of one chunk: no bank conflicts on the stores), and the next eight the
+// next chunk of the same rows (a warp reads 64 bytes a row).
+struct Item {
+  int row, chunk;
+};
+KILN_HD constexpr Item item(int i, int per_row) {
+  return Item{(i >> 3) / per_row * 8 + (i & 7), (i >> 3) % per_row};
+}
+
+// The producer kernel's V (and O) width for padded head dim DP: with `ones` (d is
+// DP − 8) V's last chunk is the ones column already; with `loader` every head dim has
+// one, so at d = DP V is a chunk wider than K.
+KILN_HD constexpr int v_width(int dp, bool ones, bool loader) {
+  return ones || !loader ? dp : dp + 8;
+}
+
+}  // namespace kiln::cuda::attention_tile
