@@ -94,7 +94,7 @@ __device__ __forceinline__ void load_core_tile(T* s, const T* g, int valid_rows,
 // what came before in `correction`. With `mix`, also a word that depends on every
 // exponential (the producer kernel's ANCHOR store): the XOR of their bits, or of the
 // row sums.
-template <class T, int N, bool SUM>
+template <class T, int N, bool SUM, int CHAINS = 1>
 __device__ __forceinline__ void wgmma_softmax(float (&s)[N / 2], uint32_t (&pa)[N / 16][4],
                                               float (&row_max)[2], float (&row_sum)[2],
                                               float (&correction)[2], int valid, int quad,
@@ -109,9 +109,21 @@ __device__ __forceinline__ void wgmma_softmax(float (&s)[N / 2], uint32_t (&pa)[
   }
 #pragma unroll
   for (int r = 0; r < 2; ++r) {
-    float mx = -INFINITY;
+    // The row's maximum over this thread's pairs in CHAINS chains: one chain of 16
+    // dependent FMNMX (BN 128) is about 80 cycles of latency before the first
+    // exponential; more chains take registers (four spill in the plain kernel at d64).
+    static_assert(kTilesN % CHAINS == 0, "whole chains");
+    float m[CHAINS];
 #pragma unroll
-    for (int t = 0; t < kTilesN; ++t) mx = fmaxf(mx, fmaxf(s[t * 4 + 2 * r], s[t * 4 + 2 * r + 1]));
+    for (int c = 0; c < CHAINS; ++c) m[c] = fmaxf(s[c * 4 + 2 * r], s[c * 4 + 2 * r + 1]);
+#pragma unroll
+    for (int t = CHAINS; t < kTilesN; ++t)
+      m[t % CHAINS] = fmaxf(m[t % CHAINS], fmaxf(s[t * 4 + 2 * r], s[t * 4 + 2 * r + 1]));
+#pragma unroll
+    for (int w = CHAINS / 2; w >= 1; w /= 2)
+#pragma unroll
+      for (int c = 0; c < w; ++c) m[c] = fmaxf(m[c], m[c + w]);
+    float mx = m[0];
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 1));
     mx = fmaxf(mx, __shfl_xor_sync(0xffffffffu, mx, 2));
     const float new_max = fmaxf(row_max[r], mx);
@@ -675,7 +687,10 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
   wgmma_commit();
   wgmma_wait<0>();
   fence_registers(s);
-  wgmma_softmax<T, kBlockN, !kOnes>(s, pa, row_max, row_sum, correction, p.sk, quad, p.scale_log2);
+  // The producer kernel's consumers have the registers for four chains of the maxima.
+  constexpr int kChains = LOADER ? 4 : 1;
+  wgmma_softmax<T, kBlockN, !kOnes, kChains>(s, pa, row_max, row_sum, correction, p.sk, quad,
+                                             p.scale_log2);
 
   // The first warpgroup holds the token first (its own barrier, half arrived).
   constexpr int kPair = 256;  // a named barrier's threads: the waiting warpgroup and the one before
@@ -715,9 +730,9 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     wgmma_wait<1>();
     fence_registers(s);
     uint32_t mix = 0;
-    wgmma_softmax<T, kBlockN, !kOnes>(s, nxt, row_max, row_sum, correction,
-                                      p.sk - (j + 1) * kBlockN, quad, p.scale_log2,
-                                      ANCHOR ? &mix : nullptr);
+    wgmma_softmax<T, kBlockN, !kOnes, kChains>(s, nxt, row_max, row_sum, correction,
+                                               p.sk - (j + 1) * kBlockN, quad, p.scale_log2,
+                                               ANCHOR ? &mix : nullptr);
     if constexpr (ANCHOR)
       asm volatile("st.shared.u32 [%0], %1;\n" ::"r"(anchor), "r"(mix) : "memory");
     wgmma_finish_pv(o, cur, correction);
