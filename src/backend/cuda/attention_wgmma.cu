@@ -71,6 +71,13 @@ __device__ __forceinline__ uint64_t desc_offset(uint64_t desc, int elements) {
   const uint32_t lo = uint32_t(desc) + uint32_t(elements * int(sizeof(T)) >> 4);
   return uint64_t(uint32_t(desc >> 32)) << 32 | lo;
 }
+// `desc` moved on by `units` of 16 bytes. With the stage's part and the k-step's as
+// separate terms, the stage's is worked out once a tile and each MMA's descriptor is
+// an add (desc_offset's shift after the sum kept ptxas from sharing it: about five
+// uniform instructions an MMA).
+__device__ __forceinline__ uint64_t desc_add(uint64_t desc, uint32_t units) {
+  return uint64_t(uint32_t(desc >> 32)) << 32 | (uint32_t(desc) + units);
+}
 
 // ROWS keys × DP features into the core-matrix layout above; chunks at or past
 // `chunks` are left alone (ONES keeps its constant chunk there), the rest past d
@@ -653,11 +660,18 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
   const bool leader = threadIdx.x % 128 == 0;
   const uint64_t k_base = smem_descriptor(sk, 128, DP * 16);
   const uint64_t v_base = smem_descriptor(sv, DV * 16, 128);
-  auto k_desc = [&](int tile, int kk) {  // K(tile) as B = K^T, features 16·kk on
+  constexpr uint32_t kUnits = 16 / sizeof(T);  // elements a descriptor unit
+  auto k_desc = [&](int tile, int kk) {        // K(tile) as B = K^T, features 16·kk on
+    if constexpr (LOADER)
+      return desc_add(k_base, unsigned(tile) % kStages * (kTile / kUnits) +
+                                  core_offset(0, 2 * kk, kTilesD) / kUnits);
     return desc_offset<T>(k_base,
                           int(unsigned(tile) % kStages) * kTile + core_offset(0, 2 * kk, kTilesD));
   };
   auto v_desc = [&](int tile, int kk) {  // V(tile) as B, keys 16·kk on
+    if constexpr (LOADER)
+      return desc_add(v_base, unsigned(tile) % kStages * (kTileV / kUnits) +
+                                  core_offset(16 * kk, 0, kTilesV) / kUnits);
     return desc_offset<T>(
         v_base, int(unsigned(tile) % kStages) * kTileV + core_offset(16 * kk, 0, kTilesV));
   };
