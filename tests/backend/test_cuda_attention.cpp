@@ -31,7 +31,8 @@ enum class AttentionPath {
   FlashWgmmaProducer128,        // 128-key tiles: a producer warpgroup, setmaxnreg
   FlashWgmmaProducer128Anchor,  // and the softmax under its own P·V
   FlashWgmmaProducer128Loader,  // and the producer's offsets worked out once, its fence
-  FlashShortKv,  // the kernel for at most 128 keys (the others where it does not apply)
+  FlashShortKv,          // the kernel for at most 128 keys (the others where it does not apply)
+  FlashShortKvUnrolled,  // the same with straight-line loads
   Cudnn
 };
 
@@ -57,6 +58,8 @@ const char* path_name(AttentionPath path) {
       return " flash wgmma producer 128 keys anchored loader";
     case AttentionPath::FlashShortKv:
       return " flash short kv";
+    case AttentionPath::FlashShortKvUnrolled:
+      return " flash short kv unrolled";
     case AttentionPath::Cudnn:
       return " cudnn";
   }
@@ -85,7 +88,9 @@ class UsePath {
     cuda::options().flash_wgmma_keys = k128 ? 128 : 64;
     cuda::options().flash_wgmma_anchor = anchor;
     cuda::options().flash_wgmma_loader = loader;
-    cuda::options().flash_short_kv_kernel = path == AttentionPath::FlashShortKv;
+    cuda::options().flash_short_kv_kernel =
+        path == AttentionPath::FlashShortKv || path == AttentionPath::FlashShortKvUnrolled;
+    cuda::options().flash_short_kv_unrolled = path == AttentionPath::FlashShortKvUnrolled;
     cuda::options().flash_wgmma_rows = path == AttentionPath::FlashWgmma128   ? 128
                                        : path == AttentionPath::FlashWgmma192 ? 192
                                                                               : 0;
@@ -103,6 +108,7 @@ class UsePath {
     cuda::options().flash_wgmma_anchor = defaults.flash_wgmma_anchor;
     cuda::options().flash_wgmma_loader = defaults.flash_wgmma_loader;
     cuda::options().flash_short_kv_kernel = defaults.flash_short_kv_kernel;
+    cuda::options().flash_short_kv_unrolled = defaults.flash_short_kv_unrolled;
     cuda::options().flash_wgmma_rows = defaults.flash_wgmma_rows;
     cuda::options().attention_kernel = defaults.attention_kernel;
   }
@@ -126,9 +132,11 @@ bool wgmma_takes(const AttentionCase& c, DType dt, AttentionPath path) {
 }
 
 // Whether the short-KV kernel must have taken a call of this case in `dt` on `path`.
+bool short_kv_path(AttentionPath path) {
+  return path == AttentionPath::FlashShortKv || path == AttentionPath::FlashShortKvUnrolled;
+}
 bool short_kv_takes(const AttentionCase& c, DType dt, AttentionPath path) {
-  return path == AttentionPath::FlashShortKv && dt != DType::F32 && !c.causal && c.sk <= 128 &&
-         c.d <= 160;
+  return short_kv_path(path) && dt != DType::F32 && !c.causal && c.sk <= 128 && c.d <= 160;
 }
 
 // The wgmma paths skip what would only run the mma.sync kernel again. Every path runs
@@ -136,7 +144,7 @@ bool short_kv_takes(const AttentionCase& c, DType dt, AttentionPath path) {
 // three ops in v14, when each path made its own) are shared by the paths
 // (shared_reference).
 bool skip_on_path(const AttentionCase& c, AttentionPath path) {
-  if (path == AttentionPath::FlashShortKv) return c.causal || c.sk > 128;
+  if (short_kv_path(path)) return c.causal || c.sk > 128;
   return wgmma_path(path) && !wgmma_applies(c);
 }
 
@@ -145,7 +153,8 @@ bool skip_on_path(const AttentionCase& c, AttentionPath path) {
 struct KernelCalls {
   size_t cudnn = cuda::cudnn_attention_calls(), wgmma = cuda::flash_wgmma_calls(),
          k128 = cuda::flash_wgmma_k128_calls(false), anchored = cuda::flash_wgmma_k128_calls(true),
-         loader = cuda::flash_wgmma_loader_calls(), short_kv = cuda::flash_short_kv_calls();
+         loader = cuda::flash_wgmma_loader_calls(), short_kv = cuda::flash_short_kv_calls(),
+         unrolled = cuda::flash_short_kv_unrolled_calls();
   void expect_taken(const AttentionCase& c, DType dt, AttentionPath path) const {
     if (path == AttentionPath::Cudnn && cudnn_takes(c, dt)) {
       EXPECT_GT(cuda::cudnn_attention_calls(), cudnn) << "cuDNN did not run " << dtype_name(dt);
@@ -170,6 +179,10 @@ struct KernelCalls {
     if (short_kv_takes(c, dt, path)) {
       EXPECT_GT(cuda::flash_short_kv_calls(), short_kv)
           << "the short-KV kernel did not run " << dtype_name(dt);
+      if (path == AttentionPath::FlashShortKvUnrolled) {
+        EXPECT_GT(cuda::flash_short_kv_unrolled_calls(), unrolled)
+            << "the short-KV kernel's unrolled loads did not run " << dtype_name(dt);
+      }
     }
   }
 };
@@ -337,7 +350,7 @@ INSTANTIATE_TEST_SUITE_P(
                           AttentionPath::FlashWgmmaProducer128,
                           AttentionPath::FlashWgmmaProducer128Anchor,
                           AttentionPath::FlashWgmmaProducer128Loader, AttentionPath::FlashShortKv,
-                          AttentionPath::Cudnn)));
+                          AttentionPath::FlashShortKvUnrolled, AttentionPath::Cudnn)));
 
 }  // namespace
 }  // namespace kiln::backend_test

@@ -76,6 +76,8 @@ const char* kHelp =
     "  --flash-short-kv-kernel B  1 or 0: attention over at most 128 keys (cross-\n"
     "                       attention) in a kernel of its own, or in the flash kernel\n"
     "                       (default 1; for A/B)\n"
+    "  --short-kv-unrolled B  1: that kernel's loads as straight-line copies (default 0;\n"
+    "                       for A/B)\n"
     "  --geglu-fused B      1 or 0: the feed-forward's GEGLU in its projection's GEMM\n"
     "                       (CUTLASS, Hopper), or the projection and a GEGLU pass\n"
     "                       (default 1 where built; for A/B)\n"
@@ -586,6 +588,7 @@ int bench(const std::vector<std::string>& argv) {
                    "flash-wgmma-anchor",
                    "flash-wgmma-loader",
                    "flash-short-kv-kernel",
+                   "short-kv-unrolled",
                    "geglu-fused",
                    "geglu-form",
                    "upsample-phases",
@@ -663,6 +666,8 @@ int bench(const std::vector<std::string>& argv) {
     if (s.cuda()) cuda::options().flash_wgmma_loader = *on == 1;
   if (const auto on = args.integer("flash-short-kv-kernel", 0, 1))
     if (s.cuda()) cuda::options().flash_short_kv_kernel = *on == 1;
+  if (const auto on = args.integer("short-kv-unrolled", 0, 1))
+    if (s.cuda()) cuda::options().flash_short_kv_unrolled = *on == 1;
   if (const auto on = args.integer("geglu-fused", 0, 1))
     if (s.cuda()) cuda::options().geglu_fused = *on == 1;
   if (const auto on = args.integer("interleave-norm-fused", 0, 1))

@@ -278,7 +278,9 @@ bool launch_flash(const AttentionParams& p, int batch, int heads) {
 // tile of NK: K and V are loaded once and padded to NK, not to two 64-key tiles, and
 // the softmax takes one pass. At 77 keys that is 37% fewer MMAs, and at head dim 64
 // 32 KB of shared memory a block against 46.
-template <class T, int DP, int NK>
+// UNROLL: Q, K and V loaded by straight-line copies (load_tile's UNROLL;
+// options().flash_short_kv_unrolled).
+template <class T, int DP, int NK, bool UNROLL>
 __global__ void __launch_bounds__(128) flash_short_kv_kernel(AttentionParams p) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 800
   __trap();
@@ -304,10 +306,11 @@ __global__ void __launch_bounds__(128) flash_short_kv_kernel(AttentionParams p) 
       static_cast<const T*>(p.v) + int64_t(batch) * p.sk * p.kv_stride + int64_t(head) * p.d;
 
   // Q and K first; V lands while the scores and the softmax run.
-  load_tile<T, DP, kBlockM, kThreads>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d, p.vec);
-  load_tile<T, DP, NK, kThreads>(sk, kg, p.sk, p.kv_stride, p.d, p.vec);
+  load_tile<T, DP, kBlockM, kThreads, UNROLL>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d,
+                                              p.vec);
+  load_tile<T, DP, NK, kThreads, UNROLL>(sk, kg, p.sk, p.kv_stride, p.d, p.vec);
   cp_async_commit();
-  load_tile<T, DP, NK, kThreads>(sv, vg, p.sk, p.kv_stride, p.d, p.vec);
+  load_tile<T, DP, NK, kThreads, UNROLL>(sv, vg, p.sk, p.kv_stride, p.d, p.vec);
   cp_async_commit();
   cp_async_wait<1>();
   __syncthreads();
@@ -408,22 +411,23 @@ __global__ void __launch_bounds__(128) flash_short_kv_kernel(AttentionParams p) 
 #endif
 }
 
-std::atomic<size_t> g_short_kv_calls{0};
+std::atomic<size_t> g_short_kv_calls{0}, g_short_kv_unrolled_calls{0};
 
-template <class T, int DP, int NK>
+template <class T, int DP, int NK, bool UNROLL>
 bool launch_flash_short_kv(const AttentionParams& p, int batch, int heads) {
   constexpr size_t kSmem = size_t(64 + 2 * NK) * (DP + 8) * sizeof(T);
   if (kSmem > shared_memory_limit()) return false;
   static const bool configured = [] {
-    CUDA_CHECK(cudaFuncSetAttribute(flash_short_kv_kernel<T, DP, NK>,
+    CUDA_CHECK(cudaFuncSetAttribute(flash_short_kv_kernel<T, DP, NK, UNROLL>,
                                     cudaFuncAttributeMaxDynamicSharedMemorySize, int(kSmem)));
     return true;
   }();
   (void)configured;
   const dim3 grid{unsigned((p.sq + 63) / 64), unsigned(heads), unsigned(batch)};
-  flash_short_kv_kernel<T, DP, NK><<<grid, 128, kSmem, stream()>>>(p);
+  flash_short_kv_kernel<T, DP, NK, UNROLL><<<grid, 128, kSmem, stream()>>>(p);
   CUDA_CHECK_LAUNCH();
   ++g_short_kv_calls;
+  if constexpr (UNROLL) ++g_short_kv_unrolled_calls;
   return true;
 }
 
@@ -432,11 +436,14 @@ bool launch_flash_short_kv(const AttentionParams& p, int batch, int heads) {
 template <class T>
 bool flash_short_kv(const AttentionParams& p, int batch, int heads, int dp) {
   if (p.causal || !flash_short_kv_takes(p.sk)) return false;
-  const bool short80 = p.sk <= 80;
+  const bool short80 = p.sk <= 80, unrolled = options().flash_short_kv_unrolled;
   auto launch = [&](auto d) {
     constexpr int D = decltype(d)::value;
-    return short80 ? launch_flash_short_kv<T, D, 80>(p, batch, heads)
-                   : launch_flash_short_kv<T, D, 128>(p, batch, heads);
+    if (unrolled)
+      return short80 ? launch_flash_short_kv<T, D, 80, true>(p, batch, heads)
+                     : launch_flash_short_kv<T, D, 128, true>(p, batch, heads);
+    return short80 ? launch_flash_short_kv<T, D, 80, false>(p, batch, heads)
+                   : launch_flash_short_kv<T, D, 128, false>(p, batch, heads);
   };
   switch (dp) {
     case 32: return launch(std::integral_constant<int, 32>{});
@@ -661,6 +668,10 @@ bool flash_short_kv_takes(int64_t sk) {
 
 size_t flash_short_kv_calls() {
   return g_short_kv_calls.load();
+}
+
+size_t flash_short_kv_unrolled_calls() {
+  return g_short_kv_unrolled_calls.load();
 }
 
 void attention(const AttentionArgs& a) {

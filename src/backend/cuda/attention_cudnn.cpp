@@ -60,8 +60,9 @@ struct Key {
                            : !o.flash_wgmma_anchor ? " ours=wgmma-producer-k128"
                            : o.flash_wgmma_loader  ? " ours=wgmma-producer-k128-anchor-loader"
                                                    : " ours=wgmma-producer-k128-anchor";
+    const char* shortkv = o.flash_short_kv_unrolled ? " ours=shortkv-unrolled" : " ours=shortkv";
     const char* ours = !o.use_flash_attention                    ? " ours=banded"
-                       : flash_short_kv_takes(sk)                ? " ours=shortkv"
+                       : flash_short_kv_takes(sk)                ? shortkv
                        : o.flash_wgmma && o.flash_wgmma_producer ? producer
                        : o.flash_wgmma                           ? " ours=wgmma"
                        : o.flash_two_tiles_per_warp              ? " ours=flash2"

@@ -86,6 +86,11 @@ struct Options {
   // (60 calls), 4096x77 0.257 -> 0.176; SD1.5 4096x77 0.099 -> 0.077. Under Auto it
   // is what cuDNN's SDPA is timed against (0.93 ms for SDXL's 1024x77).
   bool flash_short_kv_kernel = true;
+  // The short-KV kernel's Q, K and V copies as straight-line code (attention.cuh's
+  // load_tile UNROLL): about 25 instructions a copy in the loop (SASS), 14 copies a
+  // thread at d64, where the kernel is bound by each warp's chain of instructions
+  // (bench/cuda-notes.md item 16). Off until an A/B has run on a GPU.
+  bool flash_short_kv_unrolled = false;
   // Bytes of shared memory a block may take; 0: the device's limit (227 KB on H100 and
   // H200, 163 KB on A100, 99 KB on sm_86/sm_89 GPUs such as the A10, L4 and RTX 30/40,
   // 64 KB on sm_75). Kernels that would need more are not launched: attention takes the
@@ -196,6 +201,7 @@ size_t flash_wgmma_k128_calls(bool anchored);
 // Launches of the anchored kernel with options().flash_wgmma_loader's producer.
 size_t flash_wgmma_loader_calls();
 size_t flash_short_kv_calls();  // launches of the short-KV kernel (flash_short_kv_kernel)
+size_t flash_short_kv_unrolled_calls();  // of those, with flash_short_kv_unrolled
 // GroupNorm calls the grid-wide one-launch kernel ran so far (tests: that it ran).
 size_t group_norm_grid_calls();
 // Launches of the cluster GroupNorm kernel so far (tests check which path ran).
