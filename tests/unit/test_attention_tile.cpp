@@ -15,13 +15,13 @@
 namespace kiln::cuda::attention_tile {
 namespace {
 
-constexpr int kKeys = 128;      // keys a tile (--flash-wgmma-keys 128)
+constexpr int kKeys = 128;       // keys a tile (--flash-wgmma-keys 128)
 constexpr int kProducers = 128;  // the producer warpgroup's threads
 
 struct Form {
-  int dp;        // padded head dim: K's width (Q·K^T's K, in steps of 16)
-  bool ones;     // d = dp − 8: the padding chunk holds V's ones column
-  bool loader;   // --flash-wgmma-loader
+  int dp;       // padded head dim: K's width (Q·K^T's K, in steps of 16)
+  bool ones;    // d = dp − 8: the padding chunk holds V's ones column
+  bool loader;  // --flash-wgmma-loader
   int d() const { return ones ? dp - 8 : dp; }
 };
 
@@ -121,6 +121,33 @@ TEST(AttentionTile, LoaderCopiesEachRealChunkOnce) {
     EXPECT_EQ(k_const, f.ones ? kKeys : 0);
     EXPECT_EQ(v_const, kKeys);
   }
+}
+
+TEST(AttentionTile, ProducerSmemFitsAndLinesUp) {
+  // The producer kernel's layout for every form it is built in (two consumer
+  // warpgroups, 128 rows; 64- and 128-key tiles, four stages, f16/bf16): the regions
+  // follow each other without overlap, every tile starts on 128 bytes (the
+  // descriptors' start field counts 16-byte units and a core matrix is 128), and the
+  // whole fits an H100's or H200's 227 KB a block.
+  constexpr int kMaxBlockBytes = 232448;
+  for (const Form& f : forms())
+    for (int keys : {64, 128}) {
+      if (f.loader && keys != 128) continue;  // the loader is built for 128-key tiles
+      const int dv = v_width(f.dp, f.ones, f.loader);
+      const ProducerSmem m{f.dp, dv, 4, keys, 128, 2};
+      EXPECT_EQ(m.k(), 128);
+      EXPECT_EQ(m.v() - m.k(), 4 * keys * f.dp * 2);
+      EXPECT_EQ(m.q() - m.v(), 4 * keys * dv * 2);
+      EXPECT_EQ(m.end() - m.q(), 128 * (f.dp + 8) * 2);
+      for (int stage = 0; stage < 4; ++stage) {
+        EXPECT_EQ((m.k() + stage * m.k_stage()) % 128, 0);
+        EXPECT_EQ((m.v() + stage * m.v_stage()) % 128, 0);
+      }
+      EXPECT_EQ(m.q() % 16, 0);  // Q's rows are copied 16 bytes at a time
+      EXPECT_LE(m.end(), kMaxBlockBytes) << "dp " << f.dp << " keys " << keys;
+      // The descriptors' start field: 14 bits of 16-byte units.
+      EXPECT_LT(m.q() / 16, 1 << 14);
+    }
 }
 
 TEST(AttentionTile, WarpsCopyWholeCoreMatricesAndRowRuns) {

@@ -37,4 +37,17 @@ KILN_HD constexpr int v_width(int dp, bool ones, bool loader) {
   return ones || !loader ? dp : dp + 8;
 }
 
+// The producer kernel's shared memory, in bytes from the block's start: its barriers
+// and the anchor word in the first 128, then `stages` K tiles of `keys` × dp, `stages`
+// V tiles of `keys` × dv, and Q, `rows` × (dp + 8) (padded against bank conflicts).
+struct ProducerSmem {
+  int dp, dv, stages, keys, rows, elem;
+  KILN_HD constexpr int k() const { return 128; }
+  KILN_HD constexpr int k_stage() const { return keys * dp * elem; }
+  KILN_HD constexpr int v() const { return k() + stages * k_stage(); }
+  KILN_HD constexpr int v_stage() const { return keys * dv * elem; }
+  KILN_HD constexpr int q() const { return v() + stages * v_stage(); }
+  KILN_HD constexpr int end() const { return q() + rows * (dp + 8) * elem; }
+};
+
 }  // namespace kiln::cuda::attention_tile

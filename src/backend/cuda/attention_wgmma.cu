@@ -99,8 +99,8 @@ __device__ __forceinline__ void load_core_tile(T* s, const T* g, int valid_rows,
 // thread: rows `group` and `group + 8` of its warp): keys from `valid` on masked,
 // running maxima updated, P packed as the A operand of P·V, and each row's rescale of
 // what came before in `correction`. With `mix`, also a word that depends on every
-// exponential (the producer kernel's ANCHOR store): the XOR of their bits, or of the
-// row sums.
+// exponential (the producer kernel's ANCHOR store): the XOR of the packed P words, or
+// of the row sums.
 template <class T, int N, bool SUM, int CHAINS = 1>
 __device__ __forceinline__ void wgmma_softmax(float (&s)[N / 2], uint32_t (&pa)[N / 16][4],
                                               float (&row_max)[2], float (&row_sum)[2],
@@ -511,9 +511,10 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
   uint64_t* full = reinterpret_cast<uint64_t*>(smem);  // [kStages], count kProducers
   uint64_t* empty = full + kStages;                    // [kStages], count WG
   const uint32_t anchor = smem_address(smem + 120);    // the ANCHOR store's word
-  T* sk = reinterpret_cast<T*>(smem + 128);            // [kStages][kTile]
-  T* sv = sk + kStages * kTile;                        // [kStages][kTileV]
-  T* sq = sv + kStages * kTileV;                       // [kBlockM][kPitch]
+  constexpr attention_tile::ProducerSmem kLayout{DP, DV, kStages, kBlockN, kBlockM, sizeof(T)};
+  T* sk = reinterpret_cast<T*>(smem + kLayout.k());  // [kStages][kTile]
+  T* sv = reinterpret_cast<T*>(smem + kLayout.v());  // [kStages][kTileV]
+  T* sq = reinterpret_cast<T*>(smem + kLayout.q());  // [kBlockM][kPitch]
 
   const int m0 = blockIdx.x * kBlockM, head = blockIdx.y, batch = blockIdx.z;
   const int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
@@ -603,8 +604,8 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
     constexpr int kReal = ONES ? kTilesD - 1 : kTilesD;  // chunks a row loads
     constexpr int kItems = kBlockN * kReal / kProducers;
     static_assert(kBlockN * kReal % kProducers == 0, "a tile's copies split evenly");
-    constexpr uint32_t kStageBytes = kTile * sizeof(T), kStageBytesV = kTileV * sizeof(T);
-    constexpr uint32_t kVBytes = kStages * kTile * sizeof(T);  // from sk to sv
+    constexpr uint32_t kStageBytes = kLayout.k_stage(), kStageBytesV = kLayout.v_stage();
+    constexpr uint32_t kVBytes = kLayout.v() - kLayout.k();  // from sk to sv
     // Shared addresses in stage 0 (V's, where its layout differs from K's) and bytes
     // from the tile's first row.
     uint32_t at[kItems], at_v[DV == DP ? 1 : kItems], off[kItems];
@@ -634,7 +635,12 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
 #pragma unroll
         for (int k = 0; k < kItems; ++k) {
           cp_async_16_full(at[k] + s0, kt + off[k]);
-          cp_async_16_full((DV == DP ? at[k] + kVBytes : at_v[k]) + s0_v, vt + off[k]);
+          uint32_t v_at;
+          if constexpr (DV == DP)
+            v_at = at[k] + kVBytes;  // the same place in V's layout
+          else
+            v_at = at_v[k];
+          cp_async_16_full(v_at + s0_v, vt + off[k]);
         }
       } else {
         load_any(t);
@@ -781,7 +787,7 @@ void launch_flash_producer(const AttentionParams& p, int batch, int heads) {
   constexpr int kBlockM = WG * 64;
   constexpr int DV = attention_tile::v_width(DP, ONES, LOADER);
   constexpr size_t kSmem =
-      128 + (size_t(kProducerStages) * BN * (DP + DV) + size_t(kBlockM) * (DP + 8)) * sizeof(T);
+      attention_tile::ProducerSmem{DP, DV, kProducerStages, BN, kBlockM, sizeof(T)}.end();
   static const bool configured = [] {
     const auto kernel = flash_attention_producer_kernel<T, DP, WG, ONES, BN, ANCHOR, LOADER>;
     CUDA_CHECK(
