@@ -6,6 +6,7 @@
 // here would give wrong attention on the GPU, or a GPU run to find out why.
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <set>
 #include <utility>
 #include <vector>
@@ -64,6 +65,28 @@ TEST(AttentionTile, DescriptorsStepAsTheLayout) {
     EXPECT_EQ(core_offset(8, 0, chunks) * 2, chunks * 8 * 16);  // key group stride, bytes
     EXPECT_EQ(core_offset(0, 1, chunks) * 2, 128);              // chunk stride, bytes
   }
+}
+
+TEST(AttentionTile, DescriptorFieldsAreTheLayoutsStrides) {
+  // The descriptors the kernels give the MMAs, decoded: K's leading offset (the MMA's
+  // K direction: features) is the distance from one chunk of a key to the next, its
+  // stride offset (N: keys) from one key group to the next; V's the other way round.
+  // Each in 16-byte units, within the 14-bit fields.
+  auto field = [](uint64_t d, int at) { return int((d >> at) & 0x3FFF) * 16; };
+  for (int chunks : {6, 7, 8, 9, 10, 11})
+    for (uint32_t address : {0x400u, 0x1480u, 0x38000u}) {
+      const int chunk_bytes = (core_offset(0, 1, chunks) - core_offset(0, 0, chunks)) * 2;
+      const int group_bytes = (core_offset(8, 0, chunks) - core_offset(0, 0, chunks)) * 2;
+      const uint64_t k = k_descriptor(address, chunks, 2), v = v_descriptor(address, chunks, 2);
+      EXPECT_EQ(field(k, 0), int(address));
+      EXPECT_EQ(field(k, 16), chunk_bytes);
+      EXPECT_EQ(field(k, 32), group_bytes);
+      EXPECT_EQ(field(v, 0), int(address));
+      EXPECT_EQ(field(v, 16), group_bytes);
+      EXPECT_EQ(field(v, 32), chunk_bytes);
+      EXPECT_EQ(group_bytes, chunks * 8 * 16);  // the old kernels' DP·16
+      EXPECT_EQ(chunk_bytes, 128);
+    }
 }
 
 TEST(AttentionTile, VWidthHoldsTheOnesColumn) {

@@ -10,6 +10,8 @@
 // O = P·V it is B = V, N-major: key groups chunks·128 bytes apart, chunks 128.
 #pragma once
 
+#include <cstdint>
+
 #include "backend/cuda/fast_div.h"  // KILN_HD
 
 namespace kiln::cuda::attention_tile {
@@ -35,6 +37,28 @@ KILN_HD constexpr Item item(int i, int per_row) {
 // one, so at d = DP V is a chunk wider than K.
 KILN_HD constexpr int v_width(int dp, bool ones, bool loader) {
   return ones || !loader ? dp : dp + 8;
+}
+
+// An unswizzled wgmma shared-memory matrix descriptor: the start address in bits 0–13,
+// the leading dimension byte offset in 16–29 and the stride byte offset in 32–45, each
+// in 16-byte units. For B in the no-swizzle mode the leading offset is the distance
+// between core matrices along the MMA's K direction, the stride offset along N.
+KILN_HD constexpr uint64_t descriptor(uint32_t address, uint32_t leading_bytes,
+                                      uint32_t stride_bytes) {
+  return uint64_t((address & 0x3FFFF) >> 4) | uint64_t(leading_bytes >> 4) << 16 |
+         uint64_t(stride_bytes >> 4) << 32;
+}
+// K (`chunks` chunks a key, `elem` bytes an element) as B = K^T for S = Q·K^T: the MMA's
+// K direction is the features (from one chunk to the next), N the keys (from one key
+// group to the next).
+KILN_HD constexpr uint64_t k_descriptor(uint32_t address, int chunks, int elem) {
+  return descriptor(address, uint32_t(core_offset(0, 1, chunks) * elem),
+                    uint32_t(core_offset(8, 0, chunks) * elem));
+}
+// V as B for O = P·V (N-major): the MMA's K direction is the keys, N the features.
+KILN_HD constexpr uint64_t v_descriptor(uint32_t address, int chunks, int elem) {
+  return descriptor(address, uint32_t(core_offset(8, 0, chunks) * elem),
+                    uint32_t(core_offset(0, 1, chunks) * elem));
 }
 
 // The producer kernel's shared memory, in bytes from the block's start: its barriers

@@ -55,11 +55,14 @@ __device__ __forceinline__ void fence_async_shared() {
   asm volatile("fence.proxy.async.shared::cta;\n" ::: "memory");
 }
 
-// An unswizzled shared-memory matrix descriptor.
-__device__ __forceinline__ uint64_t smem_descriptor(const void* p, uint32_t leading_bytes,
-                                                    uint32_t stride_bytes) {
-  return uint64_t((smem_address(p) & 0x3FFFF) >> 4) | uint64_t(leading_bytes >> 4) << 16 |
-         uint64_t(stride_bytes >> 4) << 32;
+// The descriptors of a K and a V tile at `p` (attention_tile.h).
+template <class T>
+__device__ __forceinline__ uint64_t k_descriptor(const T* p, int chunks) {
+  return attention_tile::k_descriptor(smem_address(p), chunks, sizeof(T));
+}
+template <class T>
+__device__ __forceinline__ uint64_t v_descriptor(const T* p, int chunks) {
+  return attention_tile::v_descriptor(smem_address(p), chunks, sizeof(T));
 }
 
 // `desc` moved on by `elements` of T. The start address is the low word's bits 0–13
@@ -288,8 +291,8 @@ __global__ void __launch_bounds__(WG * 128, WG == 2 && DP <= 64 ? 2 : 1)
     load_core_tile<T, DP, kBlockN, kThreads>(sv + stage * kTile, vg + int64_t(n) * p.kv_stride,
                                              min(kBlockN, p.sk - n), p.kv_stride, p.d, v_chunks);
   };
-  const uint64_t k_base = smem_descriptor(sk, 128, DP * 16);
-  const uint64_t v_base = smem_descriptor(sv, DP * 16, 128);
+  const uint64_t k_base = k_descriptor(sk, kTilesD);
+  const uint64_t v_base = v_descriptor(sv, kTilesD);
   auto k_desc = [&](int tile, int kk) {  // K(tile) as B = K^T, features 16·kk on
     return desc_offset<T>(k_base, int(unsigned(tile) % kStages) * kTile + kk * 128);
   };
@@ -664,8 +667,8 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
 
   const int wg = warp / 4;
   const bool leader = threadIdx.x % 128 == 0;
-  const uint64_t k_base = smem_descriptor(sk, 128, DP * 16);
-  const uint64_t v_base = smem_descriptor(sv, DV * 16, 128);
+  const uint64_t k_base = k_descriptor(sk, kTilesD);
+  const uint64_t v_base = v_descriptor(sv, kTilesV);
   constexpr uint32_t kUnits = 16 / sizeof(T);  // elements a descriptor unit
   auto k_desc = [&](int tile, int kk) {        // K(tile) as B = K^T, features 16·kk on
     if constexpr (LOADER)
