@@ -43,17 +43,19 @@ __device__ __forceinline__ uint32_t pack2<bfloat16>(float lo, float hi) {
 
 // rows × DP tile into shared memory (pitch DP + 8), zeros outside [valid rows, d).
 //
-// UNROLL (16-byte rows): the copies as straight-line code. Where a row's chunks
-// divide the threads (head dims 32, 64 and 128: 128 % (DP / 8) == 0) a thread's
-// chunk is the same in every copy and its rows are THREADS / (DP / 8) apart, so each
-// copy is a 64-bit add and a row test from the thread's first; the loop spends about
-// 25 instructions a copy on the division and the guards (SASS, short-KV kernel).
+// UNROLL (16-byte rows): the copies as straight-line code. Each thread takes one chunk
+// of rows THREADS / (DP / 8) apart (the threads past the last whole row of chunks,
+// 2 to 8 of 128 at head dims 48, 80 and 160, copy nothing), so each copy is a 64-bit add
+// and a row test from the thread's first; the loop spends about 25 instructions a copy
+// on the division and the guards (SASS, short-KV kernel).
 template <class T, int DP, int ROWS, int THREADS, bool UNROLL = false>
 __device__ __forceinline__ void load_tile(T* s, const T* g, int valid_rows, int64_t stride, int d,
                                           bool vec) {
   constexpr int kPitch = DP + 8, kChunks = DP / 8;
-  if (UNROLL && vec && THREADS % kChunks == 0) {
+  if (UNROLL && vec) {
+    static_assert(!UNROLL || THREADS >= kChunks, "a row's chunks in one pass of the threads");
     constexpr int kRowStep = THREADS / kChunks, kCopies = (ROWS + kRowStep - 1) / kRowStep;
+    if (THREADS % kChunks != 0 && int(threadIdx.x) >= kRowStep * kChunks) return;
     const int r0 = int(threadIdx.x) / kChunks, c = int(threadIdx.x) % kChunks;
     const bool chunk_ok = c * 8 < d;
     // In bytes, so that each copy's address is one 64-bit add from the last.
@@ -68,16 +70,6 @@ __device__ __forceinline__ void load_tile(T* s, const T* g, int valid_rows, int6
       cp_async_16(dst + k * kRowStep * kPitch, ok ? src : reinterpret_cast<const char*>(g),
                   ok ? 16 : 0);
       src += step;
-    }
-  } else if (UNROLL && vec) {
-    constexpr int kItems = ROWS * kChunks, kIters = (kItems + THREADS - 1) / THREADS;
-#pragma unroll
-    for (int k = 0; k < kIters; ++k) {
-      const int i = int(threadIdx.x) + k * THREADS;
-      if (kItems % THREADS != 0 && i >= kItems) break;
-      const int r = i / kChunks, c = i - r * kChunks;
-      const bool ok = r < valid_rows && c * 8 < d;
-      cp_async_16(s + r * kPitch + c * 8, ok ? g + r * stride + c * 8 : g, ok ? 16 : 0);
     }
   } else if (vec) {
     for (int i = threadIdx.x; i < ROWS * kChunks; i += THREADS) {
