@@ -65,21 +65,18 @@ __device__ __forceinline__ uint64_t v_descriptor(const T* p, int chunks) {
   return attention_tile::v_descriptor(smem_address(p), chunks, sizeof(T));
 }
 
-// `desc` moved on by `elements` of T. The start address is the low word's bits 0–13
-// (address / 16) and every shared-memory address fits them, so the offset adds to the
-// low word alone: ptxas rebuilt each descriptor from its address (six uniform
-// instructions an MMA, about 90 of the loop's 400 at 128-key tiles; sass_loops.py).
+// `desc` moved to stage `stage` of a ring of tiles of `tile` elements of T, and on by
+// `elements` within it. The start address is the low word's bits 0–13 (address / 16)
+// and every shared-memory address fits them, so the offset adds to the low word alone.
+// The stage's part and the k-step's are separate terms in 16-byte units, so the
+// stage's is worked out once a tile and each MMA's descriptor is one add: ptxas had
+// rebuilt every descriptor from its address (six uniform instructions an MMA), and
+// with one offset shifted after the sum, still about five (tools/py/sass_loops.py).
 template <class T>
-__device__ __forceinline__ uint64_t desc_offset(uint64_t desc, int elements) {
-  const uint32_t lo = uint32_t(desc) + uint32_t(elements * int(sizeof(T)) >> 4);
+__device__ __forceinline__ uint64_t desc_at(uint64_t desc, unsigned stage, int tile, int elements) {
+  constexpr int kUnit = 16 / int(sizeof(T));
+  const uint32_t lo = uint32_t(desc) + stage * uint32_t(tile / kUnit) + uint32_t(elements / kUnit);
   return uint64_t(uint32_t(desc >> 32)) << 32 | lo;
-}
-// `desc` moved on by `units` of 16 bytes. With the stage's part and the k-step's as
-// separate terms, the stage's is worked out once a tile and each MMA's descriptor is
-// an add (desc_offset's shift after the sum kept ptxas from sharing it: about five
-// uniform instructions an MMA).
-__device__ __forceinline__ uint64_t desc_add(uint64_t desc, uint32_t units) {
-  return uint64_t(uint32_t(desc >> 32)) << 32 | (uint32_t(desc) + units);
 }
 
 // ROWS keys × DP features into the core-matrix layout above; chunks at or past
@@ -294,10 +291,10 @@ __global__ void __launch_bounds__(WG * 128, WG == 2 && DP <= 64 ? 2 : 1)
   const uint64_t k_base = k_descriptor(sk, kTilesD);
   const uint64_t v_base = v_descriptor(sv, kTilesD);
   auto k_desc = [&](int tile, int kk) {  // K(tile) as B = K^T, features 16·kk on
-    return desc_offset<T>(k_base, int(unsigned(tile) % kStages) * kTile + kk * 128);
+    return desc_at<T>(k_base, unsigned(tile) % kStages, kTile, core_offset(0, 2 * kk, kTilesD));
   };
   auto v_desc = [&](int tile, int kk) {  // V(tile) as B, keys 16·kk on
-    return desc_offset<T>(v_base, int(unsigned(tile) % kStages) * kTile + kk * 2 * kTilesD * 64);
+    return desc_at<T>(v_base, unsigned(tile) % kStages, kTile, core_offset(16 * kk, 0, kTilesD));
   };
 
   load_tile<T, DP, kBlockM, kThreads>(sq, qg, min(kBlockM, p.sq - m0), p.q_stride, p.d, true);
@@ -468,10 +465,6 @@ __device__ __forceinline__ void mbarrier_arrive_if(uint64_t* bar, bool on) {
 }
 __device__ __forceinline__ void mbarrier_arrive(uint64_t* bar) {
   asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];\n" ::"r"(smem_address(bar)) : "memory");
-}
-// 16 bytes from global memory to shared address `dst`, all of them (no zero fill).
-__device__ __forceinline__ void cp_async_16_full(uint32_t dst, const void* src) {
-  asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(src) : "memory");
 }
 // An arrival on `bar` once this thread's cp.asyncs so far have landed.
 __device__ __forceinline__ void cp_async_arrive(uint64_t* bar) {
@@ -669,20 +662,11 @@ __global__ void __launch_bounds__(WG * 128 + producer_threads<BN>(), 1)
   const bool leader = threadIdx.x % 128 == 0;
   const uint64_t k_base = k_descriptor(sk, kTilesD);
   const uint64_t v_base = v_descriptor(sv, kTilesV);
-  constexpr uint32_t kUnits = 16 / sizeof(T);  // elements a descriptor unit
-  auto k_desc = [&](int tile, int kk) {        // K(tile) as B = K^T, features 16·kk on
-    if constexpr (LOADER)
-      return desc_add(k_base, unsigned(tile) % kStages * (kTile / kUnits) +
-                                  core_offset(0, 2 * kk, kTilesD) / kUnits);
-    return desc_offset<T>(k_base,
-                          int(unsigned(tile) % kStages) * kTile + core_offset(0, 2 * kk, kTilesD));
+  auto k_desc = [&](int tile, int kk) {  // K(tile) as B = K^T, features 16·kk on
+    return desc_at<T>(k_base, unsigned(tile) % kStages, kTile, core_offset(0, 2 * kk, kTilesD));
   };
   auto v_desc = [&](int tile, int kk) {  // V(tile) as B, keys 16·kk on
-    if constexpr (LOADER)
-      return desc_add(v_base, unsigned(tile) % kStages * (kTileV / kUnits) +
-                                  core_offset(16 * kk, 0, kTilesV) / kUnits);
-    return desc_offset<T>(
-        v_base, int(unsigned(tile) % kStages) * kTileV + core_offset(16 * kk, 0, kTilesV));
+    return desc_at<T>(v_base, unsigned(tile) % kStages, kTileV, core_offset(16 * kk, 0, kTilesV));
   };
   auto wait_full = [&](int tile) {
     mbarrier_wait(&full[tile % kStages], (tile / kStages) & 1);
